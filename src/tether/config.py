@@ -1,0 +1,385 @@
+"""Typed run configuration, validated when loaded: unknown keys are rejected with the closest valid key,
+values are type- and range-checked, cross-field constraints are checked, all before any model loads.
+
+A config is YAML with the sections ``model``, ``data``, ``method``, ``reference``, ``train`` and, for sDPO,
+``stages``. ``key=value`` overrides use dotted keys (``train.lr=1e-5``, ``method.beta=0.2``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError, closest
+from .methods import Method, get_method
+
+
+@dataclass
+class LoraConfig:
+    """LoRA through ``peft``."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"
+
+
+@dataclass
+class ModelConfig:
+    """Which model to train. ``name``: ``smollm2`` (embedded default), a hub id, a local directory or a
+    ``.gguf`` file."""
+
+    name: str = "smollm2"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    gradient_checkpointing: bool = False
+    lora: LoraConfig | None = None
+
+
+@dataclass
+class DataConfig:
+    """Training data. ``train``/``eval``: a .jsonl/.json/.parquet path or ``hf:<dataset>``."""
+
+    train: str = ""
+    eval: str | None = None
+    eval_fraction: float = 0.0
+    split: str = "train"
+    max_length: int = 512
+    max_prompt_length: int | None = None
+    chat_template: Literal["auto", "always", "never"] = "auto"
+    drop_long_prompts: bool = False
+    limit: int | None = None
+
+
+@dataclass
+class MethodConfig:
+    """The method (``tether losses`` lists them) and its hyper-parameters, e.g. ``{name: dpo, beta: 0.1}``."""
+
+    name: str = "dpo"
+    params: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ReferenceConfig:
+    """How reference log-probs are obtained.
+
+    ``mode``: ``auto`` (``adapter`` with LoRA, else ``precomputed``, or ``copy`` when the method needs
+    reference logits), ``copy`` (frozen copy in memory), ``adapter`` (the policy with its LoRA adapter
+    disabled), ``precomputed`` (computed once, cached on disk), ``none`` (no reference; only for methods
+    that do not need one). ``model``: a different reference model (default: the starting model).
+    """
+
+    mode: Literal["auto", "copy", "adapter", "precomputed", "none"] = "auto"
+    model: str | None = None
+    cache_dir: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping. ``batch_size`` is per process and micro-batch; the global batch is
+    ``batch_size × grad_accum × processes``."""
+
+    output_dir: str = "runs/tether"
+    seed: int = 0
+    lr: float = 5e-6
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_steps: int | None = None
+    epochs: float = 1.0
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = 0.0
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    log_every: int = 1
+    eval_every: int | None = None
+    save_every: int | None = None
+    save_total_limit: int | None = 2
+    resume: bool = False
+    overwrite: bool = False
+    disable_dropout: bool = True
+    report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
+    logprob_chunk: int = 1024
+    save_merged: bool = False
+    progress: bool = True
+
+
+@dataclass
+class StagesConfig:
+    """sDPO: the preference data split into ordered chunks, one DPO stage each.
+
+    ``by``: ``column`` (rows grouped by ``column`` value, stages in ``order``), ``random`` (stratified random
+    split by ``column`` if given, with ``fractions``), or ``files`` (one file per stage).
+    """
+
+    by: Literal["column", "random", "files"] = "column"
+    column: str | None = None
+    order: list[str] = field(default_factory=list)
+    fractions: list[float] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    stages: StagesConfig | None = None
+
+    # Filled by validate(): the method object and its resolved hyper-parameters.
+    def resolved_method(self) -> tuple[Method, dict[str, float]]:
+        method = get_method(self.method.name)
+        return method, method.hparams(self.method.params)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["method"] = {"name": self.method.name, **self.method.params}
+        return d
+
+
+# ------------------------------------------------------------------------------------------------
+# Building dataclasses from plain dicts, strictly
+# ------------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} has the wrong type")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(
+                f"{where}: {value!r} is not one of {', '.join(map(str, args))}{closest(str(value), map(str, args))}"
+            )
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
+
+
+def _build(cls: Any, raw: Any, where: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"{path}: unknown key{closest(str(key), names)}; valid: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def _split_method(raw: dict[str, Any]) -> dict[str, Any]:
+    """``method: {name: dpo, beta: 0.1}`` → MethodConfig(name='dpo', params={'beta': 0.1})."""
+    method = raw.get("method")
+    if isinstance(method, str):
+        method = {"name": method}
+    if method is None:
+        return raw
+    if not isinstance(method, dict):
+        raise ConfigError(f"method: expected a mapping like {{name: dpo, beta: 0.1}}, got {method!r}")
+    method = dict(method)
+    name = method.pop("name", "dpo")
+    return {**raw, "method": {"name": name, "params": method}}
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from a plain mapping."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: expected a mapping at the top level, got {type(raw).__name__}")
+    cfg = _build(Config, _split_method(raw), "")
+    validate(cfg)
+    return cfg
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}': expected key=value, e.g. train.lr=1e-5")
+    key, _, text = item.partition("=")
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        value = text
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides to a raw (not yet validated) config mapping."""
+    raw = _split_method(dict(raw))
+    for item in overrides:
+        keys, value = _parse_override(item)
+        if keys[0] == "method" and len(keys) == 2 and keys[1] != "name":
+            keys = ["method", "params", keys[1]]
+        node = raw
+        for k in keys[:-1]:
+            child = node.get(k)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override '{item}': '{k}' is not a section")
+            node[k] = child = dict(child)
+            node = child
+        node[keys[-1]] = value
+    return raw
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}{line}: {problem}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: config file is empty")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read, override and validate a YAML config. Raises :class:`ConfigError` with the key at fault."""
+    raw = apply_overrides(_read_yaml(path), overrides or [])
+    try:
+        return from_dict(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field and range checks (everything that needs no model and no data)."""
+    method, _ = cfg.resolved_method()
+    t, d = cfg.train, cfg.data
+    if not d.train and not (cfg.stages and cfg.stages.by == "files"):
+        raise ConfigError("data.train: required (a .jsonl/.json/.parquet file or hf:<dataset>)")
+    positive_ints = {
+        "train.batch_size": t.batch_size, "train.grad_accum": t.grad_accum, "train.log_every": t.log_every,
+        "data.max_length": d.max_length, "train.logprob_chunk": t.logprob_chunk,
+    }
+    for key, value in positive_ints.items():
+        if value < 1:
+            raise ConfigError(f"{key}: must be ≥ 1, got {value}")
+    for key, value in {"train.max_steps": t.max_steps, "train.eval_every": t.eval_every,
+                       "train.save_every": t.save_every, "data.max_prompt_length": d.max_prompt_length,
+                       "data.limit": d.limit, "train.save_total_limit": t.save_total_limit}.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"{key}: must be ≥ 1 or null, got {value}")
+    if t.lr <= 0:
+        raise ConfigError(f"train.lr: must be > 0, got {t.lr}")
+    if t.epochs <= 0:
+        raise ConfigError(f"train.epochs: must be > 0, got {t.epochs}")
+    if not 0 <= t.warmup_ratio < 1:
+        raise ConfigError(f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
+    if not 0 <= d.eval_fraction < 1:
+        raise ConfigError(f"data.eval_fraction: must be in [0, 1), got {d.eval_fraction}")
+    if d.max_prompt_length is not None and d.max_prompt_length >= d.max_length:
+        raise ConfigError(
+            f"data.max_prompt_length: {d.max_prompt_length} leaves no room for the response "
+            f"(data.max_length={d.max_length})"
+        )
+    mode = cfg.reference.mode
+    if mode == "adapter" and cfg.model.lora is None:
+        raise ConfigError("reference.mode: 'adapter' needs LoRA (model.lora); use 'copy' or 'precomputed'")
+    if mode == "adapter" and cfg.reference.model is not None:
+        raise ConfigError("reference.mode: 'adapter' uses the policy's own base; remove reference.model")
+    if mode == "none" and method.needs_reference:
+        raise ConfigError(f"reference.mode: method '{method.name}' needs a reference model; 'none' is not allowed")
+    if mode == "precomputed" and method.needs_reference_logits:
+        raise ConfigError(
+            f"reference.mode: method '{method.name}' needs the reference's full logits at every step, "
+            "which precomputed log-probs cannot give; use 'copy' or 'adapter'"
+        )
+    if mode not in ("auto", "none") and not method.uses_reference:
+        raise ConfigError(
+            f"reference.mode: method '{method.name}' is reference-free; it loads no reference (use 'auto' or 'none')"
+        )
+    if cfg.stages is not None:
+        _validate_stages(cfg, method)
+
+
+def _validate_stages(cfg: Config, method: Method) -> None:
+    s = cfg.stages
+    assert s is not None
+    if method.data != "pairs" or not method.needs_reference:
+        raise ConfigError(f"stages: sDPO stages need a reference-based preference method, not '{method.name}'")
+    if s.by == "column":
+        if not s.column:
+            raise ConfigError("stages.column: required when stages.by is 'column'")
+        if len(s.order) < 1:
+            raise ConfigError("stages.order: list the column values, one per stage, in training order")
+        if len(set(s.order)) != len(s.order):
+            raise ConfigError("stages.order: a value appears twice")
+    elif s.by == "random":
+        if len(s.fractions) < 1:
+            raise ConfigError("stages.fractions: give one fraction per stage, e.g. [0.5, 0.5]")
+        if any(f <= 0 for f in s.fractions):
+            raise ConfigError(f"stages.fractions: every fraction must be > 0, got {s.fractions}")
+        if abs(sum(s.fractions) - 1.0) > 1e-6:
+            raise ConfigError(f"stages.fractions: must sum to 1, got {sum(s.fractions):g}")
+    elif s.by == "files":
+        if len(s.files) < 1:
+            raise ConfigError("stages.files: list one data file per stage")

@@ -1,0 +1,874 @@
+"""Reading, validating and tokenizing training data.
+
+Data files
+----------
+:func:`read_rows` reads one data source into raw :class:`Row` records:
+
+* ``*.jsonl`` / ``*.ndjson``: one JSON object per line; blank lines are skipped. ``Row.line`` is the
+  1-based line number in the file.
+* ``*.json``: either a JSON array of objects (``Row.line`` is the 1-based index of the record in the
+  array) or JSON-lines content (treated exactly like ``.jsonl``).
+* ``*.parquet``: ``Row.line`` is the 1-based record index.
+* ``hf:<spec>``: loaded with the ``datasets`` library. ``<spec>`` may be a directory written by
+  ``Dataset.save_to_disk``/``DatasetDict.save_to_disk`` (loaded with ``load_from_disk``), a local data
+  file (``.json``/``.jsonl``/``.parquet``/``.csv``, loaded with the matching packaged builder), or
+  anything ``datasets.load_dataset`` accepts (a local dataset directory or a hub name). ``split``
+  picks the split. ``Row.line`` is the 1-based record index and ``Row.file`` is the spec as given.
+
+Row formats
+-----------
+Every text field is either a string that is non-empty after stripping, or a non-empty list of
+messages ``{"role": ..., "content": ...}`` with ``role`` one of system/user/assistant/tool and a string
+``content``. Within one row the prompt and the response(s) must be all strings or all message lists.
+
+* SFT (``kind="sft"``): ``{"prompt", "completion"}``, or ``{"messages": [...]}`` where the prompt is every
+  message before the final message and the completion is that final message, which must come from the
+  assistant.
+* Preference pairs (``kind="pairs"``): ``{"prompt", "chosen", "rejected"}``. TRL's "implicit prompt"
+  style is accepted too: without a ``prompt`` key, ``chosen`` and ``rejected`` are full conversations and
+  the prompt is their longest shared leading run of messages. ``chosen`` must differ from ``rejected``.
+* Response message lists must end with an assistant message whose content is non-empty.
+* Every other scalar column (str/int/float/bool/null) is kept verbatim in ``Example.meta``.
+
+Rendering
+---------
+* Message-list rows always go through ``tokenizer.apply_chat_template``::
+
+      prompt_text   = render(prompt_msgs, add_generation_prompt=True)
+      full_text     = render(prompt_msgs + response_msgs)
+      response_text = full_text[len(prompt_text):]   # full_text must start with prompt_text
+
+* String rows: with ``chat_template="always"`` the prompt becomes one user message and the response one
+  assistant message, rendered as above. With ``"never"`` the raw text is used verbatim:
+  ``prompt_text = prompt`` and ``response_text = response + tokenizer.eos_token`` (nothing is inserted
+  between them, so put any separating space/newline in the data). ``"auto"`` means ``"always"`` when the
+  tokenizer has a chat template, else ``"never"``.
+
+Tokenization
+------------
+``prompt_text`` and each ``response_text`` are tokenized separately with ``add_special_tokens=False``
+and the ids concatenated (so a token never straddles the prompt/response boundary). If the tokenizer
+adds a BOS token by default (``encode(..., add_special_tokens=True)`` starts with ``bos_token_id``),
+``bos_token_id`` is prepended to the prompt ids unless they already start with it (e.g. because the chat
+template wrote the BOS text). Nothing else is added: EOS comes from the chat template or from the
+``eos_token`` appended to raw responses. A response that tokenizes to no ids is a problem.
+
+Truncation policy
+-----------------
+Applied per row, in this order (lengths in tokens, BOS included in the prompt):
+
+1. If ``max_prompt_length`` is set and the prompt is longer, keep its **last** ``max_prompt_length``
+   tokens (the start is cut, BOS included; the end, next to the response, is kept). Counted in
+   ``n_prompt_truncated``.
+2. If ``len(prompt) + 1 > max_length`` there is no room for even one response token: the row is a problem
+   ("prompt is N tokens, longer than max_length=M allows ..."), or, with ``drop_long_prompts=True``, it is
+   dropped and counted in ``n_dropped``.
+3. Otherwise each response is cut **at its end** to ``max_length - len(prompt)`` tokens (so a cut
+   response loses its EOS). For pairs, chosen and rejected are cut independently (they may become equal;
+   that is not reported). A row with at least one cut response is counted once in ``n_truncated``.
+
+Problems
+--------
+Nothing stops at the first problem: every row is checked and all problems are raised together as one
+:class:`~tether.errors.DataError`, each naming file, line and field. Everything here is deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from tether.errors import ConfigError, DataError, Problem
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = [
+    "Example",
+    "Kind",
+    "Row",
+    "TokenizedData",
+    "detect_kind",
+    "read_rows",
+    "split_train_eval",
+    "tokenize_rows",
+]
+
+Kind = Literal["sft", "pairs"]
+ChatTemplateMode = Literal["auto", "always", "never"]
+
+ROLES = ("system", "user", "assistant", "tool")
+TEXT_FIELDS = frozenset({"prompt", "completion", "messages", "chosen", "rejected"})
+_JSONL_SUFFIXES = (".jsonl", ".ndjson")
+_JSON_SUFFIXES = (".json",)
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+_HF_FILE_BUILDERS = {
+    ".json": "json",
+    ".jsonl": "json",
+    ".ndjson": "json",
+    ".parquet": "parquet",
+    ".csv": "csv",
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    """One raw record: where it came from and its fields.
+
+    ``line`` is the 1-based line number for JSON-lines content, or the 1-based record index for JSON
+    arrays, Parquet files and ``hf:`` datasets.
+    """
+
+    file: str
+    line: int
+    data: dict[str, Any]
+
+
+def read_rows(spec: str, *, split: str = "train") -> list[Row]:
+    """Read every record of a data source (see the module docstring for the accepted sources).
+
+    Raises :class:`DataError` listing every problem found: missing file, unknown extension, each
+    malformed JSON line, each record that is not a JSON object, or no rows at all.
+    """
+    if spec.startswith("hf:"):
+        return _read_hf(spec, split)
+    path = Path(spec)
+    if not path.exists():
+        raise DataError([Problem(spec, None, None, "file not found")])
+    if path.is_dir():
+        raise DataError(
+            [
+                Problem(
+                    spec, None, None, f"is a directory; to load it with the datasets library use 'hf:{spec}'"
+                )
+            ]
+        )
+    suffix = path.suffix.lower()
+    if suffix in _PARQUET_SUFFIXES:
+        rows = _read_parquet(spec, path)
+    elif suffix in _JSONL_SUFFIXES or suffix in _JSON_SUFFIXES:
+        text = _read_text(spec, path)
+        if suffix in _JSON_SUFFIXES and text.lstrip().startswith("["):
+            rows = _parse_json_array(spec, text)
+        else:
+            rows = _parse_jsonl(spec, text)
+    else:
+        raise DataError(
+            [
+                Problem(
+                    spec,
+                    None,
+                    None,
+                    f"unknown data file extension '{path.suffix or '(none)'}' "
+                    "(expected .jsonl, .json or .parquet, or 'hf:<dataset>')",
+                )
+            ]
+        )
+    if not rows:
+        raise DataError([Problem(spec, None, None, "no rows")])
+    return rows
+
+
+def _read_text(spec: str, path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            [Problem(spec, None, None, f"not UTF-8 text ({err.reason} at byte {err.start})")]
+        ) from None
+    except OSError as err:
+        raise DataError([Problem(spec, None, None, f"cannot read file ({err.strerror or err})")]) from None
+
+
+def _json_type(value: object) -> str:
+    """The JSON name of a value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _parse_jsonl(spec: str, text: str) -> list[Row]:
+    rows: list[Row] = []
+    problems: list[Problem] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            problems.append(Problem(spec, lineno, None, f"malformed JSON ({err.msg} at column {err.colno})"))
+            continue
+        if not isinstance(value, dict):
+            problems.append(Problem(spec, lineno, None, f"not a JSON object (got {_json_type(value)})"))
+            continue
+        rows.append(Row(spec, lineno, value))
+    if problems:
+        raise DataError(problems)
+    return rows
+
+
+def _parse_json_array(spec: str, text: str) -> list[Row]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(
+            [Problem(spec, err.lineno, None, f"malformed JSON ({err.msg} at column {err.colno})")]
+        ) from None
+    rows: list[Row] = []
+    problems: list[Problem] = []
+    for index, record in enumerate(value, start=1):
+        if isinstance(record, dict):
+            rows.append(Row(spec, index, record))
+        else:
+            problems.append(
+                Problem(spec, index, None, f"record is not a JSON object (got {_json_type(record)})")
+            )
+    if problems:
+        raise DataError(problems)
+    return rows
+
+
+def _read_parquet(spec: str, path: Path) -> list[Row]:
+    import pyarrow.parquet as pq
+
+    try:
+        records = pq.read_table(path).to_pylist()
+    except Exception as err:  # pyarrow raises several unrelated types for unreadable files
+        raise DataError([Problem(spec, None, None, f"cannot read Parquet file ({err})")]) from None
+    return [Row(spec, index, record) for index, record in enumerate(records, start=1)]
+
+
+def _read_hf(spec: str, split: str) -> list[Row]:
+    name = spec[len("hf:") :]
+    if not name:
+        raise DataError([Problem(spec, None, None, "'hf:' needs a dataset name or a local path after it")])
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            [
+                Problem(
+                    spec,
+                    None,
+                    None,
+                    "'hf:' data needs the 'datasets' package (pip install 'tether[datasets]')",
+                )
+            ]
+        ) from None
+    path = Path(name)
+    try:
+        if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    available = ", ".join(sorted(loaded)) or "none"
+                    raise DataError(
+                        [Problem(spec, None, None, f"split '{split}' not found (available: {available})")]
+                    )
+                loaded = loaded[split]
+        elif path.is_file():
+            builder = _HF_FILE_BUILDERS.get(path.suffix.lower())
+            if builder is None:
+                raise DataError(
+                    [
+                        Problem(
+                            spec,
+                            None,
+                            None,
+                            f"unknown data file extension '{path.suffix or '(none)'}' for the datasets library "
+                            f"(expected one of {', '.join(sorted(_HF_FILE_BUILDERS))})",
+                        )
+                    ]
+                )
+            loaded = datasets.load_dataset(builder, data_files={split: str(path)}, split=split)
+        else:
+            loaded = datasets.load_dataset(name, split=split)
+        records = loaded.to_list()
+    except DataError:
+        raise
+    except Exception as err:  # datasets raises many types (FileNotFoundError, ValueError, hub errors)
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError([Problem(spec, None, None, f"could not load dataset ({first_line})")]) from None
+    rows = [Row(spec, index, dict(record)) for index, record in enumerate(records, start=1)]
+    if not rows:
+        raise DataError([Problem(spec, None, None, f"no rows (split '{split}')")])
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# Kinds
+# --------------------------------------------------------------------------------------------------
+
+
+def _looks_pairs(data: dict[str, Any]) -> bool:
+    return "chosen" in data or "rejected" in data
+
+
+def _looks_sft(data: dict[str, Any]) -> bool:
+    return "completion" in data or "messages" in data
+
+
+def _describe(data: dict[str, Any]) -> str:
+    """A short name for a row's format, for wrong-kind messages."""
+    if _looks_pairs(data):
+        return "/".join(k for k in ("prompt", "chosen", "rejected") if k in data)
+    if "messages" in data:
+        return "messages"
+    if "completion" in data:
+        return "/".join(k for k in ("prompt", "completion") if k in data)
+    keys = ", ".join(sorted(map(str, data)))
+    return f"only {keys}" if keys else "no fields"
+
+
+def detect_kind(rows: Sequence[Row]) -> Kind:
+    """``'pairs'`` if the rows have chosen/rejected, ``'sft'`` if they have prompt/completion or messages.
+
+    A mixed file goes with the majority (ties go to the format of the first recognisable row); the rows
+    of the other format are then reported by :func:`tokenize_rows`. Raises :class:`DataError` when no
+    row has a recognisable format.
+    """
+    n_pairs = n_sft = 0
+    first: Kind | None = None
+    for row in rows:
+        if _looks_pairs(row.data):
+            n_pairs += 1
+            first = first or "pairs"
+        elif _looks_sft(row.data):
+            n_sft += 1
+            first = first or "sft"
+    if first is None:
+        file = rows[0].file if rows else "<data>"
+        keys = sorted({str(k) for row in rows for k in row.data})
+        found = f"found fields: {', '.join(keys)}" if keys else "no rows"
+        raise DataError(
+            [
+                Problem(
+                    file,
+                    None,
+                    None,
+                    "cannot tell the data format: rows need prompt/completion, messages, or "
+                    f"prompt/chosen/rejected ({found})",
+                )
+            ]
+        )
+    if n_pairs != n_sft:
+        return "pairs" if n_pairs > n_sft else "sft"
+    return first
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------------
+
+Messages = list[dict[str, Any]]
+Text = str | Messages
+
+
+@dataclass
+class _Parsed:
+    """A validated row: the prompt, its response(s) and whether they are message lists."""
+
+    prompt: Text
+    responses: list[Text]
+    response_fields: list[str]
+    prompt_field: str
+    conversational: bool
+
+
+@dataclass
+class _RowChecker:
+    """Collects the problems of one row."""
+
+    row: Row
+    problems: list[Problem] = field(default_factory=list)
+
+    def add(self, field_name: str | None, message: str) -> None:
+        self.problems.append(Problem(self.row.file, self.row.line, field_name, message))
+
+    def text(self, name: str, *, response: bool) -> Text | None:
+        """Validate field ``name`` (which must be present) as a string or a message list."""
+        value = self.row.data[name]
+        if isinstance(value, str):
+            if not value.strip():
+                self.add(name, "is empty")
+                return None
+            return value
+        if isinstance(value, list):
+            return self.messages(name, value, response=response)
+        self.add(
+            name,
+            f"must be a non-empty string or a list of {{role, content}} messages, got {_json_type(value)}",
+        )
+        return None
+
+    def messages(self, name: str, value: list[Any], *, response: bool) -> Messages | None:
+        if not value:
+            self.add(name, "is an empty list")
+            return None
+        before = len(self.problems)
+        for i, msg in enumerate(value):
+            where = f"{name}[{i}]"
+            if not isinstance(msg, dict):
+                self.add(where, f"must be a {{role, content}} message, got {_json_type(msg)}")
+                continue
+            role = msg.get("role")
+            if "role" not in msg:
+                self.add(f"{where}.role", "missing")
+            elif not isinstance(role, str):
+                self.add(f"{where}.role", f"must be a string, got {_json_type(role)}")
+            elif role not in ROLES:
+                self.add(f"{where}.role", f"'{role}' is not one of {', '.join(ROLES)}")
+            if "content" not in msg:
+                self.add(f"{where}.content", "missing")
+            elif not isinstance(msg["content"], str):
+                self.add(f"{where}.content", f"must be a string, got {_json_type(msg['content'])}")
+        if len(self.problems) > before:
+            return None
+        if response:
+            self.check_ends_with_assistant(name, value)
+            if len(self.problems) > before:
+                return None
+        return value
+
+    def check_ends_with_assistant(self, name: str, msgs: Messages) -> None:
+        last = len(msgs) - 1
+        if msgs[last]["role"] != "assistant":
+            self.add(
+                f"{name}[{last}].role",
+                f"the last message must be from the assistant (got '{msgs[last]['role']}')",
+            )
+        elif not msgs[last]["content"].strip():
+            self.add(f"{name}[{last}].content", "the final assistant message is empty")
+
+    def same_type(self, prompt: tuple[str, Text], responses: list[tuple[str, Text]]) -> bool:
+        """All string or all message lists; a problem otherwise."""
+        p_name, p_value = prompt
+        p_conv = isinstance(p_value, list)
+        ok = True
+        for r_name, r_value in responses:
+            if isinstance(r_value, list) != p_conv:
+                got = "a message list" if isinstance(r_value, list) else "a string"
+                want = "a message list" if p_conv else "a string"
+                self.add(r_name, f"is {got} but '{p_name}' is {want}; use strings or message lists for both")
+                ok = False
+        return ok
+
+
+def _parse_sft(checker: _RowChecker) -> _Parsed | None:
+    data = checker.row.data
+    if _looks_pairs(data) and not _looks_sft(data):
+        checker.add(
+            "completion",
+            f"method needs prompt/completion (or messages) rows but this row has {_describe(data)}",
+        )
+        return None
+    if "messages" in data:
+        if "prompt" in data or "completion" in data:
+            checker.add("messages", "row has both 'messages' and prompt/completion; use one format")
+            return None
+        value = data["messages"]
+        if not isinstance(value, list):
+            checker.add("messages", f"must be a list of {{role, content}} messages, got {_json_type(value)}")
+            return None
+        msgs = checker.messages("messages", value, response=True)
+        if msgs is None:
+            return None
+        if len(msgs) < 2:
+            checker.add("messages", "needs at least one message before the final assistant message")
+            return None
+        return _Parsed(msgs[:-1], [msgs[-1:]], ["messages"], "messages", conversational=True)
+    missing = [k for k in ("prompt", "completion") if k not in data]
+    for name in missing:
+        checker.add(
+            name, f"missing (SFT rows need prompt/completion or messages; this row has {_describe(data)})"
+        )
+    if missing:
+        return None
+    prompt = checker.text("prompt", response=False)
+    completion = checker.text("completion", response=True)
+    if prompt is None or completion is None:
+        return None
+    if not checker.same_type(("prompt", prompt), [("completion", completion)]):
+        return None
+    return _Parsed(prompt, [completion], ["completion"], "prompt", isinstance(prompt, list))
+
+
+def _parse_pairs(checker: _RowChecker) -> _Parsed | None:
+    data = checker.row.data
+    if _looks_sft(data) and not _looks_pairs(data):
+        checker.add(
+            "chosen",
+            f"method needs preference pairs (prompt/chosen/rejected) but this row has {_describe(data)}",
+        )
+        return None
+    missing = [k for k in ("chosen", "rejected") if k not in data]
+    for name in missing:
+        checker.add(name, "missing (preference rows need prompt/chosen/rejected)")
+    if missing:
+        return None
+    if "prompt" not in data:
+        return _parse_implicit_prompt(checker)
+    prompt = checker.text("prompt", response=False)
+    chosen = checker.text("chosen", response=True)
+    rejected = checker.text("rejected", response=True)
+    if prompt is None or chosen is None or rejected is None:
+        return None
+    if not checker.same_type(("prompt", prompt), [("chosen", chosen), ("rejected", rejected)]):
+        return None
+    if chosen == rejected:
+        checker.add("rejected", "chosen and rejected are identical")
+        return None
+    return _Parsed(prompt, [chosen, rejected], ["chosen", "rejected"], "prompt", isinstance(prompt, list))
+
+
+def _parse_implicit_prompt(checker: _RowChecker) -> _Parsed | None:
+    """chosen/rejected as full conversations sharing a leading prompt (TRL's implicit prompt)."""
+    data = checker.row.data
+    if not (isinstance(data["chosen"], list) and isinstance(data["rejected"], list)):
+        checker.add(
+            "prompt",
+            "missing (a row without 'prompt' must give chosen and rejected as full conversations, "
+            "i.e. message lists that start with the same prompt messages)",
+        )
+        return None
+    chosen = checker.text("chosen", response=True)
+    rejected = checker.text("rejected", response=True)
+    if not isinstance(chosen, list) or not isinstance(rejected, list):
+        return None
+    if chosen == rejected:
+        checker.add("rejected", "chosen and rejected are identical")
+        return None
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    if shared == 0:
+        checker.add(
+            "prompt",
+            "missing, and chosen and rejected share no leading messages to use as the prompt",
+        )
+        return None
+    for name, msgs in (("chosen", chosen), ("rejected", rejected)):
+        if shared == len(msgs):
+            checker.add(name, "has no messages after the prompt it shares with the other response")
+            return None
+    return _Parsed(
+        chosen[:shared], [chosen[shared:], rejected[shared:]], ["chosen", "rejected"], "chosen", True
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenizing
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Example:
+    """One tokenized training example.
+
+    For SFT ``chosen_ids`` holds the completion and ``rejected_ids`` is ``None``. ``meta`` holds the
+    row's other scalar columns verbatim (e.g. ``source``, used to split sDPO stages).
+    """
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int] | None
+    file: str
+    line: int
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TokenizedData:
+    """The examples of :func:`tokenize_rows` and what happened to the rows on the way."""
+
+    examples: list[Example]
+    n_rows: int
+    n_truncated: int
+    """Rows whose response(s) were cut to fit ``max_length``."""
+    n_prompt_truncated: int
+    """Rows whose prompt was cut to ``max_prompt_length``."""
+    n_dropped: int
+    """Rows dropped because the prompt alone does not fit (only with ``drop_long_prompts=True``)."""
+
+
+@dataclass
+class _Rendered:
+    row: Row
+    prompt_text: str
+    response_texts: list[str]
+    prompt_field: str
+    response_fields: list[str]
+
+
+def _has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def _adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer puts BOS first when asked for its default special tokens."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    with_special = tokenizer.encode("a", add_special_tokens=True)
+    without = tokenizer.encode("a", add_special_tokens=False)
+    return bool(with_special) and with_special[0] == bos and (not without or without[0] != bos)
+
+
+def _render_chat(tokenizer: PreTrainedTokenizerBase, msgs: Messages, *, generation_prompt: bool) -> str:
+    text = tokenizer.apply_chat_template(msgs, add_generation_prompt=generation_prompt, tokenize=False)
+    if not isinstance(text, str):  # pragma: no cover - defensive: some processors return lists
+        raise TypeError(f"apply_chat_template returned {type(text).__name__}, not str")
+    return text
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def tokenize_rows(
+    rows: list[Row],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    kind: Kind,
+    max_length: int,
+    max_prompt_length: int | None = None,
+    chat_template: ChatTemplateMode = "auto",
+    drop_long_prompts: bool = False,
+) -> TokenizedData:
+    """Validate, render and tokenize ``rows`` as ``kind`` examples, truncating to fit ``max_length``.
+
+    See the module docstring for the formats, rendering, BOS handling and the exact truncation policy.
+    Every row is checked; if any has a problem, a :class:`DataError` listing all of them is raised.
+    """
+    if kind not in ("sft", "pairs"):
+        raise ConfigError(f"kind must be 'sft' or 'pairs', got {kind!r}")
+    if chat_template not in ("auto", "always", "never"):
+        raise ConfigError(f"chat_template must be 'auto', 'always' or 'never', got {chat_template!r}")
+    if not isinstance(max_length, int) or max_length < 2:
+        raise ConfigError(f"max_length must be an integer >= 2, got {max_length!r}")
+    if max_prompt_length is not None and (not isinstance(max_prompt_length, int) or max_prompt_length < 1):
+        raise ConfigError(f"max_prompt_length must be a positive integer, got {max_prompt_length!r}")
+
+    has_template = _has_chat_template(tokenizer)
+    wrap_strings = chat_template == "always" or (chat_template == "auto" and has_template)
+    problems: list[Problem] = []
+    file_problems: dict[tuple[str, str], Problem] = {}  # one per (file, reason), not one per row
+
+    def file_problem(row: Row, reason: str, message: str) -> None:
+        if (row.file, reason) not in file_problems:
+            file_problems[(row.file, reason)] = Problem(
+                row.file, None, None, f"{message} (first at line {row.line})"
+            )
+
+    # 1. validate and render every row to text
+    rendered: list[_Rendered] = []
+    for row in rows:
+        checker = _RowChecker(row)
+        parsed = _parse_sft(checker) if kind == "sft" else _parse_pairs(checker)
+        if parsed is not None:
+            if (parsed.conversational or wrap_strings) and not has_template:
+                if parsed.conversational:
+                    file_problem(
+                        row, "template", "tokenizer has no chat template; conversational rows need one"
+                    )
+                else:
+                    file_problem(
+                        row, "always", "chat_template='always' but the tokenizer has no chat template"
+                    )
+            elif not (parsed.conversational or wrap_strings) and not tokenizer.eos_token:
+                file_problem(
+                    row, "eos", "tokenizer has no eos_token; raw-text (chat_template='never') rows need one"
+                )
+            else:
+                item = _render_row(
+                    checker, parsed, tokenizer, use_template=parsed.conversational or wrap_strings
+                )
+                if item is not None:
+                    rendered.append(item)
+        problems.extend(checker.problems)
+
+    # 2. tokenize in batches
+    prompt_ids_all = _encode(tokenizer, [r.prompt_text for r in rendered])
+    flat_responses = [t for r in rendered for t in r.response_texts]
+    response_ids_flat = _encode(tokenizer, flat_responses)
+    bos = tokenizer.bos_token_id if _adds_bos(tokenizer) else None
+
+    # 3. truncate and build examples
+    examples: list[Example] = []
+    n_truncated = n_prompt_truncated = n_dropped = 0
+    pos = 0
+    for item, prompt_ids in zip(rendered, prompt_ids_all, strict=True):
+        row = item.row
+        responses = response_ids_flat[pos : pos + len(item.response_texts)]
+        pos += len(item.response_texts)
+        row_problems = [
+            Problem(row.file, row.line, name, "response is empty after tokenization")
+            for name, ids in zip(item.response_fields, responses, strict=True)
+            if not ids
+        ]
+        if row_problems:
+            problems.extend(row_problems)
+            continue
+        if bos is not None and (not prompt_ids or prompt_ids[0] != bos):
+            prompt_ids = [bos, *prompt_ids]
+        if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
+            prompt_ids = prompt_ids[-max_prompt_length:]
+            n_prompt_truncated += 1
+        if len(prompt_ids) + 1 > max_length:
+            if drop_long_prompts:
+                n_dropped += 1
+            else:
+                problems.append(
+                    Problem(
+                        row.file,
+                        row.line,
+                        item.prompt_field,
+                        f"prompt is {len(prompt_ids)} tokens, longer than max_length={max_length} allows "
+                        "(at least one response token must fit); raise max_length, set max_prompt_length, "
+                        "or set drop_long_prompts",
+                    )
+                )
+            continue
+        budget = max_length - len(prompt_ids)
+        if any(len(ids) > budget for ids in responses):
+            n_truncated += 1
+            responses = [ids[:budget] for ids in responses]
+        meta = {
+            k: v
+            for k, v in row.data.items()
+            if k not in TEXT_FIELDS and (v is None or isinstance(v, (str, int, float, bool)))
+        }
+        examples.append(
+            Example(
+                prompt_ids=list(prompt_ids),
+                chosen_ids=list(responses[0]),
+                rejected_ids=list(responses[1]) if kind == "pairs" else None,
+                file=row.file,
+                line=row.line,
+                meta=meta,
+            )
+        )
+
+    if file_problems or problems:
+        # file-wide problems first, then row problems in file order (stable: a row's fields keep their order)
+        file_order = {row.file: i for i, row in reversed(list(enumerate(rows)))}
+        problems.sort(key=lambda p: (file_order.get(p.file, len(file_order)), p.line or 0))
+        raise DataError(list(file_problems.values()) + problems)
+    return TokenizedData(
+        examples=examples,
+        n_rows=len(rows),
+        n_truncated=n_truncated,
+        n_prompt_truncated=n_prompt_truncated,
+        n_dropped=n_dropped,
+    )
+
+
+def _render_row(
+    checker: _RowChecker, parsed: _Parsed, tokenizer: PreTrainedTokenizerBase, *, use_template: bool
+) -> _Rendered | None:
+    """Render a validated row to prompt text and response texts (problems go to ``checker``)."""
+    if not use_template:
+        eos = tokenizer.eos_token
+        return _Rendered(
+            checker.row,
+            str(parsed.prompt),
+            [str(r) + eos for r in parsed.responses],
+            parsed.prompt_field,
+            parsed.response_fields,
+        )
+    if parsed.conversational:
+        prompt_msgs: Messages = parsed.prompt  # type: ignore[assignment]
+        response_msgs: list[Messages] = parsed.responses  # type: ignore[assignment]
+    else:
+        prompt_msgs = [{"role": "user", "content": parsed.prompt}]
+        response_msgs = [[{"role": "assistant", "content": r}] for r in parsed.responses]
+    try:
+        prompt_text = _render_chat(tokenizer, prompt_msgs, generation_prompt=True)
+    except Exception as err:  # jinja raises arbitrary exceptions (e.g. raise_exception())
+        checker.add(parsed.prompt_field, f"chat template failed: {_first_line(err)}")
+        return None
+    response_texts: list[str] = []
+    for name, msgs in zip(parsed.response_fields, response_msgs, strict=True):
+        try:
+            full = _render_chat(tokenizer, prompt_msgs + msgs, generation_prompt=False)
+        except Exception as err:
+            checker.add(name, f"chat template failed: {_first_line(err)}")
+            continue
+        if not full.startswith(prompt_text):
+            checker.add(
+                name,
+                "chat template does not extend the prompt: rendering prompt + response does not "
+                "start with the prompt rendered with add_generation_prompt=True",
+            )
+            continue
+        response_texts.append(full[len(prompt_text) :])
+    if len(response_texts) < len(parsed.responses):
+        return None
+    return _Rendered(checker.row, prompt_text, response_texts, parsed.prompt_field, parsed.response_fields)
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [list(ids) for ids in encoded]
+
+
+# --------------------------------------------------------------------------------------------------
+# Splitting
+# --------------------------------------------------------------------------------------------------
+
+
+def split_train_eval(
+    examples: list[Example], eval_fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """Split ``examples`` into (train, eval) so that no prompt appears in both.
+
+    Examples are grouped by ``prompt_ids``; the groups are shuffled with ``random.Random(seed)`` and
+    taken into eval greedily while that brings the eval size closer to ``round(eval_fraction * n)``
+    (at least 1 when ``eval_fraction > 0``), never taking the last group (train is never empty). Both
+    splits keep the input order. Eval may come back empty, e.g. when every example shares one prompt;
+    ``eval_fraction == 0`` always gives ``(examples, [])``.
+    """
+    if not 0.0 <= eval_fraction < 1.0:
+        raise ConfigError(f"eval_fraction must be in [0, 1), got {eval_fraction!r}")
+    if eval_fraction == 0.0 or not examples:
+        return list(examples), []
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, example in enumerate(examples):
+        groups.setdefault(tuple(example.prompt_ids), []).append(index)
+    order = list(groups.values())
+    random.Random(seed).shuffle(order)
+    target = max(1, round(eval_fraction * len(examples)))
+    eval_indices: set[int] = set()
+    n_eval = 0
+    for group in order:
+        if n_eval >= target:
+            break
+        new = n_eval + len(group)
+        if new < len(examples) and abs(target - new) < abs(target - n_eval):
+            eval_indices.update(group)
+            n_eval = new
+    train = [ex for i, ex in enumerate(examples) if i not in eval_indices]
+    evals = [ex for i, ex in enumerate(examples) if i in eval_indices]
+    return train, evals

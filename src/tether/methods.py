@@ -1,0 +1,175 @@
+"""The one registry of training methods.
+
+CLI choices, ``tether losses``, error messages, docs tables and test parametrisation all read
+:data:`METHODS`. Capabilities are declared here, next to the loss; the trainer branches on them, never on
+method names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from . import losses
+from .contract import LossInputs, LossOutput
+from .errors import ConfigError, closest
+
+
+@dataclass(frozen=True)
+class Bound:
+    """An allowed open/closed interval for a hyper-parameter."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = True
+    high_open: bool = True
+
+    def contains(self, v: float) -> bool:
+        lo_ok = v > self.low if self.low_open else v >= self.low
+        hi_ok = v < self.high if self.high_open else v <= self.high
+        return lo_ok and hi_ok
+
+    def __str__(self) -> str:
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+POSITIVE = Bound(0.0, math.inf)
+ANY = Bound()
+
+
+@dataclass(frozen=True)
+class Method:
+    """A training method and its declared capabilities."""
+
+    name: str
+    loss: Callable[..., LossOutput]
+    paper: str
+    equation: str
+    data: Literal["sft", "pairs"]
+    needs_reference: bool
+    summary: str
+    defaults: Mapping[str, float] = field(default_factory=dict)
+    bounds: Mapping[str, Bound] = field(default_factory=dict)
+    #: Reference log-probs also computed (once, precomputed) for metrics such as ``deviation`` when the
+    #: loss itself does not need them.
+    reference_for_metrics: bool = False
+    #: Needs the reference's full-vocabulary logits at every response token (ε-DPO), not just its
+    #: summed log-probs, so precomputed reference log-probs cannot serve it.
+    needs_reference_logits: bool = False
+    #: Hyper-parameters that are training state: updated after each optimizer step from the step's
+    #: global-batch metric means, saved in checkpoints and restored on resume.
+    on_optimizer_step: Callable[[dict[str, float], dict[str, float]], dict[str, float]] | None = None
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.needs_reference or self.reference_for_metrics
+
+    def hparams(self, given: Mapping[str, object], where: str = "method") -> dict[str, float]:
+        """Defaults overlaid with ``given``; unknown names and out-of-range values raise ConfigError."""
+        out = dict(self.defaults)
+        for key, value in given.items():
+            if key not in self.defaults:
+                valid = ", ".join(self.defaults) or "none"
+                raise ConfigError(
+                    f"{where}.{key}: unknown hyper-parameter for method '{self.name}'"
+                    f"{closest(key, self.defaults)}; valid: {valid}"
+                )
+            if isinstance(value, str):
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{where}.{key}: must be a number, got {value!r}")
+            bound = self.bounds.get(key, ANY)
+            if not bound.contains(float(value)):
+                raise ConfigError(f"{where}.{key}: {value} is outside {bound} for method '{self.name}'")
+            out[key] = float(value)
+        return out
+
+    def __call__(self, inp: LossInputs, hparams: Mapping[str, float]) -> LossOutput:
+        """Run the loss and add the reference metrics (``deviation`` etc.) every reference run logs."""
+        out = self.loss(inp, **hparams)
+        out.metrics.update(losses.reference_metrics(inp))
+        return out
+
+
+_DPO = "Rafailov et al. 2023, Direct Preference Optimization, arXiv:2305.18290"
+_MINOR = "Xie et al. 2024, Minor SFT loss for LLM fine-tune (shared/papers/minor-sft.txt)"
+_EDPO = "Lee et al. 2025, KL Penalty Control via Perturbation for DPO, arXiv:2502.13177 (epsilon-dpo.txt)"
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in [
+        Method("sft", losses.sft, "Standard supervised fine-tuning", "minor-sft.txt Eq. 5", "sft", False,
+               "token-averaged NLL of the completion; logs deviation against a precomputed reference",
+               reference_for_metrics=True),
+        Method("sft_dpo", losses.sft_dpo, _MINOR, "Eq. 3", "sft", True,
+               "SFT using DPO: -log σ(β·r(y)) on SFT data",
+               defaults={"beta": 0.04}, bounds={"beta": POSITIVE}),
+        Method("minor_sft", losses.minor_sft, _MINOR, "Eq. 7", "sft", True,
+               "MinorSFT: -2·sg[σ(-β·r)]·avg(y); equals SFT at step 0, then slows down drifting samples",
+               defaults={"beta": 0.04}, bounds={"beta": POSITIVE}),
+        Method("dpo", losses.dpo, _DPO, "Eq. 7", "pairs", True,
+               "DPO: -log σ(β·(r_w - r_l))",
+               defaults={"beta": 0.1}, bounds={"beta": POSITIVE}),
+        Method("minor_dpo", losses.minor_dpo, _MINOR, "Eq. 2", "pairs", True,
+               "MinorDPO: -log σ(β·r_w - β·max(0, r_l)); no push on a rejected answer already below reference",
+               defaults={"beta": 0.1}, bounds={"beta": POSITIVE}),
+        Method("ipo", losses.ipo, "Azar et al. 2023, A General Theoretical Paradigm (IPO), arXiv:2310.12036",
+               "Eq. 17", "pairs", True,
+               "IPO: ((r_w/n_w - r_l/n_l) - 1/(2β))², length-normalised as in TRL",
+               defaults={"beta": 0.1}, bounds={"beta": POSITIVE}),
+        Method("epsilon_dpo", losses.epsilon_dpo, _EDPO, "Eq. 11-13 (Alg. 1)", "pairs", True,
+               "ε-DPO: per-pair β_i = β/(1+ε·s_i) from per-token logit perturbation; β re-centred each step",
+               defaults={"beta": 0.01, "epsilon": 0.01},
+               bounds={"beta": POSITIVE, "epsilon": Bound(0.0, 1.0)},
+               needs_reference_logits=True, on_optimizer_step=losses.epsilon_dpo_update),
+        Method("asft", losses.asft,
+               "Wang et al. 2024, ASFT: Aligned Supervised Fine-Tuning through Absolute Likelihood, arXiv:2409.10571",
+               "Eq. 14, App. B", "pairs", False,
+               "Aligned SFT (not Anchored SFT): -(1+β)·avg(y_w) - β·log(1 - exp(avg(y_l))); no reference",
+               defaults={"beta": 0.1}, bounds={"beta": POSITIVE}),
+        Method("orpo", losses.orpo, "Hong et al. 2024, ORPO, arXiv:2403.07691", "Eq. 6-7", "pairs", False,
+               "ORPO: NLL(y_w) - β·log σ(log-odds(avg_w, avg_l)); no reference",
+               defaults={"beta": 0.1}, bounds={"beta": POSITIVE}),
+        Method("simpo", losses.simpo, "Meng et al. 2024, SimPO, arXiv:2405.14734", "Eq. 6", "pairs", False,
+               "SimPO: -log σ(β·(avg_w - avg_l) - γ); no reference",
+               defaults={"beta": 2.0, "gamma": 0.5}, bounds={"beta": POSITIVE, "gamma": ANY}),
+    ]
+}
+
+
+def get_method(name: str, where: str = "method.name") -> Method:
+    """The registered method, or a ConfigError naming the closest valid one."""
+    if name not in METHODS:
+        raise ConfigError(
+            f"{where}: unknown method '{name}'{closest(name, METHODS)}; valid: {', '.join(METHODS)}"
+        )
+    return METHODS[name]
+
+
+def methods_table() -> list[dict[str, str]]:
+    """Rows for ``tether losses`` and the docs."""
+    rows = []
+    for m in METHODS.values():
+        if m.needs_reference_logits:
+            ref = "logits"
+        elif m.needs_reference:
+            ref = "yes"
+        else:
+            ref = "metrics" if m.reference_for_metrics else "no"
+        rows.append(
+            {
+                "method": m.name,
+                "data": m.data,
+                "reference": ref,
+                "defaults": ", ".join(f"{k}={v:g}" for k, v in m.defaults.items()) or "-",
+                "paper": m.paper,
+                "equation": m.equation,
+                "summary": m.summary,
+            }
+        )
+    return rows

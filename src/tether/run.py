@@ -1,0 +1,249 @@
+"""The Python API: ``validate(cfg)`` and ``train(cfg)``.
+
+Order of work in a run: config checks → model path checks → data rows read and checked → tokenizer →
+tokenized and length-checked → (only now) model weights → reference → training. Every input problem is
+found before a weight loads.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from . import data as data_mod
+from . import models
+from .config import Config
+from .errors import TetherError
+from .logprobs import LogProbModel
+from .methods import Method
+from .reference import Reference, cache_key, compute_table, default_cache_dir, frozen_copy, load_or_compute
+from .trainer import MetricsSink, Trainer, TrainResult
+
+
+@dataclass
+class Prepared:
+    """Everything known before model weights load."""
+
+    cfg: Config
+    method: Method
+    hparams: dict[str, float]
+    model_dir: Path | str
+    tokenizer: Any
+    train: list[data_mod.Example]
+    eval: list[data_mod.Example]
+    report: dict[str, int] = field(default_factory=dict)
+
+
+def _tokenize(cfg: Config, spec: str, kind: str, tokenizer: Any) -> data_mod.TokenizedData:
+    d = cfg.data
+    rows = data_mod.read_rows(spec, split=d.split)
+    if d.limit is not None:
+        rows = rows[: d.limit]
+    return data_mod.tokenize_rows(rows, tokenizer, kind=kind, max_length=d.max_length,  # type: ignore[arg-type]
+                                  max_prompt_length=d.max_prompt_length, chat_template=d.chat_template,
+                                  drop_long_prompts=d.drop_long_prompts)
+
+
+def prepare(cfg: Config, train_spec: str | None = None) -> Prepared:
+    """Check the model spec and every data row (tokenized) without loading model weights."""
+    method, hparams = cfg.resolved_method()
+    models.check_model_spec(cfg.model.name)
+    if cfg.reference.model is not None:
+        models.check_model_spec(cfg.reference.model)
+    spec = train_spec or cfg.data.train
+    for s in (spec, cfg.data.eval):
+        if s and not s.startswith("hf:") and not Path(s).exists():
+            raise TetherError(f"{s}: data file not found")
+    model_dir = models.resolve_model_dir(cfg.model.name)
+    tokenizer = models.load_tokenizer(model_dir)
+    tok = _tokenize(cfg, spec, method.data, tokenizer)
+    train_ex, eval_ex = tok.examples, []
+    if cfg.data.eval:
+        eval_ex = _tokenize(cfg, cfg.data.eval, method.data, tokenizer).examples
+    elif cfg.data.eval_fraction > 0:
+        train_ex, eval_ex = data_mod.split_train_eval(train_ex, cfg.data.eval_fraction, cfg.train.seed)
+    if not train_ex:
+        raise TetherError(f"{spec}: no training examples left")
+    report = {"rows": tok.n_rows, "train_examples": len(train_ex), "eval_examples": len(eval_ex),
+              "truncated": tok.n_truncated, "prompt_truncated": tok.n_prompt_truncated, "dropped": tok.n_dropped}
+    return Prepared(cfg, method, hparams, model_dir, tokenizer, train_ex, eval_ex, report)
+
+
+def validate(cfg: Config) -> dict[str, int]:
+    """``tether validate``: the counts of a fully checked config and data set (no weights loaded)."""
+    return prepare(cfg).report
+
+
+def reference_mode(cfg: Config, method: Method) -> str:
+    """Resolve ``reference.mode: auto`` from the method's declared capabilities."""
+    mode = cfg.reference.mode
+    if mode != "auto":
+        return mode if method.uses_reference else "none"
+    if not method.uses_reference:
+        return "none"
+    lora = cfg.model.lora is not None and cfg.reference.model is None
+    if method.needs_reference_logits:
+        return "adapter" if lora else "copy"
+    if method.needs_reference:
+        return "adapter" if lora else "precomputed"
+    return "precomputed"  # metrics only (e.g. SFT's deviation): one pass, no second model
+
+
+def _disable_dropout(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+
+
+def build_reference(p: Prepared, mode: str, policy: LogProbModel, accelerator) -> Reference | None:
+    """The reference for ``mode``, built from the *starting* weights (before any resume)."""
+    cfg = p.cfg
+    if mode == "none":
+        return None
+    if mode == "adapter":
+        return Reference("adapter", policy)
+    ref_model = None
+    if cfg.reference.model is not None:
+        ref_dir = models.resolve_model_dir(cfg.reference.model)
+        ref_tok = models.load_tokenizer(ref_dir)
+        if ref_tok.get_vocab() != p.tokenizer.get_vocab():
+            raise TetherError(f"reference.model: {cfg.reference.model} has a different tokenizer than {cfg.model.name}")
+        ref_model = models.load_model(ref_dir, dtype=cfg.model.dtype).to(accelerator.device)
+        ref_fp = models.model_fingerprint(ref_dir)
+    else:
+        ref_fp = models.model_fingerprint(p.model_dir)
+    if mode == "copy":
+        base = ref_model if ref_model is not None else models.merge_lora(policy.model)
+        return Reference("copy", frozen_copy(base, cfg.train.logprob_chunk))
+    # precomputed: the policy at step 0 *is* the reference unless another model was named
+    source = LogProbModel(ref_model, cfg.train.logprob_chunk) if ref_model is not None else policy
+    cache_root = Path(cfg.reference.cache_dir) if cfg.reference.cache_dir else default_cache_dir()
+    tables, statuses = {}, []
+    for split, examples in (("train", p.train), ("eval", p.eval)):
+        if not examples:
+            continue
+        key = cache_key(ref_fp, examples, {"dtype": cfg.model.dtype, "v": 1})
+        table, status = load_or_compute(
+            cache_root / "reflogps" / f"{key}.pt",
+            lambda ex=examples, s=split: compute_table(
+                source, ex, batch_size=cfg.train.batch_size * 2, pad_id=p.tokenizer.pad_token_id,
+                device=accelerator.device, rank=accelerator.process_index, world=accelerator.num_processes,
+                reduce_sum=lambda t: accelerator.reduce(t, "sum"), desc=f"reference log-probs ({s})",
+                progress=cfg.train.progress),
+            is_main=accelerator.is_main_process, barrier=accelerator.wait_for_everyone,
+        )
+        tables[split] = table
+        statuses.append(f"{split}:{status}")
+    del ref_model
+    return Reference("precomputed", tables=tables, cache_status=",".join(statuses))
+
+
+@dataclass
+class RunResult:
+    """What a run produced."""
+
+    run_dir: Path
+    final_model_dir: Path
+    method: str
+    reference_mode: str
+    reference_cache: str | None
+    steps: int
+    hparams: dict[str, float]
+    train_metrics: dict[str, float]
+    eval_metrics: dict[str, float]
+    seconds: float
+    tokens_per_second: float
+    peak_rss_mb: float
+    data: dict[str, int]
+    resumed_from_step: int | None = None
+
+    def summary_rows(self) -> list[tuple[str, str]]:
+        m, e = self.train_metrics, self.eval_metrics
+        rows = [("method", self.method), ("reference", self.reference_mode + (f" ({self.reference_cache})" if self.reference_cache else "")),
+                ("steps", str(self.steps)), ("time", f"{self.seconds:.1f} s"),
+                ("tokens/s", f"{self.tokens_per_second:.0f}"), ("peak RSS", f"{self.peak_rss_mb:.0f} MB"),
+                ("train examples", str(self.data.get("train_examples"))),
+                ("truncated rows", str(self.data.get("truncated")))]
+        for k in ("loss", "rewards/accuracies", "rewards/margins", "deviation", "kl/beta", "logps/chosen",
+                  "logps/rejected"):
+            if k in m:
+                rows.append((f"last {k}", f"{m[k]:.4g}"))
+        for k in ("eval/loss", "eval/rewards/accuracies", "eval/deviation"):
+            if k in e:
+                rows.append((k, f"{e[k]:.4g}"))
+        rows.append(("final model", str(self.final_model_dir)))
+        return rows
+
+
+def _prepare_run_dir(cfg: Config) -> Path:
+    run_dir = Path(cfg.train.output_dir)
+    has_run = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
+    if has_run and not cfg.train.resume and not cfg.train.overwrite:
+        raise TetherError(
+            f"train.output_dir: {run_dir} already holds a run; set train.resume=true to continue it, "
+            "train.overwrite=true to replace it, or choose another directory"
+        )
+    return run_dir
+
+
+def train(cfg: Config, *, prepared: Prepared | None = None, accelerator=None) -> RunResult:
+    """Run one training job described by ``cfg``; returns what it produced (see :class:`RunResult`)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    if cfg.stages is not None and prepared is None:
+        from .stages import train_stages
+
+        return train_stages(cfg)
+    run_dir = _prepare_run_dir(cfg)
+    p = prepared or prepare(cfg)
+    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.train.overwrite and not cfg.train.resume:
+            for stale in ("metrics.jsonl", "summary.json"):
+                (run_dir / stale).unlink(missing_ok=True)
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    acc.wait_for_everyone()
+    set_seed(cfg.train.seed)
+    model = models.load_model(p.model_dir, dtype=cfg.model.dtype,
+                              gradient_checkpointing=cfg.model.gradient_checkpointing,
+                              lora=None if cfg.model.lora is None else vars(cfg.model.lora))
+    if cfg.train.disable_dropout:
+        _disable_dropout(model)
+    model.to(acc.device)
+    policy = LogProbModel(model, cfg.train.logprob_chunk)
+    mode = reference_mode(cfg, p.method)
+    reference = build_reference(p, mode, policy, acc)
+    sink = MetricsSink(run_dir, cfg.train.report_to, cfg.to_dict(), enabled=acc.is_main_process)
+    trainer = Trainer(accelerator=acc, policy=policy, method=p.method, hparams=p.hparams, reference=reference,
+                      cfg=cfg.train, run_dir=run_dir, train_examples=p.train, eval_examples=p.eval,
+                      pad_id=p.tokenizer.pad_token_id, sink=sink)
+    resumed = trainer.step if cfg.train.resume and trainer.resume() else None
+    try:
+        result: TrainResult = trainer.fit()
+    finally:
+        sink.close()
+    final_dir = run_dir / "final"
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        unwrapped = acc.unwrap_model(trainer.policy).model
+        models.save_model(unwrapped, p.tokenizer, final_dir, merged=cfg.train.save_merged)
+    acc.wait_for_everyone()
+    tps = result.tokens / result.seconds if result.seconds > 0 else 0.0
+    out = RunResult(run_dir=run_dir, final_model_dir=final_dir, method=p.method.name, reference_mode=mode,
+                    reference_cache=reference.cache_status if reference else None, steps=result.steps,
+                    hparams=result.hparams, train_metrics=result.last_metrics, eval_metrics=result.eval_metrics,
+                    seconds=result.seconds, tokens_per_second=tps, peak_rss_mb=result.peak_rss_mb, data=p.report,
+                    resumed_from_step=resumed)
+    if acc.is_main_process:
+        summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(out).items()}
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return out

@@ -1,0 +1,861 @@
+"""Exactness tests for ``tether.losses`` and the method registry (``shared/METHODS.md``).
+
+Layers:
+
+1. hand-derived values (the arithmetic is in each docstring), float64, compared to ``math`` to 1e-12;
+2. TRL 1.16 as an oracle: TRL's own loss code run on the same log-probs;
+3. gradient identities with autograd on leaf tensors standing for log-probs;
+4. ε-DPO's criterion and β update;
+5. the registry: every method runs on valid inputs of its data kind, declared capabilities are truthful,
+   hyper-parameters are validated.
+
+Metric values are compared at float32 precision: :meth:`LossOutput.add` stores every metric as float32
+(the trainer only logs them).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import re
+import types
+from decimal import Decimal, getcontext
+from pathlib import Path
+
+import pytest
+import torch
+
+from tether import losses
+from tether.contract import LossInputs, LossOutput, Perturbed, SequenceLogps
+from tether.errors import ConfigError
+from tether.methods import METHODS, get_method
+
+F64 = torch.float64
+
+
+def t(*values: float, grad: bool = False) -> torch.Tensor:
+    """A float64 [B] tensor (a leaf requiring grad when ``grad``)."""
+    return torch.tensor(values, dtype=F64, requires_grad=grad)
+
+
+def seq(sums: torch.Tensor, n_tokens: torch.Tensor | float) -> SequenceLogps:
+    n = n_tokens if isinstance(n_tokens, torch.Tensor) else torch.full_like(sums, float(n_tokens))
+    return SequenceLogps(sum=sums, n_tokens=n.to(sums.dtype))
+
+
+def softplus(x: float) -> float:
+    """log(1 + e^x) = −log σ(−x), in math."""
+    return math.log1p(math.exp(x))
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def assert_close(actual: torch.Tensor, expected: list[float], tol: float = 1e-12) -> None:
+    torch.testing.assert_close(actual, torch.tensor(expected, dtype=actual.dtype), rtol=tol, atol=tol)
+
+
+def assert_metric(out: LossOutput, key: str, expected: list[float]) -> None:
+    """Metrics are float32 by contract; compare at float32 precision."""
+    got = out.metrics[key]
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float32), rtol=2e-7, atol=1e-7)
+
+
+# ==================================================================================================
+# 1. Hand-derived values
+# ==================================================================================================
+
+
+def test_sft_value():
+    """sft = −avg(y). Example 1: sum = −6, n = 3 → avg = −2 → loss 2. Example 2: −1.5/2 → 0.75."""
+    out = losses.sft(LossInputs(chosen=seq(t(-6.0, -1.5), t(3.0, 2.0))))
+    assert_close(out.losses, [2.0, 0.75])
+    assert_metric(out, "logps/chosen", [-6.0, -1.5])
+    assert_metric(out, "nll", [2.0, 0.75])
+
+
+def test_sft_dpo_value():
+    """sft_dpo = −log σ(β·r) = log(1 + e^{−β r}), β = 0.5.
+
+    Example 1: r = −3 − (−4) = 1 → log(1 + e^{−0.5}).
+    Example 2: r = −6 − (−4) = −2 → log(1 + e^{1}).
+    rewards/chosen = β·r = [0.5, −1].
+    """
+    inp = LossInputs(chosen=seq(t(-3.0, -6.0), 3.0), ref_chosen=t(-4.0, -4.0))
+    out = losses.sft_dpo(inp, beta=0.5)
+    assert_close(out.losses, [softplus(-0.5), softplus(1.0)])
+    assert_metric(out, "rewards/chosen", [0.5, -1.0])
+    assert_metric(out, "logps/chosen", [-3.0, -6.0])
+
+
+def test_minor_sft_value():
+    """minor_sft = −2·sg[σ(−β r)]·avg(y), β = 0.5.
+
+    Example 1: sum = −3, n = 3, ref = −4 → r = 1, weight = 2σ(−0.5) = 2/(1 + e^{0.5}), avg = −1,
+    loss = 2/(1 + e^{0.5}) ≈ 0.7551.
+    Example 2: sum = −8, n = 4, ref = −6 → r = −2, weight = 2σ(1) = 2/(1 + e^{−1}), avg = −2,
+    loss = 4/(1 + e^{−1}).
+    """
+    inp = LossInputs(chosen=seq(t(-3.0, -8.0), t(3.0, 4.0)), ref_chosen=t(-4.0, -6.0))
+    out = losses.minor_sft(inp, beta=0.5)
+    w1, w2 = 2.0 / (1.0 + math.exp(0.5)), 2.0 / (1.0 + math.exp(-1.0))
+    assert_close(out.losses, [w1 * 1.0, w2 * 2.0])
+    assert_metric(out, "minor_sft/weight", [w1, w2])
+    assert_metric(out, "rewards/chosen", [0.5, -1.0])
+
+
+def test_minor_sft_equals_sft_at_r0():
+    """At r = 0 (policy == reference, step 0): weight = 2σ(0) = 1, so minor_sft = sft = −avg(y)."""
+    chosen = seq(t(-3.7, -12.25, -0.5), t(2.0, 7.0, 1.0))
+    inp = LossInputs(chosen=chosen, ref_chosen=chosen.sum.clone())
+    torch.testing.assert_close(
+        losses.minor_sft(inp, beta=0.04).losses, losses.sft(inp).losses, rtol=0, atol=0
+    )
+
+
+def _pair(sw, nw, sl, nl, rw=None, rl=None, cp=None, rp=None, grad=False) -> LossInputs:
+    """Pair inputs of B = len(sw) from plain lists (policy sums as grad leaves when ``grad``)."""
+    return LossInputs(
+        chosen=seq(t(*sw, grad=grad), t(*nw)),
+        rejected=seq(t(*sl, grad=grad), t(*nl)),
+        ref_chosen=None if rw is None else t(*rw),
+        ref_rejected=None if rl is None else t(*rl),
+        chosen_perturbed=cp,
+        rejected_perturbed=rp,
+    )
+
+
+def test_dpo_value_and_metrics():
+    """dpo = log(1 + e^{−βΔ}), β = 0.1.
+
+    Pair 1: r_w = −3 − (−4) = 1, r_l = −7 − (−5) = −2, Δ = 3 → log(1 + e^{−0.3}); accuracy 1.
+    Pair 2: r_w = −5 − (−4) = −1, r_l = −4 − (−6) = 2, Δ = −3 → log(1 + e^{0.3}); accuracy 0.
+    rewards/chosen = [0.1, −0.1], rewards/rejected = [−0.2, 0.2], margins = [0.3, −0.3].
+    """
+    inp = _pair([-3, -5], [2, 2], [-7, -4], [3, 3], rw=[-4, -4], rl=[-5, -6])
+    out = losses.dpo(inp, beta=0.1)
+    assert_close(out.losses, [softplus(-0.3), softplus(0.3)])
+    assert_metric(out, "rewards/chosen", [0.1, -0.1])
+    assert_metric(out, "rewards/rejected", [-0.2, 0.2])
+    assert_metric(out, "rewards/margins", [0.3, -0.3])
+    assert_metric(out, "rewards/accuracies", [1.0, 0.0])
+    assert_metric(out, "logps/chosen", [-3.0, -5.0])
+    assert_metric(out, "logps/rejected", [-7.0, -4.0])
+
+
+@pytest.mark.parametrize("beta", [0.01, 0.1, 2.0])
+def test_dpo_is_ln2_when_policy_equals_reference(beta):
+    """policy == reference → r_w = r_l = 0 → Δ = 0 → −log σ(0) = ln 2, whatever β."""
+    inp = _pair([-3.5, -40.0], [2, 9], [-7.25, -1.0], [3, 1], rw=[-3.5, -40.0], rl=[-7.25, -1.0])
+    assert_close(losses.dpo(inp, beta=beta).losses, [math.log(2.0)] * 2)
+
+
+def test_minor_dpo_value():
+    """minor_dpo = log(1 + e^{−(β r_w − β max(0, r_l))}), β = 0.1.
+
+    Pair 1 (r_l > 0): r_w = −3 − (−4) = 1, r_l = −4 − (−6) = 2 → exponent −0.1·(1 − 2) = 0.1 →
+    log(1 + e^{0.1}), the DPO value; not clamped.
+    Pair 2 (r_l < 0): r_w = 1, r_l = −7 − (−5) = −2 → max(0, r_l) = 0 → log(1 + e^{−0.1}) (DPO would give
+    log(1 + e^{−0.3})); clamped.
+    """
+    inp = _pair([-3, -3], [2, 2], [-4, -7], [3, 3], rw=[-4, -4], rl=[-6, -5])
+    out = losses.minor_dpo(inp, beta=0.1)
+    assert_close(out.losses, [softplus(0.1), softplus(-0.1)])
+    assert_metric(out, "minor_dpo/clamped", [0.0, 1.0])
+    assert_metric(out, "rewards/rejected", [0.2, -0.2])  # logged with the unclamped r_l
+    dpo = losses.dpo(inp, beta=0.1).losses
+    assert dpo[0].item() == out.losses[0].item()
+    assert dpo[1].item() != out.losses[1].item()
+
+
+def test_ipo_value():
+    """ipo = ((r_w/n_w − r_l/n_l) − 1/(2β))², β = 0.1 → 1/(2β) = 5.
+
+    r_w = −3 − (−4) = 1, n_w = 2 → 0.5; r_l = −7 − (−5) = −2, n_l = 4 → −0.5; h = 1 → (1 − 5)² = 16.
+    Pair 2: policy == reference → h = 0 → 25.
+    """
+    inp = _pair([-3, -9], [2, 5], [-7, -2], [4, 1], rw=[-4, -9], rl=[-5, -2])
+    out = losses.ipo(inp, beta=0.1)
+    assert_close(out.losses, [16.0, 25.0])
+    assert_metric(out, "rewards/chosen", [0.1, 0.0])
+    assert_metric(out, "rewards/rejected", [-0.2, 0.0])
+
+
+def _eps_inputs(lr_plus: list[float], lr_minus: list[float], **kw) -> LossInputs:
+    """Pairs with sums_w = −3, sums_l = −7 (LR = 4), refs −4/−5 (r_w = 1, r_l = −2, Δ = 3).
+
+    LR⁺ and LR⁻ are set through the chosen side: cp.plus = LR⁺ − 7, rp.plus = −7 (and likewise minus).
+    """
+    b = len(lr_plus)
+    cp = Perturbed(plus=t(*[x - 7.0 for x in lr_plus]), minus=t(*[x - 7.0 for x in lr_minus]))
+    rp = Perturbed(plus=t(*[-7.0] * b), minus=t(*[-7.0] * b))
+    return _pair([-3] * b, [2] * b, [-7] * b, [3] * b, rw=[-4] * b, rl=[-5] * b, cp=cp, rp=rp, **kw)
+
+
+def test_epsilon_dpo_value():
+    """ε-DPO with β = 0.1, ε = 0.5 on Δ = 3 (LR = −3 − (−7) = 4).
+
+    Pair 1: LR⁺ = 5 > 4 > LR⁻ = 3 → s = +1 → β_i = 0.1/1.5 → loss log(1 + e^{−0.3/1.5}) = log(1 + e^{−0.2}).
+    Pair 2: LR⁻ = 5 > 4 > LR⁺ = 3 → s = −1 → β_i = 0.1/0.5 = 0.2 → log(1 + e^{−0.6}).
+    Pair 3: LR⁺ = LR = 4 (tie) → s = 0 → β_i = 0.1 → log(1 + e^{−0.3}).
+    rewards/chosen = β_i·r_w = β_i, rewards/rejected = −2β_i.
+    """
+    inp = _eps_inputs([5.0, 3.0, 4.0], [3.0, 5.0, 3.0])
+    out = losses.epsilon_dpo(inp, beta=0.1, epsilon=0.5)
+    b = [0.1 / 1.5, 0.1 / 0.5, 0.1]
+    assert_close(out.losses, [softplus(-3 * bi) for bi in b])
+    assert_metric(out, "kl/s", [1.0, -1.0, 0.0])
+    assert_metric(out, "kl/beta_i", b)
+    assert_metric(out, "kl/p_epsilon_steps", [1.0, 0.0, 0.0])
+    assert_metric(out, "kl/n_epsilon_steps", [0.0, 1.0, 0.0])
+    assert_metric(out, "rewards/chosen", b)
+    assert_metric(out, "rewards/rejected", [-2 * bi for bi in b])
+    assert_metric(out, "rewards/margins", [3 * bi for bi in b])
+
+
+def test_epsilon_dpo_with_epsilon_zero_is_dpo():
+    """ε = 0 → β_i = β for every s, so ε-DPO is DPO bit for bit (the registry forbids ε = 0 on purpose)."""
+    inp = _eps_inputs([5.0, 3.0, 4.0], [3.0, 5.0, 3.0])
+    eps = losses.epsilon_dpo(inp, beta=0.1, epsilon=0.0)
+    dpo = losses.dpo(inp, beta=0.1)
+    torch.testing.assert_close(eps.losses, dpo.losses, rtol=0, atol=0)
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
+        torch.testing.assert_close(eps.metrics[key], dpo.metrics[key], rtol=0, atol=0)
+
+
+AVG_W, AVG_L = -0.5, -1.5  # sums −2 over 4 tokens, −3 over 2 tokens
+
+
+def test_asft_value():
+    """asft = −(1+β)·avg_w − β·log(1 − e^{avg_l}), β = 0.1.
+
+    avg_w = −2/4 = −0.5, avg_l = −3/2 = −1.5 → 1.1·0.5 − 0.1·log(1 − e^{−1.5}) = 0.55 − 0.1·log(0.77687)
+    ≈ 0.5752.
+    """
+    out = losses.asft(_pair([-2], [4], [-3], [2]), beta=0.1)
+    assert_close(out.losses, [0.55 - 0.1 * math.log(1 - math.exp(-1.5))])
+    assert_metric(out, "logps/chosen_avg", [-0.5])
+    assert_metric(out, "logps/rejected_avg", [-1.5])
+    assert_metric(out, "likelihood/margin", [1.0])
+    assert_metric(out, "asft/guarded", [0.0])
+
+
+def test_orpo_value():
+    """orpo = −avg_w − β·log σ(log-odds), β = 0.1, avg_w = −0.5, avg_l = −1.5.
+
+    log-odds = (−0.5 + 1.5) − (log(1 − e^{−0.5}) − log(1 − e^{−1.5})) = 1 − log(0.39347/0.77687) ≈ 1.6803;
+    loss = 0.5 + 0.1·log(1 + e^{−log-odds}).
+    """
+    out = losses.orpo(_pair([-2], [4], [-3], [2]), beta=0.1)
+    log_odds = 1.0 - (math.log(1 - math.exp(-0.5)) - math.log(1 - math.exp(-1.5)))
+    assert_close(out.losses, [0.5 + 0.1 * softplus(-log_odds)])
+    assert_metric(out, "orpo/log_odds", [log_odds])
+    assert_metric(out, "orpo/nll", [0.5])
+    assert_metric(out, "rewards/accuracies", [1.0])
+
+
+def test_simpo_value():
+    """simpo = log(1 + e^{−(β(avg_w − avg_l) − γ)}), β = 2, γ = 0.5: 2·(−0.5 + 1.5) − 0.5 = 1.5 →
+    log(1 + e^{−1.5}). rewards/chosen = β·avg_w = −1, rewards/rejected = −3, margins = 2."""
+    out = losses.simpo(_pair([-2], [4], [-3], [2]), beta=2.0, gamma=0.5)
+    assert_close(out.losses, [softplus(-1.5)])
+    assert_metric(out, "rewards/chosen", [-1.0])
+    assert_metric(out, "rewards/rejected", [-3.0])
+    assert_metric(out, "rewards/margins", [2.0])
+    assert_metric(out, "rewards/accuracies", [1.0])
+
+
+def test_reference_metrics_values():
+    """deviation = r(y)/n(y) (minor-sft Eq. 8 before the batch mean); gamma_ref = ref_w − ref_l.
+
+    r_w = −3 − (−4) = 1 over 2 tokens → 0.5; r_l = −7 − (−5) = −2 over 4 → −0.5; gamma_ref = −4 + 5 = 1.
+    """
+    m = losses.reference_metrics(_pair([-3], [2], [-7], [4], rw=[-4], rl=[-5]))
+    assert m["deviation"].item() == 0.5
+    assert m["deviation/rejected"].item() == -0.5
+    assert m["gamma_ref"].item() == 1.0
+
+
+# ==================================================================================================
+# 2. TRL 1.16 as oracle
+# ==================================================================================================
+
+PROMPT = 2  # prompt tokens in front of each completion in the fake TRL batch
+
+
+@pytest.fixture(scope="module")
+def trl_mod():
+    """TRL 1.16's trainer modules. Their loss code is private API, pinned to this version."""
+    trl = pytest.importorskip("trl")
+    if not trl.__version__.startswith("1.16."):
+        pytest.skip(f"oracle written against TRL 1.16, found {trl.__version__}")
+    from trl.experimental.cpo.cpo_trainer import CPOTrainer
+    from trl.experimental.orpo import orpo_trainer
+    from trl.trainer.dpo_trainer import DPOTrainer
+
+    return types.SimpleNamespace(DPOTrainer=DPOTrainer, CPOTrainer=CPOTrainer, orpo=orpo_trainer)
+
+
+def _trl_accelerator():
+    return types.SimpleNamespace(device="cpu", gather=lambda x: x, gather_for_metrics=lambda x: x)
+
+
+def trl_dpo_compute_loss(trl_mod, loss_type, beta, tok_w, tok_l, ref_w, ref_l):
+    """Run ``DPOTrainer._compute_loss`` (TRL 1.16) on given per-token completion log-probs of one pair.
+
+    TRL 1.16 has no standalone ``dpo_loss``: the loss is computed inside ``_compute_loss(model, inputs)``.
+    We call that real method, bound to a namespace carrying the attributes it reads, with
+    ``precompute_ref_logps=True`` (reference log-probs come from the batch) and a stub model whose
+    ``log_probs`` output is the given per-token completion log-probs (0 on prompt positions, as TRL's fused
+    head returns for label −100). Everything from the log-probs on is TRL's code. It returns the batch-mean
+    loss, so one pair per call gives the per-pair loss. Returns (loss, token log-probs leaf, TRL metrics).
+    """
+    length = PROMPT + max(len(tok_w), len(tok_l))
+    completion_mask = torch.zeros(2, length, dtype=torch.long)
+    log_probs = torch.zeros(2, length - 1, dtype=F64)
+    for row, toks in enumerate((tok_w, tok_l)):
+        completion_mask[row, PROMPT : PROMPT + len(toks)] = 1
+        log_probs[row, PROMPT - 1 : PROMPT - 1 + len(toks)] = torch.tensor(toks, dtype=F64)
+    log_probs.requires_grad_(True)
+    zeros = torch.zeros(2, length - 1)
+
+    def model(**kwargs):
+        return types.SimpleNamespace(
+            log_probs=log_probs, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool()
+        )
+
+    trainer = types.SimpleNamespace(
+        model=types.SimpleNamespace(training=True),
+        accelerator=_trl_accelerator(),
+        aux_loss_enabled=False,
+        ld_alpha=None,
+        precompute_ref_logps=True,
+        f_divergence_type="reverse_kl",
+        loss_types=[loss_type],
+        loss_weights=[1.0],
+        beta=beta,
+        label_smoothing=0.0,
+        use_weighting=False,
+        _metrics=collections.defaultdict(lambda: collections.defaultdict(list)),
+        _total_train_tokens=0,
+        _tp_size=1,
+    )
+    inputs = {
+        "input_ids": torch.zeros(2, length, dtype=torch.long),
+        "attention_mask": torch.ones(2, length, dtype=torch.long),
+        "completion_mask": completion_mask,
+        "ref_chosen_logps": t(ref_w),
+        "ref_rejected_logps": t(ref_l),
+    }
+    loss = trl_mod.DPOTrainer._compute_loss(trainer, model, inputs, False)
+    return loss, log_probs, {k: v[-1] for k, v in trainer._metrics["train"].items()}
+
+
+# (chosen token log-probs, rejected token log-probs, ref_w, ref_l)
+TRL_PAIRS = [
+    ([-1.0, -2.0], [-3.0, -1.0, -0.5], -2.5, -5.0),
+    ([-0.25, -0.75, -1.5, -0.1], [-0.6], -4.0, -0.2),
+    ([-7.5], [-2.0, -2.0], -7.5, -4.0),
+    ([-1.0, -2.0], [-3.0], -3.0, -3.0),  # policy == reference
+]
+
+
+def _tether_pair(tok_w, tok_l, ref_w, ref_l, grad=False) -> LossInputs:
+    return _pair([sum(tok_w)], [len(tok_w)], [sum(tok_l)], [len(tok_l)], rw=[ref_w], rl=[ref_l], grad=grad)
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5])
+@pytest.mark.parametrize("pair", TRL_PAIRS)
+def test_dpo_matches_trl(trl_mod, pair, beta):
+    """dpo == TRL DPOTrainer loss_type='sigmoid' (value, gradient w.r.t. the summed log-probs, metrics)."""
+    trl_loss, log_probs, trl_metrics = trl_dpo_compute_loss(trl_mod, "sigmoid", beta, *pair)
+    inp = _tether_pair(*pair, grad=True)
+    out = losses.dpo(inp, beta=beta)
+    assert_close(out.losses, [trl_loss.item()])
+    # Gradients: TRL's d loss/d token log-prob is the same for every completion token of a side and equals
+    # tether's d loss/d summed log-prob.
+    trl_loss.backward()
+    out.losses.sum().backward()
+    n_w, n_l = len(pair[0]), len(pair[1])
+    assert_close(log_probs.grad[0, PROMPT - 1 : PROMPT - 1 + n_w], [inp.chosen.sum.grad.item()] * n_w)
+    assert_close(log_probs.grad[1, PROMPT - 1 : PROMPT - 1 + n_l], [inp.rejected.sum.grad.item()] * n_l)
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
+        assert_metric(out, key, [trl_metrics[key]])
+    assert_metric(out, "logps/chosen", [trl_metrics["logps/chosen"]])
+    assert_metric(out, "logps/rejected", [trl_metrics["logps/rejected"]])
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5])
+@pytest.mark.parametrize("pair", TRL_PAIRS)
+def test_ipo_matches_trl(trl_mod, pair, beta):
+    """ipo == TRL DPOTrainer loss_type='ipo', which divides each summed log-ratio by its completion
+    length (``completion_mask.sum(dim=1)``); tether's n_tokens is that same count."""
+    trl_loss, _, _ = trl_dpo_compute_loss(trl_mod, "ipo", beta, *pair)
+    assert_close(losses.ipo(_tether_pair(*pair), beta=beta).losses, [trl_loss.item()])
+
+
+@pytest.mark.parametrize("pair", TRL_PAIRS)
+def test_sft_matches_trl(trl_mod, pair):
+    """sft == TRL DPOTrainer loss_type='sft' (mean chosen-token NLL; per example when the batch is one pair)."""
+    trl_loss, _, _ = trl_dpo_compute_loss(trl_mod, "sft", 0.1, *pair)
+    inp = _tether_pair(*pair)
+    assert_close(losses.sft(LossInputs(chosen=inp.chosen)).losses, [trl_loss.item()])
+
+
+@pytest.mark.parametrize("s", [1, -1, 0])
+@pytest.mark.parametrize("pair", TRL_PAIRS[:3])
+def test_epsilon_dpo_matches_trl_sigmoid_at_beta_i(trl_mod, pair, s):
+    """TRL has no ε-DPO. With s fixed, ε-DPO's pair loss is TRL's sigmoid DPO loss at β_i = β/(1 + ε·s)."""
+    beta, eps = 0.1, 0.25
+    tok_w, tok_l, ref_w, ref_l = pair
+    lr = sum(tok_w) - sum(tok_l)
+    hi, lo = [lr + 1.0], [lr - 1.0]
+    lr_plus, lr_minus = {1: (hi, lo), -1: (lo, hi), 0: (hi, hi)}[s]
+    cp = Perturbed(plus=t(*lr_plus), minus=t(*lr_minus))
+    rp = Perturbed(plus=t(0.0), minus=t(0.0))
+    inp = _pair([sum(tok_w)], [len(tok_w)], [sum(tok_l)], [len(tok_l)], rw=[ref_w], rl=[ref_l], cp=cp, rp=rp)
+    out = losses.epsilon_dpo(inp, beta=beta, epsilon=eps)
+    assert out.metrics["kl/s"].item() == s
+    trl_loss, _, trl_metrics = trl_dpo_compute_loss(trl_mod, "sigmoid", beta / (1 + eps * s), *pair)
+    assert_close(out.losses, [trl_loss.item()])
+    assert_metric(out, "rewards/chosen", [trl_metrics["rewards/chosen"]])
+
+
+AVG_PAIRS = [(-0.5, -1.5), (-2.0, -0.3), (-0.01, -0.02), (-1.0, -1.0), (-12.0, -0.9)]
+
+
+@pytest.mark.parametrize(("beta", "gamma"), [(2.0, 0.5), (2.5, 1.4), (0.7, 0.0)])
+def test_simpo_matches_trl_cpo(trl_mod, beta, gamma):
+    """simpo == TRL CPOTrainer.cpo_loss with loss_type='simpo' (TRL feeds it length-averaged log-probs:
+    ``average_log_prob=self.loss_type in ['ipo', 'simpo']``). cpo_alpha's NLL term is outside cpo_loss."""
+    avg_w, avg_l = t(*[p[0] for p in AVG_PAIRS]), t(*[p[1] for p in AVG_PAIRS])
+    cpo = types.SimpleNamespace(
+        alpha=0.0,
+        beta=beta,
+        simpo_gamma=gamma,
+        loss_type="simpo",
+        label_smoothing=0.0,
+        accelerator=_trl_accelerator(),
+    )
+    trl_losses, trl_chosen, trl_rejected = trl_mod.CPOTrainer.cpo_loss(cpo, avg_w, avg_l)
+    ones = torch.ones_like(avg_w)
+    out = losses.simpo(
+        LossInputs(chosen=seq(avg_w * 3, 3 * ones), rejected=seq(avg_l * 5, 5 * ones)), beta=beta, gamma=gamma
+    )
+    torch.testing.assert_close(out.losses, trl_losses, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.metrics["rewards/chosen"], trl_chosen.float())
+    torch.testing.assert_close(out.metrics["rewards/rejected"], trl_rejected.float())
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.25])
+def test_orpo_matches_trl(trl_mod, beta):
+    """orpo == −avg_w − (TRL ORPOTrainer.odds_ratio_loss's per-pair ``losses`` = β·log σ(log-odds)).
+
+    TRL's full ORPO loss is ``policy_nll_loss − losses.mean()`` where policy_nll_loss comes from the model's
+    logits over *prompt and response* tokens (a TRL choice needing a full model); the OR term, the part with
+    the ORPO-specific math, is called directly. TRL casts to float32 inside, so compare at float32 precision.
+    """
+    avg_w, avg_l = t(*[p[0] for p in AVG_PAIRS]), t(*[p[1] for p in AVG_PAIRS])
+    orpo = types.SimpleNamespace(beta=beta, accelerator=_trl_accelerator())
+    trl_losses, *_ = trl_mod.orpo.ORPOTrainer.odds_ratio_loss(orpo, avg_w, avg_l)
+    ones = torch.ones_like(avg_w)
+    out = losses.orpo(
+        LossInputs(chosen=seq(avg_w * 4, 4 * ones), rejected=seq(avg_l * 2, 2 * ones)), beta=beta
+    )
+    torch.testing.assert_close(out.losses, -avg_w - trl_losses.double(), rtol=1e-6, atol=1e-7)
+    # TRL returns mean(log_odds); one pair at a time gives it per pair.
+    for i in range(len(AVG_PAIRS)):
+        *_, trl_log_odds = trl_mod.orpo.ORPOTrainer.odds_ratio_loss(orpo, avg_w[i : i + 1], avg_l[i : i + 1])
+        torch.testing.assert_close(out.metrics["orpo/log_odds"][i], trl_log_odds, rtol=1e-6, atol=1e-6)
+
+
+def test_log1mexp_matches_trl(trl_mod):
+    """tether's log1mexp == TRL ORPO's ``log1mexp`` (same two branches at −ln 2) in float64 where both are
+    defined (TRL's gives −inf at 0; tether's is finite there by design)."""
+    x = -torch.logspace(-300, 2, 500, dtype=F64)
+    torch.testing.assert_close(losses.log1mexp(x), trl_mod.orpo.log1mexp(x), rtol=1e-15, atol=0)
+
+
+# ==================================================================================================
+# 3. Gradient identities
+# ==================================================================================================
+
+R_VALUES = [-30.0, -2.0, -0.1, 0.0, 0.3, 5.0, 40.0]
+
+
+@pytest.mark.parametrize("beta", [0.04, 0.5])
+def test_sft_dpo_gradient(beta):
+    """d/d logp of −log σ(β r) = −β·σ(−β r) (minor-sft Eq. 4), r = logp − logp_ref."""
+    logp = t(*[r - 10.0 for r in R_VALUES], grad=True)
+    out = losses.sft_dpo(LossInputs(chosen=seq(logp, 5.0), ref_chosen=t(*[-10.0] * len(R_VALUES))), beta=beta)
+    out.losses.sum().backward()
+    assert_close(logp.grad, [-beta * sigmoid(-beta * r) for r in R_VALUES])
+
+
+@pytest.mark.parametrize("beta", [0.04, 0.5])
+def test_minor_sft_gradient(beta):
+    """d/d logp of −2·sg[σ(−β r)]·logp/m = −(2/m)·σ(−β r) (minor-sft Eq. 7): the weight is stop-gradient."""
+    m = [1.0, 2.0, 3.0, 7.0, 11.0, 64.0, 300.0]
+    logp = t(*[r - 10.0 for r in R_VALUES], grad=True)
+    inp = LossInputs(chosen=seq(logp, t(*m)), ref_chosen=t(*[-10.0] * len(R_VALUES)))
+    losses.minor_sft(inp, beta=beta).losses.sum().backward()
+    assert_close(logp.grad, [-(2.0 / mi) * sigmoid(-beta * r) for r, mi in zip(R_VALUES, m, strict=True)])
+
+
+def test_minor_dpo_gradients():
+    """MinorDPO, β = 0.1. Pair 1 has r_l = −2 < 0: clamped, d/d logp_l = 0 exactly, and
+    d/d logp_w = −β·σ(−β r_w) with r_w = 1. Pair 2 has r_l = 2 > 0: the DPO gradients,
+    d/d logp_w = −β·σ(−βΔ), d/d logp_l = +β·σ(−βΔ), Δ = 1 − 2 = −1."""
+    inp = _pair([-3, -3], [2, 2], [-7, -4], [3, 3], rw=[-4, -4], rl=[-5, -6], grad=True)
+    losses.minor_dpo(inp, beta=0.1).losses.sum().backward()
+    assert inp.rejected.sum.grad[0].item() == 0.0
+    assert_close(inp.chosen.sum.grad, [-0.1 * sigmoid(-0.1), -0.1 * sigmoid(0.1)])
+    assert_close(inp.rejected.sum.grad[1:], [0.1 * sigmoid(0.1)])
+
+
+ASFT_CASES = [(-0.5, 4, -1.5, 2), (-2.0, 1, -0.05, 3), (-0.01, 9, -0.9, 1), (-5.0, 2, -0.6931, 5)]
+
+
+@pytest.mark.parametrize(("avg_w", "n_w", "avg_l", "n_l"), ASFT_CASES)
+@pytest.mark.parametrize("beta", [0.1, 0.5])
+def test_asft_gradients(avg_w, n_w, avg_l, n_l, beta):
+    """d/d sum_w = −(1+β)/n_w; d/d sum_l = β·p/(1−p)/n_l with p = exp(avg_l)
+    (from −β·log(1 − e^{sum_l/n_l}): −β·(−e^{a}/(1 − e^{a}))·(1/n_l))."""
+    inp = _pair([avg_w * n_w], [n_w], [avg_l * n_l], [n_l], grad=True)
+    losses.asft(inp, beta=beta).losses.sum().backward()
+    p = math.exp(avg_l)
+    assert_close(inp.chosen.sum.grad, [-(1 + beta) / n_w])
+    assert_close(inp.rejected.sum.grad, [beta * p / (1 - p) / n_l], tol=1e-10)
+
+
+def asft_literal(avg_w: torch.Tensor, avg_l: torch.Tensor, beta: float) -> torch.Tensor:
+    """asft-aligned-sft.txt Eq. 14 / Appendix B as written: −avg_w + β·[−log σ(logit p_w) − log σ(−logit p_l)]."""
+    p_w, p_l = avg_w.exp(), avg_l.exp()
+    return -avg_w + beta * (
+        -torch.nn.functional.logsigmoid(torch.logit(p_w)) - torch.nn.functional.logsigmoid(-torch.logit(p_l))
+    )
+
+
+def asft_appendix_b(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, beta: float) -> torch.Tensor:
+    """The authors' Appendix B ``preference_loss`` body, verbatim (on length-averaged log-probs)."""
+    import torch.nn.functional as F
+
+    log_f_theta = -F.logsigmoid(chosen_logps - torch.log1p(-torch.exp(chosen_logps))) - F.logsigmoid(
+        -rejected_logps + torch.log1p(-torch.exp(rejected_logps))
+    )
+    sft_loss = -chosen_logps
+    return sft_loss + beta * log_f_theta
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.3])
+def test_asft_literal_form_equals_simplified(beta):
+    """Eq. 14 / App. B literal forms == tether's −(1+β)·avg_w − β·log1mexp(avg_l) (values and gradients),
+    away from the guard, to 1e-10."""
+    avg_w = t(-0.5, -2.0, -0.01, -5.0, -0.2, grad=True)
+    avg_l = t(-1.5, -0.05, -0.9, -0.6931, -3.0, grad=True)
+    ones = torch.ones(5, dtype=F64)
+    out = losses.asft(LossInputs(chosen=seq(avg_w, ones), rejected=seq(avg_l, ones)), beta=beta)
+    for form in (asft_literal, asft_appendix_b):
+        ref = form(avg_w, avg_l, beta)
+        torch.testing.assert_close(out.losses, ref, rtol=1e-10, atol=1e-10)
+        g_tether = torch.autograd.grad(out.losses.sum(), (avg_w, avg_l), retain_graph=True)
+        g_ref = torch.autograd.grad(ref.sum(), (avg_w, avg_l))
+        for a, b in zip(g_tether, g_ref, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("avg_l", [-1e-12, 0.0, -1e-7, 1e-9])
+def test_asft_guard_is_finite_and_flagged(avg_l, dtype):
+    """As avg_l → 0 the rejected term −β·log(1 − e^{avg_l}) → +∞. tether clamps avg_l at −1e-6 (value) with
+    a straight-through gradient: the loss is finite, bounded by −(1+β)avg_w + β·(−log(1 − e^{−1e-6})), the
+    gradient is finite and positive (still pushes the rejected down), and ``asft/guarded`` is 1."""
+    beta, n_l = 0.1, 4.0
+    s_w = torch.tensor([-2.0], dtype=dtype, requires_grad=True)
+    s_l = torch.tensor([avg_l * n_l], dtype=dtype, requires_grad=True)
+    ones = torch.ones(1, dtype=dtype)
+    out = losses.asft(LossInputs(chosen=seq(s_w, 2 * ones), rejected=seq(s_l, n_l * ones)), beta=beta)
+    out.losses.sum().backward()
+    assert torch.isfinite(out.losses).all()
+    assert torch.isfinite(s_l.grad).all() and s_l.grad.item() > 0
+    assert out.metrics["asft/guarded"].item() == 1.0
+    eps = losses.ASFT_LOG1MEXP_EPS
+    bound = 1.1 * 1.0 - beta * math.log(-math.expm1(-eps))
+    tol = 1e-12 if dtype == F64 else 1e-5
+    assert out.losses.item() == pytest.approx(bound, rel=tol)
+    p = math.exp(-eps)  # gradient at the clamp point
+    assert s_l.grad.item() == pytest.approx(beta * p / (1 - p) / n_l, rel=1e-4 if dtype == F64 else 5e-2)
+
+
+def test_asft_guard_not_flagged_below_threshold():
+    out = losses.asft(_pair([-2, -2], [2, 2], [-4e-6, -1.0], [2, 2]), beta=0.1)
+    assert_metric(out, "asft/guarded", [0.0, 0.0])
+
+
+def _log1mexp_exact(x: float) -> float:
+    """log(1 − e^x) with 700-digit decimals (the float64 naive form loses digits near 0 and below −37)."""
+    getcontext().prec = 700
+    return float((Decimal(1) - Decimal(x).exp()).ln())
+
+
+def test_log1mexp_matches_high_precision():
+    """log1mexp(x) == log(1 − e^x) in float64 to a few ulps over [−700, −1e-300], both branches (the switch is
+    at −ln 2 ≈ −0.6931), and finite (value and gradient) at and near 0⁻ in float64 and float32."""
+    xs = [-700.0, -50.0, -37.0, -5.0, -1.0, -0.7, -0.6931471805599453, -0.69, -0.5, -0.1, -1e-3]
+    xs += [-1e-8, -1e-12, -1e-20, -1e-100, -1e-300]
+    got = losses.log1mexp(t(*xs))
+    for x, g in zip(xs, got.tolist(), strict=True):
+        assert g == pytest.approx(_log1mexp_exact(x), rel=1e-14, abs=0), x
+    for dtype in (torch.float64, torch.float32):
+        x = torch.tensor([-1e-30, -1e-7, -0.0, 0.0], dtype=dtype, requires_grad=True)
+        y = losses.log1mexp(x)
+        (g,) = torch.autograd.grad(y.sum(), x)
+        assert torch.isfinite(y).all() and torch.isfinite(g).all()
+
+
+def test_log1mexp_gradient():
+    """d/dx log(1 − e^x) = −e^x/(1 − e^x) = −1/expm1(−x), on both branches."""
+    xs = [-20.0, -3.0, -0.8, -0.6, -0.1, -1e-4]
+    x = t(*xs, grad=True)
+    (g,) = torch.autograd.grad(losses.log1mexp(x).sum(), x)
+    assert_close(g, [-1.0 / math.expm1(-v) for v in xs], tol=1e-10)
+
+
+# ==================================================================================================
+# 4. ε-DPO criterion and β update
+# ==================================================================================================
+
+
+@pytest.mark.parametrize(
+    ("lr_plus", "lr_minus", "s"),
+    [
+        (5.0, 3.0, 1),  # LR⁺ > LR > LR⁻
+        (3.0, 5.0, -1),  # LR⁻ > LR > LR⁺
+        (4.0, 3.0, 0),  # LR⁺ == LR: tie
+        (5.0, 4.0, 0),  # LR == LR⁻: tie
+        (4.0, 4.0, 0),  # all equal (the bf16 case)
+        (5.0, 6.0, 0),  # both above LR: not monotone
+        (2.0, 3.0, 0),  # both below LR
+        (4.0 + 1e-12, 4.0 - 1e-12, 1),  # strict but tiny
+    ],
+)
+def test_epsilon_criterion(lr_plus, lr_minus, s):
+    """LR = −3 − (−7) = 4; s = +1 iff LR⁺ > LR > LR⁻, −1 iff LR⁻ > LR > LR⁺, else 0 (strict)."""
+    got = losses.epsilon_criterion(_eps_inputs([lr_plus], [lr_minus], grad=True))
+    assert got.tolist() == [float(s)]
+    assert not got.requires_grad
+
+
+def test_epsilon_criterion_uses_differences_of_both_sides():
+    """LR⁺ = cp.plus − rp.plus: shifting both sides by the same amount leaves s unchanged; shifting only the
+    rejected side flips it. Here cp.plus = −2, rp.plus = −7 → LR⁺ = 5; LR⁻ = −4 − (−7) = 3; LR = 4 → +1."""
+    cp, rp = Perturbed(plus=t(-2.0), minus=t(-4.0)), Perturbed(plus=t(-7.0), minus=t(-7.0))
+    base = dict(sw=[-3], nw=[2], sl=[-7], nl=[3], rw=[-4], rl=[-5])
+    assert losses.epsilon_criterion(_pair(**base, cp=cp, rp=rp)).item() == 1.0
+    shifted = Perturbed(plus=t(-12.0), minus=t(-14.0)), Perturbed(plus=t(-17.0), minus=t(-17.0))
+    assert losses.epsilon_criterion(_pair(**base, cp=shifted[0], rp=shifted[1])).item() == 1.0
+    flipped = Perturbed(plus=t(-5.0), minus=t(-9.0))  # LR⁺ = −2 + 5 = 3, LR⁻ = −4 + 9 = 5
+    assert losses.epsilon_criterion(_pair(**base, cp=cp, rp=flipped)).item() == -1.0
+
+
+def test_epsilon_dpo_no_gradient_through_perturbed():
+    """s only selects β_i: gradients of ε-DPO are those of DPO at β_i, none reach the perturbed values."""
+    inp = _eps_inputs([5.0], [3.0], grad=True)
+    assert not inp.chosen_perturbed.plus.requires_grad
+    losses.epsilon_dpo(inp, beta=0.1, epsilon=0.5).losses.sum().backward()
+    b = 0.1 / 1.5
+    assert_close(inp.chosen.sum.grad, [-b * sigmoid(-3 * b)])
+    assert_close(inp.rejected.sum.grad, [b * sigmoid(-3 * b)])
+
+
+def test_epsilon_dpo_update_is_harmonic_mean():
+    """β ← β/(1 + ε·mean(s)) = harmonic mean of β_i = β/(1 + ε s_i):
+    n / Σ (1 + ε s_i)/β = β / (1 + ε·mean(s)). Batch s = [+1, −1, 0, +1, +1], β = 0.1, ε = 0.5:
+    mean(s) = 0.4 → β' = 0.1/1.2; HM = 5 / (1.5 + 0.5 + 1 + 1.5 + 1.5)/0.1 = 0.5/6 = 0.1/1.2."""
+    beta, eps = 0.1, 0.5
+    inp = _eps_inputs([5.0, 3.0, 4.0, 5.0, 5.0], [3.0, 5.0, 3.0, 3.0, 3.0])
+    out = losses.epsilon_dpo(inp, beta=beta, epsilon=eps)
+    s = [1, -1, 0, 1, 1]
+    assert out.metrics["kl/s"].tolist() == s
+    beta_i = [beta / (1 + eps * si) for si in s]
+    harmonic = len(s) / sum(1 / b for b in beta_i)
+    hp = {"beta": beta, "epsilon": eps}
+    new = losses.epsilon_dpo_update(hp, {"kl/s": sum(s) / len(s)})
+    assert new["beta"] == pytest.approx(harmonic, rel=1e-15)
+    assert new["beta"] == pytest.approx(0.1 / 1.2, rel=1e-15)
+    assert new["epsilon"] == eps and hp == {"beta": beta, "epsilon": eps}  # input not mutated
+    # The trainer feeds the global-batch mean of the logged metric (float32); that gives the same β.
+    from_metric = losses.epsilon_dpo_update(hp, {"kl/s": out.metrics["kl/s"].mean().item()})
+    assert from_metric["beta"] == pytest.approx(harmonic, rel=1e-7)
+    assert METHODS["epsilon_dpo"].on_optimizer_step is losses.epsilon_dpo_update
+
+
+# ==================================================================================================
+# 5. Registry
+# ==================================================================================================
+
+
+def random_inputs(method, batch: int = 4, *, with_ref: bool | None = None, seed: int = 0):
+    """Valid random float32 inputs for ``method``'s data kind and declared capabilities.
+
+    Returns (inputs, grad leaves). Reference fields only if the method uses a reference (needs it, or
+    computes it for metrics); perturbed log-probs only if it declares ``needs_reference_logits``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with_ref = method.uses_reference if with_ref is None else with_ref
+
+    def side():
+        n = torch.randint(1, 20, (batch,), generator=g).float()
+        s = (-(torch.rand(batch, generator=g) * 3 + 0.05) * n).requires_grad_(True)
+        return SequenceLogps(sum=s, n_tokens=n)
+
+    def ref(sq):
+        return (sq.sum.detach() + torch.randn(batch, generator=g)).clone()
+
+    chosen = side()
+    rejected = side() if method.data == "pairs" else None
+    perturbed = None
+    if method.needs_reference_logits:
+        perturbed = [
+            Perturbed(
+                plus=x.sum.detach() + torch.randn(batch, generator=g),
+                minus=x.sum.detach() + torch.randn(batch, generator=g),
+            )
+            for x in (chosen, rejected)
+        ]
+    inp = LossInputs(
+        chosen=chosen,
+        rejected=rejected,
+        ref_chosen=ref(chosen) if with_ref else None,
+        ref_rejected=ref(rejected) if with_ref and rejected is not None else None,
+        chosen_perturbed=perturbed[0] if perturbed else None,
+        rejected_perturbed=perturbed[1] if perturbed else None,
+    )
+    leaves = [chosen.sum] + ([rejected.sum] if rejected is not None else [])
+    return inp, leaves
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_runs_on_valid_inputs(name):
+    method = METHODS[name]
+    inp, leaves = random_inputs(method)
+    out = method(inp, method.hparams({}))
+    assert out.losses.shape == (4,)
+    assert torch.isfinite(out.losses).all()
+    assert out.losses.requires_grad
+    grads = torch.autograd.grad(out.losses.sum(), leaves)
+    assert all(torch.isfinite(gr).all() and gr.abs().sum() > 0 for gr in grads)
+    assert out.metrics, "every loss logs metrics"
+    for key, value in out.metrics.items():
+        assert value.shape == (4,), key
+        assert not value.requires_grad, key
+        assert torch.isfinite(value).all(), key
+    if method.uses_reference:
+        assert "deviation" in out.metrics  # METHODS.md: every run with a reference logs deviation
+    if method.data == "pairs" and method.needs_reference:
+        assert {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"} <= set(
+            out.metrics
+        )
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_declared_reference_capability_is_truthful(name):
+    """A loss that needs no reference runs without one; one that declares it fails loudly without it.
+    ε-DPO must fail without its perturbed log-probs."""
+    method = METHODS[name]
+    inp, _ = random_inputs(method, with_ref=False)
+    if method.needs_reference:
+        with pytest.raises(ValueError, match="ref_chosen"):
+            method.loss(inp, **method.hparams({}))
+    else:
+        out = method.loss(inp, **method.hparams({}))
+        assert torch.isfinite(out.losses).all()
+    if method.needs_reference_logits:
+        full, _ = random_inputs(method)
+        no_pert = LossInputs(full.chosen, full.rejected, full.ref_chosen, full.ref_rejected)
+        with pytest.raises(ValueError, match="perturbed"):
+            method.loss(no_pert, **method.hparams({}))
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_docstring_cites_paper_and_equation(name):
+    """Every loss docstring cites its paper and the equation the registry names (same Eq. numbers)."""
+    method = METHODS[name]
+    doc = method.loss.__doc__ or ""
+    assert re.search(r"arXiv:\d{4}\.\d{4,5}|\.txt", doc), "docstring names no paper"
+    assert method.paper and method.equation
+    cited = re.findall(r"Eq\. [\d\-–]+", method.equation)
+    assert cited, f"registry equation {method.equation!r} has no Eq. number"
+    for eq in cited:
+        assert eq in doc, f"{eq} (registry) not in the docstring"
+
+
+PAPERS = {
+    "sft": "minor-sft.txt",
+    "sft_dpo": "minor-sft.txt",
+    "minor_sft": "minor-sft.txt",
+    "minor_dpo": "minor-sft.txt",
+    "epsilon_dpo": "epsilon-dpo.txt",
+    "asft": "asft-aligned-sft.txt",
+}
+
+
+def _papers_dir() -> Path | None:
+    here = Path(__file__).resolve().parents[1]
+    for cand in (here / "shared" / "papers", here.parent / "shared" / "papers"):
+        if cand.is_dir():
+            return cand
+    return None
+
+
+@pytest.mark.parametrize("name", list(PAPERS))
+def test_cited_equation_numbers_exist_in_paper(name):
+    """The registry's Eq. numbers exist in the paper's text (equation labels appear as "(N)")."""
+    papers = _papers_dir()
+    if papers is None:
+        pytest.skip("shared/papers not present")
+    text = (papers / PAPERS[name]).read_text(encoding="utf-8")
+    labels = {int(n) for n in re.findall(r"\((\d{1,2})\)", text)}
+    for rng in re.findall(r"Eq\. ([\d\-–]+)", METHODS[name].equation):
+        ends = [int(x) for x in re.split(r"[\-–]", rng)]
+        for n in range(ends[0], ends[-1] + 1):
+            assert n in labels, f"{name}: Eq. {n} is not an equation of {PAPERS[name]} (has {sorted(labels)})"
+
+
+def test_unknown_method_suggests_closest():
+    with pytest.raises(ConfigError, match="did you mean 'dpo'"):
+        get_method("dpoo")
+    with pytest.raises(ConfigError, match="valid: "):
+        get_method("zzz")
+
+
+def test_hparams_unknown_key_suggests_closest():
+    with pytest.raises(ConfigError, match="did you mean 'beta'"):
+        METHODS["dpo"].hparams({"betta": 0.5})
+    with pytest.raises(ConfigError, match="did you mean 'epsilon'"):
+        METHODS["epsilon_dpo"].hparams({"epsilon_": 0.1})
+    with pytest.raises(ConfigError, match="unknown hyper-parameter"):
+        METHODS["sft"].hparams({"beta": 0.1})
+
+
+@pytest.mark.parametrize("name", [n for n, m in METHODS.items() if "beta" in m.defaults])
+@pytest.mark.parametrize("beta", [0.0, -0.1, -math.inf, math.nan])
+def test_hparams_reject_nonpositive_beta(name, beta):
+    with pytest.raises(ConfigError, match="beta"):
+        METHODS[name].hparams({"beta": beta})
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 1.0, -0.01, 1.5, math.nan])
+def test_hparams_reject_epsilon_outside_open_unit_interval(epsilon):
+    with pytest.raises(ConfigError, match="epsilon"):
+        METHODS["epsilon_dpo"].hparams({"epsilon": epsilon})
+
+
+def test_hparams_accept_valid_and_reject_non_numbers():
+    assert METHODS["epsilon_dpo"].hparams({"epsilon": 0.5}) == {"beta": 0.01, "epsilon": 0.5}
+    assert METHODS["simpo"].hparams({"gamma": 0}) == {"beta": 2.0, "gamma": 0.0}
+    for bad in (True, "abc", None, [0.1]):
+        with pytest.raises(ConfigError, match="must be a number"):
+            METHODS["dpo"].hparams({"beta": bad})

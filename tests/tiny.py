@@ -1,0 +1,92 @@
+"""Tiny random models and data built in the tests themselves (no downloads)."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+VOCAB = 96
+
+
+def tiny_model(seed: int = 0, vocab: int = VOCAB) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@dataclass(frozen=True)
+class Ex:
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int] | None = None
+
+
+def random_examples(n: int, paired: bool = True, seed: int = 0, vocab: int = VOCAB) -> list[Ex]:
+    rng = random.Random(seed)
+
+    def ids(lo: int, hi: int) -> list[int]:
+        return [rng.randrange(3, vocab) for _ in range(rng.randint(lo, hi))]
+
+    return [Ex(ids(2, 7), ids(1, 9), ids(1, 9) if paired else None) for _ in range(n)]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789 .,:?!+-=*/()'\n")
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<|user|>", "<|assistant|>"]
+TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}<|user|>{{ m['content'] }}"
+    "{% else %}<|assistant|>{{ m['content'] }}</s>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def tiny_tokenizer():
+    """A character-level tokenizer with a chat template (special tokens first: pad=0, bos=1, eos=2)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(SPECIALS + CHARS)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>",
+                                  eos_token="</s>", unk_token="<unk>",
+                                  additional_special_tokens=["<|user|>", "<|assistant|>"])
+    tok.chat_template = TEMPLATE
+    return tok
+
+
+def tiny_model_dir(path: Path, seed: int = 0) -> Path:
+    """Save a tiny random Llama with the char tokenizer to ``path`` (a loadable model directory)."""
+    tok = tiny_tokenizer()
+    model = tiny_model(seed, vocab=VOCAB)
+    assert len(tok) <= VOCAB
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def pair_rows(n: int, seed: int = 0) -> list[dict]:
+    """Simple verifiable arithmetic preference pairs with a ``source`` column."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        a, b = rng.randint(1, 20), rng.randint(1, 20)
+        good, bad = a + b, a + b + rng.choice([-2, -1, 1, 3])
+        rows.append({"prompt": f"what is {a}+{b}?", "chosen": f"{good}", "rejected": f"{bad}",
+                     "source": "easy" if i % 2 == 0 else "hard"})
+    return rows
+
+
+def sft_rows(n: int, seed: int = 0) -> list[dict]:
+    return [{"prompt": r["prompt"], "completion": r["chosen"]} for r in pair_rows(n, seed)]
