@@ -108,6 +108,51 @@ def test_fingerprint(tiny_dir: Path) -> None:
     assert models.model_fingerprint("org/name") != models.model_fingerprint("org/other")
 
 
+def test_truncated_gguf_is_a_clean_error(tmp_path: Path) -> None:
+    bad = tmp_path / "trunc.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 12)
+    cache = tmp_path / "cache"
+    with pytest.raises(TetherError, match=r"trunc\.gguf: cannot load GGUF"):
+        models.resolve_model_dir(str(bad), cache_dir=cache)
+    assert list((cache / "models").iterdir()) == []
+
+
+def test_gguf_conversion_is_atomic_and_cached(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed conversion leaves nothing behind; a successful one is reused without reconverting."""
+    fake = tmp_path / "tiny.gguf"
+    fake.write_bytes(b"GGUF" + os.urandom(64))
+    calls = []
+
+    def fake_load(path: Path) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
+        calls.append(path)
+        return AutoModelForCausalLM.from_pretrained(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
+
+    monkeypatch.setattr(models, "_load_gguf", fake_load)
+    cache = tmp_path / "cache"
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("killed mid-save")
+
+    with monkeypatch.context() as m:
+        m.setattr(PreTrainedTokenizerFast, "save_pretrained", boom)
+        with pytest.raises(RuntimeError, match="killed"):
+            models.resolve_model_dir(str(fake), cache_dir=cache)
+    assert list((cache / "models").iterdir()) == []
+
+    out = models.resolve_model_dir(str(fake), cache_dir=cache)
+    assert isinstance(out, Path) and out.parent == cache / "models" and out.name.startswith("tiny-")
+    assert [p.name for p in (cache / "models").iterdir()] == [out.name]
+    assert models.resolve_model_dir(str(fake), cache_dir=cache) == out
+    assert len(calls) == 2  # the failed attempt and the successful one; the third call hit the cache
+    torch.testing.assert_close(
+        _logits(models.load_model(out)), _logits(AutoModelForCausalLM.from_pretrained(tiny_dir))
+    )
+    monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "envcache"))
+    assert models.default_cache_dir() == tmp_path / "envcache"
+
+
 # ----------------------------------------------------------------------------------------- loading
 
 

@@ -162,6 +162,8 @@ class RunResult:
     peak_rss_mb: float
     data: dict[str, int]
     resumed_from_step: int | None = None
+    gamma_ref: float | None = None
+    stages: list[dict] | None = None
 
     def summary_rows(self) -> list[tuple[str, str]]:
         m, e = self.train_metrics, self.eval_metrics
@@ -177,6 +179,10 @@ class RunResult:
         for k in ("eval/loss", "eval/rewards/accuracies", "eval/deviation"):
             if k in e:
                 rows.append((k, f"{e[k]:.4g}"))
+        if self.gamma_ref is not None:
+            rows.append(("gamma_ref", f"{self.gamma_ref:.4g}"))
+        for st in self.stages or []:
+            rows.append((f"stage {st['stage']}", f"{st['examples']} pairs, gamma_ref {st['gamma_ref']:.4g}"))
         rows.append(("final model", str(self.final_model_dir)))
         return rows
 
@@ -192,7 +198,23 @@ def _prepare_run_dir(cfg: Config) -> Path:
     return run_dir
 
 
-def train(cfg: Config, *, prepared: Prepared | None = None, accelerator=None) -> RunResult:
+def gamma_ref(reference: Reference | None, p: Prepared, policy: LogProbModel, acc) -> float | None:
+    """sDPO's γ_ref: mean over the training pairs of log π_ref(y_w) − log π_ref(y_l)."""
+    if reference is None or not p.method.data == "pairs":
+        return None
+    table = reference.tables.get("train")
+    if table is None:
+        ctx = policy.adapter_disabled() if reference.mode == "adapter" else None
+        model = reference.model if reference.mode == "copy" else policy
+        table = compute_table(model, p.train, batch_size=p.cfg.train.batch_size * 2,
+                              pad_id=p.tokenizer.pad_token_id, device=acc.device, rank=acc.process_index,
+                              world=acc.num_processes, reduce_sum=lambda t: acc.reduce(t, "sum"), context=ctx,
+                              desc="gamma_ref", progress=p.cfg.train.progress)
+    return float((table[:, 0] - table[:, 1]).mean())
+
+
+def train(cfg: Config, *, prepared: Prepared | None = None, accelerator=None,
+          measure_gamma_ref: bool = False) -> RunResult:
     """Run one training job described by ``cfg``; returns what it produced (see :class:`RunResult`)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -222,6 +244,7 @@ def train(cfg: Config, *, prepared: Prepared | None = None, accelerator=None) ->
     policy = LogProbModel(model, cfg.train.logprob_chunk)
     mode = reference_mode(cfg, p.method)
     reference = build_reference(p, mode, policy, acc)
+    gref = gamma_ref(reference, p, policy, acc) if measure_gamma_ref or mode == "precomputed" else None
     sink = MetricsSink(run_dir, cfg.train.report_to, cfg.to_dict(), enabled=acc.is_main_process)
     trainer = Trainer(accelerator=acc, policy=policy, method=p.method, hparams=p.hparams, reference=reference,
                       cfg=cfg.train, run_dir=run_dir, train_examples=p.train, eval_examples=p.eval,
@@ -242,7 +265,7 @@ def train(cfg: Config, *, prepared: Prepared | None = None, accelerator=None) ->
                     reference_cache=reference.cache_status if reference else None, steps=result.steps,
                     hparams=result.hparams, train_metrics=result.last_metrics, eval_metrics=result.eval_metrics,
                     seconds=result.seconds, tokens_per_second=tps, peak_rss_mb=result.peak_rss_mb, data=p.report,
-                    resumed_from_step=resumed)
+                    resumed_from_step=resumed, gamma_ref=gref)
     if acc.is_main_process:
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(out).items()}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -1,0 +1,127 @@
+"""sDPO (Kim et al. 2024, "sDPO: Don't Use Your Data All at Once", arXiv:2403.19270, §2, Alg. 1).
+
+The preference data are split into ordered chunks D_1..D_T. Stage t initialises the target from M_{t-1}
+and uses the *frozen M_{t-1}* as its reference (M_0 = the configured model); it is a plain DPO-family run
+on D_t. With LoRA, stage t's starting model is stage t−1's model with its adapter merged, and a fresh
+adapter is trained on top, so the adapter-disabled reference is M_{t-1}, not the original base.
+
+Each stage writes a full run directory ``<output_dir>/stage-<t>``; ``gamma_ref`` (mean over D_t of
+log π_ref(y_w) − log π_ref(y_l)) is measured at the stage's start with that stage's reference.
+A resumed run skips finished stages and resumes the unfinished one at its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from collections import defaultdict
+from pathlib import Path
+
+from .config import Config
+from .errors import ConfigError
+from .run import Prepared, RunResult, prepare, train
+
+
+def split_examples(cfg: Config, p: Prepared) -> list[list]:
+    """D_1..D_T from the configured strategy (``column`` or ``random``); ``files`` is handled by the caller."""
+    s = cfg.stages
+    assert s is not None
+    examples = p.train
+    if s.by == "column":
+        column = s.column
+        missing = [e for e in examples if column not in e.meta]
+        if missing:
+            e = missing[0]
+            raise ConfigError(f"stages.column: {e.file}:{e.line} has no column '{column}'")
+        by_value: dict[str, list] = defaultdict(list)
+        for e in examples:
+            by_value[str(e.meta[column])].append(e)
+        for v in s.order:
+            if v not in by_value:
+                raise ConfigError(
+                    f"stages.order: value '{v}' does not occur in column '{column}' of {cfg.data.train} "
+                    f"(values present: {', '.join(sorted(by_value))})"
+                )
+        unlisted = sorted(set(by_value) - set(s.order))
+        if unlisted:
+            n = sum(len(by_value[v]) for v in unlisted)
+            raise ConfigError(
+                f"stages.order: {n} rows of {cfg.data.train} have {column} values not listed "
+                f"({', '.join(unlisted)}); list them or filter the data"
+            )
+        return [by_value[v] for v in s.order]
+    # stratified random split: each group (by column, if given) is cut by the fractions
+    rng = random.Random(cfg.train.seed)
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, e in enumerate(examples):
+        groups[str(e.meta.get(s.column)) if s.column else ""].append(i)
+    chunks: list[list[int]] = [[] for _ in s.fractions]
+    for key in sorted(groups):
+        members = groups[key][:]
+        rng.shuffle(members)
+        bounds = [round(sum(s.fractions[: i + 1]) * len(members)) for i in range(len(s.fractions))]
+        start = 0
+        for i, end in enumerate(bounds):
+            chunks[i].extend(members[start:end])
+            start = end
+    for i, c in enumerate(chunks):
+        if not c:
+            raise ConfigError(f"stages.fractions: stage {i + 1} gets no examples ({len(examples)} in all)")
+    return [[examples[i] for i in sorted(c)] for c in chunks]  # file order within a stage
+
+
+def _stage_config(cfg: Config, t: int, start_model: str) -> Config:
+    c = copy.deepcopy(cfg)
+    c.stages = None
+    c.model.name = start_model
+    c.train.output_dir = str(Path(cfg.train.output_dir) / f"stage-{t}")
+    if cfg.model.lora is not None:
+        c.train.save_merged = True  # the next stage starts from (and is referenced by) the merged model
+    return c
+
+
+def _final_model(stage_dir: Path, lora: bool) -> str:
+    return str(stage_dir / "final" / "merged") if lora else str(stage_dir / "final")
+
+
+def train_stages(cfg: Config) -> RunResult:
+    """Run every sDPO stage in order; returns the last stage's result with ``stages`` filled in."""
+    s = cfg.stages
+    assert s is not None
+    root = Path(cfg.train.output_dir)
+    if s.by == "files":
+        n_stages = len(s.files)
+        chunks = None
+    else:
+        chunks = split_examples(cfg, prepare(cfg))
+        n_stages = len(chunks)
+    start = cfg.model.name
+    results: list[dict] = []
+    last: RunResult | None = None
+    for t in range(1, n_stages + 1):
+        stage_cfg = _stage_config(cfg, t, start)
+        stage_dir = Path(stage_cfg.train.output_dir)
+        done = stage_dir / "summary.json"
+        if cfg.train.resume and done.exists():
+            summary = json.loads(done.read_text())
+            results.append({"stage": t, "examples": summary["data"]["train_examples"],
+                            "gamma_ref": summary.get("gamma_ref"), "final_model": summary["final_model_dir"]})
+        else:
+            p = prepare(stage_cfg, train_spec=s.files[t - 1] if chunks is None else None)
+            if chunks is not None:
+                p.train = chunks[t - 1]
+                p.report = {**p.report, "train_examples": len(p.train)}
+            if not p.train:
+                raise ConfigError(f"stages: stage {t} has no examples")
+            last = train(stage_cfg, prepared=p, measure_gamma_ref=True)
+            results.append({"stage": t, "examples": len(p.train), "gamma_ref": last.gamma_ref,
+                            "final_model": str(last.final_model_dir)})
+        start = _final_model(stage_dir, cfg.model.lora is not None)
+    (root / "stages.json").write_text(json.dumps(results, indent=1))
+    if last is None:  # every stage was already finished
+        summary = json.loads((root / f"stage-{n_stages}" / "summary.json").read_text())
+        last = RunResult(**{**summary, "run_dir": Path(summary["run_dir"]),
+                            "final_model_dir": Path(summary["final_model_dir"])})
+    last.stages = results
+    return last
