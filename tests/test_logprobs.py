@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import random_examples, tiny_model
 
 from tether.logprobs import LogProbModel, collate, loss_inputs
-from tiny import random_examples, tiny_model
 
 
 def naive_logps(model, examples, paired):
@@ -64,12 +64,24 @@ def test_perturbed_logps_match_naive_mixing():
     with torch.no_grad():
         ref_w = LogProbModel(ref)
         ref_hidden = ref_w.hidden(batch.input_ids, batch.attention_mask)
-        rows = LogProbModel(policy, chunk=5)(batch.input_ids, batch.attention_mask, batch.response_mask,
-                                             ref_hidden=ref_hidden, ref_head=ref_w.head, epsilon=eps)
-        z = policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                   position_ids=(batch.attention_mask.cumsum(1) - 1).clamp(min=0)).logits.float()
-        zr = ref(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                 position_ids=(batch.attention_mask.cumsum(1) - 1).clamp(min=0)).logits.float()
+        rows = LogProbModel(policy, chunk=5)(
+            batch.input_ids,
+            batch.attention_mask,
+            batch.response_mask,
+            ref_hidden=ref_hidden,
+            ref_head=ref_w.head,
+            epsilon=eps,
+        )
+        z = policy(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=(batch.attention_mask.cumsum(1) - 1).clamp(min=0),
+        ).logits.float()
+        zr = ref(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=(batch.attention_mask.cumsum(1) - 1).clamp(min=0),
+        ).logits.float()
         tm = batch.response_mask[:, 1:].float()
         y = batch.input_ids[:, 1:, None]
         for sign, got in ((1, rows.plus), (-1, rows.minus)):

@@ -19,6 +19,7 @@ import collections
 import math
 import re
 import types
+import warnings
 from decimal import Decimal, getcontext
 from pathlib import Path
 
@@ -291,9 +292,11 @@ def trl_mod():
     trl = pytest.importorskip("trl")
     if not trl.__version__.startswith("1.16."):
         pytest.skip(f"oracle written against TRL 1.16, found {trl.__version__}")
-    from trl.experimental.cpo.cpo_trainer import CPOTrainer
-    from trl.experimental.orpo import orpo_trainer
-    from trl.trainer.dpo_trainer import DPOTrainer
+    with warnings.catch_warnings():  # "trl.experimental APIs are unstable": that is why the version is pinned
+        warnings.simplefilter("ignore")
+        from trl.experimental.cpo.cpo_trainer import CPOTrainer
+        from trl.experimental.orpo import orpo_trainer
+        from trl.trainer.dpo_trainer import DPOTrainer
 
     return types.SimpleNamespace(DPOTrainer=DPOTrainer, CPOTrainer=CPOTrainer, orpo=orpo_trainer)
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from tiny import pair_rows, tiny_model_dir, write_jsonl
 
 from tether import models
 from tether.config import from_dict
@@ -14,7 +15,6 @@ from tether.errors import ConfigError
 from tether.logprobs import LogProbModel
 from tether.reference import compute_table
 from tether.run import train
-from tiny import pair_rows, tiny_model_dir, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,14 @@ def cfg(root, model, pairs, name, stages=None, **train_kw):
         "data": {"train": str(pairs), "max_length": 64},
         "method": {"name": "dpo", "beta": 0.1},
         "reference": {"cache_dir": str(root / "cache")},
-        "train": {"output_dir": str(root / name), "batch_size": 2, "max_steps": 4, "lr": 5e-3, "progress": False,
-                  **train_kw},
+        "train": {
+            "output_dir": str(root / name),
+            "batch_size": 2,
+            "max_steps": 4,
+            "lr": 5e-3,
+            "progress": False,
+            **train_kw,
+        },
     }
     if stages is not None:
         raw["stages"] = stages
@@ -43,7 +49,9 @@ def table_for(model_dir, pairs):
     tok = models.load_tokenizer(model_dir)
     ex = tokenize_rows(read_rows(str(pairs)), tok, kind="pairs", max_length=64).examples
     m = LogProbModel(models.load_model(model_dir))
-    return ex, compute_table(m, ex, batch_size=4, pad_id=tok.pad_token_id, device=torch.device("cpu"), progress=False)
+    return ex, compute_table(
+        m, ex, batch_size=4, pad_id=tok.pad_token_id, device=torch.device("cpu"), progress=False
+    )
 
 
 def test_one_stage_is_exactly_dpo(setup):
@@ -57,7 +65,9 @@ def test_one_stage_is_exactly_dpo(setup):
 
 def test_stage_two_reference_is_stage_one_model(setup):
     root, model, pairs = setup
-    result = train(cfg(root, model, pairs, "two-stage", {"by": "column", "column": "source", "order": ["easy", "hard"]}))
+    result = train(
+        cfg(root, model, pairs, "two-stage", {"by": "column", "column": "source", "order": ["easy", "hard"]})
+    )
     assert [s["stage"] for s in result.stages] == [1, 2]
     assert [s["examples"] for s in result.stages] == [8, 8]
     stage1_final = result.run_dir.parent / "stage-1" / "final"

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import pair_rows, sft_rows, tiny_model_dir, write_jsonl
 
 from tether.config import from_dict
 from tether.methods import METHODS
 from tether.run import train
-from tiny import pair_rows, sft_rows, tiny_model_dir, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +24,22 @@ def setup(tmp_path_factory):
 
 
 def config(root, model, data, method, **train):
-    return from_dict({
-        "model": {"name": str(model)},
-        "data": {"train": str(data), "max_length": 64},
-        "method": {"name": method},
-        "reference": {"cache_dir": str(root / "cache")},
-        "train": {"output_dir": str(root / "runs" / method), "batch_size": 2, "max_steps": 3, "lr": 1e-2,
-                  "progress": False, **train},
-    })
+    return from_dict(
+        {
+            "model": {"name": str(model)},
+            "data": {"train": str(data), "max_length": 64},
+            "method": {"name": method},
+            "reference": {"cache_dir": str(root / "cache")},
+            "train": {
+                "output_dir": str(root / "runs" / method),
+                "batch_size": 2,
+                "max_steps": 3,
+                "lr": 1e-2,
+                "progress": False,
+                **train,
+            },
+        }
+    )
 
 
 @pytest.mark.parametrize("method", list(METHODS))

@@ -15,9 +15,19 @@ VOCAB = 96
 
 def tiny_model(seed: int = 0, vocab: int = VOCAB) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -59,9 +69,14 @@ def tiny_tokenizer():
     vocab = {t: i for i, t in enumerate(SPECIALS + CHARS)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>",
-                                  eos_token="</s>", unk_token="<unk>",
-                                  additional_special_tokens=["<|user|>", "<|assistant|>"])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        additional_special_tokens=["<|user|>", "<|assistant|>"],
+    )
     tok.chat_template = TEMPLATE
     return tok
 
@@ -83,8 +98,14 @@ def pair_rows(n: int, seed: int = 0) -> list[dict]:
     for i in range(n):
         a, b = rng.randint(1, 20), rng.randint(1, 20)
         good, bad = a + b, a + b + rng.choice([-2, -1, 1, 3])
-        rows.append({"prompt": f"what is {a}+{b}?", "chosen": f"{good}", "rejected": f"{bad}",
-                     "source": "easy" if i % 2 == 0 else "hard"})
+        rows.append(
+            {
+                "prompt": f"what is {a}+{b}?",
+                "chosen": f"{good}",
+                "rejected": f"{bad}",
+                "source": "easy" if i % 2 == 0 else "hard",
+            }
+        )
     return rows
 
 

@@ -22,11 +22,26 @@ def cmd_losses(args: argparse.Namespace) -> int:
     rows = methods_table()
     if args.verbose:
         for r in rows:
-            print(f"{r['method']}: {r['summary']}\n  paper: {r['paper']}, {r['equation']}\n"
-                  f"  data: {r['data']}  reference: {r['reference']}  defaults: {r['defaults']}")
+            print(
+                f"{r['method']}: {r['summary']}\n  paper: {r['paper']}, {r['equation']}\n"
+                f"  data: {r['data']}  reference: {r['reference']}  defaults: {r['defaults']}"
+            )
         return 0
-    print(_table([[r["method"], r["data"], r["reference"], r["defaults"], f"{r['paper'].split(',')[0]}, {r['equation']}"]
-                  for r in rows], ["method", "data", "reference", "defaults", "paper, equation"]))
+    print(
+        _table(
+            [
+                [
+                    r["method"],
+                    r["data"],
+                    r["reference"],
+                    r["defaults"],
+                    f"{r['paper'].split(',')[0]}, {r['equation']}",
+                ]
+                for r in rows
+            ],
+            ["method", "data", "reference", "defaults", "paper, equation"],
+        )
+    )
     return 0
 
 
@@ -42,7 +57,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(f"error: {problem}", file=sys.stderr)
         print(f"{len(e.problems)} problem(s) found", file=sys.stderr)
         return 2
-    print(f"{args.config}: OK — method {cfg.method.name}, " + ", ".join(f"{k}={v}" for k, v in report.items()))
+    print(
+        f"{args.config}: OK — method {cfg.method.name}, " + ", ".join(f"{k}={v}" for k, v in report.items())
+    )
     return 0
 
 
@@ -67,13 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="fine-tune a model as the config says and write a run directory")
     p.add_argument("config", help="YAML config file")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-5 method.beta=0.2")
+    p.add_argument(
+        "overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-5 method.beta=0.2"
+    )
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("validate", help="check the config and every data row without loading model weights")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_validate)
-    p = sub.add_parser("losses", help=f"list the methods ({', '.join(METHODS)}) with paper, equation and defaults")
+    p = sub.add_parser(
+        "losses", help=f"list the methods ({', '.join(METHODS)}) with paper, equation and defaults"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="one block per method with its summary")
     p.set_defaults(func=cmd_losses)
     return parser

@@ -239,6 +239,8 @@ def _split_method(raw: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(method, dict):
         raise ConfigError(f"method: expected a mapping like {{name: dpo, beta: 0.1}}, got {method!r}")
     method = dict(method)
+    if "params" in method and set(method) <= {"name", "params"}:
+        return raw  # already split
     name = method.pop("name", "dpo")
     return {**raw, "method": {"name": name, "params": method}}
 
@@ -317,15 +319,23 @@ def validate(cfg: Config) -> None:
     if not d.train and not (cfg.stages and cfg.stages.by == "files"):
         raise ConfigError("data.train: required (a .jsonl/.json/.parquet file or hf:<dataset>)")
     positive_ints = {
-        "train.batch_size": t.batch_size, "train.grad_accum": t.grad_accum, "train.log_every": t.log_every,
-        "data.max_length": d.max_length, "train.logprob_chunk": t.logprob_chunk,
+        "train.batch_size": t.batch_size,
+        "train.grad_accum": t.grad_accum,
+        "train.log_every": t.log_every,
+        "data.max_length": d.max_length,
+        "train.logprob_chunk": t.logprob_chunk,
     }
     for key, value in positive_ints.items():
         if value < 1:
             raise ConfigError(f"{key}: must be ≥ 1, got {value}")
-    for key, value in {"train.max_steps": t.max_steps, "train.eval_every": t.eval_every,
-                       "train.save_every": t.save_every, "data.max_prompt_length": d.max_prompt_length,
-                       "data.limit": d.limit, "train.save_total_limit": t.save_total_limit}.items():
+    for key, value in {
+        "train.max_steps": t.max_steps,
+        "train.eval_every": t.eval_every,
+        "train.save_every": t.save_every,
+        "data.max_prompt_length": d.max_prompt_length,
+        "data.limit": d.limit,
+        "train.save_total_limit": t.save_total_limit,
+    }.items():
         if value is not None and value < 1:
             raise ConfigError(f"{key}: must be ≥ 1 or null, got {value}")
     if t.lr <= 0:
@@ -347,7 +357,9 @@ def validate(cfg: Config) -> None:
     if mode == "adapter" and cfg.reference.model is not None:
         raise ConfigError("reference.mode: 'adapter' uses the policy's own base; remove reference.model")
     if mode == "none" and method.needs_reference:
-        raise ConfigError(f"reference.mode: method '{method.name}' needs a reference model; 'none' is not allowed")
+        raise ConfigError(
+            f"reference.mode: method '{method.name}' needs a reference model; 'none' is not allowed"
+        )
     if mode == "precomputed" and method.needs_reference_logits:
         raise ConfigError(
             f"reference.mode: method '{method.name}' needs the reference's full logits at every step, "
@@ -365,7 +377,9 @@ def _validate_stages(cfg: Config, method: Method) -> None:
     s = cfg.stages
     assert s is not None
     if method.data != "pairs" or not method.needs_reference:
-        raise ConfigError(f"stages: sDPO stages need a reference-based preference method, not '{method.name}'")
+        raise ConfigError(
+            f"stages: sDPO stages need a reference-based preference method, not '{method.name}'"
+        )
     if s.by == "column":
         if not s.column:
             raise ConfigError("stages.column: required when stages.by is 'column'")

@@ -77,7 +77,9 @@ class LossOutput:
         self.metrics[name] = v
 
 
-def require(value: Tensor | SequenceLogps | Perturbed | None, what: str) -> Tensor | SequenceLogps | Perturbed:
+def require(
+    value: Tensor | SequenceLogps | Perturbed | None, what: str
+) -> Tensor | SequenceLogps | Perturbed:
     """Return ``value`` or fail loudly when the engine did not provide a declared input."""
     if value is None:
         raise ValueError(f"loss input {what!r} is missing: the method's declared capabilities are wrong")

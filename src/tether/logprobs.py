@@ -44,8 +44,13 @@ class Batch:
         return int(self.attention_mask.sum())
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device),
-                     self.index.to(device), self.paired)
+        return Batch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.response_mask.to(device),
+            self.index.to(device),
+            self.paired,
+        )
 
 
 def collate(examples: Sequence, indices: Sequence[int], pad_id: int, padding_side: str = "right") -> Batch:
@@ -75,8 +80,13 @@ def _chunk_logps(hidden: Tensor, targets: Tensor, head: nn.Module, softcap: floa
 
 
 def _chunk_perturbed(
-    hidden: Tensor, ref_hidden: Tensor, targets: Tensor, head: nn.Module, ref_head: nn.Module,
-    epsilon: float, softcap: float | None,
+    hidden: Tensor,
+    ref_hidden: Tensor,
+    targets: Tensor,
+    head: nn.Module,
+    ref_head: nn.Module,
+    epsilon: float,
+    softcap: float | None,
 ) -> tuple[Tensor, Tensor]:
     z = head(hidden).float()
     z_ref = ref_head(ref_hidden).float()
@@ -124,8 +134,11 @@ def response_logps(
     pieces = []
     for s in range(0, h.shape[0], chunk):
         if torch.is_grad_enabled() and h.requires_grad:
-            pieces.append(checkpoint(_chunk_logps, h[s : s + chunk], y[s : s + chunk], head, softcap,
-                                     use_reentrant=False))
+            pieces.append(
+                checkpoint(
+                    _chunk_logps, h[s : s + chunk], y[s : s + chunk], head, softcap, use_reentrant=False
+                )
+            )
         else:
             pieces.append(_chunk_logps(h[s : s + chunk], y[s : s + chunk], head, softcap))
     tok = torch.cat(pieces) if pieces else h.new_zeros(0, dtype=torch.float32)
@@ -143,12 +156,23 @@ def response_logps(
         with torch.no_grad():
             plus, minus = [], []
             for s in range(0, h.shape[0], chunk):
-                p, m = _chunk_perturbed(h[s : s + chunk].detach(), rh[s : s + chunk], y[s : s + chunk], head,
-                                        ref_head, epsilon, softcap)
+                p, m = _chunk_perturbed(
+                    h[s : s + chunk].detach(),
+                    rh[s : s + chunk],
+                    y[s : s + chunk],
+                    head,
+                    ref_head,
+                    epsilon,
+                    softcap,
+                )
                 plus.append(p)
                 minus.append(m)
-            out.plus = tok.new_zeros(n_rows).index_add(0, rows, torch.cat(plus)) if plus else tok.new_zeros(n_rows)
-            out.minus = tok.new_zeros(n_rows).index_add(0, rows, torch.cat(minus)) if minus else tok.new_zeros(n_rows)
+            out.plus = (
+                tok.new_zeros(n_rows).index_add(0, rows, torch.cat(plus)) if plus else tok.new_zeros(n_rows)
+            )
+            out.minus = (
+                tok.new_zeros(n_rows).index_add(0, rows, torch.cat(minus)) if minus else tok.new_zeros(n_rows)
+            )
     return out
 
 
@@ -189,8 +213,12 @@ class LogProbModel(nn.Module):
 
     def hidden(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         decoder, _, _ = decoder_and_head(self.model)
-        out = decoder(input_ids=input_ids, attention_mask=attention_mask,
-                      position_ids=position_ids_for(attention_mask), use_cache=False)
+        out = decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_for(attention_mask),
+            use_cache=False,
+        )
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
     @property
@@ -208,8 +236,15 @@ class LogProbModel(nn.Module):
         epsilon: float | None = None,
     ) -> RowLogps:
         hidden = self.hidden(input_ids, attention_mask)
-        return self.from_hidden(hidden, input_ids, response_mask, want_tokens=want_tokens,
-                                ref_hidden=ref_hidden, ref_head=ref_head, epsilon=epsilon)
+        return self.from_hidden(
+            hidden,
+            input_ids,
+            response_mask,
+            want_tokens=want_tokens,
+            ref_hidden=ref_hidden,
+            ref_head=ref_head,
+            epsilon=epsilon,
+        )
 
     def from_hidden(self, hidden: Tensor, input_ids: Tensor, response_mask: Tensor, **kw) -> RowLogps:
         """Response log-probs from already computed hidden states (see :func:`response_logps`)."""
@@ -225,14 +260,17 @@ class LogProbModel(nn.Module):
 
 
 def loss_inputs(
-    rows: RowLogps, batch: Batch, ref_sum: Tensor | None = None,
+    rows: RowLogps,
+    batch: Batch,
+    ref_sum: Tensor | None = None,
 ) -> LossInputs:
     """Split engine rows into the loss contract (chosen rows first, then rejected for pairs)."""
     b = batch.n_examples
 
     def seq(sl: slice) -> SequenceLogps:
         return SequenceLogps(
-            sum=rows.sum[sl], n_tokens=rows.n_tokens[sl],
+            sum=rows.sum[sl],
+            n_tokens=rows.n_tokens[sl],
             tokens=None if rows.tokens is None else rows.tokens[sl],
             mask=None if rows.mask is None else rows.mask[sl],
         )

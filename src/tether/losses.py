@@ -32,7 +32,9 @@ def log1mexp(x: Tensor) -> Tensor:
     """
     threshold = -math.log(2.0)
     safe_lo = torch.minimum(x, torch.full_like(x, threshold))  # branch inputs kept in-range so that
-    safe_hi = torch.clamp(x, min=threshold, max=-torch.finfo(x.dtype).tiny)  # unused branches have finite grads
+    safe_hi = torch.clamp(
+        x, min=threshold, max=-torch.finfo(x.dtype).tiny
+    )  # unused branches have finite grads
     return torch.where(x < threshold, torch.log1p(-torch.exp(safe_lo)), torch.log(-torch.expm1(safe_hi)))
 
 
@@ -144,7 +146,7 @@ def ipo(inp: LossInputs, *, beta: float) -> LossOutput:
 
 
 def epsilon_criterion(inp: LossInputs) -> Tensor:
-    """ε-DPO's per-pair direction s ∈ {−1, 0, +1} (epsilon-dpo.txt §4; authors' ``trainer.py``).
+    """ε-DPO's per-pair direction s ∈ {−1, 0, +1} (epsilon-dpo.txt §3.2-3.3, Eq. 1-5; authors' ``trainer.py``).
 
     With ``LR = logp(y_w) − logp(y_l)`` and ``LR⁺``/``LR⁻`` the same with the per-token mixed logits
     ``(1±ε)·z ∓ ε·z_ref`` (log-softmax renormalised): s = +1 if LR⁺ > LR > LR⁻, −1 if LR⁻ > LR > LR⁺,
@@ -153,16 +155,19 @@ def epsilon_criterion(inp: LossInputs) -> Tensor:
     chosen, rejected = _pair(inp)
     cp: Perturbed = require(inp.chosen_perturbed, "chosen_perturbed")  # type: ignore[assignment]
     rp: Perturbed = require(inp.rejected_perturbed, "rejected_perturbed")  # type: ignore[assignment]
-    lr = (chosen.sum - rejected.sum).detach()
-    lr_plus = (cp.plus - rp.plus).detach()
-    lr_minus = (cp.minus - rp.minus).detach()
+    dt = torch.promote_types(chosen.sum.dtype, torch.float32)  # at least fp32: in bf16 most pairs tie
+
+    def diff(a: Tensor, b: Tensor) -> Tensor:
+        return a.detach().to(dt) - b.detach().to(dt)
+
+    lr, lr_plus, lr_minus = diff(chosen.sum, rejected.sum), diff(cp.plus, rp.plus), diff(cp.minus, rp.minus)
     up = (lr_plus > lr) & (lr > lr_minus)
     down = (lr_minus > lr) & (lr > lr_plus)
-    return up.to(lr.dtype) - down.to(lr.dtype)
+    return (up.to(lr.dtype) - down.to(lr.dtype)).to(chosen.sum.dtype)
 
 
 def epsilon_dpo(inp: LossInputs, *, beta: float, epsilon: float) -> LossOutput:
-    """ε-DPO (Lee et al. 2025, "KL Penalty Control via Perturbation for DPO", epsilon-dpo.txt Eq. 11-13).
+    """ε-DPO (Lee et al. 2025, "KL Penalty Control via Perturbation for DPO", epsilon-dpo.txt Eq. 3-6, Alg. 1).
 
     Per-pair ``β_i = β/(1 + ε·s_i)`` with s from :func:`epsilon_criterion`; loss ``−log σ(β_i·Δ_i)``.
     ``beta`` here is the *current* β; the trainer re-centres it after every optimizer step with
@@ -182,7 +187,7 @@ def epsilon_dpo(inp: LossInputs, *, beta: float, epsilon: float) -> LossOutput:
 
 
 def epsilon_dpo_update(hparams: dict[str, float], window_means: dict[str, float]) -> dict[str, float]:
-    """ε-DPO's β re-centring after an optimizer step: ``β ← β / (1 + ε·mean(s))``.
+    """ε-DPO's β re-centring after an optimizer step (epsilon-dpo.txt Eq. 6): ``β ← β / (1 + ε·mean(s))``.
 
     ``mean(s)`` is over the whole global batch of the step (all micro-batches, all processes); the new β
     equals the harmonic mean of that step's β_i.
@@ -260,7 +265,9 @@ def reference_metrics(inp: LossInputs) -> dict[str, Tensor]:
         out["deviation"] = ((inp.chosen.sum - inp.ref_chosen) / inp.chosen.n_tokens).detach().float()
         out["logps/ref_chosen"] = inp.ref_chosen.detach().float()
     if inp.ref_rejected is not None and inp.rejected is not None:
-        out["deviation/rejected"] = ((inp.rejected.sum - inp.ref_rejected) / inp.rejected.n_tokens).detach().float()
+        out["deviation/rejected"] = (
+            ((inp.rejected.sum - inp.ref_rejected) / inp.rejected.n_tokens).detach().float()
+        )
         out["logps/ref_rejected"] = inp.ref_rejected.detach().float()
         out["gamma_ref"] = (inp.ref_chosen - inp.ref_rejected).detach().float()  # type: ignore[operator]
     return out

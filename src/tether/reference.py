@@ -43,8 +43,13 @@ class _AdapterDisabledHead(nn.Module):
 class Reference:
     """Gives summed reference log-probs per batch row and, for ε-DPO, the reference's hidden states + head."""
 
-    def __init__(self, mode: str, model: LogProbModel | None = None, tables: dict[str, Tensor] | None = None,
-                 cache_status: str | None = None):
+    def __init__(
+        self,
+        mode: str,
+        model: LogProbModel | None = None,
+        tables: dict[str, Tensor] | None = None,
+        cache_status: str | None = None,
+    ):
         self.mode = mode
         self.model = model
         self.tables = tables or {}
@@ -98,9 +103,17 @@ def cache_key(model_fingerprint: str, examples: Sequence, extra: dict) -> str:
 
 @torch.no_grad()
 def compute_table(
-    model: LogProbModel, examples: Sequence, *, batch_size: int, pad_id: int, device: torch.device,
-    rank: int = 0, world: int = 1, reduce_sum: Callable[[Tensor], Tensor] | None = None,
-    context: contextlib.AbstractContextManager | None = None, desc: str = "reference log-probs",
+    model: LogProbModel,
+    examples: Sequence,
+    *,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+    reduce_sum: Callable[[Tensor], Tensor] | None = None,
+    context: contextlib.AbstractContextManager | None = None,
+    desc: str = "reference log-probs",
     progress: bool = True,
 ) -> Tensor:
     """[n, 2] summed log-probs (chosen, rejected; rejected = 0 for SFT) of every example.
@@ -115,7 +128,9 @@ def compute_table(
     # Longest-first batching wastes the least padding; the values do not depend on the order.
     mine.sort(key=lambda i: -(len(examples[i].prompt_ids) + len(examples[i].chosen_ids)))
     with context or contextlib.nullcontext():
-        for s in tqdm(range(0, len(mine), batch_size), desc=desc, disable=not progress or rank != 0, leave=False):
+        for s in tqdm(
+            range(0, len(mine), batch_size), desc=desc, disable=not progress or rank != 0, leave=False
+        ):
             idx = mine[s : s + batch_size]
             batch = collate([examples[i] for i in idx], idx, pad_id).to(device)
             rows = model(batch.input_ids, batch.attention_mask, batch.response_mask)
@@ -128,7 +143,11 @@ def compute_table(
 
 
 def load_or_compute(
-    path: Path, compute: Callable[[], Tensor], *, is_main: bool, barrier: Callable[[], None],
+    path: Path,
+    compute: Callable[[], Tensor],
+    *,
+    is_main: bool,
+    barrier: Callable[[], None],
 ) -> tuple[Tensor, str]:
     """Load the cached table at ``path`` or compute it (all processes) and write it (main process, atomically)."""
     if path.is_file():

@@ -45,9 +45,15 @@ def _tokenize(cfg: Config, spec: str, kind: str, tokenizer: Any) -> data_mod.Tok
     rows = data_mod.read_rows(spec, split=d.split)
     if d.limit is not None:
         rows = rows[: d.limit]
-    return data_mod.tokenize_rows(rows, tokenizer, kind=kind, max_length=d.max_length,  # type: ignore[arg-type]
-                                  max_prompt_length=d.max_prompt_length, chat_template=d.chat_template,
-                                  drop_long_prompts=d.drop_long_prompts)
+    return data_mod.tokenize_rows(
+        rows,
+        tokenizer,
+        kind=kind,
+        max_length=d.max_length,  # type: ignore[arg-type]
+        max_prompt_length=d.max_prompt_length,
+        chat_template=d.chat_template,
+        drop_long_prompts=d.drop_long_prompts,
+    )
 
 
 def prepare(cfg: Config, train_spec: str | None = None) -> Prepared:
@@ -70,8 +76,14 @@ def prepare(cfg: Config, train_spec: str | None = None) -> Prepared:
         train_ex, eval_ex = data_mod.split_train_eval(train_ex, cfg.data.eval_fraction, cfg.train.seed)
     if not train_ex:
         raise TetherError(f"{spec}: no training examples left")
-    report = {"rows": tok.n_rows, "train_examples": len(train_ex), "eval_examples": len(eval_ex),
-              "truncated": tok.n_truncated, "prompt_truncated": tok.n_prompt_truncated, "dropped": tok.n_dropped}
+    report = {
+        "rows": tok.n_rows,
+        "train_examples": len(train_ex),
+        "eval_examples": len(eval_ex),
+        "truncated": tok.n_truncated,
+        "prompt_truncated": tok.n_prompt_truncated,
+        "dropped": tok.n_dropped,
+    }
     return Prepared(cfg, method, hparams, model_dir, tokenizer, train_ex, eval_ex, report)
 
 
@@ -113,7 +125,9 @@ def build_reference(p: Prepared, mode: str, policy: LogProbModel, accelerator) -
         ref_dir = models.resolve_model_dir(cfg.reference.model)
         ref_tok = models.load_tokenizer(ref_dir)
         if ref_tok.get_vocab() != p.tokenizer.get_vocab():
-            raise TetherError(f"reference.model: {cfg.reference.model} has a different tokenizer than {cfg.model.name}")
+            raise TetherError(
+                f"reference.model: {cfg.reference.model} has a different tokenizer than {cfg.model.name}"
+            )
         ref_model = models.load_model(ref_dir, dtype=cfg.model.dtype).to(accelerator.device)
         ref_fp = models.model_fingerprint(ref_dir)
     else:
@@ -132,11 +146,19 @@ def build_reference(p: Prepared, mode: str, policy: LogProbModel, accelerator) -
         table, status = load_or_compute(
             cache_root / "reflogps" / f"{key}.pt",
             lambda ex=examples, s=split: compute_table(
-                source, ex, batch_size=cfg.train.batch_size * 2, pad_id=p.tokenizer.pad_token_id,
-                device=accelerator.device, rank=accelerator.process_index, world=accelerator.num_processes,
-                reduce_sum=lambda t: accelerator.reduce(t, "sum"), desc=f"reference log-probs ({s})",
-                progress=cfg.train.progress),
-            is_main=accelerator.is_main_process, barrier=accelerator.wait_for_everyone,
+                source,
+                ex,
+                batch_size=cfg.train.batch_size * 2,
+                pad_id=p.tokenizer.pad_token_id,
+                device=accelerator.device,
+                rank=accelerator.process_index,
+                world=accelerator.num_processes,
+                reduce_sum=lambda t: accelerator.reduce(t, "sum"),
+                desc=f"reference log-probs ({s})",
+                progress=cfg.train.progress,
+            ),
+            is_main=accelerator.is_main_process,
+            barrier=accelerator.wait_for_everyone,
         )
         tables[split] = table
         statuses.append(f"{split}:{status}")
@@ -167,13 +189,28 @@ class RunResult:
 
     def summary_rows(self) -> list[tuple[str, str]]:
         m, e = self.train_metrics, self.eval_metrics
-        rows = [("method", self.method), ("reference", self.reference_mode + (f" ({self.reference_cache})" if self.reference_cache else "")),
-                ("steps", str(self.steps)), ("time", f"{self.seconds:.1f} s"),
-                ("tokens/s", f"{self.tokens_per_second:.0f}"), ("peak RSS", f"{self.peak_rss_mb:.0f} MB"),
-                ("train examples", str(self.data.get("train_examples"))),
-                ("truncated rows", str(self.data.get("truncated")))]
-        for k in ("loss", "rewards/accuracies", "rewards/margins", "deviation", "kl/beta", "logps/chosen",
-                  "logps/rejected"):
+        rows = [
+            ("method", self.method),
+            (
+                "reference",
+                self.reference_mode + (f" ({self.reference_cache})" if self.reference_cache else ""),
+            ),
+            ("steps", str(self.steps)),
+            ("time", f"{self.seconds:.1f} s"),
+            ("tokens/s", f"{self.tokens_per_second:.0f}"),
+            ("peak RSS", f"{self.peak_rss_mb:.0f} MB"),
+            ("train examples", str(self.data.get("train_examples"))),
+            ("truncated rows", str(self.data.get("truncated"))),
+        ]
+        for k in (
+            "loss",
+            "rewards/accuracies",
+            "rewards/margins",
+            "deviation",
+            "kl/beta",
+            "logps/chosen",
+            "logps/rejected",
+        ):
             if k in m:
                 rows.append((f"last {k}", f"{m[k]:.4g}"))
         for k in ("eval/loss", "eval/rewards/accuracies", "eval/deviation"):
@@ -206,15 +243,25 @@ def gamma_ref(reference: Reference | None, p: Prepared, policy: LogProbModel, ac
     if table is None:
         ctx = policy.adapter_disabled() if reference.mode == "adapter" else None
         model = reference.model if reference.mode == "copy" else policy
-        table = compute_table(model, p.train, batch_size=p.cfg.train.batch_size * 2,
-                              pad_id=p.tokenizer.pad_token_id, device=acc.device, rank=acc.process_index,
-                              world=acc.num_processes, reduce_sum=lambda t: acc.reduce(t, "sum"), context=ctx,
-                              desc="gamma_ref", progress=p.cfg.train.progress)
+        table = compute_table(
+            model,
+            p.train,
+            batch_size=p.cfg.train.batch_size * 2,
+            pad_id=p.tokenizer.pad_token_id,
+            device=acc.device,
+            rank=acc.process_index,
+            world=acc.num_processes,
+            reduce_sum=lambda t: acc.reduce(t, "sum"),
+            context=ctx,
+            desc="gamma_ref",
+            progress=p.cfg.train.progress,
+        )
     return float((table[:, 0] - table[:, 1]).mean())
 
 
-def train(cfg: Config, *, prepared: Prepared | None = None, accelerator=None,
-          measure_gamma_ref: bool = False) -> RunResult:
+def train(
+    cfg: Config, *, prepared: Prepared | None = None, accelerator=None, measure_gamma_ref: bool = False
+) -> RunResult:
     """Run one training job described by ``cfg``; returns what it produced (see :class:`RunResult`)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -235,9 +282,12 @@ def train(cfg: Config, *, prepared: Prepared | None = None, accelerator=None,
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     acc.wait_for_everyone()
     set_seed(cfg.train.seed)
-    model = models.load_model(p.model_dir, dtype=cfg.model.dtype,
-                              gradient_checkpointing=cfg.model.gradient_checkpointing,
-                              lora=None if cfg.model.lora is None else vars(cfg.model.lora))
+    model = models.load_model(
+        p.model_dir,
+        dtype=cfg.model.dtype,
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+        lora=None if cfg.model.lora is None else vars(cfg.model.lora),
+    )
     if cfg.train.disable_dropout:
         _disable_dropout(model)
     model.to(acc.device)
@@ -246,9 +296,19 @@ def train(cfg: Config, *, prepared: Prepared | None = None, accelerator=None,
     reference = build_reference(p, mode, policy, acc)
     gref = gamma_ref(reference, p, policy, acc) if measure_gamma_ref or mode == "precomputed" else None
     sink = MetricsSink(run_dir, cfg.train.report_to, cfg.to_dict(), enabled=acc.is_main_process)
-    trainer = Trainer(accelerator=acc, policy=policy, method=p.method, hparams=p.hparams, reference=reference,
-                      cfg=cfg.train, run_dir=run_dir, train_examples=p.train, eval_examples=p.eval,
-                      pad_id=p.tokenizer.pad_token_id, sink=sink)
+    trainer = Trainer(
+        accelerator=acc,
+        policy=policy,
+        method=p.method,
+        hparams=p.hparams,
+        reference=reference,
+        cfg=cfg.train,
+        run_dir=run_dir,
+        train_examples=p.train,
+        eval_examples=p.eval,
+        pad_id=p.tokenizer.pad_token_id,
+        sink=sink,
+    )
     resumed = trainer.step if cfg.train.resume and trainer.resume() else None
     try:
         result: TrainResult = trainer.fit()
@@ -261,11 +321,23 @@ def train(cfg: Config, *, prepared: Prepared | None = None, accelerator=None,
         models.save_model(unwrapped, p.tokenizer, final_dir, merged=cfg.train.save_merged)
     acc.wait_for_everyone()
     tps = result.tokens / result.seconds if result.seconds > 0 else 0.0
-    out = RunResult(run_dir=run_dir, final_model_dir=final_dir, method=p.method.name, reference_mode=mode,
-                    reference_cache=reference.cache_status if reference else None, steps=result.steps,
-                    hparams=result.hparams, train_metrics=result.last_metrics, eval_metrics=result.eval_metrics,
-                    seconds=result.seconds, tokens_per_second=tps, peak_rss_mb=result.peak_rss_mb, data=p.report,
-                    resumed_from_step=resumed, gamma_ref=gref)
+    out = RunResult(
+        run_dir=run_dir,
+        final_model_dir=final_dir,
+        method=p.method.name,
+        reference_mode=mode,
+        reference_cache=reference.cache_status if reference else None,
+        steps=result.steps,
+        hparams=result.hparams,
+        train_metrics=result.last_metrics,
+        eval_metrics=result.eval_metrics,
+        seconds=result.seconds,
+        tokens_per_second=tps,
+        peak_rss_mb=result.peak_rss_mb,
+        data=p.report,
+        resumed_from_step=resumed,
+        gamma_ref=gref,
+    )
     if acc.is_main_process:
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(out).items()}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))

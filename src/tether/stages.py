@@ -105,8 +105,14 @@ def train_stages(cfg: Config) -> RunResult:
         done = stage_dir / "summary.json"
         if cfg.train.resume and done.exists():
             summary = json.loads(done.read_text())
-            results.append({"stage": t, "examples": summary["data"]["train_examples"],
-                            "gamma_ref": summary.get("gamma_ref"), "final_model": summary["final_model_dir"]})
+            results.append(
+                {
+                    "stage": t,
+                    "examples": summary["data"]["train_examples"],
+                    "gamma_ref": summary.get("gamma_ref"),
+                    "final_model": summary["final_model_dir"],
+                }
+            )
         else:
             p = prepare(stage_cfg, train_spec=s.files[t - 1] if chunks is None else None)
             if chunks is not None:
@@ -115,13 +121,24 @@ def train_stages(cfg: Config) -> RunResult:
             if not p.train:
                 raise ConfigError(f"stages: stage {t} has no examples")
             last = train(stage_cfg, prepared=p, measure_gamma_ref=True)
-            results.append({"stage": t, "examples": len(p.train), "gamma_ref": last.gamma_ref,
-                            "final_model": str(last.final_model_dir)})
+            results.append(
+                {
+                    "stage": t,
+                    "examples": len(p.train),
+                    "gamma_ref": last.gamma_ref,
+                    "final_model": str(last.final_model_dir),
+                }
+            )
         start = _final_model(stage_dir, cfg.model.lora is not None)
     (root / "stages.json").write_text(json.dumps(results, indent=1))
     if last is None:  # every stage was already finished
         summary = json.loads((root / f"stage-{n_stages}" / "summary.json").read_text())
-        last = RunResult(**{**summary, "run_dir": Path(summary["run_dir"]),
-                            "final_model_dir": Path(summary["final_model_dir"])})
+        last = RunResult(
+            **{
+                **summary,
+                "run_dir": Path(summary["run_dir"]),
+                "final_model_dir": Path(summary["final_model_dir"]),
+            }
+        )
     last.stages = results
     return last

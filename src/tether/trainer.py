@@ -79,7 +79,7 @@ def make_schedule(n_examples: int, cfg: TrainConfig, world: int) -> Schedule:
 
 
 def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
-    warmup = cfg.warmup_steps or int(round(cfg.warmup_ratio * total_steps))
+    warmup = cfg.warmup_steps or round(cfg.warmup_ratio * total_steps)
 
     def f(step: int) -> float:
         if step < warmup:
@@ -120,7 +120,9 @@ class MetricsSink:
         """On resume: forget lines logged after the checkpoint, so the run's log stays one sequence."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
+        kept = [
+            ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step
+        ]
         self.path.write_text("".join(ln + "\n" for ln in kept))
 
     def log(self, record: dict) -> None:
@@ -175,9 +177,19 @@ class Trainer:
     """Runs the optimisation of a prepared policy against a reference with a registered method."""
 
     def __init__(
-        self, *, accelerator, policy: LogProbModel, method: Method, hparams: dict[str, float],
-        reference: Reference | None, cfg: TrainConfig, run_dir: Path, train_examples: Sequence,
-        eval_examples: Sequence, pad_id: int, sink: MetricsSink,
+        self,
+        *,
+        accelerator,
+        policy: LogProbModel,
+        method: Method,
+        hparams: dict[str, float],
+        reference: Reference | None,
+        cfg: TrainConfig,
+        run_dir: Path,
+        train_examples: Sequence,
+        eval_examples: Sequence,
+        pad_id: int,
+        sink: MetricsSink,
     ):
         self.acc = accelerator
         self.method = method
@@ -192,10 +204,15 @@ class Trainer:
         self.schedule = make_schedule(len(train_examples), cfg, accelerator.num_processes)
         params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
-            params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+            params,
+            lr=cfg.lr,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            eps=cfg.adam_eps,
             weight_decay=cfg.weight_decay,
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.schedule.total_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(cfg, self.schedule.total_steps)
+        )
         self.policy, self.optimizer = accelerator.prepare(policy, self.optimizer)
         accelerator.register_for_checkpointing(self.scheduler)
         self.step = 0
@@ -207,10 +224,18 @@ class Trainer:
     def _forward(self, batch: Batch, split: str):
         ref_sum = ref_hidden = ref_head = None
         if self.reference is not None:
-            ref_sum, ref_hidden, ref_head = self.reference(batch, split, want_hidden=self.method.needs_reference_logits)
+            ref_sum, ref_hidden, ref_head = self.reference(
+                batch, split, want_hidden=self.method.needs_reference_logits
+            )
         eps = self.hparams.get("epsilon") if self.method.needs_reference_logits else None
-        rows = self.policy(batch.input_ids, batch.attention_mask, batch.response_mask,
-                           ref_hidden=ref_hidden, ref_head=ref_head, epsilon=eps)
+        rows = self.policy(
+            batch.input_ids,
+            batch.attention_mask,
+            batch.response_mask,
+            ref_hidden=ref_hidden,
+            ref_head=ref_head,
+            epsilon=eps,
+        )
         return self.method(loss_inputs(rows, batch, ref_sum), self.hparams)
 
     def _batch(self, idx: list[int], examples: Sequence) -> Batch:
@@ -354,8 +379,13 @@ class Trainer:
     def fit(self) -> TrainResult:
         total = self.schedule.total_steps
         cfg = self.cfg
-        bar = tqdm(total=total, initial=self.step, desc="train", disable=not (cfg.progress and self.acc.is_main_process),
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=total,
+            initial=self.step,
+            desc="train",
+            disable=not (cfg.progress and self.acc.is_main_process),
+            dynamic_ncols=True,
+        )
         start = time.perf_counter()
         tokens = 0
         last: dict[str, float] = {}
@@ -369,7 +399,9 @@ class Trainer:
             means["tokens_per_second"] = means["tokens"] / dt
             last = means
             if self.step % cfg.log_every == 0 or self.step == total:
-                self.sink.log({"step": self.step, "epoch": self.step / self.schedule.steps_per_epoch, **means})
+                self.sink.log(
+                    {"step": self.step, "epoch": self.step / self.schedule.steps_per_epoch, **means}
+                )
             bar.update(1)
             bar.set_postfix(loss=f"{means['loss']:.4f}", tok_s=f"{means['tokens_per_second']:.0f}")
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < total:
@@ -381,8 +413,15 @@ class Trainer:
         if self.eval_examples:
             eval_metrics = self.evaluate()
             self.sink.log({"step": self.step, **eval_metrics})
-        return TrainResult(steps=self.step, hparams=self.hparams, last_metrics=last, eval_metrics=eval_metrics,
-                           seconds=time.perf_counter() - start, tokens=tokens, peak_rss_mb=_peak_rss_mb())
+        return TrainResult(
+            steps=self.step,
+            hparams=self.hparams,
+            last_metrics=last,
+            eval_metrics=eval_metrics,
+            seconds=time.perf_counter() - start,
+            tokens=tokens,
+            peak_rss_mb=_peak_rss_mb(),
+        )
 
 
 class _null:
