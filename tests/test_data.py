@@ -349,8 +349,8 @@ def test_bad_sft_rows_all_reported_with_file_line_field() -> None:
         "train.jsonl:3: field 'prompt': is empty",
         "train.jsonl:4: field 'prompt': must be a non-empty string or a list of {role, content} messages, got number",
         "train.jsonl:4: field 'completion': must be a non-empty string or a list of {role, content} messages, got null",
-        "train.jsonl:5: field 'prompt[0]': must be a {role, content} message, got number",
-        "train.jsonl:5: field 'prompt[1]': must be a {role, content} message, got number",
+        "train.jsonl:5: field 'prompt': must be a non-empty string or a list of {role, content} messages, "
+        "got a list of number",
         "train.jsonl:6: field 'messages[1].role': the last message must be from the assistant (got 'user')",
         "train.jsonl:7: field 'messages[0].role': 'bot' is not one of system, user, assistant, tool",
         "train.jsonl:7: field 'messages[1].content': must be a string, got number",
@@ -363,7 +363,7 @@ def test_bad_sft_rows_all_reported_with_file_line_field() -> None:
         "train.jsonl:11: field 'messages': must be a list of {role, content} messages, got string",
     ]
     assert str(err.value).startswith("train.jsonl:2: field 'completion': missing")
-    assert str(err.value).endswith("(and 13 more problems)")
+    assert str(err.value).endswith("(and 12 more problems)")
 
 
 def test_bad_pair_rows_all_reported() -> None:
@@ -393,7 +393,8 @@ def test_bad_pair_rows_all_reported() -> None:
         "d.jsonl:3: field 'chosen': method needs preference pairs (prompt/chosen/rejected) but this row has messages",
         "d.jsonl:4: field 'rejected': missing (preference rows need prompt/chosen/rejected)",
         "d.jsonl:5: field 'chosen': is empty",
-        "d.jsonl:5: field 'rejected[0]': must be a {role, content} message, got string",
+        "d.jsonl:5: field 'rejected': must be a non-empty string or a list of {role, content} messages, "
+        "got a list of string",
         "d.jsonl:6: field 'rejected': is a message list but 'prompt' is a string; use strings or message lists for both",
     ]
 

@@ -424,6 +424,13 @@ class _RowChecker:
         if not value:
             self.add(name, "is an empty list")
             return None
+        if not any(isinstance(msg, dict) for msg in value):  # e.g. token ids: one problem, not one per item
+            kinds = sorted({_json_type(msg) for msg in value})
+            self.add(
+                name,
+                f"must be a non-empty string or a list of {{role, content}} messages, got a list of {'/'.join(kinds)}",
+            )
+            return None
         before = len(self.problems)
         for i, msg in enumerate(value):
             where = f"{name}[{i}]"

@@ -40,6 +40,14 @@ class ConfigError(TetherError):
 
 
 def closest(name: str, choices: Iterable[str]) -> str:
-    """' (did you mean X?)' for the closest valid name, or '' if nothing is close."""
-    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    """' (did you mean X?)' for the closest valid name, or '' if nothing is close.
+
+    Close means similar spelling, or a valid name that is the initials of ``name``'s ``_``-separated
+    words (``learning_rate`` → ``lr``).
+    """
+    choices = list(choices)
+    match = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    if not match:
+        initials = "".join(word[0] for word in name.lower().split("_") if word)
+        match = [c for c in choices if len(initials) > 1 and c == initials]
     return f" (did you mean '{match[0]}'?)" if match else ""

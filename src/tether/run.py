@@ -59,32 +59,81 @@ def _tokenize(cfg: Config, spec: str, kind: str, tokenizer: Any) -> data_mod.Tok
 def prepare(cfg: Config, train_spec: str | None = None) -> Prepared:
     """Check the model spec and every data row (tokenized) without loading model weights."""
     method, hparams = cfg.resolved_method()
-    models.check_model_spec(cfg.model.name)
-    if cfg.reference.model is not None:
-        models.check_model_spec(cfg.reference.model)
-    spec = train_spec or cfg.data.train
-    for s in (spec, cfg.data.eval):
-        if s and not s.startswith("hf:") and not Path(s).exists():
+    d, stages = cfg.data, cfg.stages
+    for key, name in (("model.name", cfg.model.name), ("reference.model", cfg.reference.model)):
+        if name is not None:
+            try:
+                models.check_model_spec(name)
+            except TetherError as e:
+                raise TetherError(f"{key}: {e}") from None
+    if train_spec is not None:
+        train_specs = [train_spec]
+    elif stages is not None and stages.by == "files":
+        train_specs = list(stages.files)  # validate(): every stage file
+    else:
+        train_specs = [d.train]
+    specs = [*train_specs, *([d.eval] if d.eval else [])]
+    for s in specs:
+        if not s.startswith("hf:") and not Path(s).exists():
             raise TetherError(f"{s}: data file not found")
+    # Rows are read and their format checked before the model dir is resolved (a GGUF is converted there).
+    rows = {}
+    for s in specs:
+        rows[s] = data_mod.read_rows(s, split=d.split)[: d.limit]
+        kind = data_mod.detect_kind(rows[s])
+        if kind != method.data:
+            need, holds = (
+                ("preference pairs (prompt/chosen/rejected)", "SFT rows (prompt/completion or messages)")
+                if method.data == "pairs"
+                else ("SFT rows (prompt/completion or messages)", "preference pairs (prompt/chosen/rejected)")
+            )
+            raise TetherError(f"{s}: method '{method.name}' needs {need} but the file holds {holds}")
     model_dir = models.resolve_model_dir(cfg.model.name)
     tokenizer = models.load_tokenizer(model_dir)
-    tok = _tokenize(cfg, spec, method.data, tokenizer)
-    train_ex, eval_ex = tok.examples, []
-    if cfg.data.eval:
-        eval_ex = _tokenize(cfg, cfg.data.eval, method.data, tokenizer).examples
-    elif cfg.data.eval_fraction > 0:
-        train_ex, eval_ex = data_mod.split_train_eval(train_ex, cfg.data.eval_fraction, cfg.train.seed)
+    if cfg.reference.model is not None:
+        ref_tokenizer = models.load_tokenizer(models.resolve_model_dir(cfg.reference.model))
+        if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise TetherError(
+                f"reference.model: {cfg.reference.model} has a different tokenizer than {cfg.model.name}"
+            )
+
+    def tokenize(s: str) -> data_mod.TokenizedData:
+        return data_mod.tokenize_rows(
+            rows[s],
+            tokenizer,
+            kind=method.data,  # type: ignore[arg-type]
+            max_length=d.max_length,
+            max_prompt_length=d.max_prompt_length,
+            chat_template=d.chat_template,
+            drop_long_prompts=d.drop_long_prompts,
+        )
+
+    toks = [tokenize(s) for s in train_specs]
+    train_ex, eval_ex = [e for t in toks for e in t.examples], []
+    if d.eval:
+        eval_ex = tokenize(d.eval).examples
+    elif d.eval_fraction > 0:
+        train_ex, eval_ex = data_mod.split_train_eval(train_ex, d.eval_fraction, cfg.train.seed)
     if not train_ex:
-        raise TetherError(f"{spec}: no training examples left")
+        raise TetherError(f"{', '.join(train_specs)}: no training examples left")
     report = {
-        "rows": tok.n_rows,
+        "rows": sum(t.n_rows for t in toks),
         "train_examples": len(train_ex),
         "eval_examples": len(eval_ex),
-        "truncated": tok.n_truncated,
-        "prompt_truncated": tok.n_prompt_truncated,
-        "dropped": tok.n_dropped,
+        "truncated": sum(t.n_truncated for t in toks),
+        "prompt_truncated": sum(t.n_prompt_truncated for t in toks),
+        "dropped": sum(t.n_dropped for t in toks),
     }
-    return Prepared(cfg, method, hparams, model_dir, tokenizer, train_ex, eval_ex, report)
+    p = Prepared(cfg, method, hparams, model_dir, tokenizer, train_ex, eval_ex, report)
+    if stages is not None and train_spec is None:
+        from .stages import split_examples
+
+        chunks = [t.examples for t in toks] if stages.by == "files" else split_examples(cfg, p)
+        for i, chunk in enumerate(chunks, start=1):
+            if not chunk:
+                raise TetherError(f"stages: stage {i} has no examples")
+        report["stages"] = len(chunks)
+    return p
 
 
 def validate(cfg: Config) -> dict[str, int]:
