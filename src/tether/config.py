@@ -54,6 +54,7 @@ class DataConfig:
     chat_template: Literal["auto", "always", "never"] = "auto"
     drop_long_prompts: bool = False
     limit: int | None = None
+    eval_limit: int | None = None
 
 
 @dataclass
@@ -334,6 +335,7 @@ def validate(cfg: Config) -> None:
         "train.save_every": t.save_every,
         "data.max_prompt_length": d.max_prompt_length,
         "data.limit": d.limit,
+        "data.eval_limit": d.eval_limit,
         "train.save_total_limit": t.save_total_limit,
     }.items():
         if value is not None and value < 1:

@@ -109,6 +109,7 @@ def compute_table(
     batch_size: int,
     pad_id: int,
     device: torch.device,
+    indices: Sequence[int] | None = None,
     rank: int = 0,
     world: int = 1,
     reduce_sum: Callable[[Tensor], Tensor] | None = None,
@@ -116,13 +117,15 @@ def compute_table(
     desc: str = "reference log-probs",
     progress: bool = True,
 ) -> Tensor:
-    """[n, 2] summed log-probs (chosen, rejected; rejected = 0 for SFT) of every example.
+    """[n, 2] summed log-probs (chosen, rejected; rejected = 0 for SFT) of ``examples[indices]``
+    (all by default); rows not asked for are NaN.
 
-    Examples are split across processes (``i % world == rank``) and summed with ``reduce_sum``.
+    The rows are split across processes (``i % world == rank``) and summed with ``reduce_sum``.
     """
     n = len(examples)
+    wanted = list(range(n)) if indices is None else sorted(set(indices))
     table = torch.zeros(n, 2, dtype=torch.float32, device=device)
-    mine = list(range(rank, n, world))
+    mine = wanted[rank::world]
     was_training = model.training
     model.eval()
     # Longest-first batching wastes the least padding; the values do not depend on the order.
@@ -139,24 +142,40 @@ def compute_table(
             if batch.paired:
                 table[batch.index, 1] = rows.sum[b:].float()
     model.train(was_training)
-    return reduce_sum(table) if reduce_sum is not None and world > 1 else table
+    if reduce_sum is not None and world > 1:
+        table = reduce_sum(table)
+    missing = torch.ones(n, dtype=torch.bool)
+    missing[wanted] = False
+    table[missing.to(table.device)] = float("nan")
+    return table
 
 
-def load_or_compute(
+def load_or_fill(
     path: Path,
-    compute: Callable[[], Tensor],
+    needed: Sequence[int],
+    compute: Callable[[list[int]], Tensor],
     *,
+    n: int,
     is_main: bool,
     barrier: Callable[[], None],
 ) -> tuple[Tensor, str]:
-    """Load the cached table at ``path`` or compute it (all processes) and write it (main process, atomically)."""
-    if path.is_file():
-        return torch.load(path, map_location="cpu"), "hit"
-    table = compute().cpu()
+    """The cached [n, 2] table at ``path`` with every ``needed`` row filled in.
+
+    Rows missing from the cache (NaN) are computed with ``compute(rows)`` (all processes) and the merged
+    table is written back by the main process, atomically. Status: ``hit`` (nothing computed), ``miss``
+    (no cache) or ``partial`` (some rows added).
+    """
+    table = torch.load(path, map_location="cpu") if path.is_file() else torch.full((n, 2), float("nan"))
+    status = "hit" if path.is_file() else "miss"
+    todo = [i for i in needed if torch.isnan(table[i, 0])]
+    if not todo:
+        return table, status
+    fresh = compute(todo).cpu()
+    table[todo] = fresh[todo]
     if is_main:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         torch.save(table, tmp)
         os.replace(tmp, path)
     barrier()
-    return table, "miss"
+    return table, "miss" if status == "miss" else "partial"

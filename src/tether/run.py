@@ -22,8 +22,8 @@ from .config import Config
 from .errors import TetherError
 from .logprobs import LogProbModel
 from .methods import Method
-from .reference import Reference, cache_key, compute_table, default_cache_dir, frozen_copy, load_or_compute
-from .trainer import MetricsSink, Trainer, TrainResult
+from .reference import Reference, cache_key, compute_table, default_cache_dir, frozen_copy, load_or_fill
+from .trainer import MetricsSink, Trainer, TrainResult, make_schedule
 
 
 @dataclass
@@ -38,22 +38,6 @@ class Prepared:
     train: list[data_mod.Example]
     eval: list[data_mod.Example]
     report: dict[str, int] = field(default_factory=dict)
-
-
-def _tokenize(cfg: Config, spec: str, kind: str, tokenizer: Any) -> data_mod.TokenizedData:
-    d = cfg.data
-    rows = data_mod.read_rows(spec, split=d.split)
-    if d.limit is not None:
-        rows = rows[: d.limit]
-    return data_mod.tokenize_rows(
-        rows,
-        tokenizer,
-        kind=kind,
-        max_length=d.max_length,  # type: ignore[arg-type]
-        max_prompt_length=d.max_prompt_length,
-        chat_template=d.chat_template,
-        drop_long_prompts=d.drop_long_prompts,
-    )
 
 
 def prepare(cfg: Config, train_spec: str | None = None) -> Prepared:
@@ -79,7 +63,7 @@ def prepare(cfg: Config, train_spec: str | None = None) -> Prepared:
     # Rows are read and their format checked before the model dir is resolved (a GGUF is converted there).
     rows = {}
     for s in specs:
-        rows[s] = data_mod.read_rows(s, split=d.split)[: d.limit]
+        rows[s] = data_mod.read_rows(s, split=d.split)[: d.eval_limit if s == d.eval else d.limit]
         kind = data_mod.detect_kind(rows[s])
         if kind != method.data:
             need, holds = (
@@ -162,41 +146,41 @@ def _disable_dropout(model: torch.nn.Module) -> None:
             m.p = 0.0
 
 
-def build_reference(p: Prepared, mode: str, policy: LogProbModel, accelerator) -> Reference | None:
-    """The reference for ``mode``, built from the *starting* weights (before any resume)."""
+def build_reference(
+    p: Prepared, mode: str, policy: LogProbModel, accelerator, needed_train: list[int] | None = None
+) -> Reference | None:
+    """The reference for ``mode``, built from the *starting* weights (before any resume).
+
+    ``precomputed`` computes only the training rows the run will use (``needed_train``; all by default)
+    and every eval row, and adds them to the on-disk cache, which later runs reuse.
+    """
     cfg = p.cfg
     if mode == "none":
         return None
     if mode == "adapter":
         return Reference("adapter", policy)
     ref_model = None
+    ref_spec = cfg.reference.model or cfg.model.name
+    ref_dir = models.resolve_model_dir(ref_spec) if cfg.reference.model else p.model_dir
     if cfg.reference.model is not None:
-        ref_dir = models.resolve_model_dir(cfg.reference.model)
-        ref_tok = models.load_tokenizer(ref_dir)
-        if ref_tok.get_vocab() != p.tokenizer.get_vocab():
-            raise TetherError(
-                f"reference.model: {cfg.reference.model} has a different tokenizer than {cfg.model.name}"
-            )
         ref_model = models.load_model(ref_dir, dtype=cfg.model.dtype).to(accelerator.device)
-        ref_fp = models.model_fingerprint(ref_dir)
-    else:
-        ref_fp = models.model_fingerprint(p.model_dir)
     if mode == "copy":
         base = ref_model if ref_model is not None else models.merge_lora(policy.model)
         return Reference("copy", frozen_copy(base, cfg.train.logprob_chunk))
     # precomputed: the policy at step 0 *is* the reference unless another model was named
     source = LogProbModel(ref_model, cfg.train.logprob_chunk) if ref_model is not None else policy
     cache_root = Path(cfg.reference.cache_dir) if cfg.reference.cache_dir else default_cache_dir()
+    fingerprint = models.model_fingerprint(ref_dir)
     tables, statuses = {}, []
-    for split, examples in (("train", p.train), ("eval", p.eval)):
+    for split, examples, needed in (("train", p.train, needed_train), ("eval", p.eval, None)):
         if not examples:
             continue
-        key = cache_key(ref_fp, examples, {"dtype": cfg.model.dtype, "v": 1})
-        table, status = load_or_compute(
-            cache_root / "reflogps" / f"{key}.pt",
-            lambda ex=examples, s=split: compute_table(
+
+        def compute(rows: list[int], ex=examples, s=split) -> torch.Tensor:
+            return compute_table(
                 source,
                 ex,
+                indices=rows,
                 batch_size=cfg.train.batch_size * 2,
                 pad_id=p.tokenizer.pad_token_id,
                 device=accelerator.device,
@@ -205,7 +189,14 @@ def build_reference(p: Prepared, mode: str, policy: LogProbModel, accelerator) -
                 reduce_sum=lambda t: accelerator.reduce(t, "sum"),
                 desc=f"reference log-probs ({s})",
                 progress=cfg.train.progress,
-            ),
+            )
+
+        key = cache_key(fingerprint, examples, {"dtype": cfg.model.dtype, "v": 2})
+        table, status = load_or_fill(
+            cache_root / "reflogps" / f"{key}.pt",
+            needed if needed is not None else range(len(examples)),
+            compute,
+            n=len(examples),
             is_main=accelerator.is_main_process,
             barrier=accelerator.wait_for_everyone,
         )
@@ -305,7 +296,7 @@ def gamma_ref(reference: Reference | None, p: Prepared, policy: LogProbModel, ac
             desc="gamma_ref",
             progress=p.cfg.train.progress,
         )
-    return float((table[:, 0] - table[:, 1]).mean())
+    return float((table[:, 0] - table[:, 1]).nanmean())  # over the rows the run computed
 
 
 def train(
@@ -342,7 +333,9 @@ def train(
     model.to(acc.device)
     policy = LogProbModel(model, cfg.train.logprob_chunk)
     mode = reference_mode(cfg, p.method)
-    reference = build_reference(p, mode, policy, acc)
+    schedule = make_schedule(len(p.train), cfg.train, acc.num_processes)
+    needed = None if measure_gamma_ref else schedule.used_indices()
+    reference = build_reference(p, mode, policy, acc, needed_train=needed)
     gref = gamma_ref(reference, p, policy, acc) if measure_gamma_ref or mode == "precomputed" else None
     sink = MetricsSink(run_dir, cfg.train.report_to, cfg.to_dict(), enabled=acc.is_main_process)
     trainer = Trainer(

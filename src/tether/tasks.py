@@ -70,7 +70,11 @@ def _format(rng: random.Random) -> dict[str, Any]:
 
 
 def _reverse(rng: random.Random) -> dict[str, Any]:
-    word = rng.choice(WORDS) if rng.random() < 0.3 else "".join(rng.sample("abcdefghijklmnoprstuw", rng.randint(3, 5)))
+    word = (
+        rng.choice(WORDS)
+        if rng.random() < 0.3
+        else "".join(rng.sample("abcdefghijklmnoprstuw", rng.randint(3, 5)))
+    )
     rev = word[::-1]
     shuffled = list(rev)
     i = rng.randrange(len(shuffled) - 1)
@@ -149,13 +153,29 @@ def to_rows(tasks: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """SFT rows, preference pairs (one per wrong answer) and multiple-choice rows."""
     sft, pairs, mc = [], [], []
     for t in tasks:
-        sft.append({"prompt": t["prompt"], "completion": t["answer"], "source": t["source"], "answer": t["answer"]})
+        sft.append(
+            {"prompt": t["prompt"], "completion": t["answer"], "source": t["source"], "answer": t["answer"]}
+        )
         for w in t["wrong"]:
-            pairs.append({"prompt": t["prompt"], "chosen": t["answer"], "rejected": w, "source": t["source"],
-                          "answer": t["answer"]})
+            pairs.append(
+                {
+                    "prompt": t["prompt"],
+                    "chosen": t["answer"],
+                    "rejected": w,
+                    "source": t["source"],
+                    "answer": t["answer"],
+                }
+            )
         if "options" in t:
-            mc.append({"prompt": t["prompt"], "options": t["options"], "label": t["label"], "source": t["source"],
-                       "answer": t["answer"]})
+            mc.append(
+                {
+                    "prompt": t["prompt"],
+                    "options": t["options"],
+                    "label": t["label"],
+                    "source": t["source"],
+                    "answer": t["answer"],
+                }
+            )
     return {"sft": sft, "pairs": pairs, "mc": mc}
 
 

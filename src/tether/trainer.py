@@ -59,6 +59,12 @@ class Schedule:
         perm = torch.randperm(self.n_examples, generator=g)
         return perm[k * self.global_batch : (k + 1) * self.global_batch].tolist()
 
+    def used_indices(self) -> list[int]:
+        """Every example index some step of the run will use."""
+        if self.total_steps >= self.steps_per_epoch:
+            return list(range(self.n_examples))  # a full epoch may still skip a tail; cheap to include
+        return sorted({i for s in range(self.total_steps) for i in self.step_indices(s)})
+
     def micro_batches(self, step: int, micro: int, world: int, rank: int) -> list[list[int]]:
         """This process's share of each micro-batch of the step."""
         idx = self.step_indices(step)
