@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from .errors import DataError, TetherError
-from .methods import METHODS, methods_table
+from .methods import METHODS, methods_markdown, methods_table
 
 
 def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
@@ -20,6 +20,9 @@ def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
 
 def cmd_losses(args: argparse.Namespace) -> int:
     rows = methods_table()
+    if args.markdown:
+        print(methods_markdown())
+        return 0
     if args.verbose:
         for r in rows:
             print(
@@ -96,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         "losses", help=f"list the methods ({', '.join(METHODS)}) with paper, equation and defaults"
     )
     p.add_argument("-v", "--verbose", action="store_true", help="one block per method with its summary")
+    p.add_argument("--markdown", action="store_true", help="the Markdown table used in the README and docs")
     p.set_defaults(func=cmd_losses)
     return parser
 

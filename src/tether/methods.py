@@ -106,8 +106,8 @@ METHODS: dict[str, Method] = {
         Method(
             "sft",
             losses.sft,
-            "Standard supervised fine-tuning",
-            "minor-sft.txt Eq. 5",
+            "Raw SFT, as the baseline of " + _MINOR,
+            "Eq. 5",
             "sft",
             False,
             "token-averaged NLL of the completion; logs deviation against a precomputed reference",
@@ -249,3 +249,17 @@ def methods_table() -> list[dict[str, str]]:
             }
         )
     return rows
+
+
+def methods_markdown() -> str:
+    """The README/docs table of methods, generated from the registry (a test keeps the docs in sync)."""
+    lines = [
+        "| method | data | reference | defaults | paper | equation | what it does |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in methods_table():
+        lines.append(
+            f"| `{r['method']}` | {r['data']} | {r['reference']} | {r['defaults']} | {r['paper']} | "
+            f"{r['equation']} | {r['summary']} |"
+        )
+    return "\n".join(lines)
