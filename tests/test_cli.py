@@ -26,11 +26,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import tiny
 import yaml
-from tiny import pair_rows, sft_rows, tiny_model_dir, write_jsonl
 
 from tether.methods import METHODS
+
+import tiny
+from tiny import pair_rows, sft_rows, tiny_model_dir, write_jsonl
 
 pytestmark = pytest.mark.slow  # launches processes
 

@@ -14,10 +14,11 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from tiny import pair_rows, tiny_model_dir, write_jsonl
 
 from tether.config import from_dict
 from tether.run import train
+
+from tiny import pair_rows, tiny_model_dir, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 

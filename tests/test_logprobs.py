@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import random_examples, tiny_model
 
 from tether.logprobs import LogProbModel, collate, loss_inputs
+
+from tiny import random_examples, tiny_model
 
 
 def naive_logps(model, examples, paired):

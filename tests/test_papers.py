@@ -16,6 +16,7 @@ from tether.logprobs import LogProbModel, response_logps
 from tether.losses import epsilon_criterion
 from tether.reference import compute_table
 from tether.run import train
+
 from tiny import pair_rows, sft_rows, tiny_model_dir, write_jsonl
 
 
@@ -34,8 +35,14 @@ def run(root, model, data, name, method, **train_kw):
         "data": {"train": str(data), "max_length": 64},
         "method": method,
         "reference": {"cache_dir": str(root / "cache")},
-        "train": {"output_dir": str(root / name), "batch_size": 4, "max_steps": 1, "lr": 1e-2, "progress": False,
-                  **train_kw},
+        "train": {
+            "output_dir": str(root / name),
+            "batch_size": 4,
+            "max_steps": 1,
+            "lr": 1e-2,
+            "progress": False,
+            **train_kw,
+        },
     }
     if "lora" in train_kw:
         raw["model"]["lora"] = raw["train"].pop("lora")
@@ -95,9 +102,10 @@ def test_minor_dpo_logs_clamped_fraction(setup):
 
 def test_asft_has_no_reference_anywhere(setup, monkeypatch):
     """No reference copy, no reference precompute, and exactly one decoder forward per micro-batch."""
+    from transformers.models.llama import modeling_llama
+
     import tether.reference as reference
     import tether.run as run_mod
-    from transformers.models.llama import modeling_llama
 
     def forbidden(*a, **k):
         raise AssertionError("ASFT touched a reference")
@@ -147,9 +155,14 @@ def _criterion_from_logits(z, z_ref, ids, mask, eps, per_token: bool):
         plus = (1 + eps) * rows.sum - eps * ref.sum
         minus = (1 - eps) * rows.sum + eps * ref.sum
     seq = lambda i: SequenceLogps(rows.sum[i : i + 1], rows.n_tokens[i : i + 1])  # noqa: E731
-    inp = LossInputs(chosen=seq(0), rejected=seq(1), ref_chosen=ref.sum[:1], ref_rejected=ref.sum[1:],
-                     chosen_perturbed=Perturbed(plus[:1], minus[:1]),
-                     rejected_perturbed=Perturbed(plus[1:], minus[1:]))
+    inp = LossInputs(
+        chosen=seq(0),
+        rejected=seq(1),
+        ref_chosen=ref.sum[:1],
+        ref_rejected=ref.sum[1:],
+        chosen_perturbed=Perturbed(plus[:1], minus[:1]),
+        rejected_perturbed=Perturbed(plus[1:], minus[1:]),
+    )
     margin = (rows.sum[0] - ref.sum[0]) - (rows.sum[1] - ref.sum[1])
     return int(epsilon_criterion(inp).item()), float(margin)
 
@@ -174,8 +187,9 @@ def test_epsilon_per_token_mixing_differs_from_whole_sequence_mixing():
 
 def test_epsilon_dpo_logs_its_measurements(setup):
     root, model, pairs, _ = setup
-    m = metrics(run(root, model, pairs, "eps-log", {"name": "epsilon_dpo", "beta": 0.1, "epsilon": 0.5},
-                    max_steps=3))
+    m = metrics(
+        run(root, model, pairs, "eps-log", {"name": "epsilon_dpo", "beta": 0.1, "epsilon": 0.5}, max_steps=3)
+    )
     for k in ("kl/beta", "kl/p_epsilon_steps", "kl/n_epsilon_steps", "rewards/margins", "deviation"):
         assert k in m[-1]
 
@@ -193,8 +207,13 @@ def test_sdpo_lora_stage_two_reference_is_merged_stage_one(setup):
         "method": {"name": "dpo"},
         "reference": {"cache_dir": str(root / "cache")},
         "stages": {"by": "column", "column": "source", "order": ["easy", "hard"]},
-        "train": {"output_dir": str(root / "sdpo-lora"), "batch_size": 2, "max_steps": 3, "lr": 5e-2,
-                  "progress": False},
+        "train": {
+            "output_dir": str(root / "sdpo-lora"),
+            "batch_size": 2,
+            "max_steps": 3,
+            "lr": 5e-2,
+            "progress": False,
+        },
     }
     result = train(from_dict(raw))
     merged = root / "sdpo-lora" / "stage-1" / "final" / "merged"
@@ -202,10 +221,22 @@ def test_sdpo_lora_stage_two_reference_is_merged_stage_one(setup):
     tok = models.load_tokenizer(merged)
     ex = tokenize_rows(read_rows(str(pairs)), tok, kind="pairs", max_length=64).examples
     hard = [e for e in ex if e.meta["source"] == "hard"]
-    t1 = compute_table(LogProbModel(models.load_model(merged)), hard, batch_size=4, pad_id=tok.pad_token_id,
-                       device=torch.device("cpu"), progress=False)
-    t0 = compute_table(LogProbModel(models.load_model(model)), hard, batch_size=4, pad_id=tok.pad_token_id,
-                       device=torch.device("cpu"), progress=False)
+    t1 = compute_table(
+        LogProbModel(models.load_model(merged)),
+        hard,
+        batch_size=4,
+        pad_id=tok.pad_token_id,
+        device=torch.device("cpu"),
+        progress=False,
+    )
+    t0 = compute_table(
+        LogProbModel(models.load_model(model)),
+        hard,
+        batch_size=4,
+        pad_id=tok.pad_token_id,
+        device=torch.device("cpu"),
+        progress=False,
+    )
     g1, g0 = (t1[:, 0] - t1[:, 1]).mean().item(), (t0[:, 0] - t0[:, 1]).mean().item()
     assert result.stages[1]["gamma_ref"] == pytest.approx(g1, abs=1e-4)
     assert abs(g1 - g0) > 1e-3

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from tiny import pair_rows, tiny_model_dir, write_jsonl
 
 from tether import models
 from tether.config import from_dict
@@ -15,6 +14,8 @@ from tether.errors import ConfigError
 from tether.logprobs import LogProbModel
 from tether.reference import compute_table
 from tether.run import train
+
+from tiny import pair_rows, tiny_model_dir, write_jsonl
 
 
 @pytest.fixture(scope="module")

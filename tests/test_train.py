@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import pair_rows, sft_rows, tiny_model_dir, write_jsonl
 
 from tether.config import from_dict
 from tether.methods import METHODS
 from tether.run import train
+
+from tiny import pair_rows, sft_rows, tiny_model_dir, write_jsonl
 
 
 @pytest.fixture(scope="module")
