@@ -9,7 +9,9 @@ import sys
 from collections.abc import Sequence
 
 from .errors import DataError, TetherError
+from .evaluate_args import add_eval_arguments
 from .methods import METHODS, methods_markdown, methods_table
+from .report_args import add_report_arguments
 
 
 def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
@@ -78,6 +80,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Owned by tether.evaluate (``tether eval``)."""
+    from .evaluate import main as eval_main
+
+    return eval_main(args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Owned by tether.report (``tether report``)."""
+    from .report import main as report_main
+
+    return report_main(args)
+
+
 def _is_main() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
@@ -95,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("eval", help="evaluate a model or run directory against its reference on a data file")
+    add_eval_arguments(p)
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("report", help="plots and a Markdown summary of one or more run directories")
+    add_report_arguments(p)
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser(
         "losses", help=f"list the methods ({', '.join(METHODS)}) with paper, equation and defaults"
     )
