@@ -6,7 +6,9 @@ Every configuration trains the same model (SmolLM2-135M-Instruct, the local safe
 learning rate (linear decay, no warm-up), β=0.1, grad-norm clip 1.0 and number of optimizer steps. Each one
 runs in its own subprocess, so the peak RSS (``ru_maxrss``) is that configuration's alone.
 
-* ``trl``: ``trl.DPOTrainer`` with default settings (reference = the frozen copy TRL loads itself). Its
+* ``trl``: ``trl.DPOTrainer`` with default settings (reference = the frozen copy TRL loads itself), except
+  ``bf16=False`` (TRL defaults to bf16 autocast, also on the CPU; this benchmark is fp32). TRL's default
+  ``gradient_checkpointing=True`` is kept; ``trl-no-gc`` is the same with it off (like tether). Its
   random sampler is replaced by tether's step order, so both see exactly the same batches, step by step.
   Step time = ``on_step_begin`` → ``on_step_end`` (forward, reference forward, backward, clip, optimizer
   step); tokens = ``attention_mask.sum()`` of the collated batch (prompt+chosen and prompt+rejected rows).
@@ -40,7 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 HERE = Path(__file__).resolve().parent
-CONFIGS = ("trl", "tether-copy", "tether-precomputed")
+CONFIGS = ("trl", "tether-copy", "tether-precomputed", "trl-no-gc")
 BETA = 0.1
 
 
@@ -70,7 +72,7 @@ def _summary(step_seconds: list[float], tokens: list[int], warmup: int) -> dict:
 # ------------------------------------------------------------------------------------------ workers
 
 
-def run_trl(args: argparse.Namespace, model_dir: Path) -> dict:
+def run_trl(args: argparse.Namespace, model_dir: Path, gradient_checkpointing: bool = True) -> dict:
     import torch
     from datasets import load_dataset
     from torch.utils.data import Sampler
@@ -121,6 +123,8 @@ def run_trl(args: argparse.Namespace, model_dir: Path) -> dict:
         logging_steps=1,
         save_strategy="no",
         use_cpu=True,
+        bf16=False,  # TRL's default is bf16 autocast (also on CPU); the comparison is fp32
+        gradient_checkpointing=gradient_checkpointing,  # TRL's default: True
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
@@ -155,6 +159,7 @@ def run_trl(args: argparse.Namespace, model_dir: Path) -> dict:
         "precompute_s": None,
         "losses": losses,
         "optimizer": str(config.optim),
+        "gradient_checkpointing": gradient_checkpointing,
         "peak_rss_mb": _peak_rss_mb(),
     }
 
@@ -220,11 +225,12 @@ def worker(args: argparse.Namespace) -> None:
     from tether.models import resolve_model_dir
 
     model_dir = Path(resolve_model_dir("smollm2"))
-    if args.worker == "trl":
-        res = run_trl(args, model_dir)
+    if args.worker.startswith("trl"):
+        res = run_trl(args, model_dir, gradient_checkpointing=args.worker == "trl")
     else:
         res = run_tether(args, model_dir, args.worker.removeprefix("tether-"))
-    res.update(config=args.worker, threads=torch.get_num_threads())
+    # Other processes on the machine share the cores: the 1-minute load average at the end of the run
+    res.update(config=args.worker, threads=torch.get_num_threads(), loadavg_end=os.getloadavg()[0])
     Path(args.result).write_text(json.dumps(res, indent=1))
 
 

@@ -65,7 +65,9 @@ class Reference:
     def __call__(self, batch: Batch, split: str, want_hidden: bool = False) -> ReferenceOut:
         """(summed log-probs [rows], hidden states or None, head or None) for the batch's rows."""
         if self.mode == "precomputed":
-            table = self.tables[split].to(batch.index.device)[batch.index]  # [B, 2]: chosen, rejected
+            if self.tables[split].device != batch.index.device:  # move once, not every step
+                self.tables[split] = self.tables[split].to(batch.index.device)
+            table = self.tables[split][batch.index]  # [B, 2]: chosen, rejected
             sums = torch.cat([table[:, 0], table[:, 1]]) if batch.paired else table[:, 0]
             return sums, None, None
         assert self.model is not None
