@@ -59,7 +59,7 @@ def test_one_stage_is_exactly_dpo(setup):
     root, model, pairs = setup
     staged = train(cfg(root, model, pairs, "one-stage", {"by": "random", "fractions": [1.0]}))
     plain = train(cfg(root, model, pairs, "plain"))
-    a = [json.loads(x) for x in (staged.run_dir / "metrics.jsonl").read_text().splitlines()]
+    a = [json.loads(x) for x in (staged.run_dir / "stage-1" / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (plain.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], abs=1e-6)
 
@@ -71,7 +71,7 @@ def test_stage_two_reference_is_stage_one_model(setup):
     )
     assert [s["stage"] for s in result.stages] == [1, 2]
     assert [s["examples"] for s in result.stages] == [8, 8]
-    stage1_final = result.run_dir.parent / "stage-1" / "final"
+    stage1_final = result.run_dir / "stage-1" / "final"
     assert result.stages[0]["final_model"] == str(stage1_final)
     ex, t_stage1 = table_for(stage1_final, pairs)
     _, t_orig = table_for(model, pairs)

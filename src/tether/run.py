@@ -226,6 +226,7 @@ class RunResult:
     resumed_from_step: int | None = None
     gamma_ref: float | None = None
     stages: list[dict] | None = None
+    plots: list[Path] = field(default_factory=list)
 
     def summary_rows(self) -> list[tuple[str, str]]:
         m, e = self.train_metrics, self.eval_metrics
@@ -261,6 +262,8 @@ class RunResult:
         for st in self.stages or []:
             rows.append((f"stage {st['stage']}", f"{st['examples']} pairs, gamma_ref {st['gamma_ref']:.4g}"))
         rows.append(("final model", str(self.final_model_dir)))
+        if self.plots:
+            rows.append(("plots", str(Path(self.plots[0]).parent)))
         return rows
 
 
@@ -383,4 +386,16 @@ def train(
     if acc.is_main_process:
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(out).items()}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        out.plots = _plot(run_dir)
     return out
+
+
+def _plot(run_dir: Path) -> list[Path]:
+    """The run's training curves as PNGs in ``<run>/plots`` (skipped, not failed, without matplotlib)."""
+    try:
+        from .report import plot_run
+
+        return plot_run(run_dir)
+    except (TetherError, ImportError) as e:
+        print(f"note: no plots ({e})")
+        return []

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .config import Config
 from .errors import ConfigError
-from .run import Prepared, RunResult, prepare, train
+from .run import Prepared, RunResult, _plot, prepare, train
 
 
 def split_examples(cfg: Config, p: Prepared) -> list[list]:
@@ -141,4 +141,6 @@ def train_stages(cfg: Config) -> RunResult:
             }
         )
     last.stages = results
+    last.run_dir = root
+    last.plots = _plot(root)
     return last

@@ -1,0 +1,795 @@
+"""``tether report``: PNG plots and a Markdown summary of one or more run directories.
+
+A run directory is what ``tether train`` writes (``metrics.jsonl``, ``config.yaml``, ``summary.json``,
+optionally ``eval.json`` from ``tether eval``); an sDPO run's root holds ``stages.json`` and one run
+directory per stage (``stage-<t>/``), whose metrics are concatenated on one step axis.
+
+Plots (each skipped, with a note in the Markdown, when no run logged its metrics):
+
+- ``training.png``: loss, reward margin and reward accuracy per step (eval dashed);
+- ``deviation.png``: MinorSFT's m_θ per step, every run on one axis (minor-sft.txt, Fig. 1);
+- ``epsilon_dpo.png``: ε-DPO's β and the fractions of pairs with s = +1 / s = −1 (epsilon-dpo.txt, Alg. 1);
+- ``gamma_ref.png``: sDPO's γ_ref per stage (arXiv:2403.19270, §2);
+- ``frontier.png``: task success against KL to the reference across runs (from ``eval.json``), the
+  ε-DPO paper's KL/performance frontier.
+
+Which plot a run appears in depends on the metrics it logged, never on its method name. Each ``plot_*``
+function returns a :class:`Plot` (the Figure and the plotted series, so tests can check what was drawn)
+or ``None``. This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import TetherError
+
+TRAIN_PANELS = (
+    ("loss", "loss"),
+    ("rewards/margins", "reward margin (chosen − rejected)"),
+    ("rewards/accuracies", "reward accuracy"),
+)
+EPSILON_PANELS = (
+    ("kl/beta", "β (re-centred each step)"),
+    ("kl/p_epsilon_steps", "fraction of pairs with s = +1 (β_i lowered)"),
+    ("kl/n_epsilon_steps", "fraction of pairs with s = −1 (β_i raised)"),
+)
+UNSMOOTHED = {"kl/beta"}  # set by the method, not measured on a batch: drawn as logged
+DEVIATION_LABEL = "m_θ = (log π_θ(y) − log π_ref(y)) / |y|"
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class Run:
+    """One run directory, read. ``train``/``evals`` hold metric records with ``step`` on the run's axis
+    (sDPO stages offset to follow each other); ``boundaries`` are the steps where a new stage starts."""
+
+    path: Path
+    name: str
+    method: str
+    config: dict
+    summary: dict
+    train: list[dict]
+    evals: list[dict]
+    stages: list[dict] | None = None
+    boundaries: list[float] = field(default_factory=list)
+    eval_json: dict | None = None
+    notes: list[str] = field(default_factory=list)
+    color: str = "C0"
+
+    @property
+    def label(self) -> str:
+        """The run's name in legends: its directory name, with the method when that differs."""
+        return self.name if self.name == self.method else f"{self.name} ({self.method})"
+
+    def series(self, key: str, split: str = "train") -> tuple[list[float], list[float]]:
+        """(steps, values) of one metric; non-finite and missing values are skipped."""
+        records = self.train if split == "train" else self.evals
+        key = key if split == "train" else f"eval/{key}"
+        xs, ys = [], []
+        for r in records:
+            v = r.get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                xs.append(float(r["step"]))
+                ys.append(float(v))
+        return xs, ys
+
+    def has(self, key: str) -> bool:
+        return bool(self.series(key)[0] or self.series(key, "eval")[0])
+
+    def last(self, key: str, split: str = "train") -> float | None:
+        ys = self.series(key, split)[1]
+        return ys[-1] if ys else None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise TetherError(f"{path}: cannot read ({e})") from None
+    except json.JSONDecodeError as e:
+        raise TetherError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+
+
+def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
+    """The train and eval records of a ``metrics.jsonl`` (eval records hold ``eval/...`` keys)."""
+    train, evals = [], []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise TetherError(f"{path}: cannot read ({e})") from None
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TetherError(f"{path}:{i}: malformed metrics line ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise TetherError(f"{path}:{i}: malformed metrics line (not a JSON object)")
+        step = rec.get("step")
+        if not isinstance(step, (int, float)) or isinstance(step, bool):
+            raise TetherError(f"{path}:{i}: malformed metrics line (no numeric 'step')")
+        (evals if any(k.startswith("eval/") for k in rec) else train).append(rec)
+    if not train and not evals:
+        raise TetherError(f"{path}: empty, no metrics logged")
+    return train, evals
+
+
+def _read_config(run_dir: Path) -> dict:
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return {}
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise TetherError(f"{path}: malformed YAML ({str(e).splitlines()[0]})") from None
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _read_eval_json(run_dir: Path, notes: list[str]) -> dict | None:
+    path = run_dir / "eval.json"
+    if not path.exists():
+        return None
+    try:
+        data = _read_json(path)
+    except TetherError as e:  # an unreadable eval.json costs its columns, not the report
+        notes.append(f"ignored {e}")
+        return None
+    if not isinstance(data, dict):
+        notes.append(f"ignored {path}: not a JSON object")
+        return None
+    return data
+
+
+def _stage_dirs(root: Path) -> list[Path]:
+    dirs = [d for d in root.glob("stage-*") if d.is_dir() and d.name[6:].isdigit()]
+    return sorted((d for d in dirs if (d / "metrics.jsonl").exists()), key=lambda d: int(d.name[6:]))
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Read a run directory (plain or sDPO); a bad one raises :class:`TetherError` naming the path."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise TetherError(f"{root}: no such run directory")
+    notes: list[str] = []
+    if (root / "metrics.jsonl").exists():
+        train, evals = read_metrics(root / "metrics.jsonl")
+        summary = _read_json(root / "summary.json") if (root / "summary.json").exists() else {}
+        if not isinstance(summary, dict):
+            raise TetherError(f"{root / 'summary.json'}: not a JSON object")
+        config = _read_config(root)
+        method = (config.get("method") or {}).get("name") or summary.get("method") or "?"
+        return Run(
+            root,
+            root.name,
+            method,
+            config,
+            summary,
+            train,
+            evals,
+            eval_json=_read_eval_json(root, notes),
+            notes=notes,
+        )
+    if (root / "stages.json").exists() or _stage_dirs(root):
+        return _load_sdpo(root, notes)
+    raise TetherError(f"{root}: not a run directory (no metrics.jsonl or stages.json)")
+
+
+def _load_sdpo(root: Path, notes: list[str]) -> Run:
+    if (root / "stages.json").exists():
+        stages = _read_json(root / "stages.json")
+        if not isinstance(stages, list) or not all(isinstance(s, dict) and "stage" in s for s in stages):
+            raise TetherError(f"{root / 'stages.json'}: expected a list of {{stage, examples, gamma_ref}}")
+        dirs = [root / f"stage-{s['stage']}" for s in stages]
+    else:  # an unfinished sDPO run: stages.json is written at the end
+        dirs = _stage_dirs(root)
+        stages = [{"stage": int(d.name[6:])} for d in dirs]
+        notes.append("no stages.json (unfinished sDPO run?): stages read from the stage-<t>/ directories")
+    runs = []
+    for st, d in zip(stages, dirs, strict=True):
+        if not (d / "metrics.jsonl").exists():
+            raise TetherError(f"{d}: sDPO stage {st['stage']} has no metrics.jsonl")
+        stage = load_run(d)
+        if st.get("gamma_ref") is None:
+            st["gamma_ref"] = stage.summary.get("gamma_ref")
+        runs.append(stage)
+    train, evals, boundaries, offset = [], [], [], 0.0
+    for i, r in enumerate(runs):
+        if i:
+            boundaries.append(offset + 0.5)
+        train += [{**rec, "step": rec["step"] + offset, "stage": i + 1} for rec in r.train]
+        evals += [{**rec, "step": rec["step"] + offset, "stage": i + 1} for rec in r.evals]
+        offset += max([rec["step"] for rec in r.train + r.evals], default=0.0)
+    last = runs[-1].summary if runs else {}
+    summary = {
+        **last,
+        "steps": sum(r.summary.get("steps") or 0 for r in runs) or None,
+        "seconds": sum(r.summary.get("seconds") or 0.0 for r in runs) or None,
+        "stages": stages,
+    }
+    config = runs[0].config if runs else {}
+    base = (config.get("method") or {}).get("name") or last.get("method") or "?"
+    eval_json = _read_eval_json(root, notes)
+    if eval_json is None and runs:
+        eval_json = runs[-1].eval_json  # `tether eval` on the last stage's directory
+    return Run(
+        root, root.name, f"sDPO/{base}", config, summary, train, evals, stages, boundaries, eval_json, notes
+    )
+
+
+def _assign_names_and_colors(runs: Sequence[Run]) -> None:
+    """Run names are directory names; the parent is added where two runs share one."""
+    names = [r.path.name for r in runs]
+    for r in runs:
+        r.name = r.path.name
+        if names.count(r.name) > 1:
+            r.name = f"{r.path.resolve().parent.name}/{r.path.name}"
+    for i, r in enumerate(runs):
+        r.color = f"C{i % 10}"
+
+
+def load_runs(run_dirs: Iterable[str | Path]) -> list[Run]:
+    runs = [load_run(d) for d in run_dirs]
+    if not runs:
+        raise TetherError("no run directories given")
+    _assign_names_and_colors(runs)
+    return runs
+
+
+# ------------------------------------------------------------------------------------- eval.json fields
+
+MAX_EVAL_JSON_FIELDS = 24
+_KL = re.compile(r"(?<![a-z])kl(?![a-z])")
+_KL_EXCLUDE = ("beta", "epsilon", "/s", "coef", "penalty", "target", "samples")
+_NOT_THE_MODEL = {"settings", "reference_metrics"}  # tether eval's settings and the reference's own scores
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}/"))
+    elif isinstance(d, (int, float)) and not isinstance(d, bool) and math.isfinite(d):
+        out[prefix.rstrip("/")] = float(d)
+    return out
+
+
+def _pick(flat: dict[str, float], match, exclude: Sequence[str] = ()) -> tuple[str, float] | None:
+    """The least nested, shortest key that matches (the overall figure, not a per-task breakdown)."""
+    keys = [
+        k
+        for k in flat
+        if match(k.lower())
+        and not any(x in k.lower() for x in exclude)
+        and k.split("/")[0] not in _NOT_THE_MODEL
+    ]
+    if not keys:
+        return None
+    k = min(keys, key=lambda k: (k.count("/"), len(k), k))
+    return k, flat[k]
+
+
+def success_and_kl(eval_json: dict | None) -> tuple[tuple[str, float] | None, tuple[str, float] | None]:
+    """((key, task success), (key, KL to reference)) from an ``eval.json``, each None where absent.
+
+    ``eval.json`` is read defensively: any numeric field (nested dicts flattened with ``/``) whose name
+    contains ``success`` (else ``win_rate``) and one whose name contains ``kl`` as a word; fields under
+    ``settings`` or ``reference_metrics`` (the reference model's own scores) are not the model's.
+    """
+    if not eval_json:
+        return None, None
+    flat = _flatten(eval_json)
+    success = _pick(flat, lambda k: "success" in k) or _pick(
+        flat, lambda k: re.search(r"win.?rate", k) is not None
+    )
+    kl = _pick(flat, lambda k: _KL.search(k) is not None, _KL_EXCLUDE)
+    return success, kl
+
+
+# -------------------------------------------------------------------------------------------- plotting
+
+
+@dataclass
+class Series:
+    """One plotted line: the metric (panel), the run's label, train or eval, and its points."""
+
+    metric: str
+    label: str
+    split: str
+    x: list[float]
+    y: list[float]
+
+
+@dataclass
+class Plot:
+    """A drawn figure: ``name`` is the PNG's stem; ``series`` is what was plotted (for tests)."""
+
+    name: str
+    title: str
+    caption: str
+    figure: Any
+    series: list[Series]
+
+    def save(self, out_dir: Path) -> Path:
+        path = out_dir / f"{self.name}.png"
+        self.figure.savefig(path, dpi=130)
+        return path
+
+
+def _figure(figsize: tuple[float, float]):
+    """A Figure drawn by the Agg canvas, outside pyplot (no global backend switch, nothing to close)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise TetherError("plots need matplotlib: pip install 'tether[plots]'") from None
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _smooth(
+    xs: list[float], ys: list[float], boundaries: Sequence[float], weight: float | None
+) -> list[float]:
+    """Debiased exponential moving average (as TensorBoard draws it), restarted at stage boundaries.
+    ``weight=None`` picks one from the number of points: none up to 30 points."""
+    n = len(ys)
+    if weight is None:
+        weight = 0.0 if n <= 30 else min(0.95, 1.0 - 8.0 / n)
+    if weight <= 0:
+        return list(ys)
+    out, avg, norm, b = [], 0.0, 0.0, 0
+    for x, y in zip(xs, ys, strict=True):
+        while b < len(boundaries) and x > boundaries[b]:
+            avg, norm, b = 0.0, 0.0, b + 1
+        avg, norm = weight * avg + (1 - weight) * y, weight * norm + (1 - weight)
+        out.append(avg / norm)
+    return out
+
+
+def _style(ax, title: str, ylabel: str, xlabel: str = "step") -> None:
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3, linewidth=0.6)
+    ax.spines[["top", "right"]].set_visible(False)
+
+
+def _xlabel(runs: Sequence[Run]) -> str:
+    return "step (sDPO stages concatenated)" if any(r.boundaries for r in runs) else "step"
+
+
+def _broken(xs: list[float], ys: list[float], boundaries: Sequence[float]) -> tuple[list[float], list[float]]:
+    """The points with a gap (NaN) at each sDPO stage boundary, so stages are not joined by a line."""
+    if not boundaries:
+        return xs, ys
+    bx, by = [], []
+    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        if i and any(xs[i - 1] < b < x for b in boundaries):
+            bx.append(math.nan)
+            by.append(math.nan)
+        bx.append(x)
+        by.append(y)
+    return bx, by
+
+
+def _curves(runs, panels, name, title, caption, smooth, size=(5.0, 3.6)) -> Plot | None:
+    """One panel per metric that some run logged; a line per run (train solid, eval dashed)."""
+    panels = [(k, t) for k, t in panels if any(r.has(k) for r in runs)]
+    if not panels:
+        return None
+    fig = _figure((size[0] * len(panels), size[1] + 0.4))
+    axes = fig.subplots(1, len(panels), squeeze=False)
+    series: list[Series] = []
+    drawn: list[Run] = []
+    for ax, (key, panel_title) in zip(axes[0], panels, strict=True):
+        for r in runs:
+            xs, ys = r.series(key)
+            exs, eys = r.series(key, "eval")
+            if not (xs or exs):
+                continue
+            if r not in drawn:
+                drawn.append(r)
+            if xs:
+                sm = ys if key in UNSMOOTHED else _smooth(xs, ys, r.boundaries, smooth)
+                if sm != ys:
+                    ax.plot(*_broken(xs, ys, r.boundaries), color=r.color, alpha=0.22, linewidth=0.8)
+                ax.plot(*_broken(xs, sm, r.boundaries), color=r.color, linewidth=1.6, label=r.label)
+                series.append(Series(key, r.label, "train", xs, ys))
+            if exs:
+                style = {"linestyle": "--", "marker": "o", "markersize": 3, "linewidth": 1.4}
+                ax.plot(*_broken(exs, eys, r.boundaries), color=r.color, label=r.label, **style)
+                series.append(Series(key, r.label, "eval", exs, eys))
+            for b in r.boundaries:
+                ax.axvline(b, color=r.color, linestyle=":", linewidth=1.0, alpha=0.7)
+        if key == "rewards/accuracies":
+            ax.set_ylim(-0.03, 1.03)
+        _style(ax, panel_title, panel_title.split(" (")[0])
+    for ax in axes[0]:
+        ax.set_xlabel(_xlabel(drawn))
+    _legend(fig, drawn, any(s.split == "eval" for s in series), any(r.boundaries for r in drawn))
+    fig.suptitle(title, fontsize=12)
+    return Plot(name, title, caption, fig, series)
+
+
+def _legend(fig, runs: Sequence[Run], any_eval: bool, any_stages: bool) -> None:
+    """Runs in columns, then one column with the line styles (train / eval / stage boundary)."""
+    from matplotlib.lines import Line2D
+
+    blank = Line2D([], [], alpha=0.0)
+    keys = [(Line2D([], [], color=r.color, linewidth=1.6), r.label) for r in runs]
+    styles = []
+    if any_eval:
+        styles += [
+            (Line2D([], [], color="0.3"), "train"),
+            (Line2D([], [], color="0.3", linestyle="--"), "eval"),
+        ]
+    if any_stages:
+        styles.append((Line2D([], [], color="0.3", linestyle=":"), "sDPO stage boundary"))
+    run_cols = min(len(keys), 3)
+    rows = max(math.ceil(len(keys) / run_cols), len(styles))
+    columns = [keys[c * rows : (c + 1) * rows] for c in range(math.ceil(len(keys) / rows))]
+    if styles:
+        columns.append(styles)
+    cells = [col[i] if i < len(col) else (blank, "") for col in columns for i in range(rows)]
+    fig.legend(
+        [h for h, _ in cells],
+        [lab for _, lab in cells],
+        loc="outside lower center",
+        ncol=len(columns),
+        frameon=False,
+        fontsize=9,
+    )
+
+
+def plot_training(runs: Sequence[Run], smooth: float | None = None) -> Plot | None:
+    """Loss, reward margin and reward accuracy per step."""
+    return _curves(
+        runs,
+        TRAIN_PANELS,
+        "training",
+        "Training curves",
+        "Loss, reward margin and reward accuracy per step (train solid, eval dashed).",
+        smooth,
+    )
+
+
+def plot_deviation(runs: Sequence[Run], smooth: float | None = None) -> Plot | None:
+    """MinorSFT's deviation m_θ per step, all runs on one axis (minor-sft.txt, Fig. 1)."""
+    missing = [r.label for r in runs if not r.has("deviation")]
+    caption = "Deviation m_θ from the reference per step, all runs on one axis (as MinorSFT's Figure 1)"
+    caption += f"; no deviation logged by {', '.join(missing)}." if missing else "."
+    plot = _curves(
+        runs,
+        [("deviation", DEVIATION_LABEL)],
+        "deviation",
+        "Deviation from the reference",
+        caption,
+        smooth,
+        size=(7.5, 4.2),
+    )
+    if plot is not None:
+        ax = plot.figure.axes[0]
+        ax.axhline(0.0, color="0.5", linewidth=0.8)
+        ax.set_ylabel("m_θ (per-token log-ratio)")
+    return plot
+
+
+def plot_epsilon(runs: Sequence[Run], smooth: float | None = None) -> Plot | None:
+    """ε-DPO: β per step and the fractions of pairs whose perturbation sign s is +1 or −1."""
+    plot = _curves(
+        runs,
+        EPSILON_PANELS,
+        "epsilon_dpo",
+        "ε-DPO: KL penalty control",
+        "ε-DPO's β per step and the fractions of pairs with s = +1 and s = −1 (epsilon-dpo.txt, Alg. 1).",
+        smooth,
+    )
+    if plot is not None:
+        for ax in plot.figure.axes[1:]:
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_ylabel("fraction of pairs")
+        plot.figure.axes[0].set_ylabel("β")
+    return plot
+
+
+def plot_gamma_ref(runs: Sequence[Run]) -> Plot | None:
+    """sDPO's γ_ref (mean reference log-ratio of chosen over rejected) per stage."""
+    staged = [(r, [s for s in r.stages or [] if isinstance(s.get("gamma_ref"), (int, float))]) for r in runs]
+    staged = [(r, st) for r, st in staged if st]
+    if not staged:
+        return None
+    fig = _figure((6.5, 4.2))
+    ax = fig.subplots()
+    series = []
+    n_max = 0
+    for r, st in staged:
+        xs = [float(s["stage"]) for s in st]
+        ys = [float(s["gamma_ref"]) for s in st]
+        ax.plot(xs, ys, color=r.color, marker="o", linewidth=1.6, label=r.label)
+        for s, x, y in zip(st, xs, ys, strict=True):
+            if "examples" in s:
+                ax.annotate(
+                    f"{s['examples']} ex.", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8
+                )
+        series.append(Series("gamma_ref", r.label, "stage", xs, ys))
+        n_max = max(n_max, int(max(xs)))
+    ax.set_xticks(range(1, n_max + 1))
+    ax.set_xlim(0.7, n_max + 0.5)
+    _style(ax, "γ_ref per sDPO stage", "γ_ref = E[log π_ref(y_w) − log π_ref(y_l)]", "stage")
+    ax.legend(frameon=False, fontsize=9)
+    caption = (
+        "sDPO's γ_ref per stage: the reference's mean log-ratio of chosen over rejected on that stage's data."
+    )
+    return Plot("gamma_ref", "γ_ref per sDPO stage", caption, fig, series)
+
+
+def plot_frontier(runs: Sequence[Run]) -> Plot | None:
+    """Task success against KL to the reference, one point per run, a line per method."""
+    points: dict[str, list[tuple[float, float, Run]]] = {}
+    ykeys, xkeys = set(), set()
+    for r in runs:
+        success, kl = success_and_kl(r.eval_json)
+        if success and kl:
+            points.setdefault(r.method, []).append((kl[1], success[1], r))
+            ykeys.add(success[0])
+            xkeys.add(kl[0])
+    if not points:
+        return None
+    fig = _figure((7.0, 4.8))
+    ax = fig.subplots()
+    series = []
+    for i, (method, pts) in enumerate(sorted(points.items())):
+        pts.sort(key=lambda p: p[0])
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        ax.plot(xs, ys, color=f"C{i % 10}", marker="o", linewidth=1.4, label=method)
+        for x, y, r in pts:
+            ax.annotate(r.name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+            series.append(Series("frontier", r.label, "eval", [x], [y]))
+    ylabel = ykeys.pop() if len(ykeys) == 1 else "task success"
+    xlabel = xkeys.pop() if len(xkeys) == 1 else "KL to reference"
+    _style(ax, "Task success against KL to the reference", ylabel, f"{xlabel} (from eval.json)")
+    ax.legend(title="method", frameon=False, fontsize=9)
+    caption = (
+        "Task success against KL to the reference across runs (the ε-DPO paper's frontier), from eval.json."
+    )
+    return Plot("frontier", "Success–KL frontier", caption, fig, series)
+
+
+SKIP_NOTES = {
+    "training": "no run logged loss, reward margins or accuracies",
+    "deviation": "no run logged `deviation` (it needs a reference)",
+    "epsilon_dpo": "no run logged ε-DPO's `kl/beta` or `kl/*_epsilon_steps`",
+    "gamma_ref": "no sDPO run (with `stages.json` and `gamma_ref` per stage)",
+    "frontier": "no run has an eval.json with both a success and a KL field",
+}
+
+
+def make_plots(runs: Sequence[Run], smooth: float | None = None) -> dict[str, Plot | None]:
+    """Every plot, by name; ``None`` where no run has the metrics."""
+    return {
+        "training": plot_training(runs, smooth),
+        "deviation": plot_deviation(runs, smooth),
+        "epsilon_dpo": plot_epsilon(runs, smooth),
+        "gamma_ref": plot_gamma_ref(runs),
+        "frontier": plot_frontier(runs),
+    }
+
+
+def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Draw one run's curves as PNGs in ``out_dir`` (default ``<run_dir>/plots``); returns their paths."""
+    runs = load_runs([run_dir])
+    out = Path(out_dir) if out_dir is not None else Path(run_dir) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    return [p.save(out) for p in make_plots(runs).values() if p is not None]
+
+
+# ------------------------------------------------------------------------------------------- summaries
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _seconds(s: Any) -> str:
+    if not isinstance(s, (int, float)):
+        return "–"
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def hyperparameters(run: Run) -> str:
+    method = {k: v for k, v in (run.config.get("method") or {}).items() if k != "name" and v is not None}
+    if not method:
+        method = run.summary.get("hparams") or {}
+    train = run.config.get("train") or {}
+    parts = [f"{k}={_fmt(v)}" for k, v in method.items()]
+    if "lr" in train:
+        parts.append(f"lr={_fmt(train['lr'])}")
+    if "batch_size" in train:
+        parts.append(f"batch={train['batch_size'] * train.get('grad_accum', 1)}")
+    if run.stages:
+        parts.append(f"stages={len(run.stages)}")
+    return ", ".join(parts) or "–"
+
+
+def _final(run: Run, key: str) -> float | None:
+    """The last logged train value (the run's summary when the log is silent)."""
+    v = run.last(key)
+    if v is None:
+        v = (run.summary.get("train_metrics") or {}).get(key)
+    return v if isinstance(v, (int, float)) else None
+
+
+def _final_eval(run: Run) -> dict[str, float]:
+    out = dict(run.summary.get("eval_metrics") or {})
+    if run.evals:
+        last = run.evals[-1]["step"]
+        out.update(
+            {
+                k: v
+                for rec in run.evals
+                if rec["step"] == last
+                for k, v in rec.items()
+                if k.startswith("eval/")
+            }
+        )
+    return {k: v for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def summary_row(run: Run) -> dict[str, str]:
+    """The overview columns of one run (strings, ready for a table)."""
+    success, kl = success_and_kl(run.eval_json)
+    ev = _final_eval(run)
+    steps = run.summary.get("steps") or (int(max(r["step"] for r in run.train)) if run.train else None)
+    return {
+        "run": run.name,
+        "method": run.method,
+        "hyper-parameters": hyperparameters(run),
+        "steps": _fmt(steps),
+        "time": _seconds(run.summary.get("seconds")),
+        "loss": _fmt(_final(run, "loss")),
+        "accuracy": _fmt(_final(run, "rewards/accuracies")),
+        "margin": _fmt(_final(run, "rewards/margins")),
+        "deviation": _fmt(_final(run, "deviation")),
+        "eval loss": _fmt(ev.get("eval/loss")),
+        "eval accuracy": _fmt(ev.get("eval/rewards/accuracies")),
+        "success": _fmt(success[1] if success else None),
+        "KL": _fmt(kl[1] if kl else None),
+    }
+
+
+def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _run_section(run: Run) -> str:
+    """A key/value table of one run: its summary, every final eval metric and every eval.json field."""
+    row = summary_row(run)
+    skip = {"run", "eval loss", "eval accuracy", "success", "KL"}
+    kv = [("directory", f"`{run.path}`")] + [(k, v) for k, v in row.items() if k not in skip]
+    if run.summary.get("reference_mode"):
+        kv.insert(3, ("reference", run.summary["reference_mode"]))
+    kv += [(k, _fmt(v)) for k, v in sorted(_final_eval(run).items())]
+    flat = _flatten(run.eval_json or {})
+    kv += [(f"eval.json: {k}", _fmt(v)) for k, v in list(flat.items())[:MAX_EVAL_JSON_FIELDS]]
+    if len(flat) > MAX_EVAL_JSON_FIELDS:
+        kv.append(
+            ("eval.json", f"{len(flat) - MAX_EVAL_JSON_FIELDS} more fields in {run.path / 'eval.json'}")
+        )
+    parts = [f"### {run.label}", "", _md_table(["", ""], kv)]
+    if run.stages:
+        rows = [
+            (
+                str(s["stage"]),
+                _fmt(s.get("examples")),
+                _fmt(s.get("gamma_ref")),
+                f"`{s.get('final_model', '–')}`",
+            )
+            for s in run.stages
+        ]
+        parts += ["", _md_table(["stage", "examples", "γ_ref", "final model"], rows)]
+    parts += [f"\n*Note: {n}*" for n in run.notes]
+    return "\n".join(parts)
+
+
+def render_markdown(
+    runs: Sequence[Run], plots: dict[str, Plot | None], paths: dict[str, Path], title: str
+) -> str:
+    header = ["run", "method", "hyper-parameters", "steps", "time", "loss", "accuracy", "margin", "deviation"]
+    header += ["eval loss", "eval accuracy", "success", "KL"]
+    rows = [summary_row(r) for r in runs]
+    out = [
+        f"# {title}",
+        "",
+        f"{len(runs)} run(s). Final train values are the last logged step; eval values "
+        "are the last evaluation; success and KL come from each run's `eval.json` (`tether eval`).",
+        "",
+    ]
+    out += [_md_table(header, [[row[h] for h in header] for row in rows]), "", "## Plots", ""]
+    for name, plot in plots.items():
+        if plot is None:
+            out += [f"*{name}.png skipped: {SKIP_NOTES[name]}.*", ""]
+        else:
+            out += [
+                f"### {plot.title}",
+                "",
+                f"![{plot.title}]({paths[name].name})",
+                "",
+                f"*{plot.caption}*",
+                "",
+            ]
+    out += ["## Runs", ""]
+    out += [_run_section(r) + "\n" for r in runs]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _write(
+    run_dirs: Iterable[str | Path], out_dir: str | Path, title: str, smooth: float | None
+) -> tuple[Path, list[Run], dict[str, Path]]:
+    runs = load_runs(run_dirs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = make_plots(runs, smooth)
+    paths = {name: p.save(out) for name, p in plots.items() if p is not None}
+    for stale in SKIP_NOTES.keys() - paths.keys():  # a plot an earlier report drew, skipped this time
+        (out / f"{stale}.png").unlink(missing_ok=True)
+    report = out / "report.md"
+    report.write_text(render_markdown(runs, plots, paths, title))
+    return report, runs, paths
+
+
+def write_report(
+    run_dirs: Iterable[str | Path],
+    out_dir: str | Path,
+    *,
+    title: str = "tether report",
+    smooth: float | None = None,
+) -> Path:
+    """Plots and ``report.md`` for ``run_dirs`` in ``out_dir``; returns the path of ``report.md``.
+
+    ``smooth``: the EMA weight in [0, 1) for train curves (0: raw; ``None``: chosen from the length)."""
+    return _write(run_dirs, out_dir, title, smooth)[0]
+
+
+def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def main(args: argparse.Namespace) -> int:
+    """``tether report RUN [RUN ...] --out DIR``."""
+    smooth = getattr(args, "smooth", None)
+    if smooth is not None and not 0.0 <= smooth < 1.0:
+        raise TetherError(f"--smooth: {smooth} is not in [0, 1)")
+    report, runs, paths = _write(args.runs, args.out, args.title or "tether report", smooth)
+    for r in runs:
+        for n in r.notes:
+            print(f"warning: {r.name}: {n}", file=sys.stderr)
+    header = ["run", "method", "steps", "time", "loss", "accuracy", "margin", "deviation", "success", "KL"]
+    print(_text_table(header, [[summary_row(r)[h] for h in header] for r in runs]))
+    print()
+    print(f"report: {report}")
+    for path in paths.values():
+        print(f"plot:   {path}")
+    return 0
