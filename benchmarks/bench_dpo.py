@@ -64,6 +64,7 @@ def _summary(step_seconds: list[float], tokens: list[int], warmup: int) -> dict:
         "step_seconds": step_seconds,
         "step_tokens": tokens,
         "median_step_s": statistics.median(sec),
+        "min_step_s": min(sec),
         "tokens_per_second": sum(tok) / sum(sec),
         "tokens_per_step": statistics.mean(tok),
     }
@@ -259,28 +260,51 @@ def _cpu_model() -> str:
     return platform.processor() or "?"
 
 
-def table(results: dict[str, dict]) -> str:
+def table(results: dict[str, dict], warmup: int) -> str:
+    for r in results.values():  # result files written before min_step_s existed
+        if "step_seconds" in r and "min_step_s" not in r:
+            r["min_step_s"] = min(r["step_seconds"][warmup:])
     base = results.get("trl")
     lines = [
-        "| config | median step s | tokens/s | peak RSS MB | throughput vs TRL | peak memory vs TRL |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| config | median step s | min step s | tokens/s | peak RSS MB | throughput vs TRL | peak memory vs TRL |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in CONFIGS:
         r = results.get(name)
         if r is None:
             continue
         if "error" in r:
-            lines.append(f"| {name} | failed | | | | |")
+            lines.append(f"| {name} | failed | | | | | |")
             continue
         thr = mem = "n/a"
         if base and "error" not in base:
             thr = f"{r['tokens_per_second'] / base['tokens_per_second']:.2f}×"
             mem = f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}×"
         lines.append(
-            f"| {name} | {r['median_step_s']:.2f} | {r['tokens_per_second']:.0f} | "
+            f"| {name} | {r['median_step_s']:.2f} | {r['min_step_s']:.2f} | {r['tokens_per_second']:.1f} | "
             f"{r['peak_rss_mb']:.0f} | {thr} | {mem} |"
         )
     return "\n".join(lines)
+
+
+def best_of_table(paths: list[str]) -> str:
+    """The table of one or more ``--out`` files of identical settings; per step, the fastest run counts."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    s0 = reports[0]["settings"]
+    keys = ("steps", "warmup", "batch_size", "max_length", "pairs", "lr", "seed")
+    if any(r["settings"][k] != s0[k] for r in reports for k in keys):
+        raise SystemExit("--table: the result files were made with different settings")
+    merged: dict[str, dict] = {}
+    for name in CONFIGS:
+        runs = [r["results"][name] for r in reports if "error" not in r["results"].get(name, {"error": 1})]
+        if not runs:
+            continue
+        best = [min(v) for v in zip(*(r["step_seconds"] for r in runs), strict=True)]
+        merged[name] = {
+            **_summary(best, runs[0]["step_tokens"], s0["warmup"]),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        }
+    return table(merged, s0["warmup"])
 
 
 def parent(args: argparse.Namespace) -> None:
@@ -346,7 +370,7 @@ def parent(args: argparse.Namespace) -> None:
         "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
         "versions": _versions(),
         "results": results,
-        "table": table(results),
+        "table": table(results, args.warmup),
     }
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
@@ -374,7 +398,17 @@ def main() -> None:
     ap.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--table",
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="only print the table of earlier --out files; with several (same settings), each step's time is its "
+        "minimum over the runs (best of N, to filter out other processes' load)",
+    )
     args = ap.parse_args()
+    if args.table:
+        print(best_of_table(args.table))
+        return
     if args.steps <= args.warmup:
         ap.error("--steps must be larger than --warmup")
     if args.worker:

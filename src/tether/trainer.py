@@ -179,6 +179,20 @@ def _peak_rss_mb() -> float:
         return float("nan")
 
 
+def _adamw(params: list, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW, fused (one kernel for all parameters) where this torch supports it on ``device``."""
+    kw = {
+        "lr": cfg.lr,
+        "betas": (cfg.adam_beta1, cfg.adam_beta2),
+        "eps": cfg.adam_eps,
+        "weight_decay": cfg.weight_decay,
+    }
+    try:
+        return torch.optim.AdamW(params, fused=device.type in ("cpu", "cuda"), **kw)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(params, **kw)
+
+
 class Trainer:
     """Runs the optimisation of a prepared policy against a reference with a registered method."""
 
@@ -209,13 +223,7 @@ class Trainer:
         self.sink = sink
         self.schedule = make_schedule(len(train_examples), cfg, accelerator.num_processes)
         params = [p for p in policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            params,
-            lr=cfg.lr,
-            betas=(cfg.adam_beta1, cfg.adam_beta2),
-            eps=cfg.adam_eps,
-            weight_decay=cfg.weight_decay,
-        )
+        self.optimizer = _adamw(params, cfg, accelerator.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(cfg, self.schedule.total_steps)
         )
