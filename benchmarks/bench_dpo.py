@@ -42,7 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 HERE = Path(__file__).resolve().parent
-CONFIGS = ("trl", "tether-copy", "tether-precomputed", "trl-no-gc")
+CONFIGS = ("trl", "tether-copy", "tether-precomputed", "tether-precomputed-gc", "trl-no-gc")
 BETA = 0.1
 
 
@@ -181,9 +181,11 @@ def run_tether(args: argparse.Namespace, model_dir: Path, mode: str) -> dict:
 
     run_mod.compute_table = timed_compute_table
     out_dir = args.workdir / f"tether-{mode}"
+    gc = mode.endswith("-gc")
+    mode = mode.removesuffix("-gc")
     cfg = from_dict(
         {
-            "model": {"name": str(model_dir), "dtype": "float32"},
+            "model": {"name": str(model_dir), "dtype": "float32", "gradient_checkpointing": gc},
             "data": {"train": str(args.data), "max_length": args.max_length, "chat_template": "never"},
             "method": {"name": "dpo", "beta": BETA},
             "reference": {"mode": mode, "cache_dir": str(args.workdir / f"refcache-{mode}")},
