@@ -42,7 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 HERE = Path(__file__).resolve().parent
-CONFIGS = ("trl", "tether-copy", "tether-precomputed", "tether-precomputed-gc", "trl-no-gc")
+CONFIGS = ("trl", "tether-copy", "tether-precomputed", "tether-precomputed-gc", "trl-no-gc", "tether-asft")
 BETA = 0.1
 
 
@@ -183,11 +183,14 @@ def run_tether(args: argparse.Namespace, model_dir: Path, mode: str) -> dict:
     out_dir = args.workdir / f"tether-{mode}"
     gc = mode.endswith("-gc")
     mode = mode.removesuffix("-gc")
+    method = {"name": "dpo", "beta": BETA}
+    if mode == "asft":  # ASFT: reference-free, no reference copy and no reference forward
+        method, mode = {"name": "asft", "beta": 0.1}, "none"
     cfg = from_dict(
         {
             "model": {"name": str(model_dir), "dtype": "float32", "gradient_checkpointing": gc},
             "data": {"train": str(args.data), "max_length": args.max_length, "chat_template": "never"},
-            "method": {"name": "dpo", "beta": BETA},
+            "method": method,
             "reference": {"mode": mode, "cache_dir": str(args.workdir / f"refcache-{mode}")},
             "train": {
                 "output_dir": str(out_dir),
