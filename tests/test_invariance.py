@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,7 @@ from safetensors.torch import load_file
 from tether.config import from_dict
 from tether.run import train
 
-from tiny import pair_rows, tiny_model_dir, write_jsonl
+from tiny import pair_rows, tiny_model_dir, train_then_kill, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,10 +116,6 @@ def _write_cfg(path: Path, raw: dict) -> Path:
     return path
 
 
-def _cli(*args, env=None):
-    return [sys.executable, "-m", "tether.cli", *args]
-
-
 @pytest.mark.slow
 def test_two_processes_equal_one(setup):
     """accelerate launch, 2 CPU processes (gloo), 1 pair each × 2 accumulation steps = one process with 4."""
@@ -174,18 +167,9 @@ def test_kill_and_resume_reproduces_run(setup):
     kw = {"batch_size": 2, "max_steps": 40, "save_every": 4, "lr": 3e-3, "save_total_limit": 2}
     full = train(from_dict(raw_cfg(root, model, pairs, "full", method=method, **kw)))
     cfg = _write_cfg(root / "kill.yaml", raw_cfg(root, model, pairs, "killed", method=method, **kw))
-    proc = subprocess.Popen(_cli("train", str(cfg)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = root / "killed" / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if log.exists() and len(log.read_text().splitlines()) >= 6:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    cmd = train_then_kill(cfg, root / "killed" / "metrics.jsonl", after_lines=6)
     assert not (root / "killed" / "final").exists()
-    resumed = subprocess.run(_cli("train", str(cfg), "train.resume=true"), capture_output=True, text=True)
+    resumed = subprocess.run([*cmd, "train.resume=true"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, b = metrics(full.run_dir), metrics(root / "killed")
     assert [x["step"] for x in b] == list(range(1, 41))

@@ -15,7 +15,7 @@ from tether.logprobs import LogProbModel
 from tether.reference import compute_table
 from tether.run import train
 
-from tiny import pair_rows, tiny_model_dir, write_jsonl
+from tiny import pair_rows, tiny_model_dir, train_then_kill, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +105,7 @@ def test_bad_stages(setup, stages, match):
 def test_sdpo_kill_and_resume_continues_at_the_right_stage(setup):
     """SIGKILL during stage 2, resume: stage 1 is not retrained, stage 2 continues from its checkpoint, and
     every stage's metrics equal those of an uninterrupted staged run."""
-    import signal
     import subprocess
-    import sys
-    import time
 
     import yaml
 
@@ -119,17 +116,7 @@ def test_sdpo_kill_and_resume_continues_at_the_right_stage(setup):
     raw = cfg(root, model, pairs, "sdpo-killed", stages, **kw).to_dict()
     path = root / "sdpo-killed.yaml"
     path.write_text(yaml.safe_dump(raw))
-    cli = [sys.executable, "-m", "tether.cli", "train", str(path)]
-    proc = subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = root / "sdpo-killed" / "stage-2" / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if log.exists() and len(log.read_text().splitlines()) >= 8:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    cli = train_then_kill(path, root / "sdpo-killed" / "stage-2" / "metrics.jsonl", after_lines=8)
     stage1_mtime = (root / "sdpo-killed" / "stage-1" / "summary.json").stat().st_mtime
     resumed = subprocess.run([*cli, "train.resume=true"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

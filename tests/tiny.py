@@ -111,3 +111,24 @@ def pair_rows(n: int, seed: int = 0) -> list[dict]:
 
 def sft_rows(n: int, seed: int = 0) -> list[dict]:
     return [{"prompt": r["prompt"], "completion": r["chosen"]} for r in pair_rows(n, seed)]
+
+
+def train_then_kill(config: Path, log: Path, after_lines: int) -> list[str]:
+    """Start ``tether train config`` in a subprocess and SIGKILL it once ``log`` has ``after_lines``
+    lines; returns the command (to resume with). Fails if the run ended before it could be killed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "tether.cli", "train", str(config)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= after_lines:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    return cmd
