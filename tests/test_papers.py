@@ -129,14 +129,50 @@ def test_asft_has_no_reference_anywhere(setup, monkeypatch):
     assert "deviation" not in metrics(result)[-1]
 
 
-def test_asft_raises_chosen_and_lowers_rejected_where_dpo_lowers_chosen(setup):
-    root, model, pairs, _ = setup
+def _mean_logps(model_dir, pairs) -> tuple[float, float]:
+    """Mean summed log-prob of the chosen and of the rejected answers of every pair, under ``model_dir``."""
+    tok = models.load_tokenizer(model_dir)
+    ex = tokenize_rows(read_rows(str(pairs)), tok, kind="pairs", max_length=64).examples
+    t = compute_table(
+        LogProbModel(models.load_model(model_dir)),
+        ex,
+        batch_size=8,
+        pad_id=tok.pad_token_id,
+        device=torch.device("cpu"),
+        progress=False,
+    )
+    return t[:, 0].mean().item(), t[:, 1].mean().item()
+
+
+def test_asft_raises_chosen_and_lowers_rejected_dpo_mostly_lowers_rejected(tmp_path):
+    """The ASFT paper's observation, on the same pairs before and after training: ASFT (absolute
+    likelihood) raises the chosen likelihood and lowers the rejected one; DPO (Bradley-Terry, relative)
+    gets its margin mostly by pushing the rejected answer down. (At this scale DPO's chosen likelihood did
+    not fall, so that part of the paper's picture is not asserted.)"""
+    import random
+
+    model = tiny_model_dir(tmp_path / "model")
+    rng = random.Random(0)
+    rows = []
+    for _ in range(16):
+        a, b = rng.randint(1, 20), rng.randint(1, 20)
+        rows.append(
+            {
+                "prompt": f"what is {a}+{b}?",
+                "chosen": f"{a + b}",
+                "rejected": "".join(rng.choice("xyzqv") for _ in range(3)),
+            }
+        )
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", rows)
     kw = {"max_steps": 12, "lr": 1e-2, "batch_size": 8}
-    asft = metrics(run(root, model, pairs, "asft-dyn", {"name": "asft", "beta": 0.1}, **kw))
-    dpo = metrics(run(root, model, pairs, "dpo-dyn", {"name": "dpo", "beta": 0.1}, **kw))
-    assert asft[-1]["logps/chosen"] > asft[0]["logps/chosen"]
-    assert asft[-1]["logps/rejected"] < asft[0]["logps/rejected"]
-    assert dpo[-1]["logps/chosen"] < dpo[0]["logps/chosen"]
+    asft = run(tmp_path, model, pairs, "asft-dyn", {"name": "asft", "beta": 0.1}, **kw)
+    dpo = run(tmp_path, model, pairs, "dpo-dyn", {"name": "dpo", "beta": 0.1}, **kw)
+    w0, l0 = _mean_logps(model, pairs)
+    wa, la = _mean_logps(asft.final_model_dir, pairs)
+    wd, ld = _mean_logps(dpo.final_model_dir, pairs)
+    assert wa > w0 and la < l0
+    assert (l0 - ld) > (wd - w0)  # DPO: the rejected side moves more than the chosen side
+    assert (wa - la) > (w0 - l0)  # ASFT widens the likelihood margin
 
 
 # ------------------------------------------------------------------------------------------------
