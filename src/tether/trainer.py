@@ -9,6 +9,7 @@ averaging over processes) the gradient is exactly that of the mean loss over the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -283,7 +284,7 @@ class Trainer:
         for j, idx in enumerate(micro):
             batch = self._batch(idx, self.train_examples)
             sync = j == len(micro) - 1
-            ctx = self.acc.no_sync(self.policy) if not sync and world > 1 else _null()
+            ctx = self.acc.no_sync(self.policy) if not sync and world > 1 else contextlib.nullcontext()
             with ctx:
                 out = self._forward(batch, "train")
                 self.acc.backward(out.losses.sum() * scale)
@@ -436,11 +437,3 @@ class Trainer:
             tokens=tokens,
             peak_rss_mb=_peak_rss_mb(),
         )
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
