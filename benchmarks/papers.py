@@ -94,16 +94,15 @@ def train_and_eval(args, name, raw, eval_data: str, mc: bool) -> dict[str, Any]:
         "tokens_per_second": result.tokens_per_second,
     }
     if mc:
-        row["mc"] = evaluate(str(run_dir), str(DATA / "mc.heldout.jsonl"), progress=not args.quiet)
+        row["mc"] = evaluate(
+            str(run_dir), str(DATA / "mc.heldout.jsonl"), metrics=["mc"], progress=not args.quiet
+        )
     return row
 
 
-def _get(d: dict, *keys: str) -> Any:
-    for k in keys:
-        for key, v in d.items():
-            if key == k or key.endswith(k):
-                return v
-    return None
+def _get(result: dict, key: str) -> Any:
+    """A metric of a ``tether.evaluate.evaluate`` result (``None`` when it was not measured)."""
+    return result.get("metrics", {}).get(key)
 
 
 def _f(v: Any, fmt: str = "{:.3f}") -> str:
@@ -143,14 +142,12 @@ def tables(rows: list[dict[str, Any]]) -> str:
                 if r.get("stages")
                 else _f(r.get("gamma_ref"), "{:.2f}")
             )
-            steps = max(1, r["train"].get("step", 0) or 1)
             out.append(
                 f"| {r['run']} | {_f(_get(e, 'generation/success'))} | {_f(_get(e, 'win_rate'))} | "
-                f"{_f(_get(e, 'kl'))} | {_f(_get(e, 'likelihood/margin'))} | {_f(_get(e, 'bleu'), '{:.1f}')} | "
+                f"{_f(_get(e, 'kl'))} | {_f(_get(e, 'pairwise/likelihood_margin'))} | {_f(_get(e, 'bleu'), '{:.1f}')} | "
                 f"{_f(_get(e, 'rougeL'))} | {_f(r['train'].get('step_seconds'), '{:.1f}')} | "
                 f"{r['peak_rss_mb']:.0f} | {gref} |"
             )
-            del steps
     return "\n".join(out)
 
 
