@@ -8,16 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from tether import models
 from tether.config import from_dict
 from tether.contract import LossInputs, Perturbed, SequenceLogps
-from tether.data import read_rows, tokenize_rows
-from tether.logprobs import LogProbModel, response_logps
+from tether.logprobs import response_logps
 from tether.losses import epsilon_criterion
-from tether.reference import compute_table
 from tether.run import train
 
-from tiny import pair_rows, sft_rows, tiny_model_dir, write_jsonl
+from tiny import pair_rows, pair_table, sft_rows, tiny_model_dir, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -131,16 +128,7 @@ def test_asft_has_no_reference_anywhere(setup, monkeypatch):
 
 def _mean_logps(model_dir, pairs) -> tuple[float, float]:
     """Mean summed log-prob of the chosen and of the rejected answers of every pair, under ``model_dir``."""
-    tok = models.load_tokenizer(model_dir)
-    ex = tokenize_rows(read_rows(str(pairs)), tok, kind="pairs", max_length=64).examples
-    t = compute_table(
-        LogProbModel(models.load_model(model_dir)),
-        ex,
-        batch_size=8,
-        pad_id=tok.pad_token_id,
-        device=torch.device("cpu"),
-        progress=False,
-    )
+    _, t = pair_table(model_dir, pairs)
     return t[:, 0].mean().item(), t[:, 1].mean().item()
 
 
@@ -254,25 +242,10 @@ def test_sdpo_lora_stage_two_reference_is_merged_stage_one(setup):
     result = train(from_dict(raw))
     merged = root / "sdpo-lora" / "stage-1" / "final" / "merged"
     assert (merged / "model.safetensors").exists()
-    tok = models.load_tokenizer(merged)
-    ex = tokenize_rows(read_rows(str(pairs)), tok, kind="pairs", max_length=64).examples
-    hard = [e for e in ex if e.meta["source"] == "hard"]
-    t1 = compute_table(
-        LogProbModel(models.load_model(merged)),
-        hard,
-        batch_size=4,
-        pad_id=tok.pad_token_id,
-        device=torch.device("cpu"),
-        progress=False,
-    )
-    t0 = compute_table(
-        LogProbModel(models.load_model(model)),
-        hard,
-        batch_size=4,
-        pad_id=tok.pad_token_id,
-        device=torch.device("cpu"),
-        progress=False,
-    )
+    ex, t1 = pair_table(merged, pairs)
+    _, t0 = pair_table(model, pairs)
+    hard = [i for i, e in enumerate(ex) if e.meta["source"] == "hard"]
+    t1, t0 = t1[hard], t0[hard]
     g1, g0 = (t1[:, 0] - t1[:, 1]).mean().item(), (t0[:, 0] - t0[:, 1]).mean().item()
     assert result.stages[1]["gamma_ref"] == pytest.approx(g1, abs=1e-4)
     assert abs(g1 - g0) > 1e-3

@@ -5,17 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
-from tether import models
 from tether.config import from_dict
-from tether.data import read_rows, tokenize_rows
 from tether.errors import ConfigError
-from tether.logprobs import LogProbModel
-from tether.reference import compute_table
 from tether.run import train
 
-from tiny import pair_rows, tiny_model_dir, train_then_kill, write_jsonl
+from tiny import pair_rows, pair_table, tiny_model_dir, train_then_kill, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +41,6 @@ def cfg(root, model, pairs, name, stages=None, **train_kw):
     return from_dict(raw)
 
 
-def table_for(model_dir, pairs):
-    tok = models.load_tokenizer(model_dir)
-    ex = tokenize_rows(read_rows(str(pairs)), tok, kind="pairs", max_length=64).examples
-    m = LogProbModel(models.load_model(model_dir))
-    return ex, compute_table(
-        m, ex, batch_size=4, pad_id=tok.pad_token_id, device=torch.device("cpu"), progress=False
-    )
-
-
 def test_one_stage_is_exactly_dpo(setup):
     root, model, pairs = setup
     staged = train(cfg(root, model, pairs, "one-stage", {"by": "random", "fractions": [1.0]}))
@@ -73,8 +59,8 @@ def test_stage_two_reference_is_stage_one_model(setup):
     assert [s["examples"] for s in result.stages] == [8, 8]
     stage1_final = result.run_dir / "stage-1" / "final"
     assert result.stages[0]["final_model"] == str(stage1_final)
-    ex, t_stage1 = table_for(stage1_final, pairs)
-    _, t_orig = table_for(model, pairs)
+    ex, t_stage1 = pair_table(stage1_final, pairs)
+    _, t_orig = pair_table(model, pairs)
     hard = [i for i, e in enumerate(ex) if e.meta["source"] == "hard"]
     # stage 2's γ_ref is computed with stage 1's final model on stage 2's data ...
     expected = (t_stage1[hard, 0] - t_stage1[hard, 1]).mean().item()

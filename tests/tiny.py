@@ -132,3 +132,23 @@ def train_then_kill(config: Path, log: Path, after_lines: int) -> list[str]:
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     return cmd
+
+
+def pair_table(model_dir: Path, pairs: Path, max_length: int = 64):
+    """(examples, [n, 2] summed log-probs of chosen and rejected) of a pairs file under ``model_dir``."""
+    from tether import models
+    from tether.data import read_rows, tokenize_rows
+    from tether.logprobs import LogProbModel
+    from tether.reference import compute_table
+
+    tok = models.load_tokenizer(model_dir)
+    ex = tokenize_rows(read_rows(str(pairs)), tok, kind="pairs", max_length=max_length).examples
+    table = compute_table(
+        LogProbModel(models.load_model(model_dir)),
+        ex,
+        batch_size=8,
+        pad_id=tok.pad_token_id,
+        device=torch.device("cpu"),
+        progress=False,
+    )
+    return ex, table
