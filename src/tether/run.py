@@ -146,6 +146,22 @@ def _disable_dropout(model: torch.nn.Module) -> None:
             m.p = 0.0
 
 
+def _table(p: Prepared, model: LogProbModel, examples: list, acc, **kw) -> torch.Tensor:
+    """Reference log-prob table of ``examples`` under ``model``, split across this run's processes."""
+    return compute_table(
+        model,
+        examples,
+        batch_size=p.cfg.train.batch_size * 2,
+        pad_id=p.tokenizer.pad_token_id,
+        device=acc.device,
+        rank=acc.process_index,
+        world=acc.num_processes,
+        reduce_sum=lambda t: acc.reduce(t, "sum"),
+        progress=p.cfg.train.progress,
+        **kw,
+    )
+
+
 def build_reference(
     p: Prepared, mode: str, policy: LogProbModel, accelerator, needed_train: list[int] | None = None
 ) -> Reference | None:
@@ -177,19 +193,7 @@ def build_reference(
             continue
 
         def compute(rows: list[int], ex=examples, s=split) -> torch.Tensor:
-            return compute_table(
-                source,
-                ex,
-                indices=rows,
-                batch_size=cfg.train.batch_size * 2,
-                pad_id=p.tokenizer.pad_token_id,
-                device=accelerator.device,
-                rank=accelerator.process_index,
-                world=accelerator.num_processes,
-                reduce_sum=lambda t: accelerator.reduce(t, "sum"),
-                desc=f"reference log-probs ({s})",
-                progress=cfg.train.progress,
-            )
+            return _table(p, source, ex, accelerator, indices=rows, desc=f"reference log-probs ({s})")
 
         key = cache_key(fingerprint, examples, {"dtype": cfg.model.dtype, "v": 2})
         table, status = load_or_fill(
@@ -286,19 +290,7 @@ def gamma_ref(reference: Reference | None, p: Prepared, policy: LogProbModel, ac
     if table is None:
         ctx = policy.adapter_disabled() if reference.mode == "adapter" else None
         model = reference.model if reference.mode == "copy" else policy
-        table = compute_table(
-            model,
-            p.train,
-            batch_size=p.cfg.train.batch_size * 2,
-            pad_id=p.tokenizer.pad_token_id,
-            device=acc.device,
-            rank=acc.process_index,
-            world=acc.num_processes,
-            reduce_sum=lambda t: acc.reduce(t, "sum"),
-            context=ctx,
-            desc="gamma_ref",
-            progress=p.cfg.train.progress,
-        )
+        table = _table(p, model, p.train, acc, context=ctx, desc="gamma_ref")
     return float((table[:, 0] - table[:, 1]).nanmean())  # over the rows the run computed
 
 
