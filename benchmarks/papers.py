@@ -10,14 +10,18 @@ Comparisons (METHODS.md, "What the papers measured"):
 - ASFT vs DPO vs ORPO on pairs: success, BLEU-4/ROUGE-L, likelihood margin, step time, peak memory.
 - ε-DPO vs DPO on pairs: success, win rate against the starting model, KL to it.
 - sDPO vs DPO on the same pairs: success, gamma_ref per stage.
-Every run starts from the same model with the same data order, steps, batch and learning rate per family.
+Every run starts from the same model with the same data order, steps, batch and learning rate per family,
+and runs in its own process, so its peak RSS (``ru_maxrss``) is its own and not the high-water mark of
+the runs before it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +74,7 @@ def run_config(
 
 
 def train_and_eval(args, name, raw, eval_data: str, mc: bool) -> dict[str, Any]:
+    """Train one run and evaluate it (in the calling process; see :func:`in_own_process`)."""
     t0 = time.perf_counter()
     result = train(from_dict(raw))
     seconds = time.perf_counter() - t0
@@ -85,7 +90,9 @@ def train_and_eval(args, name, raw, eval_data: str, mc: bool) -> dict[str, Any]:
     row = {
         "run": name,
         "method": raw["method"]["name"],
+        "lr": raw["train"]["lr"],
         "seconds": seconds,
+        "step_seconds": mean_step_seconds(run_dir),
         "train": result.train_metrics,
         "eval": ev,
         "gamma_ref": result.gamma_ref,
@@ -93,6 +100,8 @@ def train_and_eval(args, name, raw, eval_data: str, mc: bool) -> dict[str, Any]:
         "peak_rss_mb": result.peak_rss_mb,
         "tokens_per_second": result.tokens_per_second,
     }
+    if raw.get("stages"):
+        row["gamma_last_chunk"] = gamma_by_reference(run_dir, raw["model"]["name"], raw)
     if mc:
         row["mc"] = evaluate(
             str(run_dir), str(DATA / "mc.heldout.jsonl"), metrics=["mc"], progress=not args.quiet
@@ -100,54 +109,212 @@ def train_and_eval(args, name, raw, eval_data: str, mc: bool) -> dict[str, Any]:
     return row
 
 
-def _get(result: dict, key: str) -> Any:
+def gamma_by_reference(run_dir: Path, start: str, raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """γ_ref of every sDPO stage's reference M_0..M_{T-1}, all on the LAST chunk D_T.
+
+    The per-stage ``gamma_ref`` of a run is each reference on its own chunk (METHODS.md), so it mixes the
+    model change with the data change; the paper's claim (γ_ref rises, −38.6 → −25.1 on UltraFeedback,
+    its last chunk) compares the references on the same data. This measures exactly that.
+    """
+    import torch
+
+    from tether import models
+    from tether.data import read_rows, tokenize_rows
+    from tether.logprobs import LogProbModel
+    from tether.reference import compute_table
+
+    order = raw["stages"]["order"]
+    column = raw["stages"]["column"]
+    rows = [r for r in read_rows(raw["data"]["train"]) if r.data.get(column) == order[-1]]
+    refs = [start] + [str(run_dir / f"stage-{t}" / "final") for t in range(1, len(order))]
+    out = []
+    for t, ref in enumerate(refs):
+        path = models.resolve_model_dir(ref)
+        tok = models.load_tokenizer(path)
+        ex = tokenize_rows(rows, tok, kind="pairs", max_length=raw["data"]["max_length"]).examples
+        table = compute_table(
+            LogProbModel(models.load_model(path, dtype=raw["model"]["dtype"]).eval()),
+            ex,
+            batch_size=8,
+            pad_id=tok.pad_token_id,
+            device=torch.device("cpu"),
+            desc=f"gamma_ref of M_{t} on the last chunk",
+        )
+        out.append({"reference": f"M_{t}", "gamma_ref": float((table[:, 0] - table[:, 1]).mean())})
+    return out
+
+
+def in_own_process(args, name, raw, eval_data: str, mc: bool) -> dict[str, Any]:
+    """:func:`train_and_eval` in a fresh (spawned) process, so peak memory is measured per run."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(train_and_eval, args, name, raw, eval_data, mc).result()
+
+
+def _get(result: dict | None, key: str, who: str = "metrics") -> Any:
     """A metric of a ``tether.evaluate.evaluate`` result (``None`` when it was not measured)."""
-    return result.get("metrics", {}).get(key)
+    return ((result or {}).get(who) or {}).get(key)
 
 
 def _f(v: Any, fmt: str = "{:.3f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
+def mean_step_seconds(run_dir: Path) -> float | None:
+    """Mean optimizer-step time over every stage of a run, each stage's first (warm-up) step left out."""
+    times = []
+    for path in sorted(run_dir.rglob("metrics.jsonl")):
+        steps = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        times += [s["step_seconds"] for s in steps[1:] if "step_seconds" in s]
+    return sum(times) / len(times) if times else None
+
+
+def _table(header: list[str], lines: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(line) + " |" for line in lines),
+        "",
+    ]
+
+
 def tables(rows: list[dict[str, Any]]) -> str:
-    out = []
-    sft = [r for r in rows if r["method"] in SFT_METHODS]
+    """The four comparisons as Markdown tables; each starts with the starting model's own numbers."""
+    by = {r["run"]: r for r in rows}
+    out: list[str] = []
+
+    def success(r: dict, who: str = "metrics") -> str:
+        return _f(_get(r["eval"], "generation/success", who))
+
+    sft = [by[n] for n in SFT_METHODS if n in by]
     if sft:
-        out += [
-            "### MinorSFT vs SFT vs SFT-using-DPO",
-            "",
-            "| run | task success | MC accuracy | deviation (held-out) | final train deviation | time s |",
-            "|---|---|---|---|---|---|",
+        first = sft[0]
+        lines = [
+            [
+                "starting model",
+                "-",
+                success(first, "reference_metrics"),
+                _f(_get(first.get("mc"), "mc/accuracy", "reference_metrics")),
+                "0",
+                "0",
+                "-",
+            ]
         ]
         for r in sft:
-            out.append(
-                f"| {r['run']} | {_f(_get(r['eval'], 'generation/success'))} | "
-                f"{_f(_get(r.get('mc', {}), 'mc/accuracy'))} | {_f(_get(r['eval'], 'deviation'))} | "
-                f"{_f(r['train'].get('deviation'))} | {r['seconds']:.0f} |"
+            lines.append(
+                [
+                    r["run"],
+                    f"{r['lr']:g}",
+                    success(r),
+                    _f(_get(r.get("mc"), "mc/accuracy")),
+                    _f(_get(r["eval"], "deviation")),
+                    _f(_get(r["eval"], "kl"), "{:.2f}"),
+                    _f(r.get("step_seconds"), "{:.2f}"),
+                ]
             )
-        out.append("")
-    pairs = [r for r in rows if r["method"] not in SFT_METHODS]
-    if pairs:
-        out += [
-            "### Preference methods (ASFT vs DPO vs ORPO; ε-DPO vs DPO; sDPO vs DPO)",
-            "",
-            "| run | task success | win rate vs start | KL to start | likelihood margin | BLEU-4 | ROUGE-L | "
-            "s/step | peak RSS MB | gamma_ref |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+        out += ["### MinorSFT vs SFT vs SFT-using-DPO (SFT rows)", ""]
+        out += _table(
+            ["run", "lr", "task success", "MC accuracy", "deviation m_θ", "KL to start", "s/step"], lines
+        )
+
+    def pair_table(title: str, names: list[str], header: list[str], cells) -> None:
+        present = [by[n] for n in names if n in by]
+        if not present:
+            return
+        nonlocal out
+        out += [f"### {title}", ""]
+        lines = [cells(present[0], True)] + [cells(r, False) for r in present]
+        out += _table(header, lines)
+
+    def asft_cells(r: dict, start: bool) -> list[str]:
+        who = "reference_metrics" if start else "metrics"
+        e = r["eval"]
+        return [
+            "starting model" if start else r["run"],
+            success(r, who),
+            _f(_get(e, "pairwise/likelihood_accuracy", who)),
+            _f(_get(e, "pairwise/likelihood_margin", who)),
+            _f(_get(e, "bleu", who), "{:.1f}"),
+            _f(_get(e, "rouge1", who)),
+            _f(_get(e, "rouge2", who)),
+            _f(_get(e, "rougeL", who)),
+            "-" if start else _f(r.get("step_seconds"), "{:.2f}"),
+            "-" if start else f"{r['peak_rss_mb']:.0f}",
         ]
-        for r in pairs:
-            e = r["eval"]
-            gref = (
-                " → ".join(f"{s['gamma_ref']:.2f}" for s in r["stages"])
-                if r.get("stages")
-                else _f(r.get("gamma_ref"), "{:.2f}")
-            )
-            out.append(
-                f"| {r['run']} | {_f(_get(e, 'generation/success'))} | {_f(_get(e, 'win_rate'))} | "
-                f"{_f(_get(e, 'kl'))} | {_f(_get(e, 'pairwise/likelihood_margin'))} | {_f(_get(e, 'bleu'), '{:.1f}')} | "
-                f"{_f(_get(e, 'rougeL'))} | {_f(r['train'].get('step_seconds'), '{:.1f}')} | "
-                f"{r['peak_rss_mb']:.0f} | {gref} |"
-            )
+
+    pair_table(
+        "ASFT vs DPO vs ORPO (pairs)",
+        ["dpo", "asft", "orpo"],
+        [
+            "run",
+            "task success",
+            "likelihood accuracy",
+            "likelihood margin",
+            "BLEU-4",
+            "ROUGE-1",
+            "ROUGE-2",
+            "ROUGE-L",
+            "s/step",
+            "peak RSS MB",
+        ],
+        asft_cells,
+    )
+
+    def eps_cells(r: dict, start: bool) -> list[str]:
+        e = r["eval"]
+        if start:
+            return ["starting model", success(r, "reference_metrics"), "0.5", "0", "-", "-", "-"]
+        beta = r["train"].get("kl/beta", r["train"].get("hparams/beta"))
+        return [
+            r["run"],
+            success(r),
+            _f(_get(e, "win_rate")),
+            _f(_get(e, "kl"), "{:.3f}"),
+            _f(_get(e, "pairwise/reward_accuracy")),
+            _f(beta, "{:.4f}"),
+            _f(r.get("step_seconds"), "{:.2f}"),
+        ]
+
+    pair_table(
+        "ε-DPO vs DPO (pairs)",
+        ["dpo", "epsilon_dpo"],
+        ["run", "task success", "win rate vs start", "KL to start", "reward accuracy", "final β", "s/step"],
+        eps_cells,
+    )
+
+    def sdpo_cells(r: dict, start: bool) -> list[str]:
+        e = r["eval"]
+        if start:
+            return ["starting model", success(r, "reference_metrics"), "0.5", "0", "-", "-", "-"]
+        gref = (
+            " → ".join(f"{s['gamma_ref']:.2f}" for s in r["stages"])
+            if r.get("stages")
+            else _f(r.get("gamma_ref"), "{:.2f}")
+        )
+        last = " → ".join(f"{g['gamma_ref']:.2f}" for g in r.get("gamma_last_chunk") or []) or "-"
+        return [
+            r["run"],
+            success(r),
+            _f(_get(e, "win_rate")),
+            _f(_get(e, "kl"), "{:.3f}"),
+            _f(_get(e, "pairwise/reward_accuracy")),
+            gref,
+            last,
+        ]
+
+    pair_table(
+        "sDPO vs DPO (the same pairs)",
+        ["dpo", "sdpo"],
+        [
+            "run",
+            "task success",
+            "win rate vs start",
+            "KL to start",
+            "reward accuracy",
+            "gamma_ref (per stage)",
+        ],
+        sdpo_cells,
+    )
     return "\n".join(out)
 
 
@@ -155,9 +322,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--steps", type=int, default=24, help="optimizer steps per run (per stage for sDPO)")
+    ap.add_argument("--steps", type=int, default=40, help="optimizer steps per run (per stage for sDPO)")
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--eval-samples", type=int, default=40, help="held-out prompts for generation metrics")
+    ap.add_argument("--eval-samples", type=int, default=80, help="held-out prompts for generation metrics")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs", default="runs/papers")
     ap.add_argument("--out", default="runs/papers/report")
@@ -183,7 +350,7 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         print(f"== {name}", flush=True)
-        rows.append(train_and_eval(args, name, raw, eval_data, mc))
+        rows.append(in_own_process(args, name, raw, eval_data, mc))
         Path(args.runs).mkdir(parents=True, exist_ok=True)
         (Path(args.runs) / "results.json").write_text(json.dumps(rows, indent=1, default=str))
     from tether.report import write_report

@@ -450,6 +450,248 @@ def _method_info(cfg: dict[str, Any]) -> tuple[str | None, float | None, bool | 
     return name, hp.get("beta"), method.needs_reference
 
 
+@dataclass
+class _Loaded:
+    """What every metric group shares once the weights are loaded."""
+
+    tokenizer: Any
+    model: Any
+    ref_model: Any
+    pi: Any
+    pi_ref: Any
+    same: bool
+    device: torch.device
+    batch_size: int
+    progress: bool
+
+    def sums(self, examples: Sequence[Any], desc: str, *, reference: bool = False) -> torch.Tensor:
+        """Summed response log-probs (``[n, 2]``) of the model, or of the reference."""
+        lpm = self.pi_ref if reference else self.pi
+        who = "reference" if reference else "model"
+        pad = self.tokenizer.pad_token_id
+        return _sums(lpm, examples, self.batch_size, pad, self.device, f"{desc} ({who})", self.progress)
+
+    def both(self, examples: Sequence[Any], desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's and the reference's tables (one pass when the reference is the model)."""
+        pol = self.sums(examples, desc)
+        return pol, (pol if self.same else self.sums(examples, desc, reference=True))
+
+
+def _reference_spec(target: Target, reference: str | None, notes: list[str]) -> str:
+    """The reference to compare against: ``--reference``, else the run's starting model, else the model."""
+    if reference is not None:
+        try:
+            models.check_model_spec(reference)
+        except TetherError as e:
+            raise TetherError(f"--reference: {e}") from None
+        return reference
+    if target.start_model:
+        try:
+            models.check_model_spec(target.start_model)
+        except TetherError as e:
+            raise TetherError(f"the run's starting model (the default reference): {e}") from None
+        return target.start_model
+    notes.append(
+        "reference: the model itself (no --reference and not a run directory): KL, deviation and reward "
+        "margins are 0 by construction and the win rate is 0.5"
+    )
+    return target.model_path
+
+
+def _read_data(
+    data: str, metrics: str | Sequence[str], generate_text: bool
+) -> tuple[list[data_mod.Row], str, list[str]]:
+    """The rows, their kind and the metric groups to compute (every problem raised before a weight loads)."""
+    if not str(data).startswith("hf:") and not Path(data).exists():
+        raise DataError([Problem(str(data), None, None, "file not found")])
+    rows = data_mod.read_rows(str(data))
+    kind = detect_kind(rows)
+    if kind == "mc":
+        _check_mc(rows)
+    groups = _select_metrics(metrics, kind, str(data), generate_text)
+    if "generation" in groups and kind == "mc" and not any("answer" in r.data for r in rows):
+        if metrics not in ("auto", "", None):
+            raise TetherError(
+                f"--metrics generation: {data} has no 'answer' field to check generations against"
+            )
+        groups.remove("generation")
+    return rows, kind, groups
+
+
+def _examples_and_prompts(
+    rows: list[data_mod.Row], kind: str, tokenize: Any
+) -> tuple[list[data_mod.Example], list[_Prompt]]:
+    """Engine examples (one per MC option) and the distinct prompts with their reference answer text."""
+    if kind == "mc":
+        option_rows = [
+            data_mod.Row(r.file, r.line, {"prompt": r.data["prompt"], "completion": o})
+            for r in rows
+            for o in r.data["options"]
+        ]
+        examples = tokenize(option_rows, "sft")
+        prompts, pos = [], 0
+        for r in rows:
+            ref_text = str(r.data.get("answer", r.data["options"][r.data["label"]]))
+            prompts.append(_Prompt(examples[pos].prompt_ids, r, ref_text))
+            pos += len(r.data["options"])
+        return examples, prompts
+    examples = tokenize(rows, kind)
+    by_line = {(r.file, r.line): r for r in rows}
+    seen: set[tuple[int, ...]] = set()
+    prompts = []
+    for e in examples:
+        if tuple(e.prompt_ids) in seen:
+            continue
+        seen.add(tuple(e.prompt_ids))
+        row = by_line[(e.file, e.line)]
+        answer = row.data.get("chosen" if kind == "pairs" else "completion")
+        if answer is None and "messages" in row.data:
+            answer = row.data["messages"]
+        prompts.append(_Prompt(e.prompt_ids, row, _text(answer) or str(row.data.get("answer", ""))))
+    return examples, prompts
+
+
+def _logprob_metrics(
+    ld: _Loaded,
+    examples: list[data_mod.Example],
+    kind: str,
+    groups: list[str],
+    beta: float,
+    ref_based: bool | None,
+    m: dict[str, Any],
+    rm: dict[str, Any],
+) -> None:
+    """``deviation`` and ``pairwise`` (into ``m``; the reference's own likelihood numbers into ``rm``)."""
+    if ld.same and "pairwise" not in groups:
+        m["deviation"] = 0.0  # the reference is the model: 0 by construction, no forward pass needed
+        return
+    pol, ref = ld.both(examples, "log-probs")
+    n_c = torch.tensor([len(e.chosen_ids) for e in examples], dtype=torch.float32)
+    if "deviation" in groups:
+        m["deviation"] = float(((pol[:, 0] - ref[:, 0]) / n_c).mean())
+    if kind != "pairs":
+        return
+    n_r = torch.tensor([len(e.rejected_ids or []) for e in examples], dtype=torch.float32)
+    if "deviation" in groups:
+        m["deviation/rejected"] = float(((pol[:, 1] - ref[:, 1]) / n_r).mean())
+    if "pairwise" not in groups:
+        return
+    pw = pairwise_metrics(pol[:, 0], pol[:, 1], n_c, n_r, ref[:, 0], ref[:, 1], beta)
+    use_reward = ref_based if ref_based is not None else not ld.same
+    kind_name = "reward" if use_reward else "likelihood"
+    m["pairwise/accuracy"] = pw[f"pairwise/{kind_name}_accuracy"]
+    m["pairwise/margin"] = pw[f"pairwise/{kind_name}_margin"]
+    m["pairwise/kind"] = kind_name
+    m.update(pw)
+    rpw = pairwise_metrics(ref[:, 0], ref[:, 1], n_c, n_r, ref[:, 0], ref[:, 1], beta)
+    rm["pairwise/likelihood_accuracy"] = rpw["pairwise/likelihood_accuracy"]
+    rm["pairwise/likelihood_margin"] = rpw["pairwise/likelihood_margin"]
+    if not use_reward:
+        rm["pairwise/accuracy"] = rm["pairwise/likelihood_accuracy"]
+        rm["pairwise/margin"] = rm["pairwise/likelihood_margin"]
+
+
+def _mc_metrics(
+    ld: _Loaded, examples: list[data_mod.Example], rows: list[data_mod.Row], m: dict, rm: dict
+) -> None:
+    """Multiple-choice accuracy: argmax over each row's options of log π(option | prompt)."""
+    table, rtable = ld.both(examples, "options")
+    for out_m, t in ((m, table[:, 0]), (rm, rtable[:, 0])):
+        pos, correct = 0, 0
+        for r in rows:
+            k = len(r.data["options"])
+            correct += int(int(t[pos : pos + k].argmax()) == r.data["label"])
+            pos += k
+        out_m["mc/accuracy"] = correct / len(rows)
+    m["mc/n"] = len(rows)
+
+
+def _generation_metrics(
+    ld: _Loaded, prompts: list[_Prompt], max_new_tokens: int, m: dict, rm: dict, notes: list[str]
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Greedy generations of both models: task success (overall, per family), the win rate, BLEU/ROUGE.
+
+    Returns the win counts and one sample record per prompt.
+    """
+    from . import tasks
+
+    eos = _eos_ids(ld.model, ld.tokenizer)
+    ids = [p.ids for p in prompts]
+    kw = {"max_new_tokens": max_new_tokens, "batch_size": ld.batch_size, "progress": ld.progress}
+
+    def texts(model: Any, who: str) -> list[str]:
+        raw = generate(model, ld.tokenizer, ids, desc=f"generating ({who})", **kw)
+        return [_decode(ld.tokenizer, g[0], eos) for g in raw]
+
+    gen = texts(ld.model, "model")
+    rgen = gen if ld.same else texts(ld.ref_model, "reference")
+    checkable = [i for i, p in enumerate(prompts) if "source" in p.row.data and "answer" in p.row.data]
+    ok = {i: tasks.check(prompts[i].row.data, gen[i]) for i in checkable}
+    rok = {i: tasks.check(prompts[i].row.data, rgen[i]) for i in checkable}
+    win = None
+    if checkable:
+        m["generation/n"] = len(checkable)
+        for out_m, c in ((m, ok), (rm, rok)):
+            out_m["generation/success"] = sum(c.values()) / len(c)
+            for fam in sorted({str(prompts[i].row.data["source"]) for i in checkable}):
+                fam_i = [i for i in checkable if str(prompts[i].row.data["source"]) == fam]
+                out_m[f"generation/success/{fam}"] = sum(c[i] for i in fam_i) / len(fam_i)
+        win = win_rate([ok[i] for i in checkable], [rok[i] for i in checkable])
+        m["win_rate"] = win["win_rate"]
+        m.update({f"win/{k}": win[k] for k in ("wins", "ties", "losses")})
+    else:
+        notes.append("task success and win rate: skipped (no row has both 'source' and 'answer')")
+    refs = [p.reference_text for p in prompts]
+    try:
+        m.update(text_metrics(gen, refs))
+        rm.update(text_metrics(rgen, refs))
+    except ImportError:
+        notes.append("BLEU/ROUGE: skipped (needs sacrebleu and rouge-score: pip install 'tether[eval]')")
+    samples = [
+        {
+            "file": p.row.file,
+            "line": p.row.line,
+            "prompt": p.row.data.get("prompt"),
+            "target": p.reference_text,
+            "model": gen[i],
+            "reference": rgen[i],
+            "correct": ok.get(i),
+            "reference_correct": rok.get(i),
+        }
+        for i, p in enumerate(prompts)
+    ]
+    return win, samples
+
+
+def _kl_metrics(
+    ld: _Loaded, prompts: list[_Prompt], max_new_tokens: int, kl_samples: int, seed: int, m: dict
+) -> None:
+    """KL(π‖π_ref) on ``kl_samples`` completions per prompt sampled from π (0 when the reference is π)."""
+    if ld.same:
+        m["kl"], m["kl/per_token"], m["kl/samples"] = 0.0, 0.0, 0  # 0 by construction: nothing sampled
+        return
+    torch.manual_seed(seed)
+    if ld.device.type == "cuda":
+        torch.cuda.manual_seed_all(seed)
+    drawn = generate(
+        ld.model,
+        ld.tokenizer,
+        [p.ids for p in prompts],
+        max_new_tokens=max_new_tokens,
+        batch_size=ld.batch_size,
+        sample=True,
+        num_samples=kl_samples,
+        desc="sampling for KL",
+        progress=ld.progress,
+    )
+    seqs = [_Seq(list(p.ids), y) for p, ys in zip(prompts, drawn, strict=True) for y in ys]
+    lp, lr = (t[:, 0] for t in ld.both(seqs, "KL"))
+    n_tok = sum(len(s.chosen_ids) for s in seqs)
+    m["kl"] = float((lp - lr).mean())
+    m["kl/per_token"] = float((lp - lr).sum() / n_tok)
+    m["kl/samples"] = len(seqs)
+
+
 def evaluate(
     model_spec: str,
     data: str,
@@ -479,37 +721,8 @@ def evaluate(
     t0 = time.time()
     notes: list[str] = []
     target = resolve_target(model_spec)
-    if reference is not None:
-        try:
-            models.check_model_spec(reference)
-        except TetherError as e:
-            raise TetherError(f"--reference: {e}") from None
-        ref_spec = reference
-    elif target.start_model:
-        ref_spec = target.start_model
-        try:
-            models.check_model_spec(ref_spec)
-        except TetherError as e:
-            raise TetherError(f"the run's starting model (the default reference): {e}") from None
-    else:
-        ref_spec = target.model_path
-        notes.append(
-            "reference: the model itself (no --reference and not a run directory): KL, deviation and reward "
-            "margins are 0 by construction and the win rate is 0.5"
-        )
-    if not str(data).startswith("hf:") and not Path(data).exists():
-        raise DataError([Problem(str(data), None, None, "file not found")])
-    rows = data_mod.read_rows(str(data))
-    kind = detect_kind(rows)
-    if kind == "mc":
-        _check_mc(rows)
-    groups = _select_metrics(metrics, kind, str(data), generate_text)
-    if "generation" in groups and kind == "mc" and not any("answer" in r.data for r in rows):
-        if metrics not in ("auto", "", None):
-            raise TetherError(
-                f"--metrics generation: {data} has no 'answer' field to check generations against"
-            )
-        groups.remove("generation")
+    ref_spec = _reference_spec(target, reference, notes)
+    rows, kind, groups = _read_data(data, metrics, generate_text)
 
     # Settings from the run config, then the arguments.
     dcfg = target.run_cfg.get("data") or {}
@@ -525,13 +738,11 @@ def evaluate(
     tokenizer = models.load_tokenizer(target.tokenizer_path or model_path)
     same = target.adapter is None and _same_model(str(model_path), str(models.resolve_model_dir(ref_spec)))
     ref_path = model_path if same else models.resolve_model_dir(ref_spec)
-    if not same:
-        ref_tokenizer = models.load_tokenizer(ref_path)
-        if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
-            raise TetherError(
-                f"reference {ref_spec} has a different tokenizer than {model_spec} (vocabularies differ); "
-                "a reference must share the model's tokenizer"
-            )
+    if not same and models.load_tokenizer(ref_path).get_vocab() != tokenizer.get_vocab():
+        raise TetherError(
+            f"reference {ref_spec} has a different tokenizer than {model_spec} (vocabularies differ); "
+            "a reference must share the model's tokenizer"
+        )
 
     def tokenize(rs: list[data_mod.Row], k: str) -> list[data_mod.Example]:
         return data_mod.tokenize_rows(
@@ -543,33 +754,7 @@ def evaluate(
             chat_template=chat_template,  # type: ignore[arg-type]
         ).examples
 
-    by_line = {(r.file, r.line): r for r in rows}
-    if kind == "mc":
-        option_rows = [
-            data_mod.Row(r.file, r.line, {"prompt": r.data["prompt"], "completion": o})
-            for r in rows
-            for o in r.data["options"]
-        ]
-        examples = tokenize(option_rows, "sft")
-        prompts_all = []
-        pos = 0
-        for r in rows:
-            ref_text = str(r.data.get("answer", r.data["options"][r.data["label"]]))
-            prompts_all.append(_Prompt(examples[pos].prompt_ids, r, ref_text))
-            pos += len(r.data["options"])
-    else:
-        examples = tokenize(rows, kind)
-        seen: set[tuple[int, ...]] = set()
-        prompts_all = []
-        for e in examples:
-            if tuple(e.prompt_ids) in seen:
-                continue
-            seen.add(tuple(e.prompt_ids))
-            row = by_line[(e.file, e.line)]
-            answer = row.data.get("chosen" if kind == "pairs" else "completion")
-            if answer is None and "messages" in row.data:
-                answer = row.data["messages"]
-            prompts_all.append(_Prompt(e.prompt_ids, row, _text(answer) or str(row.data.get("answer", ""))))
+    examples, prompts_all = _examples_and_prompts(rows, kind, tokenize)
     prompts = prompts_all[:max_samples] if max_samples else prompts_all
 
     # Weights.
@@ -578,135 +763,29 @@ def evaluate(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = _load(str(model_path), target.adapter, dtype, device)
     ref_model = model if same else _load(str(ref_path), None, dtype, device)
-    pi, pi_ref = LogProbModel(model), (LogProbModel(model) if same else LogProbModel(ref_model))
-    pad = tokenizer.pad_token_id
-    eos = _eos_ids(model, tokenizer)
+    ld = _Loaded(
+        tokenizer,
+        model,
+        ref_model,
+        LogProbModel(model),
+        LogProbModel(ref_model),
+        same,
+        device,
+        batch_size,
+        progress,
+    )
     m: dict[str, Any] = {}
     rm: dict[str, Any] = {}
     win: dict[str, Any] | None = None
     samples: list[dict[str, Any]] = []
-
-    if same and "deviation" in groups and "pairwise" not in groups:
-        m["deviation"] = 0.0  # the reference is the model: 0 by construction, no forward pass needed
-    elif "pairwise" in groups or "deviation" in groups:
-        pol = _sums(pi, examples, batch_size, pad, device, "log-probs (model)", progress)
-        ref = (
-            pol
-            if same
-            else _sums(pi_ref, examples, batch_size, pad, device, "log-probs (reference)", progress)
-        )
-        n_c = torch.tensor([len(e.chosen_ids) for e in examples], dtype=torch.float32)
-        if "deviation" in groups:
-            m["deviation"] = float(((pol[:, 0] - ref[:, 0]) / n_c).mean())
-        if kind == "pairs":
-            n_r = torch.tensor([len(e.rejected_ids or []) for e in examples], dtype=torch.float32)
-            if "deviation" in groups:
-                m["deviation/rejected"] = float(((pol[:, 1] - ref[:, 1]) / n_r).mean())
-            if "pairwise" in groups:
-                pw = pairwise_metrics(pol[:, 0], pol[:, 1], n_c, n_r, ref[:, 0], ref[:, 1], beta)
-                use_reward = ref_based if ref_based is not None else not same
-                kind_name = "reward" if use_reward else "likelihood"
-                m["pairwise/accuracy"] = pw[f"pairwise/{kind_name}_accuracy"]
-                m["pairwise/margin"] = pw[f"pairwise/{kind_name}_margin"]
-                m["pairwise/kind"] = kind_name
-                m.update(pw)
-                rpw = pairwise_metrics(ref[:, 0], ref[:, 1], n_c, n_r, ref[:, 0], ref[:, 1], beta)
-                rm["pairwise/likelihood_accuracy"] = rpw["pairwise/likelihood_accuracy"]
-                rm["pairwise/likelihood_margin"] = rpw["pairwise/likelihood_margin"]
-                if not use_reward:
-                    rm["pairwise/accuracy"] = rm["pairwise/likelihood_accuracy"]
-                    rm["pairwise/margin"] = rm["pairwise/likelihood_margin"]
-
+    if "pairwise" in groups or "deviation" in groups:
+        _logprob_metrics(ld, examples, kind, groups, beta, ref_based, m, rm)
     if "mc" in groups:
-        table = _sums(pi, examples, batch_size, pad, device, "options (model)", progress)[:, 0]
-        rtable = (
-            table
-            if same
-            else _sums(pi_ref, examples, batch_size, pad, device, "options (reference)", progress)[:, 0]
-        )
-        for out_m, t in ((m, table), (rm, rtable)):
-            pos, correct = 0, 0
-            for r in rows:
-                k = len(r.data["options"])
-                correct += int(int(t[pos : pos + k].argmax()) == r.data["label"])
-                pos += k
-            out_m["mc/accuracy"] = correct / len(rows)
-        m["mc/n"] = len(rows)
-
+        _mc_metrics(ld, examples, rows, m, rm)
     if "generation" in groups and prompts:
-        ids = [p.ids for p in prompts]
-        kw = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "progress": progress}
-        gen = [
-            _decode(tokenizer, g[0], eos)
-            for g in generate(model, tokenizer, ids, desc="generating (model)", **kw)
-        ]
-        if same:
-            rgen = gen
-        else:
-            raw = generate(ref_model, tokenizer, ids, desc="generating (reference)", **kw)
-            rgen = [_decode(tokenizer, g[0], eos) for g in raw]
-        from . import tasks
-
-        checkable = [i for i, p in enumerate(prompts) if "source" in p.row.data and "answer" in p.row.data]
-        ok = {i: tasks.check(prompts[i].row.data, gen[i]) for i in checkable}
-        rok = {i: tasks.check(prompts[i].row.data, rgen[i]) for i in checkable}
-        if checkable:
-            m["generation/n"] = len(checkable)
-            for out_m, c in ((m, ok), (rm, rok)):
-                out_m["generation/success"] = sum(c.values()) / len(c)
-                for fam in sorted({str(prompts[i].row.data["source"]) for i in checkable}):
-                    fam_i = [i for i in checkable if str(prompts[i].row.data["source"]) == fam]
-                    out_m[f"generation/success/{fam}"] = sum(c[i] for i in fam_i) / len(fam_i)
-            win = win_rate([ok[i] for i in checkable], [rok[i] for i in checkable])
-            m["win_rate"] = win["win_rate"]
-            m.update({f"win/{k}": win[k] for k in ("wins", "ties", "losses")})
-        else:
-            notes.append("task success and win rate: skipped (no row has both 'source' and 'answer')")
-        refs = [p.reference_text for p in prompts]
-        try:
-            m.update(text_metrics(gen, refs))
-            rm.update(text_metrics(rgen, refs))
-        except ImportError:
-            notes.append("BLEU/ROUGE: skipped (needs sacrebleu and rouge-score: pip install 'tether[eval]')")
-        for i, p in enumerate(prompts):
-            samples.append(
-                {
-                    "file": p.row.file,
-                    "line": p.row.line,
-                    "prompt": p.row.data.get("prompt"),
-                    "target": p.reference_text,
-                    "model": gen[i],
-                    "reference": rgen[i],
-                    "correct": ok.get(i),
-                    "reference_correct": rok.get(i),
-                }
-            )
-
-    if "kl" in groups and prompts and same:
-        m["kl"], m["kl/per_token"], m["kl/samples"] = 0.0, 0.0, 0  # 0 by construction: nothing sampled
-    elif "kl" in groups and prompts:
-        torch.manual_seed(seed)
-        if device.type == "cuda":
-            torch.cuda.manual_seed_all(seed)
-        drawn = generate(
-            model,
-            tokenizer,
-            [p.ids for p in prompts],
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            sample=True,
-            num_samples=kl_samples,
-            desc="sampling for KL",
-            progress=progress,
-        )
-        seqs = [_Seq(list(p.ids), y) for p, ys in zip(prompts, drawn, strict=True) for y in ys]
-        lp = _sums(pi, seqs, batch_size, pad, device, "KL (model)", progress)[:, 0]
-        lr = lp if same else _sums(pi_ref, seqs, batch_size, pad, device, "KL (reference)", progress)[:, 0]
-        n_tok = sum(len(s.chosen_ids) for s in seqs)
-        m["kl"] = float((lp - lr).mean())
-        m["kl/per_token"] = float((lp - lr).sum() / n_tok)
-        m["kl/samples"] = len(seqs)
-
+        win, samples = _generation_metrics(ld, prompts, max_new_tokens, m, rm, notes)
+    if "kl" in groups and prompts:
+        _kl_metrics(ld, prompts, max_new_tokens, kl_samples, seed, m)
     if lm_eval_tasks:
         names = (
             [t.strip() for t in lm_eval_tasks.split(",")]
