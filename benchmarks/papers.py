@@ -322,7 +322,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--steps", type=int, default=40, help="optimizer steps per run (per stage for sDPO)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=40,
+        help="optimizer steps per run (sDPO: the same total, split evenly over its 4 stages)",
+    )
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--eval-samples", type=int, default=80, help="held-out prompts for generation metrics")
     ap.add_argument("--seed", type=int, default=0)
