@@ -53,6 +53,9 @@ def env(tmp_path_factory):
     }
     shutil.copytree(e["model"], root / "model_copy")
     e["model_copy"] = root / "model_copy"
+    e["corrupt"] = Path(shutil.copytree(e["model"], root / "corrupt"))
+    weights = e["corrupt"] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])  # a truncated download
     with pytest.MonkeyPatch.context() as mp:  # same architecture, a different vocabulary
         mp.setattr(tiny, "CHARS", tiny.CHARS[::-1])
         e["other_vocab"] = tiny_model_dir(root / "other_vocab", seed=2)
@@ -286,6 +289,7 @@ BAD = {
     "empty_data": (lambda e: [str(e["model"]), "--data", str(e["empty"])], "no rows"),
     "missing_data": (lambda e: [str(e["model"]), "--data", str(e["root"] / "nope.jsonl")], "not found"),
     "missing_model": (lambda e: [str(e["root"] / "nope"), "--data", str(e["pairs"])], "not found"),
+    "corrupt_weights": (lambda e: [str(e["corrupt"]), "--data", str(e["pairs"])], "cannot load model"),
 }
 
 

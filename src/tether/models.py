@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -340,8 +341,9 @@ def load_model(
             if "sdpa" not in str(exc).lower() and "scaled_dot_product" not in str(exc).lower():
                 raise
             model = AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype, attn_implementation="eager")
-    except (OSError, ValueError) as exc:
-        raise TetherError(f"{model_dir}: cannot load model ({str(exc).strip().splitlines()[0]})") from exc
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a truncated/corrupt file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TetherError(f"{model_dir}: cannot load model ({first})") from exc
     if gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name warns
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
