@@ -169,7 +169,7 @@ def env(tmp_path_factory) -> Env:
                 GOOD,
                 {"prompt": "a", "chosen": "b"},  # 2: missing rejected
                 {"prompt": "", "chosen": "b", "rejected": "c"},  # 3: empty prompt
-                GOOD,
+                '{"prompt": "a", "chosen": "b", "rejected": }',  # 4: malformed JSON
                 {"prompt": "a", "chosen": "b", "rejected": "b"},  # 5: identical
                 {"prompt": "a", "chosen": 7, "rejected": [1, 2]},  # 6: two bad fields
             ],
@@ -445,10 +445,11 @@ def test_validate_lists_every_problem(env):
     proc = tether(env, "validate", env.config("multi", {"data": {"train": str(data)}}))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stderr.splitlines()
-    assert lines[-1] == "5 problem(s) found"
+    assert lines[-1] == "6 problem(s) found"  # the malformed line and the good lines' problems, in order
     assert lines[:-1] == [
         f"error: {data}:2: field 'rejected': missing (preference rows need prompt/chosen/rejected)",
         f"error: {data}:3: field 'prompt': is empty",
+        f"error: {data}:4: malformed JSON (Expecting value at column 44)",
         f"error: {data}:5: field 'rejected': chosen and rejected are identical",
         f"error: {data}:6: field 'chosen': must be a non-empty string or a list of {{role, content}} "
         "messages, got number",

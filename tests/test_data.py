@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerFast
 from tether.data import (
     Example,
     Row,
+    check_rows,
     detect_kind,
     read_rows,
     split_train_eval,
@@ -162,6 +163,27 @@ def test_read_collects_every_malformed_line(tmp_path: Path) -> None:
         f"{path}:5: malformed JSON (Expecting value at column 31)",
     ]
     assert str(err.value).endswith("(and 2 more problems)")
+
+
+def test_read_can_collect_malformed_lines_and_keep_good_rows(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_text(
+        '{"prompt": "a", "chosen": "b", "rejected": "b"}\n{"prompt": "a" "chosen": "b"}\n[1]\n'
+        '{"prompt": "c", "chosen": "d", "rejected": "e"}\n'
+    )
+    found: list = []
+    rows = read_rows(str(path), problems=found)
+    assert [r.line for r in rows] == [1, 4]
+    assert [str(q) for q in found] == [
+        f"{path}:2: malformed JSON (Expecting ',' delimiter at column 16)",
+        f"{path}:3: not a JSON object (got list)",
+    ]
+    assert [str(q) for q in check_rows(rows, "pairs")] == [
+        f"{path}:1: field 'rejected': chosen and rejected are identical"
+    ]
+    path.write_text("{oops\n")  # nothing readable: raised even when collecting
+    with pytest.raises(DataError):
+        read_rows(str(path), problems=[])
 
 
 def test_read_json_array_errors(tmp_path: Path) -> None:

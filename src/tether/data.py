@@ -92,6 +92,7 @@ __all__ = [
     "Kind",
     "Row",
     "TokenizedData",
+    "check_rows",
     "detect_kind",
     "read_rows",
     "split_train_eval",
@@ -133,11 +134,13 @@ class Row:
     data: dict[str, Any]
 
 
-def read_rows(spec: str, *, split: str = "train") -> list[Row]:
+def read_rows(spec: str, *, split: str = "train", problems: list[Problem] | None = None) -> list[Row]:
     """Read every record of a data source (see the module docstring for the accepted sources).
 
     Raises :class:`DataError` listing every problem found: missing file, unknown extension, each
-    malformed JSON line, each record that is not a JSON object, or no rows at all.
+    malformed JSON line, each record that is not a JSON object, or no rows at all. With a ``problems``
+    list, the per-record problems (malformed lines, non-objects) are appended to it instead and the good
+    records are returned, so a caller can check those too and report everything at once.
     """
     if spec.startswith("hf:"):
         return _read_hf(spec, split)
@@ -157,10 +160,15 @@ def read_rows(spec: str, *, split: str = "train") -> list[Row]:
         rows = _read_parquet(spec, path)
     elif suffix in _JSONL_SUFFIXES or suffix in _JSON_SUFFIXES:
         text = _read_text(spec, path)
+        found: list[Problem] = []
         if suffix in _JSON_SUFFIXES and text.lstrip().startswith("["):
-            rows = _parse_json_array(spec, text)
+            rows = _parse_json_array(spec, text, found)
         else:
-            rows = _parse_jsonl(spec, text)
+            rows = _parse_jsonl(spec, text, found)
+        if found and (problems is None or not rows):
+            raise DataError(found)
+        if problems is not None:
+            problems.extend(found)
     else:
         raise DataError(
             [
@@ -206,9 +214,8 @@ def _json_type(value: object) -> str:
     return type(value).__name__
 
 
-def _parse_jsonl(spec: str, text: str) -> list[Row]:
+def _parse_jsonl(spec: str, text: str, problems: list[Problem]) -> list[Row]:
     rows: list[Row] = []
-    problems: list[Problem] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -221,12 +228,10 @@ def _parse_jsonl(spec: str, text: str) -> list[Row]:
             problems.append(Problem(spec, lineno, None, f"not a JSON object (got {_json_type(value)})"))
             continue
         rows.append(Row(spec, lineno, value))
-    if problems:
-        raise DataError(problems)
     return rows
 
 
-def _parse_json_array(spec: str, text: str) -> list[Row]:
+def _parse_json_array(spec: str, text: str, problems: list[Problem]) -> list[Row]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
@@ -234,7 +239,6 @@ def _parse_json_array(spec: str, text: str) -> list[Row]:
             [Problem(spec, err.lineno, None, f"malformed JSON ({err.msg} at column {err.colno})")]
         ) from None
     rows: list[Row] = []
-    problems: list[Problem] = []
     for index, record in enumerate(value, start=1):
         if isinstance(record, dict):
             rows.append(Row(spec, index, record))
@@ -242,8 +246,6 @@ def _parse_json_array(spec: str, text: str) -> list[Row]:
             problems.append(
                 Problem(spec, index, None, f"record is not a JSON object (got {_json_type(record)})")
             )
-    if problems:
-        raise DataError(problems)
     return rows
 
 
@@ -585,6 +587,17 @@ def _parse_implicit_prompt(checker: _RowChecker) -> _Parsed | None:
 # --------------------------------------------------------------------------------------------------
 # Tokenizing
 # --------------------------------------------------------------------------------------------------
+
+
+def check_rows(rows: Sequence[Row], kind: Kind) -> list[Problem]:
+    """The field problems of ``rows`` read as ``kind`` (missing/empty/mistyped fields, identical chosen and
+    rejected), without a tokenizer: the checks :func:`tokenize_rows` makes before it renders a row."""
+    problems: list[Problem] = []
+    for row in rows:
+        checker = _RowChecker(row)
+        _parse_sft(checker) if kind == "sft" else _parse_pairs(checker)
+        problems.extend(checker.problems)
+    return problems
 
 
 @dataclass(frozen=True)

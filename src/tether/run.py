@@ -19,7 +19,7 @@ import yaml
 from . import data as data_mod
 from . import models
 from .config import Config
-from .errors import TetherError
+from .errors import DataError, Problem, TetherError
 from .logprobs import LogProbModel
 from .methods import Method
 from .reference import Reference, cache_key, compute_table, default_cache_dir, frozen_copy, load_or_fill
@@ -63,7 +63,9 @@ def prepare(cfg: Config, train_spec: str | None = None) -> Prepared:
     # Rows are read and their format checked before the model dir is resolved (a GGUF is converted there).
     rows = {}
     for s in specs:
-        rows[s] = data_mod.read_rows(s, split=d.split)[: d.eval_limit if s == d.eval else d.limit]
+        unreadable: list[Problem] = []  # malformed lines: reported together with the good rows' problems
+        rows[s] = data_mod.read_rows(s, split=d.split, problems=unreadable)
+        rows[s] = rows[s][: d.eval_limit if s == d.eval else d.limit]
         kind = data_mod.detect_kind(rows[s])
         if kind != method.data:
             need, holds = (
@@ -72,6 +74,9 @@ def prepare(cfg: Config, train_spec: str | None = None) -> Prepared:
                 else ("SFT rows (prompt/completion or messages)", "preference pairs (prompt/chosen/rejected)")
             )
             raise TetherError(f"{s}: method '{method.name}' needs {need} but the file holds {holds}")
+        if unreadable:
+            found = unreadable + data_mod.check_rows(rows[s], method.data)
+            raise DataError(sorted(found, key=lambda q: q.line or 0))
     model_dir = models.resolve_model_dir(cfg.model.name)
     tokenizer = models.load_tokenizer(model_dir)
     if cfg.reference.model is not None:
