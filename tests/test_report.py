@@ -219,6 +219,29 @@ def test_method_specific_plots_follow_the_metrics(runs):
     assert plot_gamma_ref(load_runs(runs[:2])) is None
 
 
+def test_frontier_draws_the_shared_reference_at_kl_zero(tmp_path):
+    def ev(success: float, kl: float, ref_success: float, ref: str = "smollm2") -> dict:
+        return {
+            "reference": ref,
+            "metrics": {"generation/success": success, "kl": kl},
+            "reference_metrics": {"generation/success": ref_success},
+        }
+
+    a = fake_run(tmp_path, "a", eval_json=ev(0.3, 0.4, 0.1))
+    b = fake_run(tmp_path, "b", "sft", sft=True, eval_json=ev(0.5, 12.0, 0.1))
+    frontier = plot_frontier(load_runs([a, b]))
+    assert {(s.label, s.x[0], s.y[0]) for s in frontier.series} == {
+        ("start (the reference)", 0.0, 0.1),
+        ("a (dpo)", 0.4, 0.3),
+        ("b (sft)", 12.0, 0.5),
+    }
+    assert frontier.figure.axes[0].get_xscale() == "symlog"  # KLs 30x apart
+    c = fake_run(tmp_path, "c", eval_json=ev(0.2, 0.5, 0.2, ref="other"))  # another reference: no start
+    frontier = plot_frontier(load_runs([a, c]))
+    assert "start (the reference)" not in {s.label for s in frontier.series}
+    assert frontier.figure.axes[0].get_xscale() == "linear"
+
+
 def test_missing_metrics_skip_plots_with_a_note(tmp_path):
     run = fake_run(tmp_path, "orpo", "orpo", reference=False, eval_every=0)
     md = write_report([run], tmp_path / "out").read_text()

@@ -537,8 +537,27 @@ def plot_gamma_ref(runs: Sequence[Run]) -> Plot | None:
     return Plot("gamma_ref", "γ_ref per sDPO stage", caption, fig, series)
 
 
+def _start_point(runs: Sequence[Run]) -> float | None:
+    """The reference model's own task success when every run was evaluated against the same reference."""
+    refs = {(r.eval_json or {}).get("reference") for r in runs if r.eval_json}
+    values = {
+        ((r.eval_json or {}).get("reference_metrics") or {}).get("generation/success")
+        for r in runs
+        if r.eval_json
+    }
+    if len(refs) != 1 or len(values) != 1:
+        return None
+    v = values.pop()
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
 def plot_frontier(runs: Sequence[Run]) -> Plot | None:
-    """Task success against KL to the reference, one point per run, a line per method."""
+    """Task success against KL to the reference, one point per run, a line per method.
+
+    When every run was evaluated against the same reference, that model is drawn at KL = 0 (the start).
+    The KL axis is symmetric-log when the KLs span more than a factor of 20; labels of nearby points are
+    stacked so they stay readable.
+    """
     points: dict[str, list[tuple[float, float, Run]]] = {}
     ykeys, xkeys = set(), set()
     for r in runs:
@@ -552,16 +571,37 @@ def plot_frontier(runs: Sequence[Run]) -> Plot | None:
     fig = _figure((7.0, 4.8))
     ax = fig.subplots()
     series = []
+    start = _start_point([r for pts in points.values() for _, _, r in pts])
+    if start is not None:
+        ax.plot([0.0], [start], color="black", marker="*", markersize=11, linestyle="none", label="start")
+        series.append(Series("frontier", "start (the reference)", "eval", [0.0], [start]))
+    xs_all = [p[0] for pts in points.values() for p in pts]
+    positive = [x for x in xs_all if x > 0]
+    log_x = bool(positive) and max(positive) / min(positive) > 20
+    if log_x:
+        ax.set_xscale("symlog", linthresh=min(positive))
+
+    def t(x: float) -> float:  # the x position as drawn
+        return math.log10(x) if log_x and x > 0 else (math.log10(min(positive)) - 1 if log_x else x)
+
+    ys_all = [p[1] for pts in points.values() for p in pts]
+    x_span = (max(map(t, xs_all)) - min(map(t, xs_all))) or 1.0
+    y_span = (max(ys_all) - min(ys_all)) or 1.0
+    labelled: list[tuple[float, float]] = []
     for i, (method, pts) in enumerate(sorted(points.items())):
         pts.sort(key=lambda p: p[0])
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
         ax.plot(xs, ys, color=f"C{i % 10}", marker="o", linewidth=1.4, label=method)
         for x, y, r in pts:
-            ax.annotate(r.name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+            k = sum(abs(t(x) - lx) / x_span < 0.1 and abs(y - ly) / y_span < 0.06 for lx, ly in labelled)
+            labelled.append((t(x), y))
+            ax.annotate(r.name, (x, y), textcoords="offset points", xytext=(5, 5 + 10 * k), fontsize=8)
             series.append(Series("frontier", r.label, "eval", [x], [y]))
     ylabel = ykeys.pop() if len(ykeys) == 1 else "task success"
     xlabel = xkeys.pop() if len(xkeys) == 1 else "KL to reference"
-    _style(ax, "Task success against KL to the reference", ylabel, f"{xlabel} (from eval.json)")
+    ylabel = f"task success ({ylabel.removeprefix('metrics/')})"
+    xlabel = f"KL(π‖π_ref) ({xlabel.removeprefix('metrics/')}, from eval.json{', symlog' if log_x else ''})"
+    _style(ax, "Task success against KL to the reference", ylabel, xlabel)
     ax.legend(title="method", frameon=False, fontsize=9)
     caption = (
         "Task success against KL to the reference across runs (the ε-DPO paper's frontier), from eval.json."
