@@ -3,6 +3,7 @@ bundled verifiable tasks, evaluate them all the same way, and write the comparis
 
     python benchmarks/papers.py --out docs/results            # the committed run (see docs/results.md)
     python benchmarks/papers.py --steps 2 --eval-samples 8    # a smoke run
+    python benchmarks/papers.py --table docs/results/results.json   # re-render the committed tables
     python benchmarks/papers.py --model <hub id> --steps 200 --batch-size 16 --dtype bfloat16   # on a GPU
 
 Comparisons (METHODS.md, "What the papers measured"):
@@ -127,17 +128,18 @@ def gamma_by_reference(run_dir: Path, start: str, raw: dict[str, Any]) -> list[d
     column = raw["stages"]["column"]
     rows = [r for r in read_rows(raw["data"]["train"]) if r.data.get(column) == order[-1]]
     refs = [start] + [str(run_dir / f"stage-{t}" / "final") for t in range(1, len(order))]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = []
     for t, ref in enumerate(refs):
         path = models.resolve_model_dir(ref)
         tok = models.load_tokenizer(path)
         ex = tokenize_rows(rows, tok, kind="pairs", max_length=raw["data"]["max_length"]).examples
         table = compute_table(
-            LogProbModel(models.load_model(path, dtype=raw["model"]["dtype"]).eval()),
+            LogProbModel(models.load_model(path, dtype=raw["model"]["dtype"]).to(device).eval()),
             ex,
             batch_size=8,
             pad_id=tok.pad_token_id,
-            device=torch.device("cpu"),
+            device=device,
             desc=f"gamma_ref of M_{t} on the last chunk",
         )
         out.append({"reference": f"M_{t}", "gamma_ref": float((table[:, 0] - table[:, 1]).mean())})
@@ -204,7 +206,7 @@ def tables(rows: list[dict[str, Any]]) -> str:
             lines.append(
                 [
                     r["run"],
-                    f"{r['lr']:g}",
+                    _f(r.get("lr"), "{:g}"),
                     success(r),
                     _f(_get(r.get("mc"), "mc/accuracy")),
                     _f(_get(r["eval"], "deviation")),
@@ -260,59 +262,46 @@ def tables(rows: list[dict[str, Any]]) -> str:
         asft_cells,
     )
 
-    def eps_cells(r: dict, start: bool) -> list[str]:
-        e = r["eval"]
+    drift_header = ["run", "task success", "win rate vs start", "KL to start", "reward accuracy"]
+
+    def drift_cells(r: dict, start: bool, extra: int) -> list[str]:
+        """The cells ε-DPO and sDPO are judged by (the start row: its success, 0.5, 0, then dashes)."""
         if start:
-            return ["starting model", success(r, "reference_metrics"), "0.5", "0", "-", "-", "-"]
-        beta = r["train"].get("kl/beta", r["train"].get("hparams/beta"))
+            return ["starting model", success(r, "reference_metrics"), "0.5", "0"] + ["-"] * (1 + extra)
+        e = r["eval"]
         return [
             r["run"],
             success(r),
             _f(_get(e, "win_rate")),
             _f(_get(e, "kl"), "{:.3f}"),
             _f(_get(e, "pairwise/reward_accuracy")),
-            _f(beta, "{:.4f}"),
-            _f(r.get("step_seconds"), "{:.2f}"),
         ]
 
+    def eps_cells(r: dict, start: bool) -> list[str]:
+        if start:
+            return drift_cells(r, True, 2)
+        beta = r["train"].get("kl/beta", r["train"].get("hparams/beta"))
+        return [*drift_cells(r, False, 2), _f(beta, "{:.4f}"), _f(r.get("step_seconds"), "{:.2f}")]
+
     pair_table(
-        "ε-DPO vs DPO (pairs)",
-        ["dpo", "epsilon_dpo"],
-        ["run", "task success", "win rate vs start", "KL to start", "reward accuracy", "final β", "s/step"],
-        eps_cells,
+        "ε-DPO vs DPO (pairs)", ["dpo", "epsilon_dpo"], [*drift_header, "final β", "s/step"], eps_cells
     )
 
     def sdpo_cells(r: dict, start: bool) -> list[str]:
-        e = r["eval"]
         if start:
-            return ["starting model", success(r, "reference_metrics"), "0.5", "0", "-", "-", "-"]
+            return drift_cells(r, True, 2)
         gref = (
             " → ".join(f"{s['gamma_ref']:.2f}" for s in r["stages"])
             if r.get("stages")
             else _f(r.get("gamma_ref"), "{:.2f}")
         )
         last = " → ".join(f"{g['gamma_ref']:.2f}" for g in r.get("gamma_last_chunk") or []) or "-"
-        return [
-            r["run"],
-            success(r),
-            _f(_get(e, "win_rate")),
-            _f(_get(e, "kl"), "{:.3f}"),
-            _f(_get(e, "pairwise/reward_accuracy")),
-            gref,
-            last,
-        ]
+        return [*drift_cells(r, False, 2), gref, last]
 
     pair_table(
         "sDPO vs DPO (the same pairs)",
         ["dpo", "sdpo"],
-        [
-            "run",
-            "task success",
-            "win rate vs start",
-            "KL to start",
-            "reward accuracy",
-            "gamma_ref (per stage)",
-        ],
+        [*drift_header, "γ_ref per stage (own chunk)", "γ_ref of M_0..M_{T-1} on the last chunk"],
         sdpo_cells,
     )
     return "\n".join(out)
@@ -335,7 +324,13 @@ def main() -> None:
     ap.add_argument("--out", default="runs/papers/report")
     ap.add_argument("--only", nargs="*", help="run names to run (default: all)")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument(
+        "--table", metavar="RESULTS_JSON", help="print the tables of a saved results.json and exit"
+    )
     args = ap.parse_args()
+    if args.table:
+        print(tables(json.loads(Path(args.table).read_text())))
+        return
     plan: list[tuple[str, dict, str, bool]] = []
     for m, params in SFT_METHODS.items():
         plan.append(
@@ -363,6 +358,7 @@ def main() -> None:
     report = write_report([Path(args.runs) / r["run"] for r in rows], Path(args.out))
     text = tables(rows)
     (Path(args.out) / "tables.md").write_text(text + "\n")
+    (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=1, default=str))
     print(text)
     print(f"\nreport: {report}")
 

@@ -4,6 +4,9 @@ the generator writes."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -61,3 +64,22 @@ def test_task_checker_and_splits():
         assert tasks.check(t, t["answer"]), t
         assert not any(tasks.check(t, w) for w in t["wrong"]), t
     assert {t["source"] for t in split["heldout"]} == set(tasks.FAMILIES)
+
+
+def test_results_doc_is_the_committed_run():
+    """docs/results.md's tables are what benchmarks/papers.py renders from the committed results.json, and
+    every plot it embeds exists."""
+    spec = importlib.util.spec_from_file_location("papers", REPO / "benchmarks" / "papers.py")
+    papers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(papers)
+    rows = json.loads((REPO / "docs" / "results" / "results.json").read_text())
+    assert [r["run"] for r in rows] == [
+        "sft", "minor_sft", "sft_dpo", "dpo", "asft", "orpo", "epsilon_dpo", "sdpo"
+    ]  # fmt: skip
+    text = (REPO / "docs" / "results.md").read_text()
+    block = text.split("<!-- papers-tables -->\n")[1].split("<!-- /papers-tables -->")[0].strip()
+    assert block == papers.tables(rows).strip()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text)
+    assert len(images) >= 4
+    for image in images:
+        assert (REPO / "docs" / image).is_file(), image
