@@ -41,6 +41,10 @@ PAIR_METHODS = {
     "epsilon_dpo": {"beta": 0.1, "epsilon": 0.01},
 }
 SFT_LR = {"sft": 1e-5, "minor_sft": 2e-5, "sft_dpo": 2e-5}  # the MinorSFT paper's best learning rates
+# (run name, method, lr): each method at its paper-best lr, and MinorSFT at SFT's lr as well, which
+# separates the effect of its per-sample weight from that of its doubled learning rate.
+SFT_RUNS = [(m, m, SFT_LR[m]) for m in SFT_METHODS]
+SFT_RUNS.insert(2, ("minor_sft_same_lr", "minor_sft", SFT_LR["sft"]))
 
 
 def run_config(
@@ -93,7 +97,8 @@ def train_and_eval(args, name, raw, eval_data: str, mc: bool) -> dict[str, Any]:
         "method": raw["method"]["name"],
         "lr": raw["train"]["lr"],
         "seconds": seconds,
-        "step_seconds": mean_step_seconds(run_dir),
+        "step_seconds": median(step_times(run_dir)),
+        "step_seconds_all": step_times(run_dir),
         "train": result.train_metrics,
         "eval": ev,
         "gamma_ref": result.gamma_ref,
@@ -162,13 +167,19 @@ def _f(v: Any, fmt: str = "{:.3f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
-def mean_step_seconds(run_dir: Path) -> float | None:
-    """Mean optimizer-step time over every stage of a run, each stage's first (warm-up) step left out."""
+def step_times(run_dir: Path) -> list[float]:
+    """Every optimizer-step time of a run (all stages), each stage's first (warm-up) step left out."""
     times = []
     for path in sorted(run_dir.rglob("metrics.jsonl")):
         steps = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        times += [s["step_seconds"] for s in steps[1:] if "step_seconds" in s]
-    return sum(times) / len(times) if times else None
+        times += [s["step_seconds"] for s in steps if "step_seconds" in s][1:]
+    return times
+
+
+def median(xs: list[float]) -> float | None:
+    """The median (robust to a step slowed by another process on a shared machine)."""
+    xs = sorted(xs)
+    return None if not xs else (xs[len(xs) // 2] + xs[(len(xs) - 1) // 2]) / 2
 
 
 def _table(header: list[str], lines: list[list[str]]) -> list[str]:
@@ -188,7 +199,7 @@ def tables(rows: list[dict[str, Any]]) -> str:
     def success(r: dict, who: str = "metrics") -> str:
         return _f(_get(r["eval"], "generation/success", who))
 
-    sft = [by[n] for n in SFT_METHODS if n in by]
+    sft = [r for r in rows if r["method"] in SFT_METHODS]
     if sft:
         first = sft[0]
         lines = [
@@ -216,7 +227,8 @@ def tables(rows: list[dict[str, Any]]) -> str:
             )
         out += ["### MinorSFT vs SFT vs SFT-using-DPO (SFT rows)", ""]
         out += _table(
-            ["run", "lr", "task success", "MC accuracy", "deviation m_θ", "KL to start", "s/step"], lines
+            ["run", "lr", "task success", "MC accuracy", "deviation m_θ", "KL to start", "s/step (median)"],
+            lines,
         )
 
     def pair_table(title: str, names: list[str], header: list[str], cells) -> None:
@@ -256,7 +268,7 @@ def tables(rows: list[dict[str, Any]]) -> str:
             "ROUGE-1",
             "ROUGE-2",
             "ROUGE-L",
-            "s/step",
+            "s/step (median)",
             "peak RSS MB",
         ],
         asft_cells,
@@ -284,7 +296,10 @@ def tables(rows: list[dict[str, Any]]) -> str:
         return [*drift_cells(r, False, 2), _f(beta, "{:.4f}"), _f(r.get("step_seconds"), "{:.2f}")]
 
     pair_table(
-        "ε-DPO vs DPO (pairs)", ["dpo", "epsilon_dpo"], [*drift_header, "final β", "s/step"], eps_cells
+        "ε-DPO vs DPO (pairs)",
+        ["dpo", "epsilon_dpo"],
+        [*drift_header, "final β", "s/step (median)"],
+        eps_cells,
     )
 
     def sdpo_cells(r: dict, start: bool) -> list[str]:
@@ -322,7 +337,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs", default="runs/papers")
     ap.add_argument("--out", default="runs/papers/report")
-    ap.add_argument("--only", nargs="*", help="run names to run (default: all)")
+    ap.add_argument(
+        "--only",
+        nargs="*",
+        help="run names to (re)run; the other runs' saved results are kept (default: all)",
+    )
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument(
         "--table", metavar="RESULTS_JSON", help="print the tables of a saved results.json and exit"
@@ -332,10 +351,9 @@ def main() -> None:
         print(tables(json.loads(Path(args.table).read_text())))
         return
     plan: list[tuple[str, dict, str, bool]] = []
-    for m, params in SFT_METHODS.items():
-        plan.append(
-            (m, run_config(args, m, m, params, "sft.train.jsonl", SFT_LR[m]), "sft.heldout.jsonl", True)
-        )
+    for name, m, lr in SFT_RUNS:
+        raw = run_config(args, name, m, SFT_METHODS[m], "sft.train.jsonl", lr)
+        plan.append((name, raw, "sft.heldout.jsonl", True))
     for m, params in PAIR_METHODS.items():
         lr = 1e-5 if m in ("asft", "orpo") else 5e-6
         plan.append(
@@ -345,14 +363,21 @@ def main() -> None:
     sdpo = run_config(args, "sdpo", "dpo", {"beta": 0.1}, "pairs.train.jsonl", 5e-6, stages)
     sdpo["train"]["max_steps"] = max(1, args.steps // 4)  # same total steps as one-shot DPO
     plan.append(("sdpo", sdpo, "pairs.heldout.jsonl", False))
-    rows = []
+    saved = Path(args.runs) / "results.json"
+    done: dict[str, dict] = {}
+    if args.only and saved.exists():  # rerun some runs: keep the others' results
+        done = {r["run"]: r for r in json.loads(saved.read_text())}
+    unknown = set(args.only or []) - {name for name, *_ in plan}
+    if unknown:
+        ap.error(f"--only: unknown run(s) {sorted(unknown)} (runs: {[name for name, *_ in plan]})")
     for name, raw, eval_data, mc in plan:
         if args.only and name not in args.only:
             continue
         print(f"== {name}", flush=True)
-        rows.append(in_own_process(args, name, raw, eval_data, mc))
+        done[name] = in_own_process(args, name, raw, eval_data, mc)
         Path(args.runs).mkdir(parents=True, exist_ok=True)
-        (Path(args.runs) / "results.json").write_text(json.dumps(rows, indent=1, default=str))
+        saved.write_text(json.dumps([done[n] for n, *_ in plan if n in done], indent=1, default=str))
+    rows = [done[n] for n, *_ in plan if n in done]
     from tether.report import write_report
 
     report = write_report([Path(args.runs) / r["run"] for r in rows], Path(args.out))

@@ -74,7 +74,7 @@ def test_results_doc_is_the_committed_run():
     spec.loader.exec_module(papers)
     rows = json.loads((REPO / "docs" / "results" / "results.json").read_text())
     assert [r["run"] for r in rows] == [
-        "sft", "minor_sft", "sft_dpo", "dpo", "asft", "orpo", "epsilon_dpo", "sdpo"
+        "sft", "minor_sft", "minor_sft_same_lr", "sft_dpo", "dpo", "asft", "orpo", "epsilon_dpo", "sdpo"
     ]  # fmt: skip
     text = (REPO / "docs" / "results.md").read_text()
     block = text.split("<!-- papers-tables -->\n")[1].split("<!-- /papers-tables -->")[0].strip()
