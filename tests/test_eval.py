@@ -246,6 +246,38 @@ def test_run_dir_defaults_and_lora_run(env):
     assert lora["model_path"] == str(env["model"]) and abs(lora["metrics"]["deviation"]) > 0
 
 
+def test_reference_cache_reuses_logps_and_generations(env, monkeypatch, tmp_path):
+    import tether.evaluate as ev_mod
+
+    monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
+    kw = {"max_samples": 3, "max_new_tokens": 4, "progress": False}
+    first = evaluate(str(env["run"]), str(env["pairs"]), **kw)
+    assert first["reference_cache"] == {"log-probs": "miss", "generating": "miss"}
+    assert len(list((tmp_path / "cache" / "generations").glob("*.json"))) == 1
+    calls: list[str] = []
+    real = ev_mod.generate
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["desc"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ev_mod, "generate", spy)
+    second = evaluate(str(env["run"]), str(env["pairs"]), **kw)
+    assert second["reference_cache"] == {"log-probs": "hit", "generating": "hit"}
+    assert calls == ["generating (model)", "sampling for KL"]  # the reference generated nothing
+    assert second["metrics"] == first["metrics"]
+    assert second["reference_metrics"] == first["reference_metrics"]
+    assert [x["reference"] for x in second["samples"]] == [x["reference"] for x in first["samples"]]
+    calls.clear()
+    fresh = evaluate(str(env["run"]), str(env["pairs"]), cache=False, **kw)
+    assert fresh["reference_cache"] == {} and "generating (reference)" in calls
+    assert [x["reference"] for x in fresh["samples"]] == [x["reference"] for x in first["samples"]]
+    for k, v in first["metrics"].items():
+        assert fresh["metrics"][k] == (pytest.approx(v, abs=1e-5) if isinstance(v, float) else v), k
+    other = evaluate(str(env["run"]), str(env["pairs"]), reference=str(env["model2"]), **kw)
+    assert other["reference_cache"] == {"log-probs": "miss", "generating": "miss"}  # other weights: own key
+
+
 FLAGS = ["--max-samples", "3", "--max-new-tokens", "4", "--no-progress", "--lm-eval-tasks", "arc_easy"]
 
 

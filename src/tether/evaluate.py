@@ -25,6 +25,11 @@ group             what
 file); log-prob metrics use every row. ``--lm-eval-tasks`` runs lm-evaluation-harness when it is installed
 and its data can be reached, and is otherwise skipped with a one-line note.
 
+The reference's log-prob tables and greedy generations are cached under ``$TETHER_CACHE`` (default
+``~/.cache/tether``; the log-prob tables share training's ``reflogps`` cache), keyed by the reference's
+weights fingerprint, the token ids and the settings: evaluating several runs against one starting model
+computes them once. ``--no-cache`` recomputes them.
+
 The reference defaults to a run's starting model (``model.name`` of its config, or of stage 1 for an
 sDPO run). For a plain model with no ``--reference`` the reference is the model itself: reference-relative
 numbers (KL, deviation, reward margins) are then 0 by construction, the win rate is 0.5, and the pairwise
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -49,6 +55,7 @@ from . import data as data_mod
 from . import models
 from .errors import DataError, Problem, TetherError, closest
 from .evaluate_args import METRIC_GROUPS
+from .reference import default_cache_dir
 
 __all__ = [
     "Target",
@@ -463,6 +470,11 @@ class _Loaded:
     device: torch.device
     batch_size: int
     progress: bool
+    dtype: str = "float32"
+    ref_fingerprint: str | None = None
+    """The reference's weights fingerprint; None: nothing of the reference is cached."""
+    cache_root: Path | None = None
+    cache_log: dict[str, str] = field(default_factory=dict)
 
     def sums(self, examples: Sequence[Any], desc: str, *, reference: bool = False) -> torch.Tensor:
         """Summed response log-probs (``[n, 2]``) of the model, or of the reference."""
@@ -471,10 +483,84 @@ class _Loaded:
         pad = self.tokenizer.pad_token_id
         return _sums(lpm, examples, self.batch_size, pad, self.device, f"{desc} ({who})", self.progress)
 
-    def both(self, examples: Sequence[Any], desc: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The model's and the reference's tables (one pass when the reference is the model)."""
+    def both(
+        self, examples: Sequence[Any], desc: str, *, cache: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's and the reference's tables (one pass when the reference is the model).
+
+        The reference's table is read from (and written to) the reference log-prob cache that training
+        uses, keyed by the reference's weights and the token ids, unless ``cache`` is off."""
         pol = self.sums(examples, desc)
-        return pol, (pol if self.same else self.sums(examples, desc, reference=True))
+        if self.same:
+            return pol, pol
+        if not cache or self.ref_fingerprint is None or self.cache_root is None:
+            return pol, self.sums(examples, desc, reference=True)
+        from .reference import cache_key, compute_table, load_or_fill
+
+        key = cache_key(self.ref_fingerprint, examples, {"dtype": self.dtype, "v": 2})
+
+        def compute(rows: list[int]) -> torch.Tensor:
+            return compute_table(
+                self.pi_ref,
+                examples,
+                batch_size=self.batch_size,
+                pad_id=self.tokenizer.pad_token_id,
+                device=self.device,
+                indices=rows,
+                desc=f"{desc} (reference)",
+                progress=self.progress,
+            ).cpu()
+
+        table, status = load_or_fill(
+            self.cache_root / "reflogps" / f"{key}.pt",
+            range(len(examples)),
+            compute,
+            n=len(examples),
+            is_main=True,
+            barrier=lambda: None,
+        )
+        self.cache_log[desc] = status
+        return pol, table
+
+    def reference_generations(self, ids: list[list[int]], max_new_tokens: int) -> list[str]:
+        """The reference's greedy generations, cached by its weights, the prompts and the settings."""
+        eos = _eos_ids(self.ref_model, self.tokenizer)
+
+        def run() -> list[str]:
+            raw = generate(
+                self.ref_model,
+                self.tokenizer,
+                ids,
+                max_new_tokens=max_new_tokens,
+                batch_size=self.batch_size,
+                desc="generating (reference)",
+                progress=self.progress,
+            )
+            return [_decode(self.tokenizer, g[0], eos) for g in raw]
+
+        if self.ref_fingerprint is None or self.cache_root is None:
+            return run()
+        import hashlib
+
+        h = hashlib.sha256(self.ref_fingerprint.encode())
+        settings = {"max_new_tokens": max_new_tokens, "eos": eos, "dtype": self.dtype, "v": 1}
+        h.update(json.dumps([settings, self.device.type, ids], sort_keys=True).encode())
+        path = self.cache_root / "generations" / f"{h.hexdigest()[:24]}.json"
+        if path.is_file():
+            try:
+                texts = json.loads(path.read_text())
+                if isinstance(texts, list) and len(texts) == len(ids):
+                    self.cache_log["generating"] = "hit"
+                    return [str(t) for t in texts]
+            except (OSError, ValueError):
+                pass  # unreadable: regenerate and overwrite
+        texts = run()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(texts, ensure_ascii=False))
+        os.replace(tmp, path)
+        self.cache_log["generating"] = "miss"
+        return texts
 
 
 def _reference_spec(target: Target, reference: str | None, notes: list[str]) -> str:
@@ -617,14 +703,17 @@ def _generation_metrics(
 
     eos = _eos_ids(ld.model, ld.tokenizer)
     ids = [p.ids for p in prompts]
-    kw = {"max_new_tokens": max_new_tokens, "batch_size": ld.batch_size, "progress": ld.progress}
-
-    def texts(model: Any, who: str) -> list[str]:
-        raw = generate(model, ld.tokenizer, ids, desc=f"generating ({who})", **kw)
-        return [_decode(ld.tokenizer, g[0], eos) for g in raw]
-
-    gen = texts(ld.model, "model")
-    rgen = gen if ld.same else texts(ld.ref_model, "reference")
+    raw = generate(
+        ld.model,
+        ld.tokenizer,
+        ids,
+        max_new_tokens=max_new_tokens,
+        batch_size=ld.batch_size,
+        desc="generating (model)",
+        progress=ld.progress,
+    )
+    gen = [_decode(ld.tokenizer, g[0], eos) for g in raw]
+    rgen = gen if ld.same else ld.reference_generations(ids, max_new_tokens)
     checkable = [i for i, p in enumerate(prompts) if "source" in p.row.data and "answer" in p.row.data]
     ok = {i: tasks.check(prompts[i].row.data, gen[i]) for i in checkable}
     rok = {i: tasks.check(prompts[i].row.data, rgen[i]) for i in checkable}
@@ -685,7 +774,7 @@ def _kl_metrics(
         progress=ld.progress,
     )
     seqs = [_Seq(list(p.ids), y) for p, ys in zip(prompts, drawn, strict=True) for y in ys]
-    lp, lr = (t[:, 0] for t in ld.both(seqs, "KL"))
+    lp, lr = (t[:, 0] for t in ld.both(seqs, "KL", cache=False))  # the model's own samples: never reused
     n_tok = sum(len(s.chosen_ids) for s in seqs)
     m["kl"] = float((lp - lr).mean())
     m["kl/per_token"] = float((lp - lr).sum() / n_tok)
@@ -708,6 +797,7 @@ def evaluate(
     chat_template: str | None = None,
     lm_eval_tasks: Sequence[str] | str | None = None,
     generate_text: bool = True,
+    cache: bool = True,
     progress: bool = True,
     out: str | Path | None = None,
 ) -> dict[str, Any]:
@@ -715,7 +805,9 @@ def evaluate(
 
     Returns the JSON-able result: ``metrics`` (the model's numbers), ``reference_metrics`` (the same
     numbers for the reference where meaningful), ``win`` counts, ``samples`` (each generation), ``notes``
-    and metadata. Writes it to ``out`` when given. Every input problem is raised (as
+    and metadata. Writes it to ``out`` when given. With ``cache`` (the default) the reference's log-prob
+    tables and greedy generations are kept under ``$TETHER_CACHE`` (keyed by its weights, the token ids
+    and the settings), so evaluating several runs against the same starting model computes them once. Every input problem is raised (as
     :class:`TetherError`/:class:`DataError`) before a weight loads.
     """
     t0 = time.time()
@@ -773,6 +865,9 @@ def evaluate(
         device,
         batch_size,
         progress,
+        dtype=dtype,
+        ref_fingerprint=models.model_fingerprint(ref_path) if cache and not same else None,
+        cache_root=default_cache_dir(),
     )
     m: dict[str, Any] = {}
     rm: dict[str, Any] = {}
@@ -825,7 +920,9 @@ def evaluate(
             "chat_template": chat_template,
             "dtype": dtype,
             "device": str(device),
+            "cache": cache,
         },
+        "reference_cache": ld.cache_log,
         "metrics": m,
         "reference_metrics": rm,
         "win": win,
@@ -885,6 +982,7 @@ def main(args: argparse.Namespace) -> int:
         chat_template=args.chat_template,
         lm_eval_tasks=args.lm_eval_tasks,
         generate_text=not args.no_generate,
+        cache=not args.no_cache,
         progress=not args.no_progress,
         out=out,
     )

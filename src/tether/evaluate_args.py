@@ -90,4 +90,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip everything that generates (task success, win rate, BLEU/ROUGE, sampled KL): fast",
     )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="recompute the reference's log-probs and generations instead of reusing them from $TETHER_CACHE",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
