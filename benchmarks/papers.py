@@ -158,6 +158,11 @@ def in_own_process(args, name, raw, eval_data: str, mc: bool) -> dict[str, Any]:
         return pool.submit(train_and_eval, args, name, raw, eval_data, mc).result()
 
 
+def dump(rows: list[dict[str, Any]]) -> str:
+    """results.json's text, with paths inside this checkout written relative to it."""
+    return json.dumps(rows, indent=1, default=str).replace(f"{REPO}/", "")
+
+
 def _get(result: dict | None, key: str, who: str = "metrics") -> Any:
     """A metric of a ``tether.evaluate.evaluate`` result (``None`` when it was not measured)."""
     return ((result or {}).get(who) or {}).get(key)
@@ -376,14 +381,14 @@ def main() -> None:
         print(f"== {name}", flush=True)
         done[name] = in_own_process(args, name, raw, eval_data, mc)
         Path(args.runs).mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps([done[n] for n, *_ in plan if n in done], indent=1, default=str))
+        saved.write_text(dump([done[n] for n, *_ in plan if n in done]))
     rows = [done[n] for n, *_ in plan if n in done]
     from tether.report import write_report
 
     report = write_report([Path(args.runs) / r["run"] for r in rows], Path(args.out))
     text = tables(rows)
     (Path(args.out) / "tables.md").write_text(text + "\n")
-    (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=1, default=str))
+    (Path(args.out) / "results.json").write_text(dump(rows))
     print(text)
     print(f"\nreport: {report}")
 
