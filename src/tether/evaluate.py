@@ -522,24 +522,26 @@ class _Loaded:
         self.cache_log[desc] = status
         return pol, table
 
+    def greedy(self, ids: list[list[int]], max_new_tokens: int, *, reference: bool = False) -> list[str]:
+        """Greedy generations of the model (or the reference), decoded without their EOS."""
+        model = self.ref_model if reference else self.model
+        eos = _eos_ids(model, self.tokenizer)
+        raw = generate(
+            model,
+            self.tokenizer,
+            ids,
+            max_new_tokens=max_new_tokens,
+            batch_size=self.batch_size,
+            desc=f"generating ({'reference' if reference else 'model'})",
+            progress=self.progress,
+        )
+        return [_decode(self.tokenizer, g[0], eos) for g in raw]
+
     def reference_generations(self, ids: list[list[int]], max_new_tokens: int) -> list[str]:
         """The reference's greedy generations, cached by its weights, the prompts and the settings."""
-        eos = _eos_ids(self.ref_model, self.tokenizer)
-
-        def run() -> list[str]:
-            raw = generate(
-                self.ref_model,
-                self.tokenizer,
-                ids,
-                max_new_tokens=max_new_tokens,
-                batch_size=self.batch_size,
-                desc="generating (reference)",
-                progress=self.progress,
-            )
-            return [_decode(self.tokenizer, g[0], eos) for g in raw]
-
         if self.ref_fingerprint is None or self.cache_root is None:
-            return run()
+            return self.greedy(ids, max_new_tokens, reference=True)
+        eos = _eos_ids(self.ref_model, self.tokenizer)
         import hashlib
 
         h = hashlib.sha256(self.ref_fingerprint.encode())
@@ -554,7 +556,7 @@ class _Loaded:
                     return [str(t) for t in texts]
             except (OSError, ValueError):
                 pass  # unreadable: regenerate and overwrite
-        texts = run()
+        texts = self.greedy(ids, max_new_tokens, reference=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(texts, ensure_ascii=False))
@@ -701,18 +703,8 @@ def _generation_metrics(
     """
     from . import tasks
 
-    eos = _eos_ids(ld.model, ld.tokenizer)
     ids = [p.ids for p in prompts]
-    raw = generate(
-        ld.model,
-        ld.tokenizer,
-        ids,
-        max_new_tokens=max_new_tokens,
-        batch_size=ld.batch_size,
-        desc="generating (model)",
-        progress=ld.progress,
-    )
-    gen = [_decode(ld.tokenizer, g[0], eos) for g in raw]
+    gen = ld.greedy(ids, max_new_tokens)
     rgen = gen if ld.same else ld.reference_generations(ids, max_new_tokens)
     checkable = [i for i, p in enumerate(prompts) if "source" in p.row.data and "answer" in p.row.data]
     ok = {i: tasks.check(prompts[i].row.data, gen[i]) for i in checkable}
