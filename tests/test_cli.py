@@ -458,6 +458,27 @@ def test_validate_lists_every_problem(env):
     ]
 
 
+@pytest.mark.parametrize(
+    "good, words",
+    [
+        ({"prompt": "x", "completion": "y"}, "needs preference pairs"),
+        ({"foo": 1}, "cannot tell the data format"),
+    ],
+    ids=["wrong_kind", "no_format"],
+)
+def test_malformed_lines_still_listed_when_the_rest_has_the_wrong_kind(env, tmp_path, good, words):
+    from tether.config import load_config
+    from tether.errors import DataError
+    from tether.run import validate
+
+    data = _lines(tmp_path / "d.jsonl", ['{"prompt": "a", "chosen": "b", "rejected": "c",}', good])
+    with pytest.raises(DataError) as err:
+        validate(load_config(env.config(f"kind_{len(words)}", {"data": {"train": str(data)}})))
+    found = [str(q) for q in err.value.problems]
+    assert len(found) == 2 and found[0].startswith(f"{data}: ") and words in found[0], found
+    assert found[1].startswith(f"{data}:1: malformed JSON"), found
+
+
 def test_train_data_error_comes_before_the_model_loads(env):
     # garbage weights: had train loaded them it would fail with a load error, not the data error
     data = env.files["identical"]

@@ -66,17 +66,22 @@ def prepare(cfg: Config, train_spec: str | None = None) -> Prepared:
         unreadable: list[Problem] = []  # malformed lines: reported together with the good rows' problems
         rows[s] = data_mod.read_rows(s, split=d.split, problems=unreadable)
         rows[s] = rows[s][: d.eval_limit if s == d.eval else d.limit]
-        kind = data_mod.detect_kind(rows[s])
+        try:
+            kind = data_mod.detect_kind(rows[s])
+        except DataError as e:  # no recognisable format among the readable rows
+            raise DataError(_in_line_order(unreadable + e.problems)) from None
         if kind != method.data:
             need, holds = (
                 ("preference pairs (prompt/chosen/rejected)", "SFT rows (prompt/completion or messages)")
                 if method.data == "pairs"
                 else ("SFT rows (prompt/completion or messages)", "preference pairs (prompt/chosen/rejected)")
             )
-            raise TetherError(f"{s}: method '{method.name}' needs {need} but the file holds {holds}")
+            wrong = f"method '{method.name}' needs {need} but the file holds {holds}"
+            if unreadable:
+                raise DataError(_in_line_order([*unreadable, Problem(s, None, None, wrong)]))
+            raise TetherError(f"{s}: {wrong}")
         if unreadable:
-            found = unreadable + data_mod.check_rows(rows[s], method.data)
-            raise DataError(sorted(found, key=lambda q: q.line or 0))
+            raise DataError(_in_line_order(unreadable + data_mod.check_rows(rows[s], method.data)))
     model_dir = models.resolve_model_dir(cfg.model.name)
     tokenizer = models.load_tokenizer(model_dir)
     if cfg.reference.model is not None:
@@ -123,6 +128,11 @@ def prepare(cfg: Config, train_spec: str | None = None) -> Prepared:
                 raise TetherError(f"stages: stage {i} has no examples")
         report["stages"] = len(chunks)
     return p
+
+
+def _in_line_order(problems: list[Problem]) -> list[Problem]:
+    """File-level problems first, then by line (stable: a line's fields keep their order)."""
+    return sorted(problems, key=lambda q: q.line or 0)
 
 
 def validate(cfg: Config) -> dict[str, int]:
