@@ -249,11 +249,13 @@ def test_run_dir_defaults_and_lora_run(env):
 def test_reference_cache_reuses_logps_and_generations(env, monkeypatch, tmp_path):
     import tether.evaluate as ev_mod
 
-    monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
-    kw = {"max_samples": 3, "max_new_tokens": 4, "progress": False}
-    first = evaluate(str(env["run"]), str(env["pairs"]), **kw)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TETHER_CACHE", str(cache))
+    kw = {"reference": str(env["model"]), "max_samples": 3, "max_new_tokens": 4, "progress": False}
+    model, pairs = str(env["model2"]), str(env["pairs"])
+    first = evaluate(model, pairs, **kw)
     assert first["reference_cache"] == {"log-probs": "miss", "generating": "miss"}
-    assert len(list((tmp_path / "cache" / "generations").glob("*.json"))) == 1
+    assert len(list((cache / "generations").glob("*.json"))) == 1
     calls: list[str] = []
     real = ev_mod.generate
 
@@ -262,20 +264,32 @@ def test_reference_cache_reuses_logps_and_generations(env, monkeypatch, tmp_path
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ev_mod, "generate", spy)
-    second = evaluate(str(env["run"]), str(env["pairs"]), **kw)
+    second = evaluate(model, pairs, **kw)
     assert second["reference_cache"] == {"log-probs": "hit", "generating": "hit"}
     assert calls == ["generating (model)", "sampling for KL"]  # the reference generated nothing
     assert second["metrics"] == first["metrics"]
     assert second["reference_metrics"] == first["reference_metrics"]
     assert [x["reference"] for x in second["samples"]] == [x["reference"] for x in first["samples"]]
+
     calls.clear()
-    fresh = evaluate(str(env["run"]), str(env["pairs"]), cache=False, **kw)
+    fresh = evaluate(model, pairs, cache=False, **kw)
     assert fresh["reference_cache"] == {} and "generating (reference)" in calls
     assert [x["reference"] for x in fresh["samples"]] == [x["reference"] for x in first["samples"]]
     for k, v in first["metrics"].items():
         assert fresh["metrics"][k] == (pytest.approx(v, abs=1e-5) if isinstance(v, float) else v), k
-    other = evaluate(str(env["run"]), str(env["pairs"]), reference=str(env["model2"]), **kw)
-    assert other["reference_cache"] == {"log-probs": "miss", "generating": "miss"}  # other weights: own key
+
+    for f in [*cache.glob("reflogps/*.pt"), *cache.glob("generations/*.json")]:
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # torn by a kill: recomputed, not a crash
+    torn = evaluate(model, pairs, **kw)
+    assert torn["reference_cache"] == {"log-probs": "miss", "generating": "miss"}
+    assert torn["metrics"] == first["metrics"]
+
+    batch = evaluate(model, pairs, **{**kw, "batch_size": 2})  # other batching: its own generations
+    assert batch["reference_cache"] == {"log-probs": "hit", "generating": "miss"}
+    other = evaluate(str(env["model"]), pairs, **{**kw, "reference": str(env["model2"])})
+    assert other["reference_cache"] == {"log-probs": "miss", "generating": "miss"}  # other weights
+    evaluate(str(env["run"]), pairs, max_samples=2, max_new_tokens=3, progress=False)
+    assert list((env["root"] / "refcache" / "generations").glob("*.json"))  # the run's reference.cache_dir
 
 
 FLAGS = ["--max-samples", "3", "--max-new-tokens", "4", "--no-progress", "--lm-eval-tasks", "arc_easy"]

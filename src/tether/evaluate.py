@@ -25,10 +25,11 @@ group             what
 file); log-prob metrics use every row. ``--lm-eval-tasks`` runs lm-evaluation-harness when it is installed
 and its data can be reached, and is otherwise skipped with a one-line note.
 
-The reference's log-prob tables and greedy generations are cached under ``$TETHER_CACHE`` (default
-``~/.cache/tether``; the log-prob tables share training's ``reflogps`` cache), keyed by the reference's
-weights fingerprint, the token ids and the settings: evaluating several runs against one starting model
-computes them once. ``--no-cache`` recomputes them.
+The reference's log-prob tables and greedy generations are cached under the run's
+``reference.cache_dir``, else ``$TETHER_CACHE`` (default ``~/.cache/tether``), keyed by the reference's
+weights fingerprint, the token ids and the settings (dtype, device type, generation length, batch size):
+evaluating several runs against one starting model computes them once. An unreadable cache file is
+recomputed. ``--no-cache`` recomputes them.
 
 The reference defaults to a run's starting model (``model.name`` of its config, or of stage 1 for an
 sDPO run). For a plain model with no ``--reference`` the reference is the model itself: reference-relative
@@ -488,8 +489,8 @@ class _Loaded:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's and the reference's tables (one pass when the reference is the model).
 
-        The reference's table is read from (and written to) the reference log-prob cache that training
-        uses, keyed by the reference's weights and the token ids, unless ``cache`` is off."""
+        The reference's table is read from (and written to) the reference log-prob cache directory, keyed by
+        the reference's weights, the token ids, the dtype and the device type, unless ``cache`` is off."""
         pol = self.sums(examples, desc)
         if self.same:
             return pol, pol
@@ -497,7 +498,7 @@ class _Loaded:
             return pol, self.sums(examples, desc, reference=True)
         from .reference import cache_key, compute_table, load_or_fill
 
-        key = cache_key(self.ref_fingerprint, examples, {"dtype": self.dtype, "v": 2})
+        key = cache_key(self.ref_fingerprint, examples, {"dtype": self.dtype, "device": self.device.type})
 
         def compute(rows: list[int]) -> torch.Tensor:
             return compute_table(
@@ -545,7 +546,14 @@ class _Loaded:
         import hashlib
 
         h = hashlib.sha256(self.ref_fingerprint.encode())
-        settings = {"max_new_tokens": max_new_tokens, "eos": eos, "dtype": self.dtype, "v": 1}
+        settings = {
+            "max_new_tokens": max_new_tokens,
+            "eos": eos,
+            "pad": self.tokenizer.pad_token_id,
+            "batch_size": self.batch_size,  # left padding within a batch can flip a greedy token
+            "dtype": self.dtype,
+            "v": 1,
+        }
         h.update(json.dumps([settings, self.device.type, ids], sort_keys=True).encode())
         path = self.cache_root / "generations" / f"{h.hexdigest()[:24]}.json"
         if path.is_file():
@@ -847,6 +855,7 @@ def evaluate(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = _load(str(model_path), target.adapter, dtype, device)
     ref_model = model if same else _load(str(ref_path), None, dtype, device)
+    ref_cache = (target.run_cfg.get("reference") or {}).get("cache_dir")  # the run's own cache, if set
     ld = _Loaded(
         tokenizer,
         model,
@@ -859,7 +868,7 @@ def evaluate(
         progress,
         dtype=dtype,
         ref_fingerprint=models.model_fingerprint(ref_path) if cache and not same else None,
-        cache_root=default_cache_dir(),
+        cache_root=Path(ref_cache) if ref_cache else default_cache_dir(),
     )
     m: dict[str, Any] = {}
     rm: dict[str, Any] = {}

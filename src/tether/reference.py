@@ -152,6 +152,19 @@ def compute_table(
     return table
 
 
+def _read_table(path: Path, n: int) -> Tensor | None:
+    """The cached table at ``path``; None when absent, unreadable (e.g. truncated by a kill) or of the
+    wrong shape, so that it is recomputed and overwritten rather than failing the run."""
+    if not path.is_file():
+        return None
+    try:
+        table = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a torn or foreign file: torch raises RuntimeError, EOFError, UnpicklingError...
+        return None
+    ok = isinstance(table, Tensor) and table.shape == (n, 2) and table.dtype.is_floating_point
+    return table if ok else None
+
+
 def load_or_fill(
     path: Path,
     needed: Sequence[int],
@@ -167,8 +180,10 @@ def load_or_fill(
     table is written back by the main process, atomically. Status: ``hit`` (nothing computed), ``miss``
     (no cache) or ``partial`` (some rows added).
     """
-    table = torch.load(path, map_location="cpu") if path.is_file() else torch.full((n, 2), float("nan"))
-    status = "hit" if path.is_file() else "miss"
+    table = _read_table(path, n)
+    status = "miss" if table is None else "hit"
+    if table is None:
+        table = torch.full((n, 2), float("nan"))
     todo = [i for i in needed if torch.isnan(table[i, 0])]
     if not todo:
         return table, status
