@@ -231,15 +231,20 @@ def test_frontier_draws_the_shared_reference_at_kl_zero(tmp_path):
     b = fake_run(tmp_path, "b", "sft", sft=True, eval_json=ev(0.5, 12.0, 0.1))
     frontier = plot_frontier(load_runs([a, b]))
     assert {(s.label, s.x[0], s.y[0]) for s in frontier.series} == {
-        ("start (the reference)", 0.0, 0.1),
+        ("start", 0.0, 0.1),
         ("a (dpo)", 0.4, 0.3),
         ("b (sft)", 12.0, 0.5),
     }
     assert frontier.figure.axes[0].get_xscale() == "symlog"  # KLs 30x apart
-    c = fake_run(tmp_path, "c", eval_json=ev(0.2, 0.5, 0.2, ref="other"))  # another reference: no start
+    c = fake_run(tmp_path, "c", eval_json=ev(0.2, 0.5, 0.2, ref="other"))  # another reference: its own star
     frontier = plot_frontier(load_runs([a, c]))
-    assert "start (the reference)" not in {s.label for s in frontier.series}
+    starts = {(s.label, s.y[0]) for s in frontier.series if s.label.startswith("start")}
+    assert starts == {("start (smollm2)", 0.1), ("start (other)", 0.2)}
     assert frontier.figure.axes[0].get_xscale() == "linear"
+    d = fake_run(tmp_path, "d", eval_json={**ev(0.4, 0.6, 0.3), "data": "x/pairs.heldout.jsonl"})
+    frontier = plot_frontier(load_runs([a, d]))  # same reference, other data: a star per data file
+    starts = {(s.label, s.y[0]) for s in frontier.series if s.label.startswith("start")}
+    assert starts == {("start (None)", 0.1), ("start (pairs.heldout.jsonl)", 0.3)}
 
 
 def test_missing_metrics_skip_plots_with_a_note(tmp_path):

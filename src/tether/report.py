@@ -537,24 +537,30 @@ def plot_gamma_ref(runs: Sequence[Run]) -> Plot | None:
     return Plot("gamma_ref", "γ_ref per sDPO stage", caption, fig, series)
 
 
-def _start_point(runs: Sequence[Run]) -> float | None:
-    """The reference model's own task success when every run was evaluated against the same reference."""
-    refs = {(r.eval_json or {}).get("reference") for r in runs if r.eval_json}
-    values = {
-        ((r.eval_json or {}).get("reference_metrics") or {}).get("generation/success")
-        for r in runs
-        if r.eval_json
-    }
-    if len(refs) != 1 or len(values) != 1:
-        return None
-    v = values.pop()
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+def _start_points(runs: Sequence[Run]) -> dict[str, float]:
+    """The reference models' own task success, one per (reference, data, prompts) group of evaluations.
+
+    Labelled ``start`` when every run was evaluated the same way, else ``start (<data file>)`` or
+    ``start (<reference>, <data file>)``."""
+    groups: dict[tuple, float] = {}
+    for r in runs:
+        ev = r.eval_json or {}
+        v = (ev.get("reference_metrics") or {}).get("generation/success")
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            groups[(ev.get("reference"), ev.get("data"), ev.get("n_generation_prompts"))] = float(v)
+    refs = {k[0] for k in groups}
+    out = {}
+    for (ref, data, _), v in groups.items():
+        where = [str(ref)] if len(refs) > 1 else []
+        where += [Path(str(data)).name] if len(groups) > len(refs) else []
+        out[f"start ({', '.join(where)})" if where else "start"] = v
+    return out
 
 
 def plot_frontier(runs: Sequence[Run]) -> Plot | None:
     """Task success against KL to the reference, one point per run, a line per method.
 
-    When every run was evaluated against the same reference, that model is drawn at KL = 0 (the start).
+    Each reference model is drawn at KL = 0 (a star: where its runs started), with its own task success.
     The KL axis is symmetric-log when the KLs span more than a factor of 20; labels of nearby points are
     stacked so they stay readable.
     """
@@ -571,10 +577,11 @@ def plot_frontier(runs: Sequence[Run]) -> Plot | None:
     fig = _figure((7.0, 4.8))
     ax = fig.subplots()
     series = []
-    start = _start_point([r for pts in points.values() for _, _, r in pts])
-    if start is not None:
-        ax.plot([0.0], [start], color="black", marker="*", markersize=11, linestyle="none", label="start")
-        series.append(Series("frontier", "start (the reference)", "eval", [0.0], [start]))
+    starts = _start_points([r for pts in points.values() for _, _, r in pts])
+    for k, (label, start) in enumerate(sorted(starts.items(), key=lambda kv: kv[1])):
+        ax.plot([0.0], [start], color="black", marker="*", markersize=11, linestyle="none")
+        ax.annotate(label, (0.0, start), textcoords="offset points", xytext=(6, 6 + 10 * k), fontsize=8)
+        series.append(Series("frontier", label, "eval", [0.0], [start]))
     xs_all = [p[0] for pts in points.values() for p in pts]
     positive = [x for x in xs_all if x > 0]
     log_x = bool(positive) and max(positive) / min(positive) > 20
