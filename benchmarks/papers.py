@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -94,6 +95,7 @@ def train_and_eval(args, name, raw, eval_data: str, mc: bool) -> dict[str, Any]:
     )
     row = {
         "run": name,
+        "settings": run_settings(args),
         "method": raw["method"]["name"],
         "lr": raw["train"]["lr"],
         "seconds": seconds,
@@ -149,6 +151,11 @@ def gamma_by_reference(run_dir: Path, start: str, raw: dict[str, Any]) -> list[d
         )
         out.append({"reference": f"M_{t}", "gamma_ref": float((table[:, 0] - table[:, 1]).mean())})
     return out
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The command-line settings a run's numbers depend on (compared when ``--only`` keeps other runs)."""
+    return {k: getattr(args, k) for k in ("model", "dtype", "steps", "batch_size", "eval_samples", "seed")}
 
 
 def in_own_process(args, name, raw, eval_data: str, mc: bool) -> dict[str, Any]:
@@ -372,6 +379,10 @@ def main() -> None:
     done: dict[str, dict] = {}
     if args.only and saved.exists():  # rerun some runs: keep the others' results
         done = {r["run"]: r for r in json.loads(saved.read_text())}
+        now = run_settings(args)
+        other = sorted(n for n, r in done.items() if n not in args.only and r.get("settings", now) != now)
+        if other:
+            print(f"warning: kept runs {other} were made with other settings than {now}", file=sys.stderr)
     unknown = set(args.only or []) - {name for name, *_ in plan}
     if unknown:
         ap.error(f"--only: unknown run(s) {sorted(unknown)} (runs: {[name for name, *_ in plan]})")

@@ -69,5 +69,9 @@ def test_papers_script_on_a_tiny_model(tmp_path):
     assert [r["run"] for r in again] == RUNS  # the other runs' results are kept, in plan order
     changed = [r["run"] for r in again if r["seconds"] != before[r["run"]]]
     assert changed == ["asft"]
+    assert "warning" not in proc.stderr
+    assert by["asft"]["settings"]["steps"] == 8
+    other = papers(tmp_path, model, "--only", "orpo", "--eval-samples", "1")
+    assert other.returncode == 0 and "warning: kept runs" in other.stderr  # mixed settings are flagged
     bad = papers(tmp_path, model, "--only", "asfd")
     assert bad.returncode == 2 and "unknown run(s) ['asfd']" in bad.stderr
