@@ -247,6 +247,16 @@ def test_frontier_draws_the_shared_reference_at_kl_zero(tmp_path):
     assert starts == {("start (None)", 0.1), ("start (pairs.heldout.jsonl)", 0.3)}
 
 
+def test_coinciding_curves_are_named_in_the_caption(tmp_path):
+    a = fake_run(tmp_path, "a", seed=3)
+    b = fake_run(tmp_path, "b", seed=3)  # the same curves under another name: b hides a
+    c = fake_run(tmp_path, "c", seed=4)
+    caption = plot_deviation(load_runs([a, b, c])).caption
+    assert caption.endswith("; drawn on top of each other: a (dpo) = b (dpo) (deviation).")
+    assert "c (dpo)" not in caption
+    assert "drawn on top" not in plot_deviation(load_runs([a, c])).caption
+
+
 def test_missing_metrics_skip_plots_with_a_note(tmp_path):
     run = fake_run(tmp_path, "orpo", "orpo", reference=False, eval_every=0)
     md = write_report([run], tmp_path / "out").read_text()

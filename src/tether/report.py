@@ -422,7 +422,26 @@ def _curves(runs, panels, name, title, caption, smooth, size=(5.0, 3.6)) -> Plot
         ax.set_xlabel(_xlabel(drawn))
     _legend(fig, drawn, any(s.split == "eval" for s in series), any(r.boundaries for r in drawn))
     fig.suptitle(title, fontsize=12)
+    same = _coinciding(series)
+    if same:
+        caption = caption.rstrip(".") + "; drawn on top of each other: " + "; ".join(same) + "."
     return Plot(name, title, caption, fig, series)
+
+
+def _coinciding(series: Sequence[Series], tol: float = 0.02) -> list[str]:
+    """'a = b (metric)' for each pair of train curves that no eye can tell apart: the same steps and values
+    within ``tol`` of the metric's range everywhere (the later run hides the earlier one)."""
+    out = []
+    train = [s for s in series if s.split == "train" and s.y]
+    for i, a in enumerate(train):
+        for b in train[i + 1 :]:
+            if a.metric != b.metric or a.x != b.x:
+                continue
+            ys = [y for s in train if s.metric == a.metric for y in s.y]
+            span = (max(ys) - min(ys)) or 1.0
+            if max(abs(p - q) for p, q in zip(a.y, b.y, strict=True)) <= tol * span:
+                out.append(f"{a.label} = {b.label} ({a.metric})")
+    return out
 
 
 def _legend(fig, runs: Sequence[Run], any_eval: bool, any_stages: bool) -> None:
