@@ -42,7 +42,7 @@ def main() -> None:
     from tether import models
     from tether.config import from_dict
     from tether.logprobs import LogProbModel, loss_inputs
-    from tether.run import build_reference, prepare
+    from tether.run import _disable_dropout, build_reference, prepare
     from tether.trainer import MetricsSink, Trainer
 
     work = Path(tempfile.mkdtemp(prefix="tether-prof-"))
@@ -64,9 +64,7 @@ def main() -> None:
     p = prepare(cfg)
     acc = Accelerator(cpu=True)
     model = models.load_model(p.model_dir, dtype="float32")
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
+    _disable_dropout(model)
     policy = LogProbModel(model, cfg.train.logprob_chunk)
     t = time.perf_counter()
     reference = build_reference(p, args.mode, policy, acc)

@@ -399,22 +399,6 @@ def _load(target_path: str, adapter: Path | None, dtype: str, device: torch.devi
     return model.to(device).eval()
 
 
-def _sums(
-    lpm: Any,
-    examples: Sequence[Any],
-    batch_size: int,
-    pad: int,
-    device: torch.device,
-    desc: str,
-    progress: bool,
-):
-    from .reference import compute_table
-
-    return compute_table(
-        lpm, examples, batch_size=batch_size, pad_id=pad, device=device, desc=desc, progress=progress
-    ).cpu()
-
-
 # ---------------------------------------------------------------------------------------- lm-eval
 
 
@@ -477,12 +461,28 @@ class _Loaded:
     cache_root: Path | None = None
     cache_log: dict[str, str] = field(default_factory=dict)
 
-    def sums(self, examples: Sequence[Any], desc: str, *, reference: bool = False) -> torch.Tensor:
-        """Summed response log-probs (``[n, 2]``) of the model, or of the reference."""
-        lpm = self.pi_ref if reference else self.pi
-        who = "reference" if reference else "model"
-        pad = self.tokenizer.pad_token_id
-        return _sums(lpm, examples, self.batch_size, pad, self.device, f"{desc} ({who})", self.progress)
+    def sums(
+        self,
+        examples: Sequence[Any],
+        desc: str,
+        *,
+        reference: bool = False,
+        indices: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """Summed response log-probs (``[n, 2]``) of the model, or of the reference (only ``indices``'
+        rows filled when given)."""
+        from .reference import compute_table
+
+        return compute_table(
+            self.pi_ref if reference else self.pi,
+            examples,
+            batch_size=self.batch_size,
+            pad_id=self.tokenizer.pad_token_id,
+            device=self.device,
+            indices=indices,
+            desc=f"{desc} ({'reference' if reference else 'model'})",
+            progress=self.progress,
+        ).cpu()
 
     def both(
         self, examples: Sequence[Any], desc: str, *, cache: bool = True
@@ -496,26 +496,13 @@ class _Loaded:
             return pol, pol
         if not cache or self.ref_fingerprint is None or self.cache_root is None:
             return pol, self.sums(examples, desc, reference=True)
-        from .reference import cache_key, compute_table, load_or_fill
+        from .reference import cache_key, load_or_fill
 
         key = cache_key(self.ref_fingerprint, examples, {"dtype": self.dtype, "device": self.device.type})
-
-        def compute(rows: list[int]) -> torch.Tensor:
-            return compute_table(
-                self.pi_ref,
-                examples,
-                batch_size=self.batch_size,
-                pad_id=self.tokenizer.pad_token_id,
-                device=self.device,
-                indices=rows,
-                desc=f"{desc} (reference)",
-                progress=self.progress,
-            ).cpu()
-
         table, status = load_or_fill(
             self.cache_root / "reflogps" / f"{key}.pt",
             range(len(examples)),
-            compute,
+            lambda rows: self.sums(examples, desc, reference=True, indices=rows),
             n=len(examples),
             is_main=True,
             barrier=lambda: None,
