@@ -1,7 +1,7 @@
 """DPO step time, throughput and peak memory: TRL's DPOTrainer vs tether (reference copy / precomputed).
 
 Every configuration trains the same model (SmolLM2-135M-Instruct, the local safetensors directory from
-``tether.models.resolve_model_dir("smollm2")``) in fp32 on the CPU, on the same synthetic pairs
+``tether.engine.models.resolve_model_dir("smollm2")``) in fp32 on the CPU, on the same synthetic pairs
 (``benchmarks/make_pairs.py``), with the same batch (``--batch-size`` pairs, grad_accum 1), max_length,
 learning rate (linear decay, no warm-up), β=0.1, grad-norm clip 1.0 and number of optimizer steps. Each one
 runs in its own subprocess, so the peak RSS (``ru_maxrss``) is that configuration's alone.
@@ -12,7 +12,7 @@ runs in its own subprocess, so the peak RSS (``ru_maxrss``) is that configuratio
   random sampler is replaced by tether's step order, so both see exactly the same batches, step by step.
   Step time = ``on_step_begin`` → ``on_step_end`` (forward, reference forward, backward, clip, optimizer
   step); tokens = ``attention_mask.sum()`` of the collated batch (prompt+chosen and prompt+rejected rows).
-* ``tether-copy`` / ``tether-precomputed``: ``tether.run.train`` with ``reference.mode`` copy / precomputed.
+* ``tether-copy`` / ``tether-precomputed``: ``tether.training.run.train`` with ``reference.mode`` copy / precomputed.
   Step time and tokens (the same count: ``attention_mask.sum()``) come from ``metrics.jsonl``. The
   precomputed run uses a fresh ``reference.cache_dir``, so the one-time precompute is timed and reported
   separately (it is not part of any step).
@@ -52,7 +52,7 @@ def _peak_rss_mb() -> float:
 
 def _step_order(n_examples: int, args: argparse.Namespace) -> list[int]:
     """The example order tether's schedule uses (seed, batch size, grad_accum 1, one process)."""
-    from tether.trainer import Schedule
+    from tether.training.trainer import Schedule
 
     sched = Schedule(n_examples, args.batch_size, args.seed, args.steps)
     return [i for s in range(args.steps) for i in sched.step_indices(s)]
@@ -166,7 +166,7 @@ def run_trl(args: argparse.Namespace, model_dir: Path, gradient_checkpointing: b
 
 
 def run_tether(args: argparse.Namespace, model_dir: Path, mode: str) -> dict:
-    import tether.run as run_mod
+    import tether.training.run as run_mod
     from tether.config import from_dict
 
     precompute: list[float] = []
@@ -228,7 +228,7 @@ def run_tether(args: argparse.Namespace, model_dir: Path, mode: str) -> dict:
 def worker(args: argparse.Namespace) -> None:
     import torch
 
-    from tether.models import resolve_model_dir
+    from tether.engine.models import resolve_model_dir
 
     model_dir = Path(resolve_model_dir("smollm2"))
     if args.worker.startswith("trl"):

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from tether.config import from_dict
-from tether.evaluate import evaluate
-from tether.run import train
+from tether.evaluation.evaluate import evaluate
+from tether.training.run import train
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "tasks"
@@ -126,10 +126,10 @@ def gamma_by_reference(run_dir: Path, start: str, raw: dict[str, Any]) -> list[d
     """
     import torch
 
-    from tether import models
-    from tether.data import read_rows, tokenize_rows
-    from tether.logprobs import LogProbModel
-    from tether.reference import compute_table
+    import tether.engine.models as models
+    from tether.data.rows import read_rows, tokenize_rows
+    from tether.engine.logprobs import LogProbModel
+    from tether.engine.reference import compute_table
 
     order = raw["stages"]["order"]
     column = raw["stages"]["column"]
@@ -394,7 +394,7 @@ def main() -> None:
         Path(args.runs).mkdir(parents=True, exist_ok=True)
         saved.write_text(dump([done[n] for n, *_ in plan if n in done]))
     rows = [done[n] for n, *_ in plan if n in done]
-    from tether.report import write_report
+    from tether.evaluation.report import write_report
 
     report = write_report([Path(args.runs) / r["run"] for r in rows], Path(args.out))
     text = tables(rows)

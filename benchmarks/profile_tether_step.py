@@ -38,12 +38,12 @@ def main() -> None:
     from accelerate import Accelerator
     from make_pairs import write_pairs
 
-    import tether.logprobs as lp
-    from tether import models
+    import tether.engine.logprobs as lp
+    import tether.engine.models as models
     from tether.config import from_dict
-    from tether.logprobs import LogProbModel, loss_inputs
-    from tether.run import _disable_dropout, build_reference, prepare
-    from tether.trainer import MetricsSink, Trainer
+    from tether.engine.logprobs import LogProbModel, loss_inputs
+    from tether.training.run import _disable_dropout, build_reference, prepare
+    from tether.training.trainer import MetricsSink, Trainer
 
     work = Path(tempfile.mkdtemp(prefix="tether-prof-"))
     data = write_pairs(work / "pairs.jsonl", args.pairs, 0)

@@ -1,4 +1,4 @@
-"""Tests for tether.data: reading, validating, rendering, tokenizing, truncating and splitting data."""
+"""Tests for tether.data.rows: reading, validating, rendering, tokenizing, truncating and splitting data."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from tether.data import (
+from tether.data.rows import (
     Example,
     Row,
     check_rows,

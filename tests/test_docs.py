@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tether import tasks
+import tether.data.tasks as tasks
 from tether.config import load_config
-from tether.methods import METHODS, methods_markdown
+from tether.methods.registry import METHODS, methods_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -42,7 +42,7 @@ def test_every_method_has_an_example():
 @pytest.mark.slow
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_validates_on_real_data(path, monkeypatch):
-    from tether.run import validate
+    from tether.training.run import validate
 
     monkeypatch.chdir(REPO)
     report = validate(load_config(path))

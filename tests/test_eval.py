@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tether import data as data_mod
-from tether import models, tasks
+import tether.data.rows as data_mod
+import tether.data.tasks as tasks
+import tether.engine.models as models
 from tether.cli import main as cli_main
 from tether.config import from_dict
-from tether.evaluate import evaluate, generate, text_metrics, win_rate
-from tether.logprobs import LogProbModel, collate
-from tether.run import train
+from tether.engine.logprobs import LogProbModel, collate
+from tether.evaluation.evaluate import evaluate, generate, text_metrics, win_rate
+from tether.training.run import train
 
 import tiny
 from tiny import pair_rows, sft_rows, tiny_model_dir, write_jsonl
@@ -247,7 +248,7 @@ def test_run_dir_defaults_and_lora_run(env):
 
 
 def test_reference_cache_reuses_logps_and_generations(env, monkeypatch, tmp_path):
-    import tether.evaluate as ev_mod
+    import tether.evaluation.evaluate as ev_mod
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("TETHER_CACHE", str(cache))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tether.logprobs import LogProbModel, collate, loss_inputs
+from tether.engine.logprobs import LogProbModel, collate, loss_inputs
 
 from tiny import random_examples, tiny_model
 

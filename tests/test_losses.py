@@ -1,4 +1,4 @@
-"""Exactness tests for ``tether.losses`` and the method registry (``shared/METHODS.md``).
+"""Exactness tests for ``tether.methods.losses`` and the method registry (``shared/METHODS.md``).
 
 Layers:
 
@@ -26,10 +26,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tether import losses
+import tether.methods.losses as losses
 from tether.contract import LossInputs, LossOutput, Perturbed, SequenceLogps
 from tether.errors import ConfigError
-from tether.methods import METHODS, get_method
+from tether.methods.registry import METHODS, get_method
 
 F64 = torch.float64
 

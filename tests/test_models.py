@@ -1,4 +1,4 @@
-"""Tests for tether.models: spec checks, loading, LoRA, saving, and (slow) the real default model."""
+"""Tests for tether.engine.models: spec checks, loading, LoRA, saving, and (slow) the real default model."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast
 
-from tether import models
+import tether.engine.models as models
 from tether.errors import TetherError
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}

@@ -10,9 +10,9 @@ from torch import nn
 
 from tether.config import from_dict
 from tether.contract import LossInputs, Perturbed, SequenceLogps
-from tether.logprobs import response_logps
-from tether.losses import epsilon_criterion
-from tether.run import train
+from tether.engine.logprobs import response_logps
+from tether.methods.losses import epsilon_criterion
+from tether.training.run import train
 
 from tiny import pair_rows, pair_table, sft_rows, tiny_model_dir, write_jsonl
 
@@ -101,8 +101,8 @@ def test_asft_has_no_reference_anywhere(setup, monkeypatch):
     """No reference copy, no reference precompute, and exactly one decoder forward per micro-batch."""
     from transformers.models.llama import modeling_llama
 
-    import tether.reference as reference
-    import tether.run as run_mod
+    import tether.engine.reference as reference
+    import tether.training.run as run_mod
 
     def forbidden(*a, **k):
         raise AssertionError("ASFT touched a reference")

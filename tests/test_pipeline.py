@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from tether import tasks
+import tether.data.tasks as tasks
 
 from tiny import tiny_model_dir, write_jsonl
 

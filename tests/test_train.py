@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from tether.config import from_dict
-from tether.methods import METHODS
-from tether.run import train
+from tether.methods.registry import METHODS
+from tether.training.run import train
 
 from tiny import pair_rows, sft_rows, tiny_model_dir, write_jsonl
 

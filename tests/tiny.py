@@ -136,10 +136,10 @@ def train_then_kill(config: Path, log: Path, after_lines: int) -> list[str]:
 
 def pair_table(model_dir: Path, pairs: Path, max_length: int = 64):
     """(examples, [n, 2] summed log-probs of chosen and rejected) of a pairs file under ``model_dir``."""
-    from tether import models
-    from tether.data import read_rows, tokenize_rows
-    from tether.logprobs import LogProbModel
-    from tether.reference import compute_table
+    import tether.engine.models as models
+    from tether.data.rows import read_rows, tokenize_rows
+    from tether.engine.logprobs import LogProbModel
+    from tether.engine.reference import compute_table
 
     tok = models.load_tokenizer(model_dir)
     ex = tokenize_rows(read_rows(str(pairs)), tok, kind="pairs", max_length=max_length).examples

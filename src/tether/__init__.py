@@ -5,7 +5,7 @@ Python API::
     from tether import load_config, train
     result = train(load_config("examples/dpo.yaml", ["train.max_steps=10"]))
 
-Losses are importable and callable on plain tensors: ``from tether.losses import dpo``.
+Losses are importable and callable on plain tensors: ``from tether.methods.losses import dpo``.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ __version__ = "0.1.0"
 __all__ = ["METHODS", "Config", "from_dict", "load_config", "train", "validate"]
 
 _LAZY = {
-    "train": "tether.run",
-    "validate": "tether.run",
+    "train": "tether.training.run",
+    "validate": "tether.training.run",
     "Config": "tether.config",
     "load_config": "tether.config",
     "from_dict": "tether.config",
-    "METHODS": "tether.methods",
+    "METHODS": "tether.methods.registry",
 }
 
 

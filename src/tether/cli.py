@@ -8,10 +8,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .errors import DataError, TetherError
-from .evaluate_args import add_eval_arguments
-from .methods import METHODS, methods_markdown, methods_table
-from .report_args import add_report_arguments
+from tether.errors import DataError, TetherError
+from tether.evaluate_args import add_eval_arguments
+from tether.methods.registry import METHODS, methods_markdown, methods_table
+from tether.report_args import add_report_arguments
 
 
 def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
@@ -51,8 +51,8 @@ def cmd_losses(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .run import validate
+    from tether.config import load_config
+    from tether.training.run import validate
 
     cfg = load_config(args.config, args.overrides)
     try:
@@ -69,8 +69,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .run import train
+    from tether.config import load_config
+    from tether.training.run import train
 
     cfg = load_config(args.config, args.overrides)
     result = train(cfg)
@@ -81,15 +81,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Owned by tether.evaluate (``tether eval``)."""
-    from .evaluate import main as eval_main
+    """Owned by tether.evaluation.evaluate (``tether eval``)."""
+    from tether.evaluation.evaluate import main as eval_main
 
     return eval_main(args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Owned by tether.report (``tether report``)."""
-    from .report import main as report_main
+    """Owned by tether.evaluation.report (``tether report``)."""
+    from tether.evaluation.report import main as report_main
 
     return report_main(args)
 
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {problem}", file=sys.stderr)
         return 2
     except TetherError as e:
-        from .trainer import TrainingDiverged
+        from tether.training.trainer import TrainingDiverged
 
         print(f"error: {e}", file=sys.stderr)
         return 3 if isinstance(e, TrainingDiverged) else 2

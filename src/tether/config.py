@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import ConfigError, closest
-from .methods import Method, get_method
+from tether.errors import ConfigError, closest
+from tether.methods.registry import Method, get_method
 
 
 @dataclass

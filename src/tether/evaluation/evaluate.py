@@ -11,7 +11,7 @@ group             what
 ``deviation``     pairs, SFT: MinorSFT's m_θ, the mean over held-out chosen/completion answers of
                   (log π(y) − log π_ref(y)) / n(y).
 ``generation``    greedy generations (left padding, batched, stop at EOS, ``max_new_tokens``): task success
-                  by :func:`tether.tasks.check` on rows with ``source`` + ``answer`` (overall and per family),
+                  by :func:`tether.data.tasks.check` on rows with ``source`` + ``answer`` (overall and per family),
                   the win rate against the reference model's generations, and BLEU-4 (sacrebleu) and
                   ROUGE-1/2/L F1 (rouge-score, stemmed) against the chosen/completion/answer text.
 ``kl``            KL(π‖π_ref) ≈ mean over completions y ~ π(·|x) (temperature 1, no top-k/top-p) of
@@ -52,11 +52,11 @@ from typing import Any
 import torch
 import yaml
 
-from . import data as data_mod
-from . import models
-from .errors import DataError, Problem, TetherError, closest
-from .evaluate_args import METRIC_GROUPS
-from .reference import default_cache_dir
+import tether.data.rows as data_mod
+import tether.engine.models as models
+from tether.engine.reference import default_cache_dir
+from tether.errors import DataError, Problem, TetherError, closest
+from tether.evaluate_args import METRIC_GROUPS
 
 __all__ = [
     "Target",
@@ -240,7 +240,7 @@ def _select_metrics(requested: str | Sequence[str], kind: str, data: str, genera
 
 @dataclass(frozen=True)
 class _Seq:
-    """An engine example (see :func:`tether.logprobs.collate`)."""
+    """An engine example (see :func:`tether.engine.logprobs.collate`)."""
 
     prompt_ids: list[int]
     chosen_ids: list[int]
@@ -432,7 +432,7 @@ def _method_info(cfg: dict[str, Any]) -> tuple[str | None, float | None, bool | 
     name = m.get("name") if isinstance(m, dict) else None
     if not name:
         return None, None, None
-    from .methods import get_method
+    from tether.methods.registry import get_method
 
     try:
         method = get_method(name)
@@ -471,7 +471,7 @@ class _Loaded:
     ) -> torch.Tensor:
         """Summed response log-probs (``[n, 2]``) of the model, or of the reference (only ``indices``'
         rows filled when given)."""
-        from .reference import compute_table
+        from tether.engine.reference import compute_table
 
         return compute_table(
             self.pi_ref if reference else self.pi,
@@ -496,7 +496,7 @@ class _Loaded:
             return pol, pol
         if not cache or self.ref_fingerprint is None or self.cache_root is None:
             return pol, self.sums(examples, desc, reference=True)
-        from .reference import cache_key, load_or_fill
+        from tether.engine.reference import cache_key, load_or_fill
 
         key = cache_key(self.ref_fingerprint, examples, {"dtype": self.dtype, "device": self.device.type})
         table, status = load_or_fill(
@@ -696,7 +696,7 @@ def _generation_metrics(
 
     Returns the win counts and one sample record per prompt.
     """
-    from . import tasks
+    import tether.data.tasks as tasks
 
     ids = [p.ids for p in prompts]
     gen = ld.greedy(ids, max_new_tokens)
@@ -837,7 +837,7 @@ def evaluate(
     prompts = prompts_all[:max_samples] if max_samples else prompts_all
 
     # Weights.
-    from .logprobs import LogProbModel
+    from tether.engine.logprobs import LogProbModel
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = _load(str(model_path), target.adapter, dtype, device)

@@ -16,14 +16,21 @@ from typing import Any
 import torch
 import yaml
 
-from . import data as data_mod
-from . import models
-from .config import Config
-from .errors import DataError, Problem, TetherError
-from .logprobs import LogProbModel
-from .methods import Method
-from .reference import Reference, cache_key, compute_table, default_cache_dir, frozen_copy, load_or_fill
-from .trainer import MetricsSink, Trainer, TrainResult, make_schedule
+import tether.data.rows as data_mod
+import tether.engine.models as models
+from tether.config import Config
+from tether.engine.logprobs import LogProbModel
+from tether.engine.reference import (
+    Reference,
+    cache_key,
+    compute_table,
+    default_cache_dir,
+    frozen_copy,
+    load_or_fill,
+)
+from tether.errors import DataError, Problem, TetherError
+from tether.methods.registry import Method
+from tether.training.trainer import MetricsSink, Trainer, TrainResult, make_schedule
 
 
 @dataclass
@@ -120,7 +127,7 @@ def prepare(cfg: Config, train_spec: str | None = None) -> Prepared:
     }
     p = Prepared(cfg, method, hparams, model_dir, tokenizer, train_ex, eval_ex, report)
     if stages is not None and train_spec is None:
-        from .stages import split_examples
+        from tether.training.stages import split_examples
 
         chunks = [t.examples for t in toks] if stages.by == "files" else split_examples(cfg, p)
         for i, chunk in enumerate(chunks, start=1):
@@ -317,7 +324,7 @@ def train(
     from accelerate.utils import set_seed
 
     if cfg.stages is not None and prepared is None:
-        from .stages import train_stages
+        from tether.training.stages import train_stages
 
         return train_stages(cfg)
     run_dir = _prepare_run_dir(cfg)
@@ -400,7 +407,7 @@ def train(
 def _plot(run_dir: Path) -> list[Path]:
     """The run's training curves as PNGs in ``<run>/plots`` (skipped, not failed, without matplotlib)."""
     try:
-        from .report import plot_run
+        from tether.evaluation.report import plot_run
 
         return plot_run(run_dir)
     except (TetherError, ImportError) as e:

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .contract import LossInputs, Perturbed, SequenceLogps
-from .errors import TetherError
+from tether.contract import LossInputs, Perturbed, SequenceLogps
+from tether.errors import TetherError
 
 
 @dataclass

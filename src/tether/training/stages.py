@@ -18,9 +18,9 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
-from .config import Config
-from .errors import ConfigError
-from .run import Prepared, RunResult, _plot, prepare, train
+from tether.config import Config
+from tether.errors import ConfigError
+from tether.training.run import Prepared, RunResult, _plot, prepare, train
 
 
 def split_examples(cfg: Config, p: Prepared) -> list[list]:

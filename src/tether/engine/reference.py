@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .logprobs import Batch, LogProbModel, collate
+from tether.engine.logprobs import Batch, LogProbModel, collate
 
 ReferenceOut = tuple[Tensor, Tensor | None, nn.Module | None]
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import TetherError
+from tether.errors import TetherError
 
 TRAIN_PANELS = (
     ("loss", "loss"),

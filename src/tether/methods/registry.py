@@ -12,9 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from . import losses
-from .contract import LossInputs, LossOutput
-from .errors import ConfigError, closest
+import tether.methods.losses as losses
+from tether.contract import LossInputs, LossOutput
+from tether.errors import ConfigError, closest
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .config import TrainConfig
-from .errors import TetherError
-from .logprobs import Batch, LogProbModel, collate, loss_inputs
-from .methods import Method
-from .reference import Reference
+from tether.config import TrainConfig
+from tether.engine.logprobs import Batch, LogProbModel, collate, loss_inputs
+from tether.engine.reference import Reference
+from tether.errors import TetherError
+from tether.methods.registry import Method
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
