@@ -12,7 +12,7 @@ runs in its own subprocess, so the peak RSS (``ru_maxrss``) is that configuratio
   random sampler is replaced by tether's step order, so both see exactly the same batches, step by step.
   Step time = ``on_step_begin`` → ``on_step_end`` (forward, reference forward, backward, clip, optimizer
   step); tokens = ``attention_mask.sum()`` of the collated batch (prompt+chosen and prompt+rejected rows).
-* ``tether-copy`` / ``tether-precomputed``: ``tether.training.run.train`` with ``reference.mode`` copy / precomputed.
+* ``tether-copy`` / ``tether-precomputed``: ``tether.training.job.train`` with ``reference.mode`` copy / precomputed.
   Step time and tokens (the same count: ``attention_mask.sum()``) come from ``metrics.jsonl``. The
   precomputed run uses a fresh ``reference.cache_dir``, so the one-time precompute is timed and reported
   separately (it is not part of any step).

@@ -29,7 +29,7 @@ from typing import Any
 
 from tether.config import from_dict
 from tether.evaluation.evaluate import evaluate
-from tether.training.run import train
+from tether.training.job import train
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "tasks"

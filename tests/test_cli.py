@@ -469,7 +469,7 @@ def test_validate_lists_every_problem(env):
 def test_malformed_lines_still_listed_when_the_rest_has_the_wrong_kind(env, tmp_path, good, words):
     from tether.config import load_config
     from tether.errors import DataError
-    from tether.training.run import validate
+    from tether.training.job import validate
 
     data = _lines(tmp_path / "d.jsonl", ['{"prompt": "a", "chosen": "b", "rejected": "c",}', good])
     with pytest.raises(DataError) as err:

@@ -42,7 +42,7 @@ def test_every_method_has_an_example():
 @pytest.mark.slow
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_validates_on_real_data(path, monkeypatch):
-    from tether.training.run import validate
+    from tether.training.job import validate
 
     monkeypatch.chdir(REPO)
     report = validate(load_config(path))

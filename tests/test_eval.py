@@ -20,7 +20,7 @@ from tether.cli import main as cli_main
 from tether.config import from_dict
 from tether.engine.logprobs import LogProbModel, collate
 from tether.evaluation.evaluate import evaluate, generate, text_metrics, win_rate
-from tether.training.run import train
+from tether.training.job import train
 
 import tiny
 from tiny import pair_rows, sft_rows, tiny_model_dir, write_jsonl

@@ -13,7 +13,7 @@ import yaml
 from safetensors.torch import load_file
 
 from tether.config import from_dict
-from tether.training.run import train
+from tether.training.job import train
 
 from tiny import pair_rows, tiny_model_dir, train_then_kill, write_jsonl
 

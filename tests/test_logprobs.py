@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tether.engine.logprobs import LogProbModel, collate, loss_inputs
+from tether.methods.losses import epsilon_mixtures
 
 from tiny import random_examples, tiny_model
 
@@ -71,7 +72,7 @@ def test_perturbed_logps_match_naive_mixing():
             batch.response_mask,
             ref_hidden=ref_hidden,
             ref_head=ref_w.head,
-            epsilon=eps,
+            mix=lambda z, z_ref, y: epsilon_mixtures(z, z_ref, y, {"epsilon": eps}),
         )
         z = policy(
             input_ids=batch.input_ids,
@@ -85,6 +86,6 @@ def test_perturbed_logps_match_naive_mixing():
         ).logits.float()
         tm = batch.response_mask[:, 1:].float()
         y = batch.input_ids[:, 1:, None]
-        for sign, got in ((1, rows.plus), (-1, rows.minus)):
+        for sign, got in ((1, rows.mixed[:, 0]), (-1, rows.mixed[:, 1])):
             mix = ((1 + sign * eps) * z - sign * eps * zr).log_softmax(-1)[:, :-1].gather(-1, y).squeeze(-1)
             torch.testing.assert_close(got, (mix * tm).sum(1), atol=1e-5, rtol=0)

@@ -11,8 +11,8 @@ from torch import nn
 from tether.config import from_dict
 from tether.contract import LossInputs, Perturbed, SequenceLogps
 from tether.engine.logprobs import response_logps
-from tether.methods.losses import epsilon_criterion
-from tether.training.run import train
+from tether.methods.losses import epsilon_criterion, epsilon_mixtures
+from tether.training.job import train
 
 from tiny import pair_rows, pair_table, sft_rows, tiny_model_dir, write_jsonl
 
@@ -171,10 +171,11 @@ def test_asft_raises_chosen_and_lowers_rejected_dpo_mostly_lowers_rejected(tmp_p
 def _criterion_from_logits(z, z_ref, ids, mask, eps, per_token: bool):
     """s from explicit logits [2, T, V] (row 0 chosen, row 1 rejected), per token or whole-sequence."""
     ident = nn.Identity()
-    rows = response_logps(z, ident, ids, mask, ref_hidden=z_ref, ref_head=ident, epsilon=eps)
+    mix = lambda a, b, y: epsilon_mixtures(a, b, y, {"epsilon": eps})  # noqa: E731
+    rows = response_logps(z, ident, ids, mask, ref_hidden=z_ref, ref_head=ident, mix=mix)
     ref = response_logps(z_ref, ident, ids, mask)
     if per_token:
-        plus, minus = rows.plus, rows.minus
+        plus, minus = rows.mixed[:, 0], rows.mixed[:, 1]
     else:  # mixing whole-sequence log-probs (the wrong algorithm)
         plus = (1 + eps) * rows.sum - eps * ref.sum
         minus = (1 - eps) * rows.sum + eps * ref.sum

@@ -354,9 +354,9 @@ def test_cli_end_to_end(runs, tmp_path):
 
 
 def test_real_tiny_run(tmp_path):
-    """A real ``tether.training.run.train`` run directory (with eval lines) is read and plotted."""
+    """A real ``tether.training.job.train`` run directory (with eval lines) is read and plotted."""
     from tether.config import from_dict
-    from tether.training.run import train
+    from tether.training.job import train
 
     from tiny import pair_rows, tiny_model_dir, write_jsonl
 

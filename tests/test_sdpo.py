@@ -8,7 +8,7 @@ import pytest
 
 from tether.config import from_dict
 from tether.errors import ConfigError
-from tether.training.run import train
+from tether.training.job import train
 
 from tiny import pair_rows, pair_table, tiny_model_dir, train_then_kill, write_jsonl
 

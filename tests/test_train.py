@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from tether.config import from_dict
 from tether.methods.registry import METHODS
-from tether.training.run import train
+from tether.training.job import train
 
 from tiny import pair_rows, sft_rows, tiny_model_dir, write_jsonl
 

@@ -16,8 +16,8 @@ __version__ = "0.1.0"
 __all__ = ["METHODS", "Config", "from_dict", "load_config", "train", "validate"]
 
 _LAZY = {
-    "train": "tether.training.run",
-    "validate": "tether.training.run",
+    "train": "tether.training.job",
+    "validate": "tether.training.job",
     "Config": "tether.config",
     "load_config": "tether.config",
     "from_dict": "tether.config",

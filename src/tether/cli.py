@@ -7,17 +7,29 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from tether.errors import DataError, TetherError
-from tether.evaluate_args import add_eval_arguments
+from tether.evaluation.groups import METRIC_GROUPS
 from tether.methods.registry import METHODS, methods_markdown, methods_table
-from tether.report_args import add_report_arguments
+from tether.rundir import EVAL
 
 
-def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    """The one aligned text table of the CLI (header, dashes, rows)."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool) or isinstance(v, str):
+        return str(v)
+    if isinstance(v, int):
+        return str(v)
+    return f"{v:.4f}" if abs(v) < 1000 else f"{v:.1f}"
 
 
 def cmd_losses(args: argparse.Namespace) -> int:
@@ -52,7 +64,7 @@ def cmd_losses(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from tether.config import load_config
-    from tether.training.run import validate
+    from tether.training.job import validate
 
     cfg = load_config(args.config, args.overrides)
     try:
@@ -70,7 +82,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tether.config import load_config
-    from tether.training.run import train
+    from tether.training.job import train
 
     cfg = load_config(args.config, args.overrides)
     result = train(cfg)
@@ -81,21 +93,180 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Owned by tether.evaluation.evaluate (``tether eval``)."""
-    from tether.evaluation.evaluate import main as eval_main
+    """``tether eval``: evaluate, print the table, write the JSON."""
+    from tether.evaluation.evaluate import EvalOptions, evaluate
+    from tether.evaluation.target import resolve_target
 
-    return eval_main(args)
+    target_dir = resolve_target(args.model).run_dir
+    out = args.out or (str(target_dir / EVAL) if target_dir is not None else EVAL)
+    options = EvalOptions(
+        reference=args.reference,
+        metrics=args.metrics,
+        beta=args.beta,
+        max_samples=args.max_samples,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        kl_samples=args.kl_samples,
+        seed=args.seed,
+        max_length=args.max_length,
+        chat_template=args.chat_template,
+        lm_eval_tasks=args.lm_eval_tasks,
+        generate_text=not args.no_generate,
+        cache=not args.no_cache,
+        progress=not args.no_progress,
+    )
+    result = evaluate(args.model, args.data, options, out=out)
+    print(
+        f"model: {result['model']}  reference: {result['reference']}"
+        f"{' (the model itself)' if result['reference_is_model'] else ''}"
+    )
+    print(
+        f"data: {result['data']} ({result['kind']}, {result['n_rows']} rows, "
+        f"{result['n_generation_prompts']} prompts generated)  time: {result['seconds']:.1f} s"
+    )
+    print()
+    m, rm = result["metrics"], result["reference_metrics"]
+    print(
+        _table(
+            [[k, _fmt(v), _fmt(rm[k]) if k in rm else ""] for k, v in m.items()],
+            ["metric", "model", "reference"],
+        )
+    )
+    for note in result["notes"]:
+        print(f"note: {note}")
+    print(f"\nwrote {out}")
+    sys.stdout.flush()
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Owned by tether.evaluation.report (``tether report``)."""
-    from tether.evaluation.report import main as report_main
+    """``tether report RUN [RUN ...] --out DIR``."""
+    from tether.evaluation.report import summary_row, write_report_runs
 
-    return report_main(args)
+    smooth = args.smooth
+    if smooth is not None and not 0.0 <= smooth < 1.0:
+        raise TetherError(f"--smooth: {smooth} is not in [0, 1)")
+    report, runs, paths = write_report_runs(args.runs, args.out, args.title or "tether report", smooth)
+    for r in runs:
+        for n in r.notes:
+            print(f"warning: {r.name}: {n}", file=sys.stderr)
+    header = ["run", "method", "steps", "time", "loss", "accuracy", "margin", "deviation", "success", "KL"]
+    print(_table([[summary_row(r)[h] for h in header] for r in runs], header))
+    print()
+    print(f"report: {report}")
+    for path in paths.values():
+        print(f"plot:   {path}")
+    return 0
 
 
 def _is_main() -> bool:
     return os.environ.get("RANK", "0") == "0"
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a run directory (its final model) or a model (smollm2, hub id, dir, .gguf)")
+    p.add_argument(
+        "--data", required=True, help="held-out data file (pairs, SFT rows or multiple-choice rows)"
+    )
+    p.add_argument(
+        "--reference",
+        default=None,
+        help="reference model spec (default: a run's starting model; for a plain model, the model itself, "
+        "so every reference-relative number is 0 by construction)",
+    )
+    p.add_argument(
+        "--metrics",
+        default="auto",
+        help=f"comma-separated subset of {','.join(METRIC_GROUPS)} (default auto: all the data supports)",
+    )
+    p.add_argument(
+        "--beta",
+        type=_positive_float,
+        default=None,
+        help="β of the implicit reward β·(log π − log π_ref) (default: the run's method β, else 0.1)",
+    )
+    p.add_argument(
+        "--max-samples",
+        type=_positive,
+        default=None,
+        help="cap on the prompts used for generation metrics and KL (default: all)",
+    )
+    p.add_argument("--max-new-tokens", type=_positive, default=32, help="generation length cap (default 32)")
+    p.add_argument(
+        "--batch-size", type=_positive, default=8, help="rows per forward/generate batch (default 8)"
+    )
+    p.add_argument(
+        "--kl-samples", type=_positive, default=1, help="completions sampled per prompt for KL (default 1)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the KL sampling (default 0)")
+    p.add_argument(
+        "--max-length",
+        type=_positive,
+        default=None,
+        help="token budget per row (default: the run's data.max_length, else 512)",
+    )
+    p.add_argument(
+        "--chat-template",
+        choices=("auto", "always", "never"),
+        default=None,
+        help="how string rows are rendered (default: the run's data.chat_template, else auto)",
+    )
+    p.add_argument(
+        "--out", default=None, help="JSON output path (default: <run>/eval.json for a run, else eval.json)"
+    )
+    p.add_argument(
+        "--lm-eval-tasks",
+        default=None,
+        help="comma-separated lm-evaluation-harness tasks (e.g. arc_easy); skipped with a note when lm-eval "
+        "or its data are unavailable",
+    )
+    p.add_argument(
+        "--no-generate",
+        action="store_true",
+        help="skip everything that generates (task success, win rate, BLEU/ROUGE, sampled KL): fast",
+    )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="recompute the reference's log-probs and generations instead of reusing them from $TETHER_CACHE",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "runs", nargs="+", help="run directories written by `tether train` (an sDPO run: its root directory)"
+    )
+    p.add_argument("--out", default="report", help="output directory for the PNG plots and report.md")
+    p.add_argument("--title", default=None, help="title of report.md (default: 'tether report')")
+    p.add_argument(
+        "--smooth",
+        type=float,
+        default=None,
+        metavar="W",
+        help="EMA weight in [0, 1) for train curves, drawn over the faint raw ones; 0 draws raw curves only "
+        "(default: none up to 30 points, stronger for longer runs)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,10 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("eval", help="evaluate a model or run directory against its reference on a data file")
-    add_eval_arguments(p)
+    _add_eval_arguments(p)
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("report", help="plots and a Markdown summary of one or more run directories")
-    add_report_arguments(p)
+    _add_report_arguments(p)
     p.set_defaults(func=cmd_report)
     p = sub.add_parser(
         "losses", help=f"list the methods ({', '.join(METHODS)}) with paper, equation and defaults"

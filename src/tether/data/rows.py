@@ -99,7 +99,7 @@ __all__ = [
     "tokenize_rows",
 ]
 
-Kind = Literal["sft", "pairs"]
+Kind = Literal["sft", "pairs", "unpaired"]
 ChatTemplateMode = Literal["auto", "always", "never"]
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -329,6 +329,10 @@ def _looks_sft(data: dict[str, Any]) -> bool:
     return "completion" in data or "messages" in data
 
 
+def _looks_unpaired(data: dict[str, Any]) -> bool:
+    return "label" in data and "completion" in data and not _looks_pairs(data)
+
+
 def _describe(data: dict[str, Any]) -> str:
     """A short name for a row's format, for wrong-kind messages."""
     if _looks_pairs(data):
@@ -348,10 +352,13 @@ def detect_kind(rows: Sequence[Row]) -> Kind:
     of the other format are then reported by :func:`tokenize_rows`. Raises :class:`DataError` when no
     row has a recognisable format.
     """
-    n_pairs = n_sft = 0
+    n_pairs = n_sft = n_unpaired = 0
     first: Kind | None = None
     for row in rows:
-        if _looks_pairs(row.data):
+        if _looks_unpaired(row.data):
+            n_unpaired += 1
+            first = first or "unpaired"
+        elif _looks_pairs(row.data):
             n_pairs += 1
             first = first or "pairs"
         elif _looks_sft(row.data):
@@ -372,9 +379,10 @@ def detect_kind(rows: Sequence[Row]) -> Kind:
                 )
             ]
         )
-    if n_pairs != n_sft:
-        return "pairs" if n_pairs > n_sft else "sft"
-    return first
+    counts: dict[Kind, int] = {"pairs": n_pairs, "sft": n_sft, "unpaired": n_unpaired}
+    top = max(counts.values())
+    leaders = [k for k, n in counts.items() if n == top]
+    return first if first in leaders else leaders[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -521,6 +529,19 @@ def _parse_sft(checker: _RowChecker) -> _Parsed | None:
     return _Parsed(prompt, [completion], ["completion"], "prompt", isinstance(prompt, list))
 
 
+def _parse_unpaired(checker: _RowChecker) -> _Parsed | None:
+    """TRL's unpaired preference rows: an SFT row (prompt/completion or messages) plus a boolean
+    ``label`` (True: a desirable completion, False: an undesirable one)."""
+    data = checker.row.data
+    if "label" not in data:
+        checker.add("label", "missing (unpaired rows need prompt, completion and a true/false label)")
+        return None
+    if not isinstance(data["label"], bool):
+        checker.add("label", f"must be true or false, got {_json_type(data['label'])}")
+        return None
+    return _parse_sft(checker)
+
+
 def _parse_pairs(checker: _RowChecker) -> _Parsed | None:
     data = checker.row.data
     if _looks_sft(data) and not _looks_pairs(data):
@@ -589,13 +610,16 @@ def _parse_implicit_prompt(checker: _RowChecker) -> _Parsed | None:
 # --------------------------------------------------------------------------------------------------
 
 
+_PARSERS = {"sft": _parse_sft, "pairs": _parse_pairs, "unpaired": _parse_unpaired}
+
+
 def check_rows(rows: Sequence[Row], kind: Kind) -> list[Problem]:
     """The field problems of ``rows`` read as ``kind`` (missing/empty/mistyped fields, identical chosen and
     rejected), without a tokenizer: the checks :func:`tokenize_rows` makes before it renders a row."""
     problems: list[Problem] = []
     for row in rows:
         checker = _RowChecker(row)
-        _parse_sft(checker) if kind == "sft" else _parse_pairs(checker)
+        _PARSERS[kind](checker)
         problems.extend(checker.problems)
     return problems
 
@@ -604,8 +628,9 @@ def check_rows(rows: Sequence[Row], kind: Kind) -> list[Problem]:
 class Example:
     """One tokenized training example.
 
-    For SFT ``chosen_ids`` holds the completion and ``rejected_ids`` is ``None``. ``meta`` holds the
-    row's other scalar columns verbatim (e.g. ``source``, used to split sDPO stages).
+    For SFT and unpaired rows ``chosen_ids`` holds the completion and ``rejected_ids`` is ``None``;
+    ``label`` is an unpaired row's label (True: desirable), else ``None``. ``meta`` holds the row's other
+    scalar columns verbatim (e.g. ``source``, used to split sDPO stages).
     """
 
     prompt_ids: list[int]
@@ -614,6 +639,7 @@ class Example:
     file: str
     line: int
     meta: dict[str, Any]
+    label: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -680,8 +706,8 @@ def tokenize_rows(
     See the module docstring for the formats, rendering, BOS handling and the exact truncation policy.
     Every row is checked; if any has a problem, a :class:`DataError` listing all of them is raised.
     """
-    if kind not in ("sft", "pairs"):
-        raise ConfigError(f"kind must be 'sft' or 'pairs', got {kind!r}")
+    if kind not in _PARSERS:
+        raise ConfigError(f"kind must be one of {', '.join(_PARSERS)}, got {kind!r}")
     if chat_template not in ("auto", "always", "never"):
         raise ConfigError(f"chat_template must be 'auto', 'always' or 'never', got {chat_template!r}")
     if not isinstance(max_length, int) or max_length < 2:
@@ -704,7 +730,7 @@ def tokenize_rows(
     rendered: list[_Rendered] = []
     for row in rows:
         checker = _RowChecker(row)
-        parsed = _parse_sft(checker) if kind == "sft" else _parse_pairs(checker)
+        parsed = _PARSERS[kind](checker)
         if parsed is not None:
             if (parsed.conversational or wrap_strings) and not has_template:
                 if parsed.conversational:
@@ -786,6 +812,7 @@ def tokenize_rows(
                 file=row.file,
                 line=row.line,
                 meta=meta,
+                label=row.data["label"] if kind == "unpaired" else None,
             )
         )
 

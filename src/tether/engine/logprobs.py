@@ -10,7 +10,7 @@ backward pass. Peak logits memory is ``chunk × vocab`` floats instead of ``batc
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -79,34 +79,37 @@ def _chunk_logps(hidden: Tensor, targets: Tensor, head: nn.Module, softcap: floa
     return logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
 
 
-def _chunk_perturbed(
+#: A method's function of the policy's and the reference's logits at response positions (see
+#: ``Method.reference_logits``): (z [n, V], z_ref [n, V], targets [n]) -> [n, k], summed per row.
+ReferenceLogitsFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def _chunk_mixed(
     hidden: Tensor,
     ref_hidden: Tensor,
     targets: Tensor,
     head: nn.Module,
     ref_head: nn.Module,
-    epsilon: float,
+    mix: ReferenceLogitsFn,
     softcap: float | None,
-) -> tuple[Tensor, Tensor]:
+) -> Tensor:
     z = head(hidden).float()
     z_ref = ref_head(ref_hidden).float()
     if softcap:
         z, z_ref = torch.tanh(z / softcap) * softcap, torch.tanh(z_ref / softcap) * softcap
-    plus = ((1 + epsilon) * z - epsilon * z_ref).log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
-    minus = ((1 - epsilon) * z + epsilon * z_ref).log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
-    return plus, minus
+    return mix(z, z_ref, targets)
 
 
 @dataclass
 class RowLogps:
-    """Engine output per row: summed log-probs, token counts, optional per-token values and ε-mixtures."""
+    """Engine output per row: summed log-probs, token counts, optional per-token values and, for a method
+    with a reference-logits function, its per-row sums ``mixed`` ([rows, k])."""
 
     sum: Tensor
     n_tokens: Tensor
     tokens: Tensor | None = None
     mask: Tensor | None = None
-    plus: Tensor | None = None
-    minus: Tensor | None = None
+    mixed: Tensor | None = None
 
 
 def response_logps(
@@ -120,12 +123,13 @@ def response_logps(
     want_tokens: bool = False,
     ref_hidden: Tensor | None = None,
     ref_head: nn.Module | None = None,
-    epsilon: float | None = None,
+    mix: ReferenceLogitsFn | None = None,
 ) -> RowLogps:
     """Summed log π(y_t | y_<t, x) over response tokens, row by row, in chunks of positions.
 
     ``hidden``: [N, T, H] last hidden states; position t predicts token t+1. With ``ref_hidden``,
-    ``ref_head`` and ``epsilon``, also ε-DPO's Σ_t log_softmax((1±ε)·z ∓ ε·z_ref)[y_t] (fp32, no grad).
+    ``ref_head`` and ``mix`` (a method's reference-logits function), also Σ_t mix(z_t, z_ref_t, y_t)
+    per row (fp32, no gradient), e.g. ε-DPO's perturbed log-probs.
     """
     target_mask = response_mask[:, 1:]
     rows, cols = target_mask.nonzero(as_tuple=True)
@@ -150,29 +154,27 @@ def response_logps(
         tokens = tokens.index_put((rows, cols), tok)
         out.tokens, out.mask = tokens, target_mask
     if ref_hidden is not None:
-        if ref_head is None or epsilon is None:
-            raise ValueError("ε-mixing needs ref_hidden, ref_head and epsilon together")
+        if ref_head is None or mix is None:
+            raise ValueError("reference logits need ref_hidden, ref_head and mix together")
         rh = ref_hidden[:, :-1][rows, cols]
         with torch.no_grad():
-            plus, minus = [], []
-            for s in range(0, h.shape[0], chunk):
-                p, m = _chunk_perturbed(
+            parts = [
+                _chunk_mixed(
                     h[s : s + chunk].detach(),
                     rh[s : s + chunk],
                     y[s : s + chunk],
                     head,
                     ref_head,
-                    epsilon,
+                    mix,
                     softcap,
                 )
-                plus.append(p)
-                minus.append(m)
-            out.plus = (
-                tok.new_zeros(n_rows).index_add(0, rows, torch.cat(plus)) if plus else tok.new_zeros(n_rows)
-            )
-            out.minus = (
-                tok.new_zeros(n_rows).index_add(0, rows, torch.cat(minus)) if minus else tok.new_zeros(n_rows)
-            )
+                for s in range(0, h.shape[0], chunk)
+            ]
+            if parts:
+                values = torch.cat(parts).float()
+                out.mixed = values.new_zeros(n_rows, values.shape[1]).index_add(0, rows, values)
+            else:
+                out.mixed = tok.new_zeros(n_rows, 0)
     return out
 
 
@@ -203,7 +205,7 @@ def position_ids_for(attention_mask: Tensor) -> Tensor:
 class LogProbModel(nn.Module):
     """Wraps a causal LM so that ``forward`` returns response log-probs (the module DDP/FSDP wrap).
 
-    ``forward(..., ref_hidden=..., ref_head=..., epsilon=...)`` adds ε-DPO's perturbed log-probs.
+    ``forward(..., ref_hidden=..., ref_head=..., mix=...)`` adds a method's reference-logits sums.
     """
 
     def __init__(self, model: nn.Module, chunk: int = 1024):
@@ -233,7 +235,7 @@ class LogProbModel(nn.Module):
         want_tokens: bool = False,
         ref_hidden: Tensor | None = None,
         ref_head: nn.Module | None = None,
-        epsilon: float | None = None,
+        mix: ReferenceLogitsFn | None = None,
     ) -> RowLogps:
         hidden = self.hidden(input_ids, attention_mask)
         return self.from_hidden(
@@ -243,7 +245,7 @@ class LogProbModel(nn.Module):
             want_tokens=want_tokens,
             ref_hidden=ref_hidden,
             ref_head=ref_head,
-            epsilon=epsilon,
+            mix=mix,
         )
 
     def from_hidden(self, hidden: Tensor, input_ids: Tensor, response_mask: Tensor, **kw) -> RowLogps:
@@ -276,9 +278,9 @@ def loss_inputs(
         )
 
     def pert(sl: slice) -> Perturbed | None:
-        if rows.plus is None or rows.minus is None:
+        if rows.mixed is None or rows.mixed.shape[1] != 2:
             return None
-        return Perturbed(plus=rows.plus[sl], minus=rows.minus[sl])
+        return Perturbed(plus=rows.mixed[sl, 0], minus=rows.mixed[sl, 1])
 
     chosen, rejected = slice(0, b), slice(b, 2 * b)
     return LossInputs(

@@ -39,6 +39,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from tether.engine.cache import default_cache_dir
 from tether.errors import TetherError
 
 __all__ = [
@@ -160,12 +161,6 @@ def _default_gguf() -> Path:
 
 
 # ---------------------------------------------------------------------------------- GGUF conversion
-
-
-def default_cache_dir() -> Path:
-    """``$TETHER_CACHE`` or ``~/.cache/tether``."""
-    env = os.environ.get("TETHER_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "tether"
 
 
 def _gguf_key(path: Path) -> str:

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import json
-import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -21,10 +17,6 @@ from tqdm.auto import tqdm
 from tether.engine.logprobs import Batch, LogProbModel, collate
 
 ReferenceOut = tuple[Tensor, Tensor | None, nn.Module | None]
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("TETHER_CACHE", Path.home() / ".cache" / "tether"))
 
 
 class _AdapterDisabledHead(nn.Module):
@@ -93,16 +85,6 @@ def frozen_copy(model: nn.Module, chunk: int) -> LogProbModel:
     return LogProbModel(ref, chunk=chunk)
 
 
-def cache_key(model_fingerprint: str, examples: Sequence, extra: dict) -> str:
-    """Hash of everything that changes reference log-probs: weights, token ids (data, template, lengths)."""
-    h = hashlib.sha256()
-    h.update(model_fingerprint.encode())
-    h.update(json.dumps(extra, sort_keys=True).encode())
-    for e in examples:
-        h.update(json.dumps([e.prompt_ids, e.chosen_ids, e.rejected_ids]).encode())
-    return h.hexdigest()[:24]
-
-
 @torch.no_grad()
 def compute_table(
     model: LogProbModel,
@@ -150,49 +132,3 @@ def compute_table(
     missing[wanted] = False
     table[missing.to(table.device)] = float("nan")
     return table
-
-
-def _read_table(path: Path, n: int) -> Tensor | None:
-    """The cached table at ``path``; None when absent, unreadable (e.g. truncated by a kill) or of the
-    wrong shape, so that it is recomputed and overwritten rather than failing the run."""
-    if not path.is_file():
-        return None
-    try:
-        table = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a torn or foreign file: torch raises RuntimeError, EOFError, UnpicklingError...
-        return None
-    ok = isinstance(table, Tensor) and table.shape == (n, 2) and table.dtype.is_floating_point
-    return table if ok else None
-
-
-def load_or_fill(
-    path: Path,
-    needed: Sequence[int],
-    compute: Callable[[list[int]], Tensor],
-    *,
-    n: int,
-    is_main: bool,
-    barrier: Callable[[], None],
-) -> tuple[Tensor, str]:
-    """The cached [n, 2] table at ``path`` with every ``needed`` row filled in.
-
-    Rows missing from the cache (NaN) are computed with ``compute(rows)`` (all processes) and the merged
-    table is written back by the main process, atomically. Status: ``hit`` (nothing computed), ``miss``
-    (no cache) or ``partial`` (some rows added).
-    """
-    table = _read_table(path, n)
-    status = "miss" if table is None else "hit"
-    if table is None:
-        table = torch.full((n, 2), float("nan"))
-    todo = [i for i in needed if torch.isnan(table[i, 0])]
-    if not todo:
-        return table, status
-    fresh = compute(todo).cpu()
-    table[todo] = fresh[todo]
-    if is_main:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(table, tmp)
-        os.replace(tmp, path)
-    barrier()
-    return table, "miss" if status == "miss" else "partial"

@@ -20,17 +20,15 @@ or ``None``. This module imports no torch.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import re
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tether.errors import TetherError
+from tether.rundir import RunDir
 
 TRAIN_PANELS = (
     ("loss", "loss"),
@@ -92,85 +90,25 @@ class Run:
         return ys[-1] if ys else None
 
 
-def _read_json(path: Path) -> Any:
+def _eval_json(rd: RunDir, notes: list[str]) -> dict | None:
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise TetherError(f"{path}: cannot read ({e})") from None
-    except json.JSONDecodeError as e:
-        raise TetherError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
-
-
-def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
-    """The train and eval records of a ``metrics.jsonl`` (eval records hold ``eval/...`` keys)."""
-    train, evals = [], []
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise TetherError(f"{path}: cannot read ({e})") from None
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TetherError(f"{path}:{i}: malformed metrics line ({e.msg})") from None
-        if not isinstance(rec, dict):
-            raise TetherError(f"{path}:{i}: malformed metrics line (not a JSON object)")
-        step = rec.get("step")
-        if not isinstance(step, (int, float)) or isinstance(step, bool):
-            raise TetherError(f"{path}:{i}: malformed metrics line (no numeric 'step')")
-        (evals if any(k.startswith("eval/") for k in rec) else train).append(rec)
-    if not train and not evals:
-        raise TetherError(f"{path}: empty, no metrics logged")
-    return train, evals
-
-
-def _read_config(run_dir: Path) -> dict:
-    path = run_dir / "config.yaml"
-    if not path.exists():
-        return {}
-    import yaml
-
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise TetherError(f"{path}: malformed YAML ({str(e).splitlines()[0]})") from None
-    return cfg if isinstance(cfg, dict) else {}
-
-
-def _read_eval_json(run_dir: Path, notes: list[str]) -> dict | None:
-    path = run_dir / "eval.json"
-    if not path.exists():
-        return None
-    try:
-        data = _read_json(path)
+        return rd.read_eval()
     except TetherError as e:  # an unreadable eval.json costs its columns, not the report
         notes.append(f"ignored {e}")
         return None
-    if not isinstance(data, dict):
-        notes.append(f"ignored {path}: not a JSON object")
-        return None
-    return data
-
-
-def _stage_dirs(root: Path) -> list[Path]:
-    dirs = [d for d in root.glob("stage-*") if d.is_dir() and d.name[6:].isdigit()]
-    return sorted((d for d in dirs if (d / "metrics.jsonl").exists()), key=lambda d: int(d.name[6:]))
 
 
 def load_run(run_dir: str | Path) -> Run:
     """Read a run directory (plain or sDPO); a bad one raises :class:`TetherError` naming the path."""
-    root = Path(run_dir)
+    rd = RunDir(run_dir)
+    root = rd.path
     if not root.is_dir():
         raise TetherError(f"{root}: no such run directory")
     notes: list[str] = []
-    if (root / "metrics.jsonl").exists():
-        train, evals = read_metrics(root / "metrics.jsonl")
-        summary = _read_json(root / "summary.json") if (root / "summary.json").exists() else {}
-        if not isinstance(summary, dict):
-            raise TetherError(f"{root / 'summary.json'}: not a JSON object")
-        config = _read_config(root)
+    if rd.metrics.exists():
+        train, evals = rd.read_metrics()
+        summary = rd.read_summary()
+        config = rd.read_config_mapping()
         method = (config.get("method") or {}).get("name") or summary.get("method") or "?"
         return Run(
             root,
@@ -180,29 +118,28 @@ def load_run(run_dir: str | Path) -> Run:
             summary,
             train,
             evals,
-            eval_json=_read_eval_json(root, notes),
+            eval_json=_eval_json(rd, notes),
             notes=notes,
         )
-    if (root / "stages.json").exists() or _stage_dirs(root):
-        return _load_sdpo(root, notes)
+    if rd.is_staged():
+        return _load_sdpo(rd, notes)
     raise TetherError(f"{root}: not a run directory (no metrics.jsonl or stages.json)")
 
 
-def _load_sdpo(root: Path, notes: list[str]) -> Run:
-    if (root / "stages.json").exists():
-        stages = _read_json(root / "stages.json")
-        if not isinstance(stages, list) or not all(isinstance(s, dict) and "stage" in s for s in stages):
-            raise TetherError(f"{root / 'stages.json'}: expected a list of {{stage, examples, gamma_ref}}")
-        dirs = [root / f"stage-{s['stage']}" for s in stages]
+def _load_sdpo(rd: RunDir, notes: list[str]) -> Run:
+    root = rd.path
+    if rd.stages.exists():
+        stages = rd.read_stages()
+        dirs = [rd.stage(s["stage"]) for s in stages]
     else:  # an unfinished sDPO run: stages.json is written at the end
-        dirs = _stage_dirs(root)
-        stages = [{"stage": int(d.name[6:])} for d in dirs]
+        dirs = rd.stage_dirs()
+        stages = [{"stage": int(d.path.name[6:])} for d in dirs]
         notes.append("no stages.json (unfinished sDPO run?): stages read from the stage-<t>/ directories")
     runs = []
     for st, d in zip(stages, dirs, strict=True):
-        if not (d / "metrics.jsonl").exists():
-            raise TetherError(f"{d}: sDPO stage {st['stage']} has no metrics.jsonl")
-        stage = load_run(d)
+        if not d.metrics.exists():
+            raise TetherError(f"{d.path}: sDPO stage {st['stage']} has no metrics.jsonl")
+        stage = load_run(d.path)
         if st.get("gamma_ref") is None:
             st["gamma_ref"] = stage.summary.get("gamma_ref")
         runs.append(stage)
@@ -222,7 +159,7 @@ def _load_sdpo(root: Path, notes: list[str]) -> Run:
     }
     config = runs[0].config if runs else {}
     base = (config.get("method") or {}).get("name") or last.get("method") or "?"
-    eval_json = _read_eval_json(root, notes)
+    eval_json = _eval_json(rd, notes)
     if eval_json is None and runs:
         eval_json = runs[-1].eval_json  # `tether eval` on the last stage's directory
     return Run(
@@ -658,7 +595,7 @@ def make_plots(runs: Sequence[Run], smooth: float | None = None) -> dict[str, Pl
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Draw one run's curves as PNGs in ``out_dir`` (default ``<run_dir>/plots``); returns their paths."""
     runs = load_runs([run_dir])
-    out = Path(out_dir) if out_dir is not None else Path(run_dir) / "plots"
+    out = Path(out_dir) if out_dir is not None else RunDir(run_dir).plots
     out.mkdir(parents=True, exist_ok=True)
     return [p.save(out) for p in make_plots(runs).values() if p is not None]
 
@@ -809,9 +746,10 @@ def render_markdown(
     return "\n".join(out).rstrip() + "\n"
 
 
-def _write(
+def write_report_runs(
     run_dirs: Iterable[str | Path], out_dir: str | Path, title: str, smooth: float | None
 ) -> tuple[Path, list[Run], dict[str, Path]]:
+    """Plots and ``report.md`` in ``out_dir``: (the report's path, the runs read, the plots drawn)."""
     runs = load_runs(run_dirs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -834,28 +772,4 @@ def write_report(
     """Plots and ``report.md`` for ``run_dirs`` in ``out_dir``; returns the path of ``report.md``.
 
     ``smooth``: the EMA weight in [0, 1) for train curves (0: raw; ``None``: chosen from the length)."""
-    return _write(run_dirs, out_dir, title, smooth)[0]
-
-
-def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
-
-
-def main(args: argparse.Namespace) -> int:
-    """``tether report RUN [RUN ...] --out DIR``."""
-    smooth = getattr(args, "smooth", None)
-    if smooth is not None and not 0.0 <= smooth < 1.0:
-        raise TetherError(f"--smooth: {smooth} is not in [0, 1)")
-    report, runs, paths = _write(args.runs, args.out, args.title or "tether report", smooth)
-    for r in runs:
-        for n in r.notes:
-            print(f"warning: {r.name}: {n}", file=sys.stderr)
-    header = ["run", "method", "steps", "time", "loss", "accuracy", "margin", "deviation", "success", "KL"]
-    print(_text_table(header, [[summary_row(r)[h] for h in header] for r in runs]))
-    print()
-    print(f"report: {report}")
-    for path in paths.values():
-        print(f"plot:   {path}")
-    return 0
+    return write_report_runs(run_dirs, out_dir, title, smooth)[0]

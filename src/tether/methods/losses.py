@@ -11,6 +11,7 @@ Notation (``shared/METHODS.md``): ``logp(y)`` summed over response tokens, ``avg
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -49,11 +50,20 @@ def _ratios(inp: LossInputs) -> tuple[Tensor, Tensor]:
     return r_w, r_l
 
 
+def reward_metrics(beta: Tensor | float, r_w: Tensor, r_l: Tensor) -> dict[str, Tensor]:
+    """The implicit-reward metrics β·r of a pair (TRL's names), per example; training and held-out
+    evaluation both use these."""
+    return {
+        "rewards/chosen": beta * r_w,
+        "rewards/rejected": beta * r_l,
+        "rewards/accuracies": (r_w > r_l).float(),
+        "rewards/margins": beta * (r_w - r_l),
+    }
+
+
 def _reward_metrics(out: LossOutput, beta: Tensor | float, r_w: Tensor, r_l: Tensor) -> None:
-    out.add("rewards/chosen", beta * r_w)
-    out.add("rewards/rejected", beta * r_l)
-    out.add("rewards/accuracies", (r_w > r_l).float())
-    out.add("rewards/margins", beta * (r_w - r_l))
+    for name, value in reward_metrics(beta, r_w, r_l).items():
+        out.add(name, value)
 
 
 def _logp_metrics(out: LossOutput, inp: LossInputs) -> None:
@@ -164,6 +174,21 @@ def epsilon_criterion(inp: LossInputs) -> Tensor:
     up = (lr_plus > lr) & (lr > lr_minus)
     down = (lr_minus > lr) & (lr > lr_plus)
     return (up.to(lr.dtype) - down.to(lr.dtype)).to(chosen.sum.dtype)
+
+
+def epsilon_mixtures(z: Tensor, z_ref: Tensor, targets: Tensor, hparams: Mapping[str, float]) -> Tensor:
+    """ε-DPO's per-token log-probs under the mixed logits (epsilon-dpo.txt Eq. 4-5), ``[n, 2]``:
+    ``log_softmax((1+ε)·z − ε·z_ref)[y]`` and ``log_softmax((1−ε)·z + ε·z_ref)[y]``.
+
+    ``z``/``z_ref``: [n, V] policy and reference logits at n response positions (fp32, soft-capped by the
+    engine), ``targets``: [n] the tokens. The method's ``reference_logits`` function: the log-prob engine
+    calls it chunk by chunk (no gradient) and sums it per row into :attr:`LossInputs.chosen_perturbed`.
+    """
+    eps = hparams["epsilon"]
+    y = targets[:, None]
+    plus = ((1 + eps) * z - eps * z_ref).log_softmax(-1).gather(-1, y).squeeze(-1)
+    minus = ((1 - eps) * z + eps * z_ref).log_softmax(-1).gather(-1, y).squeeze(-1)
+    return torch.stack([plus, minus], dim=-1)
 
 
 def epsilon_dpo(inp: LossInputs, *, beta: float, epsilon: float) -> LossOutput:

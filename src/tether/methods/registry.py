@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from torch import Tensor
+
 import tether.methods.losses as losses
 from tether.contract import LossInputs, LossOutput
 from tether.errors import ConfigError, closest
@@ -55,12 +57,21 @@ class Method:
     #: Reference log-probs also computed (once, precomputed) for metrics such as ``deviation`` when the
     #: loss itself does not need them.
     reference_for_metrics: bool = False
-    #: Needs the reference's full-vocabulary logits at every response token (ε-DPO), not just its
-    #: summed log-probs, so precomputed reference log-probs cannot serve it.
-    needs_reference_logits: bool = False
+    #: A function of the policy's and the reference's full-vocabulary logits at every response token,
+    #: ``(z, z_ref, targets, hparams) -> [n, k]``, summed per row by the log-prob engine (ε-DPO's
+    #: perturbed log-probs). Precomputed reference log-probs cannot serve such a method.
+    reference_logits: Callable[[Tensor, Tensor, Tensor, Mapping[str, float]], Tensor] | None = None
     #: Hyper-parameters that are training state: updated after each optimizer step from the step's
     #: global-batch metric means, saved in checkpoints and restored on resume.
     on_optimizer_step: Callable[[dict[str, float], dict[str, float]], dict[str, float]] | None = None
+    #: The metric name each state hyper-parameter is logged under after the update (its own names, so
+    #: two stateful methods never share a label), e.g. ``{"beta": "kl/beta"}`` for ε-DPO.
+    state_metrics: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def needs_reference_logits(self) -> bool:
+        """Needs the reference's logits, not just its summed log-probs (a frozen copy or the adapter)."""
+        return self.reference_logits is not None
 
     @property
     def uses_reference(self) -> bool:
@@ -178,8 +189,9 @@ METHODS: dict[str, Method] = {
             "ε-DPO: per-pair β_i = β/(1+ε·s_i) from per-token logit perturbation; β re-centred each step",
             defaults={"beta": 0.01, "epsilon": 0.01},
             bounds={"beta": POSITIVE, "epsilon": Bound(0.0, 1.0)},
-            needs_reference_logits=True,
+            reference_logits=losses.epsilon_mixtures,
             on_optimizer_step=losses.epsilon_dpo_update,
+            state_metrics={"beta": "kl/beta"},
         ),
         Method(
             "asft",

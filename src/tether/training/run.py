@@ -7,29 +7,23 @@ found before a weight loads.
 
 from __future__ import annotations
 
-import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 import tether.data.rows as data_mod
 import tether.engine.models as models
 from tether.config import Config
+from tether.engine.cache import cache_key, default_cache_dir, load_or_fill
 from tether.engine.logprobs import LogProbModel
-from tether.engine.reference import (
-    Reference,
-    cache_key,
-    compute_table,
-    default_cache_dir,
-    frozen_copy,
-    load_or_fill,
-)
+from tether.engine.reference import Reference, compute_table, frozen_copy
 from tether.errors import DataError, Problem, TetherError
 from tether.methods.registry import Method
+from tether.rundir import RunDir
 from tether.training.trainer import MetricsSink, Trainer, TrainResult, make_schedule
 
 
@@ -45,24 +39,24 @@ class Prepared:
     train: list[data_mod.Example]
     eval: list[data_mod.Example]
     report: dict[str, int] = field(default_factory=dict)
+    by_file: list[list[data_mod.Example]] = field(default_factory=list)
+    """The training examples of each training file, in file order (sDPO's ``stages.by: files``)."""
 
 
-def prepare(cfg: Config, train_spec: str | None = None) -> Prepared:
-    """Check the model spec and every data row (tokenized) without loading model weights."""
+def prepare(cfg: Config, train_specs: Sequence[str] | None = None) -> Prepared:
+    """Check the model spec and every data row (tokenized) without loading model weights.
+
+    ``train_specs``: the training files (default: ``data.train``); their examples are concatenated.
+    """
     method, hparams = cfg.resolved_method()
-    d, stages = cfg.data, cfg.stages
+    d = cfg.data
     for key, name in (("model.name", cfg.model.name), ("reference.model", cfg.reference.model)):
         if name is not None:
             try:
                 models.check_model_spec(name)
             except TetherError as e:
                 raise TetherError(f"{key}: {e}") from None
-    if train_spec is not None:
-        train_specs = [train_spec]
-    elif stages is not None and stages.by == "files":
-        train_specs = list(stages.files)  # validate(): every stage file
-    else:
-        train_specs = [d.train]
+    train_specs = list(train_specs) if train_specs is not None else [d.train]
     specs = [*train_specs, *([d.eval] if d.eval else [])]
     for s in specs:
         if not s.startswith("hf:") and not Path(s).exists():
@@ -125,26 +119,14 @@ def prepare(cfg: Config, train_spec: str | None = None) -> Prepared:
         "prompt_truncated": sum(t.n_prompt_truncated for t in toks),
         "dropped": sum(t.n_dropped for t in toks),
     }
-    p = Prepared(cfg, method, hparams, model_dir, tokenizer, train_ex, eval_ex, report)
-    if stages is not None and train_spec is None:
-        from tether.training.stages import split_examples
-
-        chunks = [t.examples for t in toks] if stages.by == "files" else split_examples(cfg, p)
-        for i, chunk in enumerate(chunks, start=1):
-            if not chunk:
-                raise TetherError(f"stages: stage {i} has no examples")
-        report["stages"] = len(chunks)
-    return p
+    return Prepared(
+        cfg, method, hparams, model_dir, tokenizer, train_ex, eval_ex, report, [t.examples for t in toks]
+    )
 
 
 def _in_line_order(problems: list[Problem]) -> list[Problem]:
     """File-level problems first, then by line (stable: a line's fields keep their order)."""
     return sorted(problems, key=lambda q: q.line or 0)
-
-
-def validate(cfg: Config) -> dict[str, int]:
-    """``tether validate``: the counts of a fully checked config and data set (no weights loaded)."""
-    return prepare(cfg).report
 
 
 def reference_mode(cfg: Config, method: Method) -> str:
@@ -293,15 +275,14 @@ class RunResult:
         return rows
 
 
-def _prepare_run_dir(cfg: Config) -> Path:
-    run_dir = Path(cfg.train.output_dir)
-    has_run = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
-    if has_run and not cfg.train.resume and not cfg.train.overwrite:
+def _prepare_run_dir(cfg: Config) -> RunDir:
+    rd = RunDir(cfg.train.output_dir)
+    if rd.holds_run() and not cfg.train.resume and not cfg.train.overwrite:
         raise TetherError(
-            f"train.output_dir: {run_dir} already holds a run; set train.resume=true to continue it, "
+            f"train.output_dir: {rd.path} already holds a run; set train.resume=true to continue it, "
             "train.overwrite=true to replace it, or choose another directory"
         )
-    return run_dir
+    return rd
 
 
 def gamma_ref(reference: Reference | None, p: Prepared, policy: LogProbModel, acc) -> float | None:
@@ -319,24 +300,24 @@ def gamma_ref(reference: Reference | None, p: Prepared, policy: LogProbModel, ac
 def train(
     cfg: Config, *, prepared: Prepared | None = None, accelerator=None, measure_gamma_ref: bool = False
 ) -> RunResult:
-    """Run one training job described by ``cfg``; returns what it produced (see :class:`RunResult`)."""
+    """Run one training run described by ``cfg`` (sDPO stages are :mod:`tether.training.stages`' job,
+    one level up); returns what it produced (see :class:`RunResult`)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    if cfg.stages is not None and prepared is None:
-        from tether.training.stages import train_stages
-
-        return train_stages(cfg)
-    run_dir = _prepare_run_dir(cfg)
+    if cfg.stages is not None:
+        raise TetherError("stages: a single run has no stages; train sDPO with tether.training.job.train")
+    rd = _prepare_run_dir(cfg)
+    run_dir = rd.path
     p = prepared or prepare(cfg)
     acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.train.overwrite and not cfg.train.resume:
-            for stale in ("metrics.jsonl", "summary.json"):
-                (run_dir / stale).unlink(missing_ok=True)
-            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            for stale in (rd.metrics, rd.summary):
+                stale.unlink(missing_ok=True)
+            shutil.rmtree(rd.checkpoints, ignore_errors=True)
+        rd.write_config(cfg)
     acc.wait_for_everyone()
     set_seed(cfg.train.seed)
     model = models.load_model(
@@ -373,7 +354,7 @@ def train(
         result: TrainResult = trainer.fit()
     finally:
         sink.close()
-    final_dir = run_dir / "final"
+    final_dir = rd.final
     acc.wait_for_everyone()
     if acc.is_main_process:
         unwrapped = acc.unwrap_model(trainer.policy).model
@@ -398,13 +379,12 @@ def train(
         gamma_ref=gref,
     )
     if acc.is_main_process:
-        summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(out).items()}
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-        out.plots = _plot(run_dir)
+        rd.write_summary({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(out).items()})
+        out.plots = plot(run_dir)
     return out
 
 
-def _plot(run_dir: Path) -> list[Path]:
+def plot(run_dir: Path) -> list[Path]:
     """The run's training curves as PNGs in ``<run>/plots`` (skipped, not failed, without matplotlib)."""
     try:
         from tether.evaluation.report import plot_run

@@ -13,14 +13,27 @@ A resumed run skips finished stages and resumes the unfinished one at its last c
 from __future__ import annotations
 
 import copy
-import json
 import random
 from collections import defaultdict
 from pathlib import Path
 
 from tether.config import Config
-from tether.errors import ConfigError
-from tether.training.run import Prepared, RunResult, _plot, prepare, train
+from tether.errors import ConfigError, TetherError
+from tether.rundir import RunDir
+from tether.training.run import Prepared, RunResult, plot, prepare, train
+
+
+def prepare_stages(cfg: Config) -> tuple[Prepared, list[list]]:
+    """Every stage's data checked (no weights loaded): the prepared run and the chunks D_1..D_T."""
+    s = cfg.stages
+    assert s is not None
+    p = prepare(cfg, train_specs=list(s.files) if s.by == "files" else None)
+    chunks = p.by_file if s.by == "files" else split_examples(cfg, p)
+    for i, chunk in enumerate(chunks, start=1):
+        if not chunk:
+            raise TetherError(f"stages: stage {i} has no examples")
+    p.report["stages"] = len(chunks)
+    return p, chunks
 
 
 def split_examples(cfg: Config, p: Prepared) -> list[list]:
@@ -75,21 +88,21 @@ def _stage_config(cfg: Config, t: int, start_model: str) -> Config:
     c = copy.deepcopy(cfg)
     c.stages = None
     c.model.name = start_model
-    c.train.output_dir = str(Path(cfg.train.output_dir) / f"stage-{t}")
+    c.train.output_dir = str(RunDir(cfg.train.output_dir).stage(t).path)
     if cfg.model.lora is not None:
         c.train.save_merged = True  # the next stage starts from (and is referenced by) the merged model
     return c
 
 
-def _final_model(stage_dir: Path, lora: bool) -> str:
-    return str(stage_dir / "final" / "merged") if lora else str(stage_dir / "final")
+def _final_model(stage: RunDir, lora: bool) -> str:
+    return str(stage.merged if lora else stage.final)
 
 
 def train_stages(cfg: Config) -> RunResult:
     """Run every sDPO stage in order; returns the last stage's result with ``stages`` filled in."""
     s = cfg.stages
     assert s is not None
-    root = Path(cfg.train.output_dir)
+    root = RunDir(cfg.train.output_dir)
     if s.by == "files":
         n_stages = len(s.files)
         chunks = None
@@ -101,10 +114,9 @@ def train_stages(cfg: Config) -> RunResult:
     last: RunResult | None = None
     for t in range(1, n_stages + 1):
         stage_cfg = _stage_config(cfg, t, start)
-        stage_dir = Path(stage_cfg.train.output_dir)
-        done = stage_dir / "summary.json"
-        if cfg.train.resume and done.exists():
-            summary = json.loads(done.read_text())
+        stage = root.stage(t)
+        if cfg.train.resume and stage.summary.exists():
+            summary = stage.read_summary()
             results.append(
                 {
                     "stage": t,
@@ -114,7 +126,7 @@ def train_stages(cfg: Config) -> RunResult:
                 }
             )
         else:
-            p = prepare(stage_cfg, train_spec=s.files[t - 1] if chunks is None else None)
+            p = prepare(stage_cfg, train_specs=[s.files[t - 1]] if chunks is None else None)
             if chunks is not None:
                 p.train = chunks[t - 1]
                 p.report = {**p.report, "train_examples": len(p.train)}
@@ -129,10 +141,10 @@ def train_stages(cfg: Config) -> RunResult:
                     "final_model": str(last.final_model_dir),
                 }
             )
-        start = _final_model(stage_dir, cfg.model.lora is not None)
-    (root / "stages.json").write_text(json.dumps(results, indent=1))
+        start = _final_model(stage, cfg.model.lora is not None)
+    root.write_stages(results)
     if last is None:  # every stage was already finished
-        summary = json.loads((root / f"stage-{n_stages}" / "summary.json").read_text())
+        summary = root.stage(n_stages).read_summary()
         last = RunResult(
             **{
                 **summary,
@@ -141,6 +153,6 @@ def train_stages(cfg: Config) -> RunResult:
             }
         )
     last.stages = results
-    last.run_dir = root
-    last.plots = _plot(root)
+    last.run_dir = root.path
+    last.plots = plot(root.path)
     return last

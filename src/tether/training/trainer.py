@@ -28,8 +28,8 @@ from tether.engine.logprobs import Batch, LogProbModel, collate, loss_inputs
 from tether.engine.reference import Reference
 from tether.errors import TetherError
 from tether.methods.registry import Method
+from tether.rundir import CHECKPOINTS, METRICS
 
-CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 
 
@@ -106,7 +106,7 @@ class MetricsSink:
 
     def __init__(self, run_dir: Path, report_to: Sequence[str], config: dict, enabled: bool):
         self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS
         self.writers: list = []
         if not enabled:
             return
@@ -242,14 +242,17 @@ class Trainer:
             ref_sum, ref_hidden, ref_head = self.reference(
                 batch, split, want_hidden=self.method.needs_reference_logits
             )
-        eps = self.hparams.get("epsilon") if self.method.needs_reference_logits else None
+        mix = None
+        if self.method.reference_logits is not None:
+            fn, hp = self.method.reference_logits, dict(self.hparams)
+            mix = lambda z, z_ref, y: fn(z, z_ref, y, hp)  # noqa: E731
         rows = self.policy(
             batch.input_ids,
             batch.attention_mask,
             batch.response_mask,
             ref_hidden=ref_hidden,
             ref_head=ref_head,
-            epsilon=eps,
+            mix=mix,
         )
         return self.method(loss_inputs(rows, batch, ref_sum), self.hparams)
 
@@ -314,8 +317,8 @@ class Trainer:
             means[f"hparams/{k}"] = v
         if self.method.on_optimizer_step is not None:
             self.hparams = self.method.on_optimizer_step(self.hparams, means)
-            if "beta" in self.hparams:
-                means["kl/beta"] = self.hparams["beta"]
+            for key, name in self.method.state_metrics.items():
+                means[name] = self.hparams[key]
         self.step += 1
         return means
 

@@ -1,0 +1,108 @@
+"""The one on-disk cache: where it lives, how entries are keyed, and how they are read and written.
+
+Everything tether caches sits under :func:`default_cache_dir` (``$TETHER_CACHE``, default
+``~/.cache/tether``; ``~`` is expanded): converted models (``models/``), reference log-prob tables
+(``reflogps/``, written by training and by ``tether eval``) and the reference's generations
+(``generations/``). An entry's name is a hash of everything that determines its content; an entry that
+cannot be read (a torn write, a foreign file) is a miss and is recomputed, never an error. Writes are
+atomic (a temporary file, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def default_cache_dir() -> Path:
+    """``$TETHER_CACHE`` (``~`` expanded), else ``~/.cache/tether``."""
+    return Path(os.environ.get("TETHER_CACHE", "~/.cache/tether")).expanduser()
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def hash_key(*parts: Any) -> str:
+    """A short hash of JSON-able ``parts``."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cached_json(path: Path, compute: Callable[[], Any], valid: Callable[[Any], bool]) -> tuple[Any, str]:
+    """The JSON value at ``path`` when it reads and passes ``valid``, else ``compute()`` written there.
+
+    Returns (value, ``hit`` or ``miss``).
+    """
+    if path.is_file():
+        try:
+            value = json.loads(path.read_text())
+            if valid(value):
+                return value, "hit"
+        except (OSError, ValueError):
+            pass  # unreadable: recompute and overwrite
+    value = compute()
+    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, ensure_ascii=False)))
+    return value, "miss"
+
+
+def cache_key(model_fingerprint: str, examples: Sequence, extra: dict) -> str:
+    """Hash of everything that changes reference log-probs: weights, token ids (data, template, lengths)."""
+    h = hashlib.sha256()
+    h.update(model_fingerprint.encode())
+    h.update(json.dumps(extra, sort_keys=True).encode())
+    for e in examples:
+        h.update(json.dumps([e.prompt_ids, e.chosen_ids, e.rejected_ids]).encode())
+    return h.hexdigest()[:24]
+
+
+def _read_table(path: Path, n: int) -> Tensor | None:
+    """The cached table at ``path``; None when absent, unreadable (e.g. truncated by a kill) or of the
+    wrong shape, so that it is recomputed and overwritten rather than failing the run."""
+    if not path.is_file():
+        return None
+    try:
+        table = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a torn or foreign file: torch raises RuntimeError, EOFError, UnpicklingError...
+        return None
+    ok = isinstance(table, Tensor) and table.shape == (n, 2) and table.dtype.is_floating_point
+    return table if ok else None
+
+
+def load_or_fill(
+    path: Path,
+    needed: Sequence[int],
+    compute: Callable[[list[int]], Tensor],
+    *,
+    n: int,
+    is_main: bool,
+    barrier: Callable[[], None],
+) -> tuple[Tensor, str]:
+    """The cached [n, 2] table at ``path`` with every ``needed`` row filled in.
+
+    Rows missing from the cache (NaN) are computed with ``compute(rows)`` (all processes) and the merged
+    table is written back by the main process, atomically. Status: ``hit`` (nothing computed), ``miss``
+    (no cache) or ``partial`` (some rows added).
+    """
+    table = _read_table(path, n)
+    status = "miss" if table is None else "hit"
+    if table is None:
+        table = torch.full((n, 2), float("nan"))
+    todo = [i for i in needed if torch.isnan(table[i, 0])]
+    if not todo:
+        return table, status
+    fresh = compute(todo).cpu()
+    table[todo] = fresh[todo]
+    if is_main:
+        _atomic_write(path, lambda tmp: torch.save(table, tmp))
+    barrier()
+    return table, "miss" if status == "miss" else "partial"

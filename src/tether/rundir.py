@@ -1,0 +1,217 @@
+"""The run directory: its layout, and every write and read of it.
+
+One training run writes one directory::
+
+    <run>/config.yaml        the resolved config (read back through :func:`tether.config.from_dict`)
+    <run>/metrics.jsonl      one JSON record per logged step (train metrics, or ``eval/...`` metrics)
+    <run>/summary.json       what the run produced (:class:`tether.training.run.RunResult`)
+    <run>/checkpoints/step-N model, optimizer and trainer state (see :mod:`tether.training.trainer`)
+    <run>/final              the final model (``final/merged`` too for LoRA with ``save_merged``)
+    <run>/plots              training curves
+    <run>/eval.json          written by ``tether eval``
+
+An sDPO run's root holds ``stages.json`` and one run directory per stage, ``stage-<t>/``.
+Trainer, sDPO stages, evaluation and report find these files here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tether.errors import ConfigError, TetherError
+
+if TYPE_CHECKING:
+    from tether.config import Config
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+STAGES = "stages.json"
+CHECKPOINTS = "checkpoints"
+FINAL = "final"
+MERGED = "merged"
+PLOTS = "plots"
+EVAL = "eval.json"
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file, or :class:`TetherError` naming the file (and line) at fault."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise TetherError(f"{path}: cannot read ({e})") from None
+    except json.JSONDecodeError as e:
+        raise TetherError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+
+
+def has_weights(d: Path) -> bool:
+    """A directory ``transformers`` can load a model from."""
+    return (d / "config.json").is_file() and (
+        any(d.glob("*.safetensors")) or any(d.glob("*.bin")) or any(d.glob("*.index.json"))
+    )
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run directory (plain or an sDPO root), by path. Cheap: nothing is read until asked."""
+
+    path: Path
+
+    def __init__(self, path: str | Path):
+        object.__setattr__(self, "path", Path(path).expanduser())
+
+    # ------------------------------------------------------------------------------------- layout
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def summary(self) -> Path:
+        return self.path / SUMMARY
+
+    @property
+    def stages(self) -> Path:
+        return self.path / STAGES
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def final(self) -> Path:
+        return self.path / FINAL
+
+    @property
+    def merged(self) -> Path:
+        return self.path / FINAL / MERGED
+
+    @property
+    def plots(self) -> Path:
+        return self.path / PLOTS
+
+    @property
+    def eval(self) -> Path:
+        return self.path / EVAL
+
+    def stage(self, t: int) -> RunDir:
+        """Stage ``t``'s run directory (1-based) under an sDPO root."""
+        return RunDir(self.path / f"stage-{t}")
+
+    def stage_dirs(self, need: str = METRICS) -> list[RunDir]:
+        """The ``stage-<t>`` directories holding ``need``, in stage order."""
+        dirs = [d for d in self.path.glob("stage-*") if d.is_dir() and d.name[6:].isdigit()]
+        return [RunDir(d) for d in sorted(dirs, key=lambda d: int(d.name[6:])) if (d / need).exists()]
+
+    def holds_run(self) -> bool:
+        """Whether a run was (at least partly) written here."""
+        return self.metrics.exists() or self.checkpoints.exists()
+
+    def is_staged(self) -> bool:
+        """An sDPO root: ``stages.json``, or stage directories of an unfinished run."""
+        return not self.metrics.exists() and (self.stages.exists() or bool(self.stage_dirs()))
+
+    def final_model(self) -> str | None:
+        """The final model's directory: ``final/merged`` when present, else ``final`` (None: no weights)."""
+        for d in (self.merged, self.final):
+            if has_weights(d):
+                return str(d)
+        return None
+
+    def final_adapter(self) -> Path | None:
+        """``final`` when it holds a LoRA adapter (no merged weights)."""
+        return self.final if (self.final / "adapter_config.json").is_file() else None
+
+    # ------------------------------------------------------------------------------------- config
+    def write_config(self, cfg: Config) -> None:
+        import yaml
+
+        self.config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    def read_config_mapping(self) -> dict[str, Any]:
+        """``config.yaml`` as written (a mapping; empty when absent), for display."""
+        if not self.config.exists():
+            return {}
+        import yaml
+
+        try:
+            raw = yaml.safe_load(self.config.read_text())
+        except (OSError, UnicodeDecodeError) as e:
+            raise TetherError(f"{self.config}: cannot read the run config ({e})") from None
+        except yaml.YAMLError as e:
+            raise TetherError(f"{self.config}: malformed YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise TetherError(f"{self.config}: not a run config (expected a mapping)")
+        return raw
+
+    def read_config(self) -> Config:
+        """The run's config, through the config module's own loader (defaults and checks included)."""
+        from tether.config import from_dict
+
+        try:
+            return from_dict(self.read_config_mapping())
+        except ConfigError as e:
+            raise TetherError(f"{self.config}: {e}") from None
+
+    # -------------------------------------------------------------------------- summary and stages
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        self.summary.write_text(json.dumps(summary, indent=1))
+
+    def read_summary(self) -> dict[str, Any]:
+        """``summary.json`` (empty when the run has not finished)."""
+        if not self.summary.exists():
+            return {}
+        data = read_json(self.summary)
+        if not isinstance(data, dict):
+            raise TetherError(f"{self.summary}: not a JSON object")
+        return data
+
+    def write_stages(self, stages: list[dict[str, Any]]) -> None:
+        self.stages.write_text(json.dumps(stages, indent=1))
+
+    def read_stages(self) -> list[dict[str, Any]]:
+        data = read_json(self.stages)
+        if not isinstance(data, list) or not all(isinstance(s, dict) and "stage" in s for s in data):
+            raise TetherError(f"{self.stages}: expected a list of {{stage, examples, gamma_ref}}")
+        return data
+
+    # ------------------------------------------------------------------------------------- metrics
+    def read_metrics(self) -> tuple[list[dict], list[dict]]:
+        """The train and eval records of ``metrics.jsonl`` (eval records hold ``eval/...`` keys)."""
+        path = self.metrics
+        train, evals = [], []
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise TetherError(f"{path}: cannot read ({e})") from None
+        for i, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TetherError(f"{path}:{i}: malformed metrics line ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise TetherError(f"{path}:{i}: malformed metrics line (not a JSON object)")
+            step = rec.get("step")
+            if not isinstance(step, (int, float)) or isinstance(step, bool):
+                raise TetherError(f"{path}:{i}: malformed metrics line (no numeric 'step')")
+            (evals if any(k.startswith("eval/") for k in rec) else train).append(rec)
+        if not train and not evals:
+            raise TetherError(f"{path}: empty, no metrics logged")
+        return train, evals
+
+    def read_eval(self) -> dict[str, Any] | None:
+        """``eval.json`` (None when absent); an unreadable one raises :class:`TetherError`."""
+        if not self.eval.exists():
+            return None
+        data = read_json(self.eval)
+        if not isinstance(data, dict):
+            raise TetherError(f"{self.eval}: not a JSON object")
+        return data

@@ -1,0 +1,19 @@
+"""A training job: one run, or sDPO's ordered stages of runs. The entry point of ``tether train`` and
+``tether validate`` and of the Python API (``tether.train``, ``tether.validate``)."""
+
+from __future__ import annotations
+
+from tether.config import Config
+from tether.training import run, stages
+
+
+def validate(cfg: Config) -> dict[str, int]:
+    """``tether validate``: the counts of a fully checked config and data set (no weights loaded)."""
+    if cfg.stages is not None:
+        return stages.prepare_stages(cfg)[0].report
+    return run.prepare(cfg).report
+
+
+def train(cfg: Config) -> run.RunResult:
+    """Train ``cfg``: its sDPO stages one after the other when it has ``stages``, else one run."""
+    return stages.train_stages(cfg) if cfg.stages is not None else run.train(cfg)
