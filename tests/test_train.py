@@ -12,7 +12,7 @@ from tether.config import from_dict
 from tether.methods.registry import METHODS
 from tether.training.job import train
 
-from tiny import pair_rows, sft_rows, tiny_model_dir, write_jsonl
+from tiny import pair_rows, sft_rows, tiny_model_dir, unpaired_rows, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,8 @@ def setup(tmp_path_factory):
     model = tiny_model_dir(root / "model")
     pairs = write_jsonl(root / "pairs.jsonl", pair_rows(16))
     sft = write_jsonl(root / "sft.jsonl", sft_rows(16))
-    return root, model, pairs, sft
+    unpaired = write_jsonl(root / "unpaired.jsonl", unpaired_rows(16))
+    return root, model, pairs, sft, unpaired
 
 
 def config(root, model, data, method, **train):
@@ -45,9 +46,9 @@ def config(root, model, data, method, **train):
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_trains(setup, method):
-    root, model, pairs, sft = setup
+    root, model, pairs, sft, unpaired = setup
     m = METHODS[method]
-    cfg = config(root, model, sft if m.data == "sft" else pairs, method)
+    cfg = config(root, model, {"sft": sft, "pairs": pairs, "unpaired": unpaired}[m.data], method)
     result = train(cfg)
     assert result.steps == 3
     lines = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -60,3 +61,28 @@ def test_every_method_trains(setup, method):
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed, "no parameter changed"
     assert (result.run_dir / "config.yaml").exists() and (result.run_dir / "summary.json").exists()
+
+
+def test_an_unpaired_method_needs_only_its_loss_and_registry_entry(setup, monkeypatch):
+    """The extension point of the data model: a loss on unpaired rows (prompt, completion, boolean label)
+    registered in METHODS trains end to end, its loss seeing each row's label and reference log-probs."""
+    from tether.contract import LossInputs, LossOutput
+    from tether.methods.registry import Method
+
+    root, model, pairs, _sft, unpaired = setup
+    seen: list[torch.Tensor] = []
+
+    def toy(inp: LossInputs, *, beta: float) -> LossOutput:
+        assert inp.label is not None and inp.rejected is None and inp.ref_chosen is not None
+        seen.append(inp.label.clone())
+        sign = inp.label.float() * 2 - 1  # desirable: raise the likelihood, undesirable: lower it
+        return LossOutput(losses=-beta * sign * (inp.chosen.sum - inp.ref_chosen))
+
+    toy_method = Method("toy_unpaired", toy, "a test", "-", "unpaired", True, "toy", defaults={"beta": 0.1})
+    monkeypatch.setitem(METHODS, "toy_unpaired", toy_method)
+    result = train(config(root, model, unpaired, "toy_unpaired"))
+    assert result.steps == 3
+    labels = torch.cat(seen)
+    assert labels.dtype == torch.bool and labels.any() and not labels.all()
+    with pytest.raises(Exception, match="unpaired rows"):  # pairs given to an unpaired method: one clear line
+        train(config(root, model, pairs, "toy_unpaired", overwrite=True))

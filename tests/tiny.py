@@ -113,6 +113,15 @@ def sft_rows(n: int, seed: int = 0) -> list[dict]:
     return [{"prompt": r["prompt"], "completion": r["chosen"]} for r in pair_rows(n, seed)]
 
 
+def unpaired_rows(n: int, seed: int = 0) -> list[dict]:
+    """TRL's unpaired preference format: each pair split into a desirable and an undesirable row."""
+    out = []
+    for r in pair_rows(n // 2 + n % 2, seed):
+        out.append({"prompt": r["prompt"], "completion": r["chosen"], "label": True})
+        out.append({"prompt": r["prompt"], "completion": r["rejected"], "label": False})
+    return out[:n]
+
+
 def train_then_kill(config: Path, log: Path, after_lines: int) -> list[str]:
     """Start ``tether train config`` in a subprocess and SIGKILL it once ``log`` has ``after_lines``
     lines; returns the command (to resume with). Fails if the run ended before it could be killed."""

@@ -47,7 +47,8 @@ class Perturbed:
 class LossInputs:
     """Everything a loss may read. Fields that a method does not declare are ``None``.
 
-    For SFT-family methods ``chosen`` is the completion and ``rejected`` is ``None``.
+    For SFT-family and unpaired methods ``chosen`` is the completion and ``rejected`` is ``None``;
+    ``label`` ([B] bool) is an unpaired row's label (True: desirable completion), else ``None``.
     ``ref_*`` are summed reference log-probs (no gradient).
     """
 
@@ -55,6 +56,7 @@ class LossInputs:
     rejected: SequenceLogps | None = None
     ref_chosen: Tensor | None = None
     ref_rejected: Tensor | None = None
+    label: Tensor | None = None
     chosen_perturbed: Perturbed | None = None
     rejected_perturbed: Perturbed | None = None
 

@@ -27,6 +27,7 @@ class Batch:
 
     ``response_mask[i, t]`` is True where token ``t`` of row ``i`` belongs to the response.
     ``index``: [B] positions of the examples in their dataset (precomputed reference look-up).
+    ``labels``: [B] bool, unpaired rows' labels (True: desirable), else ``None``.
     """
 
     input_ids: Tensor
@@ -34,6 +35,7 @@ class Batch:
     response_mask: Tensor
     index: Tensor
     paired: bool
+    labels: Tensor | None = None
 
     @property
     def n_examples(self) -> int:
@@ -50,6 +52,7 @@ class Batch:
             self.response_mask.to(device),
             self.index.to(device),
             self.paired,
+            None if self.labels is None else self.labels.to(device),
         )
 
 
@@ -69,7 +72,10 @@ def collate(examples: Sequence, indices: Sequence[int], pad_id: int, padding_sid
         input_ids[i, start : start + len(ids)] = torch.tensor(ids, dtype=torch.long)
         attention[i, start : start + len(ids)] = 1
         response[i, start + n_prompt : start + len(ids)] = True
-    return Batch(input_ids, attention, response, torch.tensor(list(indices), dtype=torch.long), paired)
+    labels = [getattr(e, "label", None) for e in examples]
+    label_t = torch.tensor(labels, dtype=torch.bool) if labels and labels[0] is not None else None
+    index = torch.tensor(list(indices), dtype=torch.long)
+    return Batch(input_ids, attention, response, index, paired, label_t)
 
 
 def _chunk_logps(hidden: Tensor, targets: Tensor, head: nn.Module, softcap: float | None) -> Tensor:
@@ -288,6 +294,7 @@ def loss_inputs(
         rejected=seq(rejected) if batch.paired else None,
         ref_chosen=None if ref_sum is None else ref_sum[chosen],
         ref_rejected=None if ref_sum is None or not batch.paired else ref_sum[rejected],
+        label=batch.labels,
         chosen_perturbed=pert(chosen),
         rejected_perturbed=pert(rejected) if batch.paired else None,
     )

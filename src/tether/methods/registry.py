@@ -10,12 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
 
 from torch import Tensor
 
 import tether.methods.losses as losses
 from tether.contract import LossInputs, LossOutput
+from tether.data.rows import Kind
 from tether.errors import ConfigError, closest
 
 
@@ -49,7 +49,7 @@ class Method:
     loss: Callable[..., LossOutput]
     paper: str
     equation: str
-    data: Literal["sft", "pairs"]
+    data: Kind
     needs_reference: bool
     summary: str
     defaults: Mapping[str, float] = field(default_factory=dict)

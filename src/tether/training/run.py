@@ -18,6 +18,7 @@ import torch
 import tether.data.rows as data_mod
 import tether.engine.models as models
 from tether.config import Config
+from tether.data.kinds import describe
 from tether.engine.cache import cache_key, default_cache_dir, load_or_fill
 from tether.engine.logprobs import LogProbModel
 from tether.engine.reference import Reference, compute_table, frozen_copy
@@ -72,12 +73,9 @@ def prepare(cfg: Config, train_specs: Sequence[str] | None = None) -> Prepared:
         except DataError as e:  # no recognisable format among the readable rows
             raise DataError(_in_line_order(unreadable + e.problems)) from None
         if kind != method.data:
-            need, holds = (
-                ("preference pairs (prompt/chosen/rejected)", "SFT rows (prompt/completion or messages)")
-                if method.data == "pairs"
-                else ("SFT rows (prompt/completion or messages)", "preference pairs (prompt/chosen/rejected)")
+            wrong = (
+                f"method '{method.name}' needs {describe(method.data)} but the file holds {describe(kind)}"
             )
-            wrong = f"method '{method.name}' needs {need} but the file holds {holds}"
             if unreadable:
                 raise DataError(_in_line_order([*unreadable, Problem(s, None, None, wrong)]))
             raise TetherError(f"{s}: {wrong}")
