@@ -867,6 +867,93 @@ def test_log1mexp_gradient():
     assert_close(g, [-1.0 / math.expm1(-v) for v in xs], tol=1e-10)
 
 
+M_VALUES = [-30.0, -2.0, -0.5, 0.0, 0.3, 0.99, 1.01, 5.0, 40.0]  # summed margins logp_w − logp_l
+
+
+@pytest.mark.parametrize(("beta", "lam"), [(0.1, 1.0), (0.5, 0.0)])
+def test_cpo_gradient(beta, lam):
+    """d/d logp_w of −log σ(β m) − λ·logp_w = −β·σ(−β m) − λ; d/d logp_l = +β·σ(−β m), m = logp_w − logp_l."""
+    n = len(M_VALUES)
+    inp = _pair([m - 10.0 for m in M_VALUES], [3] * n, [-10.0] * n, [5] * n, grad=True)
+    losses.cpo(inp, beta=beta, lambda_nll=lam).losses.sum().backward()
+    assert_close(inp.chosen.sum.grad, [-beta * sigmoid(-beta * m) - lam for m in M_VALUES])
+    assert_close(inp.rejected.sum.grad, [beta * sigmoid(-beta * m) for m in M_VALUES])
+
+
+@pytest.mark.parametrize("lam", [0.1, 0.0])
+def test_slic_hf_hinge_inactive_beyond_margin(lam):
+    """Inside the margin (m < δ) the hinge pulls with slope 1: d/d logp_w = −1 − λ, d/d logp_l = +1. Beyond
+    it (m > δ) the hinge is flat: only the NLL's −λ on the chosen side, exactly 0 on the rejected side."""
+    delta, n = 1.0, len(M_VALUES)
+    inp = _pair([m - 10.0 for m in M_VALUES], [3] * n, [-10.0] * n, [5] * n, grad=True)
+    out = losses.slic_hf(inp, delta=delta, lambda_nll=lam)
+    out.losses.sum().backward()
+    inside = [m < delta for m in M_VALUES]
+    assert_close(inp.chosen.sum.grad, [-1.0 - lam if a else -lam for a in inside])
+    assert_close(inp.rejected.sum.grad, [1.0 if a else 0.0 for a in inside])
+    assert_metric(out, "slic_hf/hinge_active", [float(a) for a in inside])
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.0])
+def test_rrhf_ranking_gradient_zero_when_ranked_right(lam):
+    """RRHF's ranking term max(0, avg_l − avg_w) has no gradient once avg_w > avg_l: then d/d logp_l = 0 and
+    d/d logp_w = −λ (the NLL only). Ranked wrongly: d/d logp_w = −1/n_w − λ, d/d logp_l = +1/n_l."""
+    avg_w = [-0.5, -2.0, -0.1, -3.0, -1.0]
+    avg_l = [-1.5, -0.3, -0.2, -0.4, -1.2]
+    n_w, n_l = [4.0, 3.0, 7.0, 1.0, 2.0], [2.0, 5.0, 1.0, 6.0, 3.0]
+    sw = [a * n for a, n in zip(avg_w, n_w, strict=True)]
+    sl = [a * n for a, n in zip(avg_l, n_l, strict=True)]
+    inp = _pair(sw, n_w, sl, n_l, grad=True)
+    losses.rrhf(inp, lambda_nll=lam).losses.sum().backward()
+    right = [w > r for w, r in zip(avg_w, avg_l, strict=True)]
+    assert_close(
+        inp.chosen.sum.grad, [-lam if ok else -1.0 / nw - lam for ok, nw in zip(right, n_w, strict=True)]
+    )
+    assert_close(inp.rejected.sum.grad, [0.0 if ok else 1.0 / nl for ok, nl in zip(right, n_l, strict=True)])
+
+
+def test_r_dpo_gradient():
+    """d/d logp_w of −log σ(βΔ + α(n_w − n_l)) = −β·σ(−(βΔ + α(n_w − n_l))) (lengths are data, not
+    differentiable); d/d logp_l is its negative. β = 0.1, α = 0.05."""
+    beta, alpha = 0.1, 0.05
+    n_w, n_l = [3.0, 10.0, 1.0, 40.0], [8.0, 2.0, 1.0, 5.0]
+    deltas = [-3.0, 0.0, 2.0, 25.0]
+    inp = _pair([d - 10.0 for d in deltas], n_w, [-10.0] * 4, n_l, rw=[0.0] * 4, rl=[0.0] * 4, grad=True)
+    losses.r_dpo(inp, beta=beta, alpha=alpha).losses.sum().backward()
+    z = [beta * d + alpha * (a - b) for d, a, b in zip(deltas, n_w, n_l, strict=True)]
+    assert_close(inp.chosen.sum.grad, [-beta * sigmoid(-x) for x in z])
+    assert_close(inp.rejected.sum.grad, [beta * sigmoid(-x) for x in z])
+
+
+@pytest.mark.parametrize("name", ["cpo", "slic_hf", "rrhf"])
+def test_nll_forms_differ_by_the_length_factor(name):
+    """The NLL term in the papers' summed form (``lambda_nll`` = λ: −λ·logp(y_w)) is n(y_w) times the
+    per-token form (``lambda_nll_avg`` = λ: −λ·avg(y_w)), in value and in its gradient w.r.t. logp(y_w)
+    (−λ against −λ/n_w); the preference/ranking term is the same in both."""
+    method, lam = METHODS[name], 0.7
+    hp = method.hparams({})
+    g = torch.Generator().manual_seed(1)
+    n_w, n_l = (
+        torch.randint(1, 20, (8,), generator=g).double(),
+        torch.randint(1, 20, (8,), generator=g).double(),
+    )
+    s_w = (-torch.rand(8, generator=g, dtype=F64) * 3 * n_w).requires_grad_(True)
+    s_l = -torch.rand(8, generator=g, dtype=F64) * 3 * n_l
+    inp = LossInputs(chosen=seq(s_w, n_w), rejected=seq(s_l, n_l))
+
+    def nll_part(lambda_nll, lambda_nll_avg):
+        full = method.loss(inp, **{**hp, "lambda_nll": lambda_nll, "lambda_nll_avg": lambda_nll_avg}).losses
+        return full - method.loss(inp, **{**hp, "lambda_nll": 0.0, "lambda_nll_avg": 0.0}).losses
+
+    summed, per_token = nll_part(lam, 0.0), nll_part(0.0, lam)
+    torch.testing.assert_close(summed, n_w * per_token, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(summed, -lam * s_w, rtol=1e-12, atol=1e-12)
+    (g_sum,) = torch.autograd.grad(summed.sum(), s_w)
+    (g_tok,) = torch.autograd.grad(per_token.sum(), s_w)
+    assert_close(g_sum, [-lam] * 8)
+    assert_close(g_sum, (n_w * g_tok).tolist())
+
+
 # ==================================================================================================
 # 4. ε-DPO criterion and β update
 # ==================================================================================================
@@ -1113,3 +1200,48 @@ def test_hparams_accept_valid_and_reject_non_numbers():
     for bad in (True, "abc", None, [0.1]):
         with pytest.raises(ConfigError, match="must be a number"):
             METHODS["dpo"].hparams({"beta": bad})
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "value"),
+    [
+        ("r_dpo", "alpha", -0.01),
+        ("r_dpo", "alpha", math.nan),
+        ("slic_hf", "delta", 0.0),
+        ("slic_hf", "delta", -1.0),
+        ("cpo", "lambda_nll", -0.1),
+        ("slic_hf", "lambda_nll", -1.0),
+        ("rrhf", "lambda_nll", math.nan),
+        ("rrhf", "lambda_nll_avg", -0.5),
+        ("cpo", "beta", 0.0),
+    ],
+)
+def test_hparams_reject_out_of_range_comparators(name, key, value):
+    """α ≥ 0 (α = 0 is DPO), δ > 0, λ ≥ 0 (λ = 0: no NLL term), β > 0: anything else is a ConfigError."""
+    with pytest.raises(ConfigError, match=key):
+        METHODS[name].hparams({key: value})
+
+
+@pytest.mark.parametrize("name", ["cpo", "slic_hf", "rrhf"])
+def test_nll_weight_is_given_in_one_form(name):
+    """``lambda_nll`` (summed, default) and ``lambda_nll_avg`` (per token) are two forms of one term: giving
+    only ``lambda_nll_avg`` switches the summed weight off; both non-zero is refused at config load."""
+    method = METHODS[name]
+    assert method.hparams({})["lambda_nll_avg"] == 0.0 and method.hparams({})["lambda_nll"] > 0
+    hp = method.hparams({"lambda_nll_avg": 0.5})
+    assert (hp["lambda_nll"], hp["lambda_nll_avg"]) == (0.0, 0.5)
+    assert method.hparams({"lambda_nll": 0, "lambda_nll_avg": 0.5}) == hp  # the resolved values reload
+    with pytest.raises(ConfigError, match="two forms of one term"):
+        method.hparams({"lambda_nll": 1.0, "lambda_nll_avg": 0.5})
+    assert method.hparams({"lambda_nll": 2.0})["lambda_nll_avg"] == 0.0
+
+
+def test_comparator_errors_surface_at_config_load():
+    """Out-of-range δ and both NLL forms are ConfigErrors from the config loader, before any model loads."""
+    from tether.config import from_dict
+
+    base = {"model": {"name": "nonexistent-model-dir"}, "data": {"train": "nonexistent.jsonl"}}
+    with pytest.raises(ConfigError, match=r"method\.delta"):
+        from_dict({**base, "method": {"name": "slic_hf", "delta": -1}})
+    with pytest.raises(ConfigError, match="two forms"):
+        from_dict({**base, "method": {"name": "cpo", "lambda_nll": 1, "lambda_nll_avg": 1}})
