@@ -304,6 +304,17 @@ def test_r_dpo_with_alpha_zero_is_dpo():
     assert method.hparams({"alpha": 0}) == {"beta": 0.1, "alpha": 0.0}  # α = 0 is allowed
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.05, 1.0])
+def test_r_dpo_at_step_0(alpha):
+    """policy == reference (step 0) → Δ = 0 → R-DPO = −log σ(α(n_w − n_l)) = log(1 + e^{−α(n_w − n_l)}),
+    whatever β: ln 2 for equal lengths or α = 0. Lengths (2, 3), (9, 1), (4, 4)."""
+    inp = _pair([-3.5, -40.0, -2.0], [2, 9, 4], [-7.25, -1.0, -3.0], [3, 1, 4], rw=[-3.5, -40.0, -2.0],
+                rl=[-7.25, -1.0, -3.0])  # fmt: skip
+    expected = [softplus(-alpha * d) for d in (-1, 8, 0)]
+    assert_close(losses.r_dpo(inp, beta=0.1, alpha=alpha).losses, expected)
+    assert expected[2] == math.log(2.0)
+
+
 def test_cpo_value():
     """cpo = log(1 + e^{−β(logp_w − logp_l)}) + NLL, β = 0.1, logp_w = −2 (4 tokens), logp_l = −3 (2 tokens).
 
@@ -1112,8 +1123,8 @@ def test_declared_reference_capability_is_truthful(name):
 
 #: Methods whose registry entry names its equation instead of numbering it, and why.
 UNNUMBERED = {
-    "r_dpo": "the R-DPO paper (not in shared/papers) could not be checked for its equation number; the loss is "
-    "cited as the SimPO paper's baseline-table form, which METHODS.md specifies",
+    "r_dpo": "the R-DPO paper is not in shared/papers and its equation number could not be checked; the "
+    "loss is cited by name, in the SimPO paper's baseline-table form that METHODS.md specifies",
 }
 
 

@@ -291,7 +291,7 @@ def _nll(chosen: SequenceLogps, lambda_nll: float, lambda_nll_avg: float) -> Ten
 
 
 def cpo(inp: LossInputs, *, beta: float, lambda_nll: float, lambda_nll_avg: float = 0.0) -> LossOutput:
-    """CPO (Xu et al. 2024, "Contrastive Preference Optimization", arXiv:2401.08417, Eq. 3 + L_NLL, §3):
+    """CPO (Xu et al. 2024, "Contrastive Preference Optimization", arXiv:2401.08417, Eq. 3 + L_NLL):
     ``−log σ(β·(logp(y_w) − logp(y_l))) − λ·logp(y_w)``.
 
     The preference term is DPO with a uniform reference (Eq. 3, the upper bound L(π_θ; U)) on *summed*
@@ -318,13 +318,15 @@ def slic_hf(inp: LossInputs, *, delta: float, lambda_nll: float, lambda_nll_avg:
     arXiv:2305.10425, Eq. 1): ``max(0, δ − logp(y_w) + logp(y_l)) − λ·logp(y_ref)``.
 
     The rank-calibration hinge on *summed* log-likelihoods with margin δ, plus the cross-entropy
-    regulariser on ``y_ref``. **Decision:** ``y_ref`` is the chosen answer (the SimPO table's choice; the
-    paper uses the SFT target), and the NLL is summed by default (``lambda_nll``) with the per-token form
-    as ``lambda_nll_avg`` (see :func:`_nll`). Symbols: δ → ``delta``, λ → ``lambda_nll``. No reference
-    model. TRL has no SLiC-HF trainer; its CPO ``loss_type="hinge"``, ``relu(1 − β·(logp_w − logp_l))``,
-    is this hinge scaled: ``max(0, δ − x) = δ·relu(1 − x/δ)``, i.e. TRL's hinge at β = 1/δ times δ
-    (tested against TRL 1.16). TRL's DPO ``loss_type="hinge"`` is the same hinge on *log-ratios* against
-    a reference (SLiC as restated in the DPO/IPO papers), not this method. Where the hinge is inactive
+    regulariser on a target ``y_ref``. **Decision:** ``y_ref`` is the chosen answer (the SimPO table's
+    choice; the paper's regularisation target may also be an SFT target), and the NLL is summed by
+    default (``lambda_nll``) with the per-token form as ``lambda_nll_avg`` (see :func:`_nll`).
+    Symbols: δ → ``delta``, λ → ``lambda_nll``. No reference model.
+
+    TRL has no SLiC-HF trainer; its CPO ``loss_type="hinge"``, ``relu(1 − β·(logp_w − logp_l))``, is this
+    hinge scaled: ``max(0, δ − x) = δ·relu(1 − x/δ)``, i.e. TRL's hinge at β = 1/δ times δ (tested
+    against TRL 1.16). TRL's DPO ``loss_type="hinge"`` is the same hinge on *log-ratios* against a
+    reference (SLiC as restated in the DPO/IPO papers), not this method. Where the hinge is inactive
     (``logp_w − logp_l ≥ δ``) only the NLL term has a gradient; ``slic_hf/hinge_active`` is the fraction
     of pairs still inside the margin, ``slic_hf/margin`` the summed margin ``logp_w − logp_l``.
     """
@@ -348,13 +350,15 @@ def rrhf(inp: LossInputs, *, lambda_nll: float, lambda_nll_avg: float = 0.0) -> 
     Eq. 1 scores each response by its length-normalised log-likelihood ``p = logp(y)/n(y)``; Eq. 2 is the
     ranking loss ``Σ_{r_i < r_j} max(0, p_i − p_j)``, which for one pair is ``max(0, avg_l − avg_w)``;
     Eq. 3 is the cross-entropy on the best response (here the chosen one) and Eq. 4 their sum (λ = 1; the
-    SimPO table makes λ a hyper-parameter). **Decisions:** the paper's length-normalised ranking, not the
-    released code, which divides the SFT term by the padded row length (its issue #37); the NLL is the
+    SimPO table makes λ a hyper-parameter). Symbols: λ → ``lambda_nll``.
+
+    **Decisions:** the paper, not the released code (``GanjinZero/RRHF`` ``train.py``), whose SFT term is a
+    ``.mean()`` over the padded row, i.e. divided by the padded row length (its issue #37); the NLL is the
     paper's summed form by default (``lambda_nll``), per token with ``lambda_nll_avg`` (see :func:`_nll`).
-    Symbols: λ → ``lambda_nll``. The released code's ``length_penalty`` exponent and ``rrhf_weight``
-    factor are not parameters here (the paper has neither). No reference model; TRL has no RRHF.
-    When ``avg_w > avg_l`` the ranking term has no gradient; ``rrhf/rank_active`` is the fraction of
-    pairs ranked wrongly (``avg_l > avg_w``).
+    The released code's ``length_penalty`` exponent on n(y) (default 1: the paper's normalisation) and its
+    ``rrhf_weight`` on the ranking term (default 100) are not parameters here (the paper has neither).
+    No reference model; TRL has no RRHF. When ``avg_w > avg_l`` the ranking term has no gradient;
+    ``rrhf/rank_active`` is the fraction of pairs ranked wrongly (``avg_l > avg_w``).
     """
     chosen, rejected = _pair(inp)
     avg_w, avg_l = chosen.avg, rejected.avg
