@@ -726,6 +726,18 @@ def test_slic_hf_matches_trl_cpo_hinge(trl_mod, delta, lam):
     torch.testing.assert_close(out.losses, delta * trl_losses, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("delta", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("pair", TRL_PAIRS)
+def test_slic_hf_hinge_is_trl_dpo_hinge_without_reference(trl_mod, pair, delta):
+    """TRL's DPO ``loss_type='hinge'``, ``relu(1 − β·Δ)``, is the SLiC hinge on reference *log-ratios*; with
+    the reference log-probs set to 0 the log-ratios are the log-likelihoods and δ × TRL's loss at β = 1/δ is
+    slic_hf's hinge (λ = 0). A second, independent TRL code path for the same identity as the CPO hinge."""
+    tok_w, tok_l, _, _ = pair
+    trl_loss, _, _ = trl_dpo_compute_loss(trl_mod, "hinge", 1.0 / delta, tok_w, tok_l, 0.0, 0.0)
+    out = losses.slic_hf(_sums([(tok_w, tok_l)]), delta=delta, lambda_nll=0.0)
+    assert_close(out.losses, [delta * trl_loss.item()], tol=1e-10)
+
+
 def test_log1mexp_matches_trl(trl_mod):
     """tether's log1mexp == TRL ORPO's ``log1mexp`` (same two branches at −ln 2) in float64 where both are
     defined (TRL's gives −inf at 0; tether's is finite there by design)."""
