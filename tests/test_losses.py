@@ -1257,6 +1257,7 @@ def test_nll_weight_is_given_in_one_form(name):
     with pytest.raises(ConfigError, match="two forms of one term"):
         method.hparams({"lambda_nll": 1.0, "lambda_nll_avg": 0.5})
     assert method.hparams({"lambda_nll": 2.0})["lambda_nll_avg"] == 0.0
+    assert method.hparams({"lambda_nll_avg": 0}) == method.hparams({})  # a zero alternative switches nothing
 
 
 def test_comparator_errors_surface_at_config_load():

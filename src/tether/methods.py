@@ -62,8 +62,8 @@ class Method:
     #: Hyper-parameters that are training state: updated after each optimizer step from the step's
     #: global-batch metric means, saved in checkpoints and restored on resume.
     on_optimizer_step: Callable[[dict[str, float], dict[str, float]], dict[str, float]] | None = None
-    #: Two forms of one term, ``{alternative: primary}``: a config that gives the alternative and not the
-    #: primary sets the primary to 0; both non-zero is a ConfigError. E.g. the NLL weight of CPO, SLiC-HF
+    #: Two forms of one term, ``{alternative: primary}``: a config that gives the alternative (non-zero) and
+    #: not the primary sets the primary to 0; both non-zero is a ConfigError. E.g. the NLL weight of CPO, SLiC-HF
     #: and RRHF, summed (``lambda_nll``, the papers') or per token (``lambda_nll_avg``, TRL's).
     alternatives: Mapping[str, str] = field(default_factory=dict)
 
@@ -93,7 +93,7 @@ class Method:
                 raise ConfigError(f"{where}.{key}: {value} is outside {bound} for method '{self.name}'")
             out[key] = float(value)
         for alt, primary in self.alternatives.items():
-            if alt in given and primary not in given:
+            if alt in given and primary not in given and out[alt] != 0.0:
                 out[primary] = 0.0
             if out[alt] != 0.0 and out[primary] != 0.0:
                 raise ConfigError(
