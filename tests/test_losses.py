@@ -595,23 +595,24 @@ def trl_cpo_batch(trl_mod, loss_type, beta, cpo_alpha, pairs):
     Prompt tokens (``PROMPT`` of them) and padding carry label −100, as in TRL's tokenisation. Everything
     from the logits on is TRL's code: summed log-probs, ``cpo_loss``, the NLL (``nn.CrossEntropyLoss``
     over the chosen rows) and ``loss = losses.mean() + cpo_alpha·nll``. ``pairs`` are
-    (chosen token log-probs, rejected token log-probs). Returns (loss, metrics).
+    (chosen token log-probs, rejected token log-probs). Returns (loss, metrics, the [2B, T] leaf of token
+    log-probs the logits are built from: rows are chosen then rejected, a completion token's log-prob at
+    ``PROMPT − 1 + t``). The logits' log-sum-exp is identically 0, so d loss/d leaf is d loss/d log-prob.
     """
     width = PROMPT + max(len(toks) for pair in pairs for toks in pair)
     b = len(pairs)
-    batch, logits = {}, torch.zeros(2 * b, width, 2, dtype=F64)
+    batch, token_logps = {}, torch.full((2 * b, width), -1.0, dtype=F64)  # −1 where labels are −100
     for side, offset in (("chosen", 0), ("rejected", b)):
         labels = torch.full((b, width), -100, dtype=torch.long)
         for i, pair in enumerate(pairs):
             toks = pair[0] if side == "chosen" else pair[1]
             labels[i, PROMPT : PROMPT + len(toks)] = 0
-            lp = torch.tensor(toks, dtype=F64)
-            logits[offset + i, PROMPT - 1 : PROMPT - 1 + len(toks)] = torch.stack(
-                [lp, losses.log1mexp(lp)], -1
-            )
+            token_logps[offset + i, PROMPT - 1 : PROMPT - 1 + len(toks)] = torch.tensor(toks, dtype=F64)
         batch[f"{side}_input_ids"] = torch.zeros(b, width, dtype=torch.long)
         batch[f"{side}_attention_mask"] = torch.ones(b, width, dtype=torch.long)
         batch[f"{side}_labels"] = labels
+    token_logps.requires_grad_(True)
+    logits = torch.stack([token_logps, losses.log1mexp(token_logps)], -1)
 
     def model(input_ids, **kwargs):
         assert input_ids.shape == logits.shape[:2]
@@ -633,7 +634,8 @@ def trl_cpo_batch(trl_mod, loss_type, beta, cpo_alpha, pairs):
     )
     cpo.concatenated_forward = types.MethodType(trl_mod.CPOTrainer.concatenated_forward, cpo)
     cpo.cpo_loss = types.MethodType(trl_mod.CPOTrainer.cpo_loss, cpo)
-    return trl_mod.CPOTrainer.get_batch_loss_metrics(cpo, model, batch)
+    loss, metrics = trl_mod.CPOTrainer.get_batch_loss_metrics(cpo, model, batch)
+    return loss, metrics, token_logps
 
 
 def random_token_pairs(n: int, seed: int) -> list[tuple[list[float], list[float]]]:
@@ -658,11 +660,20 @@ def _sums(pairs, grad=False) -> LossInputs:
 def test_cpo_matches_trl(trl_mod, beta, lam):
     """cpo with the per-token NLL (``lambda_nll_avg`` = λ) == TRL CPOTrainer loss_type='sigmoid',
     cpo_alpha = λ, one pair per call (TRL's NLL is the token mean over the micro-batch's chosen tokens, which
-    for one pair is −avg(y_w)); random pairs, float64, to 1e-10. TRL's metrics match tether's."""
+    for one pair is −avg(y_w)); random pairs, float64, values and gradients to 1e-10. TRL's metrics match
+    tether's."""
     for pair in random_token_pairs(8, seed=int(beta * 100)):
-        trl_loss, trl_metrics = trl_cpo_batch(trl_mod, "sigmoid", beta, lam, [pair])
-        out = losses.cpo(_sums([pair]), beta=beta, lambda_nll=0.0, lambda_nll_avg=lam)
+        trl_loss, trl_metrics, token_logps = trl_cpo_batch(trl_mod, "sigmoid", beta, lam, [pair])
+        inp = _sums([pair], grad=True)
+        out = losses.cpo(inp, beta=beta, lambda_nll=0.0, lambda_nll_avg=lam)
         assert_close(out.losses, [trl_loss.item()], tol=1e-10)
+        # Gradients: TRL's d loss/d token log-prob is the same for every completion token of a side and
+        # equals tether's d loss/d summed log-prob (the per-token NLL's −λ/n_w included).
+        trl_loss.backward()
+        out.losses.sum().backward()
+        (n_w, n_l), at = (len(pair[0]), len(pair[1])), PROMPT - 1
+        assert_close(token_logps.grad[0, at : at + n_w], [inp.chosen.sum.grad.item()] * n_w, tol=1e-10)
+        assert_close(token_logps.grad[1, at : at + n_l], [inp.rejected.sum.grad.item()] * n_l, tol=1e-10)
         for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
             assert_metric(out, key, [trl_metrics[key]])
         assert_metric(out, "logps/chosen", [trl_metrics["logps/chosen"]])
@@ -690,7 +701,7 @@ def test_cpo_nll_batch_differs_from_trl_as_documented(trl_mod):
     over the batch): the mean of tether's summed-form NLL divided by the mean chosen length, and not the mean
     of tether's per-token form −avg(y_w) (each pair weighted equally). Both identities are checked."""
     pairs = random_token_pairs(6, seed=11)
-    _, trl_metrics = trl_cpo_batch(trl_mod, "sigmoid", 0.1, 1.0, pairs)
+    _, trl_metrics, _ = trl_cpo_batch(trl_mod, "sigmoid", 0.1, 1.0, pairs)
     inp = _sums(pairs)
     summed = (
         losses.cpo(inp, beta=0.1, lambda_nll=1.0).losses - losses.cpo(inp, beta=0.1, lambda_nll=0.0).losses
@@ -708,15 +719,21 @@ def test_slic_hf_matches_trl_cpo_hinge(trl_mod, delta, lam):
     TRL's hinge is ``relu(1 − β·(logp_w − logp_l))`` on summed log-probs, and
     ``max(0, δ − x) = δ·relu(1 − x/δ)``; TRL's total ``relu(...) + cpo_alpha·(−avg_w)`` (one pair per call)
     times δ is ``max(0, δ − x) + λ·(−avg_w)``, tether's slic_hf with the per-token NLL weight
-    ``lambda_nll_avg`` = λ. Random pairs, float64, to 1e-10; and the hinge alone (λ = 0) against TRL's
-    per-pair ``cpo_loss`` on a batch, to 1e-12.
+    ``lambda_nll_avg`` = λ. Random pairs and one exactly on the margin, float64, values and gradients to
+    1e-10; and the hinge alone (λ = 0) against TRL's per-pair ``cpo_loss`` on a batch, to 1e-12.
     """
     pairs = random_token_pairs(8, seed=int(delta * 10))
     pairs.append(([-0.5], [-0.5 - delta]))  # exactly on the margin: hinge 0 in both
     for pair in pairs:
-        trl_loss, _ = trl_cpo_batch(trl_mod, "hinge", 1.0 / delta, lam / delta, [pair])
-        out = losses.slic_hf(_sums([pair]), delta=delta, lambda_nll=0.0, lambda_nll_avg=lam)
+        trl_loss, _, token_logps = trl_cpo_batch(trl_mod, "hinge", 1.0 / delta, lam / delta, [pair])
+        inp = _sums([pair], grad=True)
+        out = losses.slic_hf(inp, delta=delta, lambda_nll=0.0, lambda_nll_avg=lam)
         assert_close(out.losses, [delta * trl_loss.item()], tol=1e-10)
+        (delta * trl_loss).backward()  # gradients too, the kink included (relu: 0 there in both)
+        out.losses.sum().backward()
+        (n_w, n_l), at = (len(pair[0]), len(pair[1])), PROMPT - 1
+        assert_close(token_logps.grad[0, at : at + n_w], [inp.chosen.sum.grad.item()] * n_w, tol=1e-10)
+        assert_close(token_logps.grad[1, at : at + n_l], [inp.rejected.sum.grad.item()] * n_l, tol=1e-10)
     inp = _sums(random_token_pairs(16, seed=5))
     cpo = types.SimpleNamespace(
         alpha=0.0, beta=1.0 / delta, loss_type="hinge", label_smoothing=0.0, accelerator=_trl_accelerator()

@@ -332,7 +332,7 @@ def slic_hf(inp: LossInputs, *, delta: float, lambda_nll: float, lambda_nll_avg:
     """
     chosen, rejected = _pair(inp)
     margin = chosen.sum - rejected.sum
-    hinge = torch.clamp(delta - margin, min=0.0)
+    hinge = F.relu(delta - margin)  # relu: no gradient at the kink either (as TRL; = slic_hf/hinge_active)
     out = LossOutput(losses=hinge + _nll(chosen, lambda_nll, lambda_nll_avg))
     out.add("rewards/accuracies", (margin > 0).float())
     out.add("slic_hf/margin", margin)
@@ -362,7 +362,7 @@ def rrhf(inp: LossInputs, *, lambda_nll: float, lambda_nll_avg: float = 0.0) -> 
     """
     chosen, rejected = _pair(inp)
     avg_w, avg_l = chosen.avg, rejected.avg
-    rank = torch.clamp(avg_l - avg_w, min=0.0)
+    rank = F.relu(avg_l - avg_w)  # relu: a tie gets no ranking gradient (= rrhf/rank_active)
     out = LossOutput(losses=rank + _nll(chosen, lambda_nll, lambda_nll_avg))
     out.add("rewards/accuracies", (avg_w > avg_l).float())
     out.add("likelihood/margin", avg_w - avg_l)
