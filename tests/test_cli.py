@@ -301,6 +301,20 @@ CASES: dict[str, Case] = {
     "epsilon_zero": _config_case(
         {"method": {"name": "epsilon_dpo", "epsilon": 0.0}}, "method.epsilon", "outside (0, 1)"
     ),
+    "r_dpo_alpha_negative": _config_case(
+        {"method": {"name": "r_dpo", "alpha": -0.1}}, "method.alpha", "outside [0, inf)"
+    ),
+    "slic_hf_delta_zero": _config_case(
+        {"method": {"name": "slic_hf", "delta": 0}}, "method.delta", "outside (0, inf)"
+    ),
+    "cpo_lambda_negative": _config_case(
+        {"method": {"name": "cpo", "lambda_nll": -1.0}}, "method.lambda_nll", "outside [0, inf)"
+    ),
+    "rrhf_both_nll_forms": _config_case(
+        {"method": {"name": "rrhf", "lambda_nll": 1.0, "lambda_nll_avg": 1.0}},
+        "method: lambda_nll and lambda_nll_avg",
+        "two forms of one term",
+    ),
     # sDPO stages
     "stages_fractions_sum": _config_case(
         {"stages": {**RANDOM_STAGES, "fractions": [0.5, 0.4]}}, "stages.fractions", "sum to 1"

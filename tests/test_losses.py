@@ -268,6 +268,117 @@ def test_simpo_value():
     assert_metric(out, "rewards/accuracies", [1.0])
 
 
+def test_r_dpo_value():
+    """r_dpo = log(1 + e^{−(βΔ + α(n_w − n_l))}), β = 0.1, α = 0.5.
+
+    Pair 1: r_w = −3 − (−4) = 1, r_l = −7 − (−5) = −2, Δ = 3; n_w − n_l = 2 − 3 = −1 → length term −0.5;
+    argument 0.3 − 0.5 = −0.2 → log(1 + e^{0.2}).
+    Pair 2: r_w = −5 − (−4) = −1, r_l = −4 − (−6) = 2, Δ = −3; n_w − n_l = 4 − 1 = 3 → length term 1.5;
+    argument −0.3 + 1.5 = 1.2 → log(1 + e^{−1.2}).
+    Rewards are DPO's (β·r, no length term): chosen [0.1, −0.1], rejected [−0.2, 0.2].
+    """
+    inp = _pair([-3, -5], [2, 4], [-7, -4], [3, 1], rw=[-4, -4], rl=[-5, -6])
+    out = losses.r_dpo(inp, beta=0.1, alpha=0.5)
+    assert_close(out.losses, [softplus(0.2), softplus(-1.2)])
+    assert_metric(out, "r_dpo/length_term", [-0.5, 1.5])
+    assert_metric(out, "rewards/chosen", [0.1, -0.1])
+    assert_metric(out, "rewards/rejected", [-0.2, 0.2])
+    assert_metric(out, "rewards/margins", [0.3, -0.3])
+    assert_metric(out, "rewards/accuracies", [1.0, 0.0])
+
+
+def test_r_dpo_with_alpha_zero_is_dpo():
+    """α = 0 → the length term is 0·(n_w − n_l) = 0 and R-DPO is DPO bit for bit (losses, gradients,
+    metrics), on random pairs of unequal lengths."""
+    method = METHODS["r_dpo"]
+    inp, leaves = random_inputs(method, batch=16, seed=3)
+    r = losses.r_dpo(inp, beta=0.1, alpha=0.0)
+    d = losses.dpo(inp, beta=0.1)
+    torch.testing.assert_close(r.losses, d.losses, rtol=0, atol=0)
+    for a, b in zip(
+        torch.autograd.grad(r.losses.sum(), leaves), torch.autograd.grad(d.losses.sum(), leaves), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for key, value in d.metrics.items():
+        torch.testing.assert_close(r.metrics[key], value, rtol=0, atol=0)
+    assert method.hparams({"alpha": 0}) == {"beta": 0.1, "alpha": 0.0}  # α = 0 is allowed
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.05, 1.0])
+def test_r_dpo_at_step_0(alpha):
+    """policy == reference (step 0) → Δ = 0 → R-DPO = −log σ(α(n_w − n_l)) = log(1 + e^{−α(n_w − n_l)}),
+    whatever β: ln 2 for equal lengths or α = 0. Lengths (2, 3), (9, 1), (4, 4)."""
+    inp = _pair([-3.5, -40.0, -2.0], [2, 9, 4], [-7.25, -1.0, -3.0], [3, 1, 4], rw=[-3.5, -40.0, -2.0],
+                rl=[-7.25, -1.0, -3.0])  # fmt: skip
+    expected = [softplus(-alpha * d) for d in (-1, 8, 0)]
+    assert_close(losses.r_dpo(inp, beta=0.1, alpha=alpha).losses, expected)
+    assert expected[2] == math.log(2.0)
+
+
+def test_cpo_value():
+    """cpo = log(1 + e^{−β(logp_w − logp_l)}) + NLL, β = 0.1, logp_w = −2 (4 tokens), logp_l = −3 (2 tokens).
+
+    Preference term: margin 1 → log(1 + e^{−0.1}). NLL: summed form λ = 1 → −λ·logp_w = 2; per-token form
+    λ = 1 → −λ·avg_w = 0.5. rewards = β·logp: chosen −0.2, rejected −0.3, margins 0.1; nll = −avg_w = 0.5.
+    """
+    inp = _pair([-2], [4], [-3], [2])
+    out = losses.cpo(inp, beta=0.1, lambda_nll=1.0)
+    assert_close(out.losses, [softplus(-0.1) + 2.0])
+    per_token = losses.cpo(inp, beta=0.1, lambda_nll=0.0, lambda_nll_avg=1.0)
+    assert_close(per_token.losses, [softplus(-0.1) + 0.5])
+    for o in (out, per_token):
+        assert_metric(o, "rewards/chosen", [-0.2])
+        assert_metric(o, "rewards/rejected", [-0.3])
+        assert_metric(o, "rewards/margins", [0.1])
+        assert_metric(o, "rewards/accuracies", [1.0])
+        assert_metric(o, "nll", [0.5])
+        assert_metric(o, "logps/chosen", [-2.0])
+        assert_metric(o, "logps/rejected", [-3.0])
+
+
+def test_slic_hf_value():
+    """slic_hf = max(0, δ − logp_w + logp_l) − λ·logp_w, δ = 1, λ = 0.1.
+
+    Pair 1: logp_w = −2, logp_l = −3 → margin 1 = δ → hinge 0 (on the edge: not active); NLL 0.1·2 = 0.2.
+    Pair 2: logp_w = −5, logp_l = −4.5 → margin −0.5 → hinge 1.5; NLL 0.5 → 2.0.
+    Per-token NLL (λ = 0.1 on −avg_w): pair 1 n_w = 4 → 0.05; pair 2 n_w = 5 → 0.1.
+    """
+    inp = _pair([-2, -5], [4, 5], [-3, -4.5], [2, 3])
+    out = losses.slic_hf(inp, delta=1.0, lambda_nll=0.1)
+    assert_close(out.losses, [0.2, 2.0])
+    assert_metric(out, "slic_hf/margin", [1.0, -0.5])
+    assert_metric(out, "slic_hf/hinge_active", [0.0, 1.0])
+    assert_metric(out, "rewards/accuracies", [1.0, 0.0])
+    assert_metric(out, "nll", [0.5, 1.0])
+    per_token = losses.slic_hf(inp, delta=1.0, lambda_nll=0.0, lambda_nll_avg=0.1)
+    assert_close(per_token.losses, [0.05, 1.5 + 0.1])
+
+
+def test_rrhf_value():
+    """rrhf = max(0, avg_l − avg_w) − λ·logp_w, λ = 1.
+
+    Pair 1: avg_w = −2/4 = −0.5 > avg_l = −3/2 = −1.5 → ranking 0; NLL 2 → 2.
+    Pair 2: avg_w = −6/3 = −2 < avg_l = −3/6 = −0.5 → ranking 1.5; NLL 6 → 7.5.
+    Per-token NLL: −avg_w → 0.5 and 1.5 + 2 = 3.5.
+    """
+    inp = _pair([-2, -6], [4, 3], [-3, -3], [2, 6])
+    out = losses.rrhf(inp, lambda_nll=1.0)
+    assert_close(out.losses, [2.0, 7.5])
+    assert_metric(out, "rrhf/rank_active", [0.0, 1.0])
+    assert_metric(out, "rewards/accuracies", [1.0, 0.0])
+    assert_metric(out, "likelihood/margin", [1.0, -1.5])
+    assert_metric(out, "nll", [0.5, 2.0])
+    assert_close(losses.rrhf(inp, lambda_nll=0.0, lambda_nll_avg=1.0).losses, [0.5, 3.5])
+
+
+def test_rrhf_ranks_length_normalised_not_summed():
+    """A pair whose sums and averages disagree: logp_w = −4 over 8 tokens (avg −0.5), logp_l = −3 over 2
+    (avg −1.5). Summed, the rejected is more likely; length-normalised (the paper) the chosen is, so the
+    ranking term is 0 (a sum-based ranking would give 1)."""
+    out = losses.rrhf(_pair([-4], [8], [-3], [2]), lambda_nll=0.0)
+    assert_close(out.losses, [0.0])
+
+
 def test_reference_metrics_values():
     """deviation = r(y)/n(y) (minor-sft Eq. 8 before the batch mean); gamma_ref = ref_w − ref_l.
 
@@ -474,6 +585,176 @@ def test_orpo_matches_trl(trl_mod, beta):
         torch.testing.assert_close(out.metrics["orpo/log_odds"][i], trl_log_odds, rtol=1e-6, atol=1e-6)
 
 
+def trl_cpo_batch(trl_mod, loss_type, beta, cpo_alpha, pairs):
+    """Run ``CPOTrainer.get_batch_loss_metrics`` (TRL 1.16) on given per-token completion log-probs.
+
+    The real method (and the ``concatenated_forward``, ``concatenated_inputs``, ``get_batch_logps``,
+    ``cpo_loss`` it calls) is bound to a namespace carrying the attributes it reads. The stub model returns
+    logits over a 2-token vocabulary: at the position predicting a completion token (label 0) they are
+    ``[lp, log(1 − e^lp)]``, so TRL's log-softmax gives back exactly ``lp`` (and its cross-entropy ``−lp``).
+    Prompt tokens (``PROMPT`` of them) and padding carry label −100, as in TRL's tokenisation. Everything
+    from the logits on is TRL's code: summed log-probs, ``cpo_loss``, the NLL (``nn.CrossEntropyLoss``
+    over the chosen rows) and ``loss = losses.mean() + cpo_alpha·nll``. ``pairs`` are
+    (chosen token log-probs, rejected token log-probs). Returns (loss, metrics, the [2B, T] leaf of token
+    log-probs the logits are built from: rows are chosen then rejected, a completion token's log-prob at
+    ``PROMPT − 1 + t``). The logits' log-sum-exp is identically 0, so d loss/d leaf is d loss/d log-prob.
+    """
+    width = PROMPT + max(len(toks) for pair in pairs for toks in pair)
+    b = len(pairs)
+    batch, token_logps = {}, torch.full((2 * b, width), -1.0, dtype=F64)  # −1 where labels are −100
+    for side, offset in (("chosen", 0), ("rejected", b)):
+        labels = torch.full((b, width), -100, dtype=torch.long)
+        for i, pair in enumerate(pairs):
+            toks = pair[0] if side == "chosen" else pair[1]
+            labels[i, PROMPT : PROMPT + len(toks)] = 0
+            token_logps[offset + i, PROMPT - 1 : PROMPT - 1 + len(toks)] = torch.tensor(toks, dtype=F64)
+        batch[f"{side}_input_ids"] = torch.zeros(b, width, dtype=torch.long)
+        batch[f"{side}_attention_mask"] = torch.ones(b, width, dtype=torch.long)
+        batch[f"{side}_labels"] = labels
+    token_logps.requires_grad_(True)
+    logits = torch.stack([token_logps, losses.log1mexp(token_logps)], -1)
+
+    def model(input_ids, **kwargs):
+        assert input_ids.shape == logits.shape[:2]
+        return types.SimpleNamespace(logits=logits)
+
+    cpo = types.SimpleNamespace(
+        is_encoder_decoder=False,
+        pad_token_id=0,
+        aux_loss_enabled=False,
+        accelerator=_trl_accelerator(),
+        loss_type=loss_type,
+        beta=beta,
+        cpo_alpha=cpo_alpha,
+        alpha=0.0,
+        label_smoothing=0.0,
+        simpo_gamma=0.5,
+        concatenated_inputs=trl_mod.CPOTrainer.concatenated_inputs,
+        get_batch_logps=trl_mod.CPOTrainer.get_batch_logps,
+    )
+    cpo.concatenated_forward = types.MethodType(trl_mod.CPOTrainer.concatenated_forward, cpo)
+    cpo.cpo_loss = types.MethodType(trl_mod.CPOTrainer.cpo_loss, cpo)
+    loss, metrics = trl_mod.CPOTrainer.get_batch_loss_metrics(cpo, model, batch)
+    return loss, metrics, token_logps
+
+
+def random_token_pairs(n: int, seed: int) -> list[tuple[list[float], list[float]]]:
+    """``n`` pairs of per-token log-probs in (−3, −0.05), 1–6 tokens per answer, lengths unequal."""
+    g = torch.Generator().manual_seed(seed)
+
+    def toks():
+        k = int(torch.randint(1, 7, (1,), generator=g))
+        return (-(torch.rand(k, generator=g, dtype=F64) * 2.95 + 0.05)).tolist()
+
+    return [(toks(), toks()) for _ in range(n)]
+
+
+def _sums(pairs, grad=False) -> LossInputs:
+    """Pair inputs from per-token log-prob lists: summed log-probs and token counts of each side."""
+    chosen, rejected = [w for w, _ in pairs], [r for _, r in pairs]
+    return _pair([sum(x) for x in chosen], [len(x) for x in chosen], [sum(x) for x in rejected],
+                 [len(x) for x in rejected], grad=grad)  # fmt: skip
+
+
+@pytest.mark.parametrize(("beta", "lam"), [(0.1, 1.0), (0.5, 0.3), (0.05, 0.0)])
+def test_cpo_matches_trl(trl_mod, beta, lam):
+    """cpo with the per-token NLL (``lambda_nll_avg`` = λ) == TRL CPOTrainer loss_type='sigmoid',
+    cpo_alpha = λ, one pair per call (TRL's NLL is the token mean over the micro-batch's chosen tokens, which
+    for one pair is −avg(y_w)); random pairs, float64, values and gradients to 1e-10. TRL's metrics match
+    tether's."""
+    for pair in random_token_pairs(8, seed=int(beta * 100)):
+        trl_loss, trl_metrics, token_logps = trl_cpo_batch(trl_mod, "sigmoid", beta, lam, [pair])
+        inp = _sums([pair], grad=True)
+        out = losses.cpo(inp, beta=beta, lambda_nll=0.0, lambda_nll_avg=lam)
+        assert_close(out.losses, [trl_loss.item()], tol=1e-10)
+        # Gradients: TRL's d loss/d token log-prob is the same for every completion token of a side and
+        # equals tether's d loss/d summed log-prob (the per-token NLL's −λ/n_w included).
+        trl_loss.backward()
+        out.losses.sum().backward()
+        (n_w, n_l), at = (len(pair[0]), len(pair[1])), PROMPT - 1
+        assert_close(token_logps.grad[0, at : at + n_w], [inp.chosen.sum.grad.item()] * n_w, tol=1e-10)
+        assert_close(token_logps.grad[1, at : at + n_l], [inp.rejected.sum.grad.item()] * n_l, tol=1e-10)
+        for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
+            assert_metric(out, key, [trl_metrics[key]])
+        assert_metric(out, "logps/chosen", [trl_metrics["logps/chosen"]])
+        if lam:
+            assert_metric(out, "nll", [trl_metrics["nll_loss"]])
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5])
+def test_cpo_preference_term_matches_trl_cpo_loss(trl_mod, beta):
+    """cpo with λ = 0 == TRL ``cpo_loss`` (loss_type='sigmoid') per pair on a random batch of summed
+    log-probs (TRL sums for 'sigmoid': ``average_log_prob`` only for 'ipo'/'simpo'), to 1e-12."""
+    inp = _sums(random_token_pairs(16, seed=7))
+    cpo = types.SimpleNamespace(
+        alpha=0.0, beta=beta, loss_type="sigmoid", label_smoothing=0.0, accelerator=_trl_accelerator()
+    )
+    trl_losses, trl_chosen, trl_rejected = trl_mod.CPOTrainer.cpo_loss(cpo, inp.chosen.sum, inp.rejected.sum)
+    out = losses.cpo(inp, beta=beta, lambda_nll=0.0)
+    torch.testing.assert_close(out.losses, trl_losses, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.metrics["rewards/chosen"], trl_chosen.float())
+    torch.testing.assert_close(out.metrics["rewards/rejected"], trl_rejected.float())
+
+
+def test_cpo_nll_batch_differs_from_trl_as_documented(trl_mod):
+    """On a micro-batch with unequal chosen lengths TRL's NLL is Σ_i(−logp_w,i) / Σ_i n_w,i (one token mean
+    over the batch): the mean of tether's summed-form NLL divided by the mean chosen length, and not the mean
+    of tether's per-token form −avg(y_w) (each pair weighted equally). Both identities are checked."""
+    pairs = random_token_pairs(6, seed=11)
+    _, trl_metrics, _ = trl_cpo_batch(trl_mod, "sigmoid", 0.1, 1.0, pairs)
+    inp = _sums(pairs)
+    summed = (
+        losses.cpo(inp, beta=0.1, lambda_nll=1.0).losses - losses.cpo(inp, beta=0.1, lambda_nll=0.0).losses
+    )
+    token_mean = summed.mean() / inp.chosen.n_tokens.mean()
+    assert trl_metrics["nll_loss"] == pytest.approx(token_mean.item(), rel=1e-12)
+    per_example = (-inp.chosen.avg).mean().item()
+    assert abs(trl_metrics["nll_loss"] - per_example) > 1e-3
+
+
+@pytest.mark.parametrize(("delta", "lam"), [(1.0, 0.1), (0.5, 1.0), (2.0, 0.0)])
+def test_slic_hf_matches_trl_cpo_hinge(trl_mod, delta, lam):
+    """slic_hf == δ × TRL CPOTrainer loss_type='hinge' at β = 1/δ and cpo_alpha = λ/δ.
+
+    TRL's hinge is ``relu(1 − β·(logp_w − logp_l))`` on summed log-probs, and
+    ``max(0, δ − x) = δ·relu(1 − x/δ)``; TRL's total ``relu(...) + cpo_alpha·(−avg_w)`` (one pair per call)
+    times δ is ``max(0, δ − x) + λ·(−avg_w)``, tether's slic_hf with the per-token NLL weight
+    ``lambda_nll_avg`` = λ. Random pairs and one exactly on the margin, float64, values and gradients to
+    1e-10; and the hinge alone (λ = 0) against TRL's per-pair ``cpo_loss`` on a batch, to 1e-12.
+    """
+    pairs = random_token_pairs(8, seed=int(delta * 10))
+    pairs.append(([-0.5], [-0.5 - delta]))  # exactly on the margin: hinge 0 in both
+    for pair in pairs:
+        trl_loss, _, token_logps = trl_cpo_batch(trl_mod, "hinge", 1.0 / delta, lam / delta, [pair])
+        inp = _sums([pair], grad=True)
+        out = losses.slic_hf(inp, delta=delta, lambda_nll=0.0, lambda_nll_avg=lam)
+        assert_close(out.losses, [delta * trl_loss.item()], tol=1e-10)
+        (delta * trl_loss).backward()  # gradients too, the kink included (relu: 0 there in both)
+        out.losses.sum().backward()
+        (n_w, n_l), at = (len(pair[0]), len(pair[1])), PROMPT - 1
+        assert_close(token_logps.grad[0, at : at + n_w], [inp.chosen.sum.grad.item()] * n_w, tol=1e-10)
+        assert_close(token_logps.grad[1, at : at + n_l], [inp.rejected.sum.grad.item()] * n_l, tol=1e-10)
+    inp = _sums(random_token_pairs(16, seed=5))
+    cpo = types.SimpleNamespace(
+        alpha=0.0, beta=1.0 / delta, loss_type="hinge", label_smoothing=0.0, accelerator=_trl_accelerator()
+    )
+    trl_losses, _, _ = trl_mod.CPOTrainer.cpo_loss(cpo, inp.chosen.sum, inp.rejected.sum)
+    out = losses.slic_hf(inp, delta=delta, lambda_nll=0.0)
+    torch.testing.assert_close(out.losses, delta * trl_losses, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("delta", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("pair", TRL_PAIRS)
+def test_slic_hf_hinge_is_trl_dpo_hinge_without_reference(trl_mod, pair, delta):
+    """TRL's DPO ``loss_type='hinge'``, ``relu(1 − β·Δ)``, is the SLiC hinge on reference *log-ratios*; with
+    the reference log-probs set to 0 the log-ratios are the log-likelihoods and δ × TRL's loss at β = 1/δ is
+    slic_hf's hinge (λ = 0). A second, independent TRL code path for the same identity as the CPO hinge."""
+    tok_w, tok_l, _, _ = pair
+    trl_loss, _, _ = trl_dpo_compute_loss(trl_mod, "hinge", 1.0 / delta, tok_w, tok_l, 0.0, 0.0)
+    out = losses.slic_hf(_sums([(tok_w, tok_l)]), delta=delta, lambda_nll=0.0)
+    assert_close(out.losses, [delta * trl_loss.item()], tol=1e-10)
+
+
 def test_log1mexp_matches_trl(trl_mod):
     """tether's log1mexp == TRL ORPO's ``log1mexp`` (same two branches at −ln 2) in float64 where both are
     defined (TRL's gives −inf at 0; tether's is finite there by design)."""
@@ -624,6 +905,93 @@ def test_log1mexp_gradient():
     x = t(*xs, grad=True)
     (g,) = torch.autograd.grad(losses.log1mexp(x).sum(), x)
     assert_close(g, [-1.0 / math.expm1(-v) for v in xs], tol=1e-10)
+
+
+M_VALUES = [-30.0, -2.0, -0.5, 0.0, 0.3, 0.99, 1.01, 5.0, 40.0]  # summed margins logp_w − logp_l
+
+
+@pytest.mark.parametrize(("beta", "lam"), [(0.1, 1.0), (0.5, 0.0)])
+def test_cpo_gradient(beta, lam):
+    """d/d logp_w of −log σ(β m) − λ·logp_w = −β·σ(−β m) − λ; d/d logp_l = +β·σ(−β m), m = logp_w − logp_l."""
+    n = len(M_VALUES)
+    inp = _pair([m - 10.0 for m in M_VALUES], [3] * n, [-10.0] * n, [5] * n, grad=True)
+    losses.cpo(inp, beta=beta, lambda_nll=lam).losses.sum().backward()
+    assert_close(inp.chosen.sum.grad, [-beta * sigmoid(-beta * m) - lam for m in M_VALUES])
+    assert_close(inp.rejected.sum.grad, [beta * sigmoid(-beta * m) for m in M_VALUES])
+
+
+@pytest.mark.parametrize("lam", [0.1, 0.0])
+def test_slic_hf_hinge_inactive_beyond_margin(lam):
+    """Inside the margin (m < δ) the hinge pulls with slope 1: d/d logp_w = −1 − λ, d/d logp_l = +1. Beyond
+    it (m > δ) the hinge is flat: only the NLL's −λ on the chosen side, exactly 0 on the rejected side."""
+    delta, n = 1.0, len(M_VALUES)
+    inp = _pair([m - 10.0 for m in M_VALUES], [3] * n, [-10.0] * n, [5] * n, grad=True)
+    out = losses.slic_hf(inp, delta=delta, lambda_nll=lam)
+    out.losses.sum().backward()
+    inside = [m < delta for m in M_VALUES]
+    assert_close(inp.chosen.sum.grad, [-1.0 - lam if a else -lam for a in inside])
+    assert_close(inp.rejected.sum.grad, [1.0 if a else 0.0 for a in inside])
+    assert_metric(out, "slic_hf/hinge_active", [float(a) for a in inside])
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.0])
+def test_rrhf_ranking_gradient_zero_when_ranked_right(lam):
+    """RRHF's ranking term max(0, avg_l − avg_w) has no gradient once avg_w > avg_l: then d/d logp_l = 0 and
+    d/d logp_w = −λ (the NLL only). Ranked wrongly: d/d logp_w = −1/n_w − λ, d/d logp_l = +1/n_l."""
+    avg_w = [-0.5, -2.0, -0.1, -3.0, -1.0]
+    avg_l = [-1.5, -0.3, -0.2, -0.4, -1.2]
+    n_w, n_l = [4.0, 3.0, 7.0, 1.0, 2.0], [2.0, 5.0, 1.0, 6.0, 3.0]
+    sw = [a * n for a, n in zip(avg_w, n_w, strict=True)]
+    sl = [a * n for a, n in zip(avg_l, n_l, strict=True)]
+    inp = _pair(sw, n_w, sl, n_l, grad=True)
+    losses.rrhf(inp, lambda_nll=lam).losses.sum().backward()
+    right = [w > r for w, r in zip(avg_w, avg_l, strict=True)]
+    assert_close(
+        inp.chosen.sum.grad, [-lam if ok else -1.0 / nw - lam for ok, nw in zip(right, n_w, strict=True)]
+    )
+    assert_close(inp.rejected.sum.grad, [0.0 if ok else 1.0 / nl for ok, nl in zip(right, n_l, strict=True)])
+
+
+def test_r_dpo_gradient():
+    """d/d logp_w of −log σ(βΔ + α(n_w − n_l)) = −β·σ(−(βΔ + α(n_w − n_l))) (lengths are data, not
+    differentiable); d/d logp_l is its negative. β = 0.1, α = 0.05."""
+    beta, alpha = 0.1, 0.05
+    n_w, n_l = [3.0, 10.0, 1.0, 40.0], [8.0, 2.0, 1.0, 5.0]
+    deltas = [-3.0, 0.0, 2.0, 25.0]
+    inp = _pair([d - 10.0 for d in deltas], n_w, [-10.0] * 4, n_l, rw=[0.0] * 4, rl=[0.0] * 4, grad=True)
+    losses.r_dpo(inp, beta=beta, alpha=alpha).losses.sum().backward()
+    z = [beta * d + alpha * (a - b) for d, a, b in zip(deltas, n_w, n_l, strict=True)]
+    assert_close(inp.chosen.sum.grad, [-beta * sigmoid(-x) for x in z])
+    assert_close(inp.rejected.sum.grad, [beta * sigmoid(-x) for x in z])
+
+
+@pytest.mark.parametrize("name", ["cpo", "slic_hf", "rrhf"])
+def test_nll_forms_differ_by_the_length_factor(name):
+    """The NLL term in the papers' summed form (``lambda_nll`` = λ: −λ·logp(y_w)) is n(y_w) times the
+    per-token form (``lambda_nll_avg`` = λ: −λ·avg(y_w)), in value and in its gradient w.r.t. logp(y_w)
+    (−λ against −λ/n_w); the preference/ranking term is the same in both."""
+    method, lam = METHODS[name], 0.7
+    hp = method.hparams({})
+    g = torch.Generator().manual_seed(1)
+    n_w, n_l = (
+        torch.randint(1, 20, (8,), generator=g).double(),
+        torch.randint(1, 20, (8,), generator=g).double(),
+    )
+    s_w = (-torch.rand(8, generator=g, dtype=F64) * 3 * n_w).requires_grad_(True)
+    s_l = -torch.rand(8, generator=g, dtype=F64) * 3 * n_l
+    inp = LossInputs(chosen=seq(s_w, n_w), rejected=seq(s_l, n_l))
+
+    def nll_part(lambda_nll, lambda_nll_avg):
+        full = method.loss(inp, **{**hp, "lambda_nll": lambda_nll, "lambda_nll_avg": lambda_nll_avg}).losses
+        return full - method.loss(inp, **{**hp, "lambda_nll": 0.0, "lambda_nll_avg": 0.0}).losses
+
+    summed, per_token = nll_part(lam, 0.0), nll_part(0.0, lam)
+    torch.testing.assert_close(summed, n_w * per_token, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(summed, -lam * s_w, rtol=1e-12, atol=1e-12)
+    (g_sum,) = torch.autograd.grad(summed.sum(), s_w)
+    (g_tok,) = torch.autograd.grad(per_token.sum(), s_w)
+    assert_close(g_sum, [-lam] * 8)
+    assert_close(g_sum, (n_w * g_tok).tolist())
 
 
 # ==================================================================================================
@@ -782,6 +1150,13 @@ def test_declared_reference_capability_is_truthful(name):
             method.loss(no_pert, **method.hparams({}))
 
 
+#: Methods whose registry entry names its equation instead of numbering it, and why.
+UNNUMBERED = {
+    "r_dpo": "the R-DPO paper is not in shared/papers and its equation number could not be checked; the "
+    "loss is cited by name, in the SimPO paper's baseline-table form that METHODS.md specifies",
+}
+
+
 @pytest.mark.parametrize("name", list(METHODS))
 def test_docstring_cites_paper_and_equation(name):
     """Every loss docstring cites its paper and the equation the registry names (same Eq. numbers)."""
@@ -789,6 +1164,9 @@ def test_docstring_cites_paper_and_equation(name):
     doc = method.loss.__doc__ or ""
     assert re.search(r"arXiv:\d{4}\.\d{4,5}|\.txt", doc), "docstring names no paper"
     assert method.paper and method.equation
+    if name in UNNUMBERED:  # cited by name: the docstring names the same result
+        assert method.equation.split(" (")[0] in " ".join(doc.split()), "docstring does not name the equation"
+        return
     cited = re.findall(r"Eq\. [\d\-–]+", method.equation)
     assert cited, f"registry equation {method.equation!r} has no Eq. number"
     for eq in cited:
@@ -862,3 +1240,49 @@ def test_hparams_accept_valid_and_reject_non_numbers():
     for bad in (True, "abc", None, [0.1]):
         with pytest.raises(ConfigError, match="must be a number"):
             METHODS["dpo"].hparams({"beta": bad})
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "value"),
+    [
+        ("r_dpo", "alpha", -0.01),
+        ("r_dpo", "alpha", math.nan),
+        ("slic_hf", "delta", 0.0),
+        ("slic_hf", "delta", -1.0),
+        ("cpo", "lambda_nll", -0.1),
+        ("slic_hf", "lambda_nll", -1.0),
+        ("rrhf", "lambda_nll", math.nan),
+        ("rrhf", "lambda_nll_avg", -0.5),
+        ("cpo", "beta", 0.0),
+    ],
+)
+def test_hparams_reject_out_of_range_comparators(name, key, value):
+    """α ≥ 0 (α = 0 is DPO), δ > 0, λ ≥ 0 (λ = 0: no NLL term), β > 0: anything else is a ConfigError."""
+    with pytest.raises(ConfigError, match=key):
+        METHODS[name].hparams({key: value})
+
+
+@pytest.mark.parametrize("name", ["cpo", "slic_hf", "rrhf"])
+def test_nll_weight_is_given_in_one_form(name):
+    """``lambda_nll`` (summed, default) and ``lambda_nll_avg`` (per token) are two forms of one term: giving
+    only ``lambda_nll_avg`` switches the summed weight off; both non-zero is refused at config load."""
+    method = METHODS[name]
+    assert method.hparams({})["lambda_nll_avg"] == 0.0 and method.hparams({})["lambda_nll"] > 0
+    hp = method.hparams({"lambda_nll_avg": 0.5})
+    assert (hp["lambda_nll"], hp["lambda_nll_avg"]) == (0.0, 0.5)
+    assert method.hparams({"lambda_nll": 0, "lambda_nll_avg": 0.5}) == hp  # the resolved values reload
+    with pytest.raises(ConfigError, match="two forms of one term"):
+        method.hparams({"lambda_nll": 1.0, "lambda_nll_avg": 0.5})
+    assert method.hparams({"lambda_nll": 2.0})["lambda_nll_avg"] == 0.0
+    assert method.hparams({"lambda_nll_avg": 0}) == method.hparams({})  # a zero alternative switches nothing
+
+
+def test_comparator_errors_surface_at_config_load():
+    """Out-of-range δ and both NLL forms are ConfigErrors from the config loader, before any model loads."""
+    from tether.config import from_dict
+
+    base = {"model": {"name": "nonexistent-model-dir"}, "data": {"train": "nonexistent.jsonl"}}
+    with pytest.raises(ConfigError, match=r"method\.delta"):
+        from_dict({**base, "method": {"name": "slic_hf", "delta": -1}})
+    with pytest.raises(ConfigError, match="two forms"):
+        from_dict({**base, "method": {"name": "cpo", "lambda_nll": 1, "lambda_nll_avg": 1}})

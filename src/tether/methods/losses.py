@@ -222,6 +222,29 @@ def epsilon_dpo_update(hparams: dict[str, float], window_means: dict[str, float]
     return new
 
 
+def r_dpo(inp: LossInputs, *, beta: float, alpha: float) -> LossOutput:
+    """R-DPO (Park et al. 2024, "Disentangling Length from Quality in DPO", arXiv:2403.19159), the
+    regularised DPO loss: ``−log σ(β·Δ + α·(n(y_w) − n(y_l)))``.
+
+    DPO with a length regulariser α|y| in the reward: maximising ``E[r(x, y) − α|y|] − β·KL`` gives the
+    implicit reward ``r = β·log(π_θ/π_ref) + α|y| + const``, so the Bradley-Terry margin gains
+    ``α·(|y_w| − |y_l|)``: a longer chosen answer needs a smaller log-ratio margin, so length alone is not
+    learnt. Symbols: β → ``beta``, α → ``alpha``, |y| → ``n_tokens`` (response tokens, EOS included when
+    appended). The form is the SimPO paper's baseline table (arXiv:2405.14734), which the ε-DPO paper's
+    R-DPO row comes from. The authors released no R-DPO code and TRL has no R-DPO loss. With α = 0 it is
+    :func:`dpo` exactly. Rewards are logged as in DPO (β·r, without the length term);
+    ``r_dpo/length_term`` is ``α·(n_w − n_l)``.
+    """
+    chosen, rejected = _pair(inp)
+    r_w, r_l = _ratios(inp)
+    length_term = alpha * (chosen.n_tokens - rejected.n_tokens)
+    out = LossOutput(losses=-F.logsigmoid(beta * (r_w - r_l) + length_term))
+    _reward_metrics(out, beta, r_w, r_l)
+    out.add("r_dpo/length_term", length_term)
+    _logp_metrics(out, inp)
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # Pairwise, reference-free
 # --------------------------------------------------------------------------------------------------
@@ -275,6 +298,101 @@ def simpo(inp: LossInputs, *, beta: float, gamma: float) -> LossOutput:
     out.add("rewards/accuracies", (avg_w > avg_l).float())
     out.add("rewards/margins", beta * (avg_w - avg_l))
     out.add("likelihood/margin", avg_w - avg_l)
+    _logp_metrics(out, inp)
+    return out
+
+
+def _nll(chosen: SequenceLogps, lambda_nll: float, lambda_nll_avg: float) -> Tensor:
+    """The NLL regulariser on the chosen answer of CPO, SLiC-HF and RRHF, in either form.
+
+    ``−λ·logp(y_w)`` (``lambda_nll``: summed over response tokens, the papers' and the SimPO table's
+    form, tether's default) or ``−λ·avg(y_w)`` (``lambda_nll_avg``: per token, as TRL's CPO, whose
+    ``nn.CrossEntropyLoss`` averages over all chosen tokens of the micro-batch, i.e.
+    ``Σ_i logp_i / Σ_i n_i`` rather than tether's per-example ``avg`` reduced by the mean over examples;
+    the two agree when the chosen answers of a batch have equal lengths). The registry lets a config give
+    one of the two weights (see ``Method.alternatives``); the forms differ by exactly the factor n(y_w).
+    """
+    return -lambda_nll * chosen.sum - lambda_nll_avg * chosen.avg
+
+
+def cpo(inp: LossInputs, *, beta: float, lambda_nll: float, lambda_nll_avg: float = 0.0) -> LossOutput:
+    """CPO (Xu et al. 2024, "Contrastive Preference Optimization", arXiv:2401.08417, Eq. 3 + L_NLL):
+    ``−log σ(β·(logp(y_w) − logp(y_l))) − λ·logp(y_w)``.
+
+    The preference term is DPO with a uniform reference (Eq. 3, the upper bound L(π_θ; U)) on *summed*
+    log-likelihoods; the paper adds ``L_NLL = −E[log π_θ(y_w|x)]`` with weight 1 (the SimPO table's λ).
+    Symbols: β → ``beta``, λ → ``lambda_nll`` (summed form) or ``lambda_nll_avg`` (per-token form, see
+    :func:`_nll`). **Decision** (``shared/METHODS.md``): the paper's summed NLL by default; TRL's
+    ``CPOTrainer`` (``loss_type="sigmoid"``, ``cpo_alpha`` = λ) uses the micro-batch token mean, which
+    ``lambda_nll_avg`` reproduces for equal-length chosen answers (tested against TRL 1.16). The
+    preference term equals TRL's ``cpo_loss`` per pair. No reference model. Metrics as TRL's CPO:
+    rewards are ``β·logp`` (``rewards/*``), ``nll`` is the per-token ``−avg(y_w)`` whatever the form.
+    """
+    chosen, rejected = _pair(inp)
+    margin = chosen.sum - rejected.sum
+    out = LossOutput(losses=-F.logsigmoid(beta * margin) + _nll(chosen, lambda_nll, lambda_nll_avg))
+    _reward_metrics(out, beta, chosen.sum, rejected.sum)
+    out.add("nll", -chosen.avg)
+    out.add("likelihood/margin", chosen.avg - rejected.avg)
+    _logp_metrics(out, inp)
+    return out
+
+
+def slic_hf(inp: LossInputs, *, delta: float, lambda_nll: float, lambda_nll_avg: float = 0.0) -> LossOutput:
+    """SLiC-HF (Zhao et al. 2023, "SLiC-HF: Sequence Likelihood Calibration with Human Feedback",
+    arXiv:2305.10425, Eq. 1): ``max(0, δ − logp(y_w) + logp(y_l)) − λ·logp(y_ref)``.
+
+    The rank-calibration hinge on *summed* log-likelihoods with margin δ, plus the cross-entropy
+    regulariser on a target ``y_ref``. **Decision:** ``y_ref`` is the chosen answer (the SimPO table's
+    choice; the paper's regularisation target may also be an SFT target), and the NLL is summed by
+    default (``lambda_nll``) with the per-token form as ``lambda_nll_avg`` (see :func:`_nll`).
+    Symbols: δ → ``delta``, λ → ``lambda_nll``. No reference model.
+
+    TRL has no SLiC-HF trainer; its CPO ``loss_type="hinge"``, ``relu(1 − β·(logp_w − logp_l))``, is this
+    hinge scaled: ``max(0, δ − x) = δ·relu(1 − x/δ)``, i.e. TRL's hinge at β = 1/δ times δ (tested
+    against TRL 1.16). TRL's DPO ``loss_type="hinge"`` is the same hinge on *log-ratios* against a
+    reference (SLiC as restated in the DPO/IPO papers), not this method. Where the hinge is inactive
+    (``logp_w − logp_l ≥ δ``) only the NLL term has a gradient; ``slic_hf/hinge_active`` is the fraction
+    of pairs still inside the margin, ``slic_hf/margin`` the summed margin ``logp_w − logp_l``.
+    """
+    chosen, rejected = _pair(inp)
+    margin = chosen.sum - rejected.sum
+    hinge = F.relu(delta - margin)  # relu: no gradient at the kink either (as TRL; = slic_hf/hinge_active)
+    out = LossOutput(losses=hinge + _nll(chosen, lambda_nll, lambda_nll_avg))
+    out.add("rewards/accuracies", (margin > 0).float())
+    out.add("slic_hf/margin", margin)
+    out.add("slic_hf/hinge_active", (margin < delta).float())
+    out.add("nll", -chosen.avg)
+    out.add("likelihood/margin", chosen.avg - rejected.avg)
+    _logp_metrics(out, inp)
+    return out
+
+
+def rrhf(inp: LossInputs, *, lambda_nll: float, lambda_nll_avg: float = 0.0) -> LossOutput:
+    """RRHF (Yuan et al. 2023, "RRHF: Rank Responses to Align Language Models with Human Feedback without
+    Tears", arXiv:2304.05302, Eq. 1-4) on a pair: ``max(0, avg(y_l) − avg(y_w)) − λ·logp(y_w)``.
+
+    Eq. 1 scores each response by its length-normalised log-likelihood ``p = logp(y)/n(y)``; Eq. 2 is the
+    ranking loss ``Σ_{r_i < r_j} max(0, p_i − p_j)``, which for one pair is ``max(0, avg_l − avg_w)``;
+    Eq. 3 is the cross-entropy on the best response (here the chosen one) and Eq. 4 their sum (λ = 1; the
+    SimPO table makes λ a hyper-parameter). Symbols: λ → ``lambda_nll``.
+
+    **Decisions:** the paper, not the released code (``GanjinZero/RRHF`` ``train.py``), whose SFT term is a
+    ``.mean()`` over the padded row, i.e. divided by the padded row length (its issue #37); the NLL is the
+    paper's summed form by default (``lambda_nll``), per token with ``lambda_nll_avg`` (see :func:`_nll`).
+    The released code's ``length_penalty`` exponent on n(y) (default 1: the paper's normalisation) and its
+    ``rrhf_weight`` on the ranking term (default 100) are not parameters here (the paper has neither).
+    No reference model; TRL has no RRHF. When ``avg_w > avg_l`` the ranking term has no gradient;
+    ``rrhf/rank_active`` is the fraction of pairs ranked wrongly (``avg_l > avg_w``).
+    """
+    chosen, rejected = _pair(inp)
+    avg_w, avg_l = chosen.avg, rejected.avg
+    rank = F.relu(avg_l - avg_w)  # relu: a tie gets no ranking gradient (= rrhf/rank_active)
+    out = LossOutput(losses=rank + _nll(chosen, lambda_nll, lambda_nll_avg))
+    out.add("rewards/accuracies", (avg_w > avg_l).float())
+    out.add("likelihood/margin", avg_w - avg_l)
+    out.add("rrhf/rank_active", (avg_l > avg_w).float())
+    out.add("nll", -avg_w)
     _logp_metrics(out, inp)
     return out
 

@@ -38,6 +38,7 @@ class Bound:
 
 
 POSITIVE = Bound(0.0, math.inf)
+NONNEGATIVE = Bound(0.0, math.inf, low_open=False)
 ANY = Bound()
 
 
@@ -64,6 +65,10 @@ class Method:
     #: Hyper-parameters that are training state: updated after each optimizer step from the step's
     #: global-batch metric means, saved in checkpoints and restored on resume.
     on_optimizer_step: Callable[[dict[str, float], dict[str, float]], dict[str, float]] | None = None
+    #: Two forms of one term, ``{alternative: primary}``: a config that gives the alternative (non-zero) and
+    #: not the primary sets the primary to 0; both non-zero is a ConfigError. E.g. the NLL weight of CPO, SLiC-HF
+    #: and RRHF, summed (``lambda_nll``, the papers') or per token (``lambda_nll_avg``, TRL's).
+    alternatives: Mapping[str, str] = field(default_factory=dict)
     #: The metric name each state hyper-parameter is logged under after the update (its own names, so
     #: two stateful methods never share a label), e.g. ``{"beta": "kl/beta"}`` for ε-DPO.
     state_metrics: Mapping[str, str] = field(default_factory=dict)
@@ -98,6 +103,14 @@ class Method:
             if not bound.contains(float(value)):
                 raise ConfigError(f"{where}.{key}: {value} is outside {bound} for method '{self.name}'")
             out[key] = float(value)
+        for alt, primary in self.alternatives.items():
+            if alt in given and primary not in given and out[alt] != 0.0:
+                out[primary] = 0.0
+            if out[alt] != 0.0 and out[primary] != 0.0:
+                raise ConfigError(
+                    f"{where}: {primary} and {alt} are two forms of one term for method '{self.name}'; "
+                    f"give one of them (the other is then 0)"
+                )
         return out
 
     def __call__(self, inp: LossInputs, hparams: Mapping[str, float]) -> LossOutput:
@@ -109,6 +122,7 @@ class Method:
 
 _DPO = "Rafailov et al. 2023, Direct Preference Optimization, arXiv:2305.18290"
 _MINOR = "Xie et al. 2024, Minor SFT loss for LLM fine-tune (shared/papers/minor-sft.txt)"
+_NLL_FORMS = {"lambda_nll_avg": "lambda_nll"}
 _EDPO = "Lee et al. 2025, KL Penalty Control via Perturbation for DPO, arXiv:2502.13177 (epsilon-dpo.txt)"
 
 METHODS: dict[str, Method] = {
@@ -194,6 +208,17 @@ METHODS: dict[str, Method] = {
             state_metrics={"beta": "kl/beta"},
         ),
         Method(
+            "r_dpo",
+            losses.r_dpo,
+            "Park et al. 2024, Disentangling Length from Quality in DPO (R-DPO), arXiv:2403.19159",
+            "regularised DPO loss (the SimPO paper's baseline-table form, arXiv:2405.14734)",
+            "pairs",
+            True,
+            "R-DPO: -log σ(β·(r_w - r_l) + α·(n_w - n_l)); DPO with a length regulariser, α=0 is DPO",
+            defaults={"beta": 0.1, "alpha": 0.05},
+            bounds={"beta": POSITIVE, "alpha": NONNEGATIVE},
+        ),
+        Method(
             "asft",
             losses.asft,
             "Wang et al. 2024, ASFT: Aligned Supervised Fine-Tuning through Absolute Likelihood, arXiv:2409.10571",
@@ -225,6 +250,42 @@ METHODS: dict[str, Method] = {
             "SimPO: -log σ(β·(avg_w - avg_l) - γ); no reference",
             defaults={"beta": 2.0, "gamma": 0.5},
             bounds={"beta": POSITIVE, "gamma": ANY},
+        ),
+        Method(
+            "cpo",
+            losses.cpo,
+            "Xu et al. 2024, Contrastive Preference Optimization, arXiv:2401.08417",
+            "Eq. 3 + L_NLL",
+            "pairs",
+            False,
+            "CPO: -log σ(β·(logp_w - logp_l)) - λ·logp_w (summed; lambda_nll_avg: per token); no reference",
+            defaults={"beta": 0.1, "lambda_nll": 1.0, "lambda_nll_avg": 0.0},
+            bounds={"beta": POSITIVE, "lambda_nll": NONNEGATIVE, "lambda_nll_avg": NONNEGATIVE},
+            alternatives=_NLL_FORMS,
+        ),
+        Method(
+            "slic_hf",
+            losses.slic_hf,
+            "Zhao et al. 2023, SLiC-HF: Sequence Likelihood Calibration with Human Feedback, arXiv:2305.10425",
+            "Eq. 1",
+            "pairs",
+            False,
+            "SLiC-HF: max(0, δ - logp_w + logp_l) - λ·logp_w (y_ref = chosen; lambda_nll_avg: per token); no reference",
+            defaults={"delta": 1.0, "lambda_nll": 0.1, "lambda_nll_avg": 0.0},
+            bounds={"delta": POSITIVE, "lambda_nll": NONNEGATIVE, "lambda_nll_avg": NONNEGATIVE},
+            alternatives=_NLL_FORMS,
+        ),
+        Method(
+            "rrhf",
+            losses.rrhf,
+            "Yuan et al. 2023, RRHF: Rank Responses to Align Language Models with Human Feedback, arXiv:2304.05302",
+            "Eq. 1-4",
+            "pairs",
+            False,
+            "RRHF: max(0, avg_l - avg_w) - λ·logp_w (length-normalised ranking; lambda_nll_avg: per token); no reference",
+            defaults={"lambda_nll": 1.0, "lambda_nll_avg": 0.0},
+            bounds={"lambda_nll": NONNEGATIVE, "lambda_nll_avg": NONNEGATIVE},
+            alternatives=_NLL_FORMS,
         ),
     ]
 }
