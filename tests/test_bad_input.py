@@ -1,0 +1,176 @@
+"""Issue 12, "every bad input one clear line, before weights load", through the real CLI.
+
+Each case runs ``tether validate`` and ``tether train`` (in one driver process, as in ``test_cli.py``) against
+the garbage-weights model of ``test_cli.env``: both must exit with code 2, print exactly one line and no
+traceback, and ``train`` must write nothing. ``validate`` and ``train`` must say the same thing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+from test_cli import Env, _check_bad, _run_driver, make_env
+
+from tether import config as config_mod
+
+# name -> function of (test environment, case name) giving (arguments after the command, words of the line)
+BadCase = Callable[[Env, str], tuple[list[str], list[str]]]
+
+
+def _config(e: Env, name: str, patch: dict[str, Any], *overrides: str) -> list[str]:
+    return [str(e.config(name, patch)), *overrides]
+
+
+def _yaml_text(e: Env, name: str, text: str | bytes) -> tuple[list[str], int]:
+    """A config file whose own part is ``text`` (its data and output in the test environment), and the line
+    number where ``text`` starts."""
+    path = e.root / "configs" / f"{name}.yaml"
+    path.parent.mkdir(exist_ok=True)
+    head = yaml.safe_dump(
+        {
+            "model": {"name": str(e.garbage)},
+            "data": {"train": str(e.files["pairs"]), "max_length": 64},
+            "reference": {"cache_dir": str(e.root / "refcache")},
+            "train": {"output_dir": str(e.out(name)), "max_steps": 2, "progress": False},
+        },
+        width=10_000,
+    )
+    body = text.encode() if isinstance(text, str) else text
+    path.write_bytes(head.encode() + body)
+    return [str(path)], head.count("\n") + 1
+
+
+def _range_case(key: str, value: Any, *words: str) -> BadCase:
+    section, name = key.split(".")
+    return lambda e, case: (_config(e, case, {section: {name: value}}), [key, *words])
+
+
+def _duplicate(text: str, key: str, first: int, second: int) -> BadCase:
+    def case(e: Env, name: str) -> tuple[list[str], list[str]]:
+        args, at = _yaml_text(e, name, text)
+        return args, [f"{args[0]}:{at + second}: key '{key}' appears twice (first at line {at + first})"]
+
+    return case
+
+
+def _not_utf8(e: Env, name: str) -> tuple[list[str], list[str]]:
+    args, at = _yaml_text(e, name, b"# caf\xe9 au lait\n")
+    return args, [f"{args[0]}:{at}: not UTF-8 text", "0xe9"]
+
+
+CONFIG_CASES: dict[str, BadCase] = {
+    "adam_beta1": _range_case("train.adam_beta1", 1.5, "in [0, 1)", "got 1.5"),
+    "adam_eps_negative": _range_case("train.adam_eps", -1e-8, "> 0"),
+    "weight_decay_negative": _range_case("train.weight_decay", -0.1, "≥ 0"),
+    "max_grad_norm_negative": _range_case("train.max_grad_norm", -1, "> 0"),
+    "warmup_steps_negative": _range_case("train.warmup_steps", -5, "≥ 0", "got -5"),
+    "seed_negative": _range_case("train.seed", -1, "got -1"),
+    "lora_dropout": _range_case("model.lora", {"dropout": 1.0}, "model.lora.dropout", "in [0, 1)"),
+    "lr_nan": _range_case("train.lr", float("nan"), "finite"),
+    "epochs_inf": _range_case("train.epochs", float("inf"), "finite"),
+    "max_length_one": _range_case("data.max_length", 1, "≥ 2"),
+    "not_utf8": _not_utf8,
+    "duplicate_section": _duplicate("train:\n  lr: 1.0e-5\n", "train", -4, 0),
+    "duplicate_key": _duplicate("method:\n  beta: 0.1\n  beta: 0.2\n", "beta", 1, 2),
+    "output_dir_is_a_file": lambda e, name: (
+        _config(e, name, {"train": {"output_dir": str(e.files["pairs"])}}),
+        ["train.output_dir", str(e.files["pairs"]), "is a file"],
+    ),
+    "output_dir_under_a_file": lambda e, name: (
+        _config(e, name, {"train": {"output_dir": str(e.files["pairs"] / "run")}}),
+        ["train.output_dir", f"{e.files['pairs']} is a file"],
+    ),
+    "override_typo": lambda e, name: (
+        _config(e, name, {}, "train.lrr=1"),
+        ["error: override 'train.lrr=1': train.lrr: unknown key", "did you mean 'lr'?"],
+    ),
+    "override_bad_value": lambda e, name: (
+        _config(e, name, {}, "train.warmup_steps=-5"),
+        ["error: override 'train.warmup_steps=-5': train.warmup_steps: must be ≥ 0"],
+    ),
+    "override_bad_hyperparameter": lambda e, name: (
+        _config(e, name, {}, "method.beta=0"),
+        ["error: override 'method.beta=0': method.beta", "outside"],
+    ),
+    "several_unknown_keys": lambda e, name: (
+        _config(
+            e, name, {"modle": {}, "train": {"lrr": 1.0}, "data": {"max_lenght": 4}, "method": {"betta": 1}}
+        ),
+        [
+            "unknown keys",
+            "modle (did you mean 'model'?)",
+            "train.lrr (did you mean 'lr'?)",
+            "data.max_lenght (did you mean 'max_length'?)",
+            "method.betta (did you mean 'beta'?)",
+        ],
+    ),
+    "unknown_keys_in_file_and_override": lambda e, name: (
+        _config(e, name, {"train": {"lrr": 1.0}}, "data.max_lenght=4"),
+        ["train.lrr (did you mean 'lr'?)", "override 'data.max_lenght=4': unknown key data.max_lenght"],
+    ),
+}
+
+CASES: dict[str, BadCase] = {**CONFIG_CASES}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> Env:
+    return make_env(tmp_path_factory.mktemp("bad"))
+
+
+@pytest.fixture(scope="module")
+def results(env: Env) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every case through ``validate`` and ``train``, in one process."""
+    calls, keys = [], []
+    for name, case in CASES.items():
+        args, _ = case(env, name)
+        for command in ("validate", "train"):
+            calls.append([command, *args])
+            keys.append((name, command))
+    return dict(zip(keys, _run_driver(env, calls), strict=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["validate", "train"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_one_line(env, results, name, command):
+    _, expect = CASES[name](env, name)
+    result = results[(name, command)]
+    line = _check_bad(result, expect)
+    assert result["stderr"].splitlines()[1:] in ([], ["1 problem(s) found"]), result["stderr"]
+    assert not env.out(name).exists()  # nothing written
+    assert env.files["pairs"].is_file()  # (the output_dir cases point at it)
+    other = results[(name, "train" if command == "validate" else "validate")]
+    assert other["stderr"].splitlines()[0] == line  # validate and train agree
+
+
+def _numbers(cls: Any, where: str) -> list[str]:
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        key = f"{where}.{f.name}" if where else f.name
+        sub = config_mod._section_class(tp)
+        if sub is not None:
+            out += _numbers(sub, key)
+        elif {int, float} & {tp, *typing.get_args(tp), *(typing.get_args(a) for a in typing.get_args(tp))}:
+            out.append(key)
+    return out
+
+
+def test_every_number_in_the_config_has_a_range():
+    numbers = _numbers(config_mod.Config, "")
+    assert "train.adam_beta1" in numbers and "stages.fractions" in numbers and "model.lora.r" in numbers
+    assert sorted(set(numbers) - set(config_mod.RANGES)) == ["method.params"]  # bounded in tether.methods
+
+
+def test_nonfinite_and_huge_numbers_are_refused():
+    base = {"data": {"train": "x.jsonl"}}
+    for value in (math.nan, math.inf, -math.inf, 10**400):
+        with pytest.raises(config_mod.ConfigError, match=r"train\.lr: must be a finite number"):
+            config_mod.from_dict({**base, "train": {"lr": value}})
