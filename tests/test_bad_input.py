@@ -8,6 +8,7 @@ traceback, and ``train`` must write nothing. ``validate`` and ``train`` must say
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import typing
 from collections.abc import Callable
@@ -116,7 +117,78 @@ CONFIG_CASES: dict[str, BadCase] = {
     ),
 }
 
-CASES: dict[str, BadCase] = {**CONFIG_CASES}
+GOOD_ROW = '{"prompt": "what is 1+1?", "chosen": "2", "rejected": "3"}'
+ROW = '{{"prompt": "a", "chosen": "b", "rejected": "c"{}}}'  # .format(", more fields")
+
+
+def _data_case(suffix: str, text: str | bytes, *words: str) -> BadCase:
+    """A data file ``text``; the line must start with ``FILE`` and hold ``words`` (``{f}``: the file)."""
+
+    def case(e: Env, name: str) -> tuple[list[str], list[str]]:
+        path = e.root / "data" / f"{name}{suffix}"
+        path.write_bytes(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
+        return _config(e, name, {"data": {"train": str(path)}}), [w.format(f=path) for w in words]
+
+    return case
+
+
+def _line2(row: str, where: str, *words: str) -> BadCase:
+    """A JSON-lines file whose line 2 is ``row`` among good rows; the line reads ``FILE:2: where...``."""
+    return _data_case(
+        ".jsonl", "\n".join([GOOD_ROW, row, GOOD_ROW, GOOD_ROW]) + "\n", f"{{f}}:2: {where}", *words
+    )
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+PRETTY_ROW = json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}, indent=2)
+
+DATA_CASES: dict[str, BadCase] = {
+    "deeply_nested_line": _line2(ROW.format(f', "extra": {DEEP}'), "JSON nested too deeply"),
+    "nested_field": _line2(ROW.format(', "extra": ' + "[" * 40 + "]" * 40), "field 'extra'", "levels deep"),
+    "huge_integer": _line2(ROW.format(', "score": ' + "9" * 5000), "cannot read a number", "4300 digits"),
+    "nan_literal": _line2('{"prompt": "a", "chosen": NaN, "rejected": "c"}', "field 'chosen'", "NaN"),
+    "infinity_literal": _line2(ROW.format(', "score": -Infinity'), "field 'score'", "-Infinity"),
+    "overflowing_number": _line2(ROW.format(', "score": 1e999'), "field 'score'", "Infinity"),
+    "lone_surrogate": _line2(
+        '{"prompt": "a\\ud800", "chosen": "b", "rejected": "c"}', "field 'prompt'", "surrogate"
+    ),
+    "content_not_a_string": _line2(
+        '{"prompt": [{"role": "user", "content": "a"}], "chosen": [{"role": "assistant", "content": {"x": 1}}], '
+        '"rejected": [{"role": "assistant", "content": "c"}]}',
+        "field 'chosen[0].content'",
+        "must be a string",
+    ),
+    "duplicate_json_key": _line2(ROW.format(', "prompt": "again"'), "field 'prompt'", "twice"),
+    "duplicate_message_key": _line2(
+        '{"prompt": "a", "chosen": [{"role": "assistant", "content": "b", "content": "x"}], "rejected": "c"}',
+        "field 'chosen[0].content'",
+        "twice",
+    ),
+    "not_utf8_data": _data_case(
+        ".jsonl", f"{GOOD_ROW}\n".encode() + b'{"prompt": "caf\xe9"}\n', "{f}:2: not UTF-8", "0xe9"
+    ),
+    # a U+2028 inside a string is no line break: the bad row is still line 2
+    "line_separator_in_string": _data_case(
+        ".jsonl",
+        '{"prompt": "a\u2028b", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n',
+        "{f}:2: field 'rejected'",
+        "missing",
+    ),
+    "json_object_document": _data_case(".json", PRETTY_ROW, "{f}: holds one JSON object, not rows", "array"),
+    "json_object_with_rows": _data_case(
+        ".json",
+        json.dumps({"data": [json.loads(GOOD_ROW)] * 3}, indent=2),
+        "{f}: holds one JSON object",
+        "'data'",
+    ),
+    "json_object_malformed": _data_case(".json", PRETTY_ROW[:-2] + ",\n}", "{f}:5: malformed JSON"),
+    "model_path_typo": lambda e, name: (
+        (e.root / "runs").mkdir(exist_ok=True) or _config(e, name, {"model": {"name": "runs/typo"}}),
+        ["model.name: runs/typo: not found", "local directory"],
+    ),
+}
+
+CASES: dict[str, BadCase] = {**CONFIG_CASES, **DATA_CASES}
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +205,9 @@ def results(env: Env) -> dict[tuple[str, str], dict[str, Any]]:
         for command in ("validate", "train"):
             calls.append([command, *args])
             keys.append((name, command))
+    (env.root / "runs").mkdir(exist_ok=True)  # so that 'runs/typo' is a path, not a hub id
+    calls.append(["eval", "runs/typo", "--data", str(env.files["pairs"])])
+    keys.append(("eval_typo", "eval"))
     return dict(zip(keys, _run_driver(env, calls), strict=True))
 
 
@@ -148,6 +223,13 @@ def test_bad_input_is_one_line(env, results, name, command):
     assert env.files["pairs"].is_file()  # (the output_dir cases point at it)
     other = results[(name, "train" if command == "validate" else "validate")]
     assert other["stderr"].splitlines()[0] == line  # validate and train agree
+
+
+@pytest.mark.slow
+def test_eval_of_a_mistyped_run_directory_says_it_does_not_exist(results):
+    result = results[("eval_typo", "eval")]
+    line = _check_bad(result, ["runs/typo: not found", "'runs' is a local directory"])
+    assert result["stderr"] == line + "\n" and "hub" not in line.replace("hub id", "")
 
 
 def _numbers(cls: Any, where: str) -> list[str]:

@@ -76,6 +76,7 @@ Nothing stops at the first problem: every row is checked and all problems are ra
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -164,6 +165,8 @@ def read_rows(spec: str, *, split: str = "train", problems: list[Problem] | None
         if suffix in _JSON_SUFFIXES and text.lstrip().startswith("["):
             rows = _parse_json_array(spec, text, found)
         else:
+            if suffix in _JSON_SUFFIXES and text.lstrip().startswith("{"):
+                _refuse_one_document(spec, text)
             rows = _parse_jsonl(spec, text, found)
         if found and (problems is None or not rows):
             raise DataError(found)
@@ -188,13 +191,21 @@ def read_rows(spec: str, *, split: str = "train", problems: list[Problem] | None
 
 def _read_text(spec: str, path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DataError(
-            [Problem(spec, None, None, f"not UTF-8 text ({err.reason} at byte {err.start})")]
-        ) from None
+        data = path.read_bytes()
     except OSError as err:
         raise DataError([Problem(spec, None, None, f"cannot read file ({err.strerror or err})")]) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    problems = []  # every line that is not UTF-8, by line number
+    for lineno, line in enumerate(data.split(b"\n"), start=1):
+        try:
+            line.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as err:
+            what = f"{err.reason} at column {err.start + 1}: byte 0x{line[err.start]:02x}"
+            problems.append(Problem(spec, lineno, None, f"not UTF-8 text ({what})"))
+    raise DataError(problems)
 
 
 def _json_type(value: object) -> str:
@@ -214,39 +225,145 @@ def _json_type(value: object) -> str:
     return type(value).__name__
 
 
+class _Duplicated(dict):
+    """A JSON object in which ``duplicate`` was given twice (plain JSON would keep the last silently)."""
+
+    duplicate: str
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        obj = _Duplicated(obj)
+        obj.duplicate = dup
+    return obj
+
+
+_MAX_DEPTH = 32  # a row is at most 4 deep (row, message list, message, content)
+
+
+def _loads(text: str, spec: str, line: int | None) -> Any:
+    """``json.loads`` with duplicate keys marked; what Python cannot read becomes one :class:`Problem`."""
+    try:
+        return json.loads(text, object_pairs_hook=_object)
+    except json.JSONDecodeError as err:
+        where = line if line is not None else err.lineno
+        return Problem(spec, where, None, f"malformed JSON ({err.msg} at column {err.colno})")
+    except RecursionError:
+        return Problem(spec, line, None, "JSON nested too deeply to read")
+    except ValueError as err:  # an integer with more digits than Python converts (4300)
+        return Problem(spec, line, None, f"cannot read a number ({str(err).split(':')[0].lower()})")
+
+
+def _unusable(spec: str, line: int, value: Any) -> Problem | None:
+    """The first value of a parsed JSON record that Python or a tokenizer cannot take, as a Problem naming
+    its field: a duplicated key, a non-finite number (``NaN``, ``Infinity``, ``1e999``), a lone surrogate
+    (``"\\ud800"``), or nesting deeper than any row format needs."""
+    stack: list[tuple[Any, str | None, int]] = [(value, None, 0)]
+    while stack:
+        v, where, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            top = (where or "").split("[")[0].split(".")[0] or None
+            return Problem(spec, line, top, f"nested more than {_MAX_DEPTH} levels deep")
+        if isinstance(v, _Duplicated):
+            return Problem(spec, line, _join(where, v.duplicate), "given twice in one object")
+        if isinstance(v, dict):
+            for k in v:
+                if _has_surrogate(k):
+                    return Problem(spec, line, where, f"a key contains {_has_surrogate(k)}")
+            stack.extend((x, _join(where, k), depth + 1) for k, x in reversed(v.items()))
+        elif isinstance(v, list):
+            stack.extend((x, f"{where}[{i}]", depth + 1) for i, x in reversed(list(enumerate(v))))
+        elif isinstance(v, float) and not math.isfinite(v):
+            name = "NaN" if math.isnan(v) else "Infinity" if v > 0 else "-Infinity"
+            return Problem(spec, line, where, f"is {name}, not a finite number (1e999 overflows to Infinity)")
+        elif isinstance(v, str) and _has_surrogate(v):
+            return Problem(spec, line, where, f"contains {_has_surrogate(v)}")
+    return None
+
+
+def _join(where: str | None, key: str) -> str:
+    return key if where is None else f"{where}.{key}"
+
+
+def _has_surrogate(text: str) -> str:
+    """'a lone surrogate (\\udXXX), which is not Unicode' if ``text`` has one (no tokenizer takes it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return f"a lone surrogate (\\u{ord(text[err.start]):04x}), which is not valid Unicode"
+    return ""
+
+
 def _parse_jsonl(spec: str, text: str, problems: list[Problem]) -> list[Row]:
     rows: list[Row] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 is no line break
         if not line.strip():
             continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as err:
-            problems.append(Problem(spec, lineno, None, f"malformed JSON ({err.msg} at column {err.colno})"))
+        value = _loads(line, spec, lineno)
+        if isinstance(value, Problem):
+            problems.append(value)
             continue
         if not isinstance(value, dict):
             problems.append(Problem(spec, lineno, None, f"not a JSON object (got {_json_type(value)})"))
+            continue
+        bad = _unusable(spec, lineno, value)
+        if bad is not None:
+            problems.append(bad)
             continue
         rows.append(Row(spec, lineno, value))
     return rows
 
 
 def _parse_json_array(spec: str, text: str, problems: list[Problem]) -> list[Row]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(
-            [Problem(spec, err.lineno, None, f"malformed JSON ({err.msg} at column {err.colno})")]
-        ) from None
+    value = _loads(text, spec, None)
+    if isinstance(value, Problem):
+        raise DataError([value])
     rows: list[Row] = []
     for index, record in enumerate(value, start=1):
-        if isinstance(record, dict):
-            rows.append(Row(spec, index, record))
-        else:
+        if not isinstance(record, dict):
             problems.append(
                 Problem(spec, index, None, f"record is not a JSON object (got {_json_type(record)})")
             )
+            continue
+        bad = _unusable(spec, index, record)
+        if bad is not None:
+            problems.append(bad)
+            continue
+        rows.append(Row(spec, index, record))
     return rows
+
+
+def _refuse_one_document(spec: str, text: str) -> None:
+    """A ``.json`` file that starts with ``{`` and is one object spread over several lines (pretty-printed)
+    is not data rows: raise one clear :class:`DataError`. JSON-lines content passes."""
+    first = text.lstrip().split("\n", 1)[0].strip()
+    value = _loads(text, spec, None)
+    if isinstance(value, Problem):
+        if first != "{":
+            return  # JSON lines (the first line holds a whole object), read line by line
+        raise DataError([value])  # a pretty-printed object that does not parse: where it breaks
+    if not isinstance(value, dict) or "\n" not in text.strip():
+        return  # one object on one line: one JSON-lines row
+    lists = [k for k, v in value.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+    hint = (
+        f"; its '{lists[0]}' key holds a list of {len(value[lists[0]])} objects: put that list at the top level"
+        if lists
+        else ""
+    )
+    raise DataError(
+        [
+            Problem(
+                spec,
+                None,
+                None,
+                "holds one JSON object, not rows: a .json data file is a JSON array of row objects "
+                f"([{{...}}, {{...}}]) or one object per line{hint}",
+            )
+        ]
+    )
 
 
 def _read_parquet(spec: str, path: Path) -> list[Row]:
