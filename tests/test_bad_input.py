@@ -182,6 +182,12 @@ DATA_CASES: dict[str, BadCase] = {
         "'data'",
     ),
     "json_object_malformed": _data_case(".json", PRETTY_ROW[:-2] + ",\n}", "{f}:5: malformed JSON"),
+    "huge_line": _line2(  # 20 MB: cut before tokenizing (bounded work), reported without its full count
+        json.dumps({"prompt": "what is 1+1? " * 1_600_000, "chosen": "2", "rejected": "3"}),
+        "field 'prompt'",
+        "prompt is at least",
+        "max_length=64",
+    ),
     "model_path_typo": lambda e, name: (
         (e.root / "runs").mkdir(exist_ok=True) or _config(e, name, {"model": {"name": "runs/typo"}}),
         ["model.name: runs/typo: not found", "local directory"],
@@ -256,3 +262,86 @@ def test_nonfinite_and_huge_numbers_are_refused():
     for value in (math.nan, math.inf, -math.inf, 10**400):
         with pytest.raises(config_mod.ConfigError, match=r"train\.lr: must be a finite number"):
             config_mod.from_dict({**base, "train": {"lr": value}})
+
+
+# ------------------------------------------------------------------------------------------------
+# Bounded work per row: a huge line is cut before it is tokenized, with the same result
+# ------------------------------------------------------------------------------------------------
+
+
+def _bpe_tokenizer():
+    """A byte-level BPE tokenizer trained on a little English (the kind SmolLM2 and GPT-2 use)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    words = "the quick brown fox jumps over the lazy dog and then some more words follow " * 50
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False
+    )
+    backend.train_from_iterator([words, "aaaa bbbb ----- " * 30], trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
+
+
+def _tokenize(rows, tok, **kw):
+    from tether.data import tokenize_rows
+
+    return tokenize_rows(rows, tok, kind="pairs", max_length=64, chat_template="never", **kw)
+
+
+@pytest.mark.parametrize("which", ["bpe", "char", "word"])
+def test_long_rows_are_cut_before_tokenizing_with_the_same_result(monkeypatch, which):
+    import random
+
+    import test_data
+
+    from tether import data as data_mod
+    from tether.data import Row
+
+    import tiny
+
+    tok = {"bpe": _bpe_tokenizer, "char": tiny.tiny_tokenizer, "word": test_data.make_tokenizer}[which]()
+    rng = random.Random(0)
+    words = ["the", "quick", "fox", "aaaa", "-----", "lazy", "zebra", "ünïcode", "x" * 40]
+
+    def text(n_words: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(n_words))
+
+    rows = [
+        Row("d.jsonl", i, {"prompt": text(p), "chosen": text(c), "rejected": text(c) + " dog"})
+        for i, (p, c) in enumerate([(3, 2000), (2000, 5), (5, 5), (3000, 3000)], start=1)
+    ]
+    longest: list[int] = []
+    real_encode = data_mod._encode
+    monkeypatch.setattr(
+        data_mod,
+        "_encode",
+        lambda t, texts: longest.append(max(map(len, texts), default=0)) or real_encode(t, texts),
+    )
+    bounded = _tokenize(rows, tok, max_prompt_length=16)
+    cut, cap = max(longest), 2 * 64 * data_mod._max_token_chars(tok)
+    monkeypatch.setattr(data_mod, "_max_token_chars", lambda t: 10**9)  # no cut: the reference result
+    assert _tokenize(rows, tok, max_prompt_length=16) == bounded
+    if which != "word":  # whole unknown words are one token there: the full text is tokenized after all
+        assert cut <= cap < 5000 < max(len(r.data["chosen"]) for r in rows)
+    assert bounded.n_truncated >= 2 and bounded.n_prompt_truncated >= 2  # the long rows were cut
+
+
+def test_a_prompt_cut_before_tokenizing_is_reported_as_at_least_n_tokens():
+    from tether.data import Row
+    from tether.errors import DataError
+
+    import tiny
+
+    row = Row("d.jsonl", 2, {"prompt": "what is 1+1? " * 2_000_000, "chosen": "2", "rejected": "3"})  # 26 MB
+    with pytest.raises(DataError) as err:
+        _tokenize([row], tiny.tiny_tokenizer())
+    (problem,) = err.value.problems
+    assert str(problem).startswith(
+        "d.jsonl:2: field 'prompt': prompt is at least "
+    ) and "max_length=64" in str(problem)
+    assert _tokenize([row], tiny.tiny_tokenizer(), drop_long_prompts=True).n_dropped == 1

@@ -67,6 +67,16 @@ Applied per row, in this order (lengths in tokens, BOS included in the prompt):
    response loses its EOS). For pairs, chosen and rejected are cut independently (they may become equal;
    that is not reported). A row with at least one cut response is counted once in ``n_truncated``.
 
+Bounded work
+------------
+A row's work is bounded by ``max_length``, not by its size: before tokenizing, each response text is cut
+to its first ``2 × max_length × C`` characters and each prompt text to its last, where ``C`` is the length
+of the longest string in the tokenizer's vocabulary (no token covers more characters). The cut text
+therefore still holds at least ``2 × max_length`` tokens: a response keeps the same first tokens and a
+prompt the same last tokens as its full text would, and a prompt that was cut is reported (or dropped) as
+too long, "at least N tokens". Should a cut text give fewer than ``max_length`` tokens after all (a
+normalizer that deletes characters), the full text is tokenized.
+
 Problems
 --------
 Nothing stops at the first problem: every row is checked and all problems are raised together as one
@@ -844,10 +854,12 @@ def tokenize_rows(
                     rendered.append(item)
         problems.extend(checker.problems)
 
-    # 2. tokenize in batches
-    prompt_ids_all = _encode(tokenizer, [r.prompt_text for r in rendered])
+    # 2. tokenize in batches, no more of each text than max_length tokens can cover (see "Bounded work")
+    cap = 2 * max_length * _max_token_chars(tokenizer)
+    prompt_texts = [r.prompt_text for r in rendered]
+    prompt_ids_all = _encode_bounded(tokenizer, prompt_texts, cap, max_length + 1, keep_end=True)
     flat_responses = [t for r in rendered for t in r.response_texts]
-    response_ids_flat = _encode(tokenizer, flat_responses)
+    response_ids_flat = _encode_bounded(tokenizer, flat_responses, cap, max_length + 1, keep_end=False)
     bos = tokenizer.bos_token_id if _adds_bos(tokenizer) else None
 
     # 3. truncate and build examples
@@ -880,7 +892,8 @@ def tokenize_rows(
                         row.file,
                         row.line,
                         item.prompt_field,
-                        f"prompt is {len(prompt_ids)} tokens, longer than max_length={max_length} allows "
+                        f"prompt is {'at least ' * (len(item.prompt_text) > cap)}{len(prompt_ids)} tokens, "
+                        f"longer than max_length={max_length} allows "
                         "(at least one response token must fit); raise max_length, set max_prompt_length, "
                         "or set drop_long_prompts",
                     )
@@ -962,6 +975,27 @@ def _render_row(
     if len(response_texts) < len(parsed.responses):
         return None
     return _Rendered(checker.row, prompt_text, response_texts, parsed.prompt_field, parsed.response_fields)
+
+
+def _max_token_chars(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The most characters one token covers: its longest vocabulary string (byte-level BPE spells each byte
+    as one character and a character is at least one byte, so this bounds characters too)."""
+    return max(map(len, tokenizer.get_vocab()), default=1)
+
+
+def _encode_bounded(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], cap: int, need: int, *, keep_end: bool
+) -> list[list[int]]:
+    """Token ids of ``texts``, each first cut to ``cap`` characters (its last ones with ``keep_end``).
+
+    A cut text must still give ``need`` tokens, or the full text is tokenized after all (a normalizer that
+    drops characters can break the characters-per-token bound)."""
+    cut = [t[-cap:] if keep_end else t[:cap] for t in texts]
+    ids = _encode(tokenizer, cut)
+    for i, text in enumerate(texts):
+        if len(text) > cap and len(ids[i]) < need:
+            ids[i] = _encode(tokenizer, [text])[0]
+    return ids
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
