@@ -238,6 +238,69 @@ def test_eval_of_a_mistyped_run_directory_says_it_does_not_exist(results):
     assert result["stderr"] == line + "\n" and "hub" not in line.replace("hub id", "")
 
 
+ENV_DRIVER = r"""
+import contextlib, io, json, os, sys, traceback
+from tether.cli import main
+
+results = []
+for call in json.load(open(sys.argv[1])):
+    os.environ.update(call["env"])
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(call["argv"])
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            rc = 1
+    for k in call["env"]:
+        del os.environ[k]
+    results.append({"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue()})
+json.dump(results, open(sys.argv[2], "w"))
+"""
+
+
+@pytest.mark.slow
+def test_fsdp_on_a_machine_without_gpu_is_one_line_from_one_rank(env):
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: FSDP may run")
+    cfg = str(env.config("fsdp", {}))
+    fsdp = {"ACCELERATE_USE_FSDP": "true"}
+    calls = [
+        {"argv": ["validate", cfg], "env": fsdp},
+        {"argv": ["train", cfg], "env": {**fsdp, "RANK": "0"}},
+        {"argv": ["train", cfg], "env": {**fsdp, "RANK": "1"}},  # every other rank: the same exit, silently
+    ]
+    (env.root / "fsdp_calls.json").write_text(json.dumps(calls))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            ENV_DRIVER,
+            str(env.root / "fsdp_calls.json"),
+            str(env.root / "fsdp_out.json"),
+        ],
+        cwd=env.root,
+        env=env.subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    validate, rank0, rank1 = json.loads((env.root / "fsdp_out.json").read_text())
+    for result in (validate, rank0):
+        line = _check_bad(result, ["accelerate: FSDP was requested", "no CUDA GPU"])
+        assert result["stderr"] == line + "\n"
+    assert rank1["rc"] == 2 and rank1["stderr"] == ""
+    assert not env.out("fsdp").exists()
+
+
 def _numbers(cls: Any, where: str) -> list[str]:
     out = []
     for f in dataclasses.fields(cls):

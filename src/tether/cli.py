@@ -130,16 +130,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
+    say = print if _is_main() else lambda *a, **k: None  # under accelerate launch: one rank, not each
     try:
         return args.func(args)
     except DataError as e:
         for problem in e.problems:
-            print(f"error: {problem}", file=sys.stderr)
+            say(f"error: {problem}", file=sys.stderr)
         return 2
     except TetherError as e:
         from .trainer import TrainingDiverged
 
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}", file=sys.stderr)
         return 3 if isinstance(e, TrainingDiverged) else 2
     except KeyboardInterrupt:
         print("interrupted; resume with train.resume=true", file=sys.stderr)

@@ -517,6 +517,21 @@ def validate(cfg: Config) -> None:
         _validate_stages(cfg, method)
 
 
+def check_launch() -> None:
+    """The ``accelerate launch`` settings this machine cannot run, as one ConfigError (before anything loads):
+    FSDP (``--use_fsdp`` or ``distributed_type: FSDP`` in accelerate's config) needs CUDA GPUs."""
+    import os
+
+    import torch
+
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").strip().lower() in ("1", "true", "yes", "on")
+    if fsdp and not torch.cuda.is_available():
+        raise ConfigError(
+            "accelerate: FSDP was requested (ACCELERATE_USE_FSDP=true: accelerate launch --use_fsdp or "
+            "distributed_type: FSDP in its config) but this machine has no CUDA GPU; launch without FSDP"
+        )
+
+
 def _check_output_dir(output_dir: str) -> None:
     """``train.output_dir`` must be a directory or creatable as one (no file in the way)."""
     out = Path(output_dir).expanduser()

@@ -18,7 +18,7 @@ import yaml
 
 from . import data as data_mod
 from . import models
-from .config import Config
+from .config import Config, check_launch
 from .errors import DataError, Problem, TetherError
 from .logprobs import LogProbModel
 from .methods import Method
@@ -42,6 +42,7 @@ class Prepared:
 
 def prepare(cfg: Config, train_spec: str | None = None) -> Prepared:
     """Check the model spec and every data row (tokenized) without loading model weights."""
+    check_launch()
     method, hparams = cfg.resolved_method()
     d, stages = cfg.data, cfg.stages
     for key, name in (("model.name", cfg.model.name), ("reference.model", cfg.reference.model)):
