@@ -87,6 +87,10 @@ CONFIG_CASES: dict[str, BadCase] = {
         _config(e, name, {"train": {"output_dir": str(e.files["pairs"] / "run")}}),
         ["train.output_dir", f"{e.files['pairs']} is a file"],
     ),
+    "key_with_a_line_break": lambda e, name: (
+        _config(e, name, {"train": {"lr\nx": 1}}),
+        ["train.lr\\nx: unknown key", "did you mean 'lr'?"],
+    ),
     "override_typo": lambda e, name: (
         _config(e, name, {}, "train.lrr=1"),
         ["error: override 'train.lrr=1': train.lrr: unknown key", "did you mean 'lr'?"],
@@ -159,6 +163,9 @@ DATA_CASES: dict[str, BadCase] = {
         "must be a string",
     ),
     "duplicate_json_key": _line2(ROW.format(', "prompt": "again"'), "field 'prompt'", "twice"),
+    "duplicate_key_with_a_line_break": _line2(
+        ROW.format(', "x\\ny": 1, "x\\ny": 2'), "field 'x\\ny'", "twice"
+    ),
     "duplicate_message_key": _line2(
         '{"prompt": "a", "chosen": [{"role": "assistant", "content": "b", "content": "x"}], "rejected": "c"}',
         "field 'chosen[0].content'",

@@ -59,8 +59,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         report = validate(cfg)
     except DataError as e:
         for problem in e.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        print(f"{len(e.problems)} problem(s) found", file=sys.stderr)
+            _error(problem)
+        if _is_main():
+            print(f"{len(e.problems)} problem(s) found", file=sys.stderr)
         return 2
     print(
         f"{args.config}: OK — method {cfg.method.name}, " + ", ".join(f"{k}={v}" for k, v in report.items())
@@ -98,6 +99,13 @@ def _is_main() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def _error(problem: object) -> None:
+    """``error: <problem>`` as one line (a key or field from the input may hold a line break), printed by one
+    process only under ``accelerate launch``."""
+    if _is_main():
+        print(f"error: {problem}".replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,17 +138,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
-    say = print if _is_main() else lambda *a, **k: None  # under accelerate launch: one rank, not each
     try:
         return args.func(args)
     except DataError as e:
         for problem in e.problems:
-            say(f"error: {problem}", file=sys.stderr)
+            _error(problem)
         return 2
     except TetherError as e:
         from .trainer import TrainingDiverged
 
-        say(f"error: {e}", file=sys.stderr)
+        _error(e)
         return 3 if isinstance(e, TrainingDiverged) else 2
     except KeyboardInterrupt:
         print("interrupted; resume with train.resume=true", file=sys.stderr)
