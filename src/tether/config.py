@@ -341,12 +341,12 @@ def _raise_unknown(found: list[tuple[str, str, str, list[str]]], origin: Callabl
         return
     if len(found) == 1:
         key, what, hint, valid = found[0]
-        raise ConfigError(f"{origin(key)}: {key}: {what}{hint}; valid: {', '.join(valid) or 'none'}", key)
+        raise ConfigError(_at(origin(key), f"{key}: {what}{hint}; valid: {', '.join(valid) or 'none'}"), key)
     groups: dict[str, list[str]] = {}
     for key, _, hint, _ in found:
         groups.setdefault(origin(key), []).append(f"{key}{hint}")
     parts = [
-        f"{where}: unknown key{'s' * (len(keys) > 1)} {', '.join(keys)}" for where, keys in groups.items()
+        _at(where, f"unknown key{'s' * (len(keys) > 1)} {', '.join(keys)}") for where, keys in groups.items()
     ]
     raise ConfigError("; ".join(parts), found[0][0])
 
@@ -369,24 +369,28 @@ def _split_method(raw: dict[str, Any]) -> dict[str, Any]:
 
 def from_dict(raw: dict[str, Any]) -> Config:
     """Build and validate a :class:`Config` from a plain mapping."""
-    return _from_dict(raw, lambda key: "config")
+    return _from_dict(raw, lambda key: "")
 
 
 def _from_dict(raw: dict[str, Any], origin: Callable[[str | None], str]) -> Config:
-    """:func:`from_dict`, each error prefixed with ``origin(key)``: where the key at fault was given."""
+    """:func:`from_dict`, each error prefixed with ``origin(key)`` (where the key at fault was given) if any."""
     if not isinstance(raw, dict):
         raise ConfigError(f"config: expected a mapping at the top level, got {type(raw).__name__}")
     try:
         raw = _split_method(raw)
     except ConfigError as e:
-        raise ConfigError(f"{origin('method')}: {e}", "method") from None
+        raise ConfigError(_at(origin("method"), e), "method") from None
     _raise_unknown(_unknown_keys(Config, raw, ""), origin)
     try:
         cfg = _build(Config, raw, "")
         validate(cfg)
     except ConfigError as e:
-        raise ConfigError(f"{origin(e.key)}: {e}", e.key) from None
+        raise ConfigError(_at(origin(e.key), e), e.key) from None
     return cfg
+
+
+def _at(where: str, problem: object) -> str:
+    return f"{where}: {problem}" if where else str(problem)
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
@@ -442,7 +446,10 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{path}: config file not found")
-    data = p.read_bytes()
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror or e})") from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
