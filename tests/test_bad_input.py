@@ -79,6 +79,14 @@ CONFIG_CASES: dict[str, BadCase] = {
     "not_utf8": _not_utf8,
     "duplicate_section": _duplicate("train:\n  lr: 1.0e-5\n", "train", -4, 0),
     "duplicate_key": _duplicate("method:\n  beta: 0.1\n  beta: 0.2\n", "beta", 1, 2),
+    "deeply_nested_yaml": lambda e, name: (
+        _yaml_text(e, name, "extra: " + "[" * 5000 + "]" * 5000 + "\n")[0],
+        ["nested too deeply"],
+    ),
+    "huge_integer_yaml": lambda e, name: (
+        (t := _yaml_text(e, name, "seed_extra: " + "9" * 5000 + "\n"))[0],
+        [f"{t[0][0]}:{t[1]}: exceeds the limit (4300 digits)"],
+    ),
     "output_dir_is_a_file": lambda e, name: (
         _config(e, name, {"train": {"output_dir": str(e.files["pairs"])}}),
         ["train.output_dir", str(e.files["pairs"]), "is a file"],

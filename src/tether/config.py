@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -464,8 +465,10 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}{line}: {problem}") from None
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply") from None
-    except ValueError as e:  # e.g. an integer with more digits than Python converts
-        raise ConfigError(f"{path}: {str(e).split(';')[0]}") from None
+    except ValueError as e:  # e.g. an integer with more digits than Python converts (4300)
+        digits = re.search(r"\d{4301}", text)
+        line = f":{text.count(chr(10), 0, digits.start()) + 1}" if digits else ""
+        raise ConfigError(f"{path}{line}: {str(e).split(':')[0].lower()}") from None
     if raw is None:
         raise ConfigError(f"{path}: config file is empty")
     if not isinstance(raw, dict):

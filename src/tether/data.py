@@ -287,8 +287,8 @@ def _unusable(spec: str, line: int, value: Any) -> Problem | None:
         elif isinstance(v, list):
             stack.extend((x, f"{where}[{i}]", depth + 1) for i, x in reversed(list(enumerate(v))))
         elif isinstance(v, float) and not math.isfinite(v):
-            name = "NaN" if math.isnan(v) else "Infinity" if v > 0 else "-Infinity"
-            return Problem(spec, line, where, f"is {name}, not a finite number (1e999 overflows to Infinity)")
+            what = "NaN" if math.isnan(v) else f"{'-' * (v < 0)}Infinity (or beyond ±1.8e308)"
+            return Problem(spec, line, where, f"is {what}, not a finite number")
         elif isinstance(v, str) and _has_surrogate(v):
             return Problem(spec, line, where, f"contains {_has_surrogate(v)}")
     return None
