@@ -8,6 +8,7 @@ traceback, and ``train`` must write nothing. ``validate`` and ``train`` must say
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import typing
@@ -99,6 +100,7 @@ CONFIG_CASES: dict[str, BadCase] = {
         _config(e, name, {"train": {"lr\nx": 1}}),
         ["train.lr\\nx: unknown key", "did you mean 'lr'?"],
     ),
+    "output_dir_empty": _range_case("train.output_dir", " ", "must not be empty"),
     "override_typo": lambda e, name: (
         _config(e, name, {}, "train.lrr=1"),
         ["error: override 'train.lrr=1': train.lrr: unknown key", "did you mean 'lr'?"],
@@ -208,6 +210,12 @@ DATA_CASES: dict[str, BadCase] = {
         ["model.name: runs/typo: not found", "local directory"],
     ),
 }
+
+if importlib.util.find_spec("wandb") is None:
+    CONFIG_CASES["report_to_not_installed"] = lambda e, name: (
+        _config(e, name, {"train": {"report_to": ["wandb"]}}),
+        ["train.report_to[0]: wandb needs `pip install wandb`"],
+    )
 
 CASES: dict[str, BadCase] = {**CONFIG_CASES, **DATA_CASES}
 

@@ -8,6 +8,7 @@ A config is YAML with the sections ``model``, ``data``, ``method``, ``reference`
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import re
 import types
@@ -498,7 +499,12 @@ def validate(cfg: Config) -> None:
     t, d = cfg.train, cfg.data
     if not d.train and not (cfg.stages and cfg.stages.by == "files"):
         raise ConfigError("data.train: required (a .jsonl/.json/.parquet file or hf:<dataset>)", "data.train")
+    if not t.output_dir.strip():
+        raise ConfigError("train.output_dir: must not be empty", "train.output_dir")
     _check_output_dir(t.output_dir)
+    for i, sink in enumerate(t.report_to):
+        if importlib.util.find_spec(sink) is None:
+            raise ConfigError(f"train.report_to[{i}]: {sink} needs `pip install {sink}`", "train.report_to")
     if d.max_prompt_length is not None and d.max_prompt_length >= d.max_length:
         raise ConfigError(
             f"data.max_prompt_length: {d.max_prompt_length} leaves no room for the response "
