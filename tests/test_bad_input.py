@@ -100,6 +100,10 @@ CONFIG_CASES: dict[str, BadCase] = {
         _config(e, name, {"train": {"lr\nx": 1}}),
         ["train.lr\\nx: unknown key", "did you mean 'lr'?"],
     ),
+    "cache_dir_is_a_file": lambda e, name: (
+        _config(e, name, {"reference": {"cache_dir": str(e.files["pairs"])}}),
+        ["reference.cache_dir", "is a file"],
+    ),
     "output_dir_empty": _range_case("train.output_dir", " ", "must not be empty"),
     "override_typo": lambda e, name: (
         _config(e, name, {}, "train.lrr=1"),

@@ -501,7 +501,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.train: required (a .jsonl/.json/.parquet file or hf:<dataset>)", "data.train")
     if not t.output_dir.strip():
         raise ConfigError("train.output_dir: must not be empty", "train.output_dir")
-    _check_output_dir(t.output_dir)
+    _check_dir("train.output_dir", t.output_dir)
+    if cfg.reference.cache_dir is not None:
+        _check_dir("reference.cache_dir", cfg.reference.cache_dir)
     for i, sink in enumerate(t.report_to):
         if importlib.util.find_spec(sink) is None:
             raise ConfigError(f"train.report_to[{i}]: {sink} needs `pip install {sink}`", "train.report_to")
@@ -548,15 +550,15 @@ def check_launch() -> None:
         )
 
 
-def _check_output_dir(output_dir: str) -> None:
-    """``train.output_dir`` must be a directory or creatable as one (no file in the way)."""
-    out = Path(output_dir).expanduser()
+def _check_dir(key: str, value: str) -> None:
+    """A directory tether writes into must be one, or creatable as one (no file in the way)."""
+    out = Path(value).expanduser()
     for p in (out, *out.parents):
         if p.is_dir():
             return
         if p.exists():
             what = "is a file, not a directory" if p == out else f"cannot be created: {p} is a file"
-            raise ConfigError(f"train.output_dir: {output_dir} {what}", "train.output_dir")
+            raise ConfigError(f"{key}: {value} {what}", key)
 
 
 def _validate_stages(cfg: Config, method: Method) -> None:
