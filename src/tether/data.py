@@ -7,7 +7,12 @@ Data files
 * ``*.jsonl`` / ``*.ndjson``: one JSON object per line; blank lines are skipped. ``Row.line`` is the
   1-based line number in the file.
 * ``*.json``: either a JSON array of objects (``Row.line`` is the 1-based index of the record in the
-  array) or JSON-lines content (treated exactly like ``.jsonl``).
+  array) or JSON-lines content (treated exactly like ``.jsonl``). One object spread over several lines
+  (pretty-printed) is refused with one problem: it is a document, not rows.
+
+JSON is read strictly: a key given twice, ``NaN``/``Infinity`` (or a number that overflows to it), a lone
+surrogate, an integer of more than 4300 digits, or nesting deeper than 32 levels is a problem naming the
+record and field, as is a line that is not UTF-8.
 * ``*.parquet``: ``Row.line`` is the 1-based record index.
 * ``hf:<spec>``: loaded with the ``datasets`` library. ``<spec>`` may be a directory written by
   ``Dataset.save_to_disk``/``DatasetDict.save_to_disk`` (loaded with ``load_from_disk``), a local data
