@@ -1,7 +1,7 @@
 """Issue 12, "every bad input one clear line, before weights load", through the real CLI.
 
 Each case runs ``tether validate`` and ``tether train`` (in one driver process, as in ``test_cli.py``) against
-the garbage-weights model of ``test_cli.env``: both must exit with code 2, print exactly one line and no
+the garbage-weights model of ``test_cli.env``: both must exit with code 2, print one error line and no
 traceback, and ``train`` must write nothing. ``validate`` and ``train`` must say the same thing.
 """
 
