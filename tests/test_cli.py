@@ -142,7 +142,11 @@ BAD_ROWS: dict[str, tuple[str | dict, str, list[str]]] = {
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> Env:
-    root = tmp_path_factory.mktemp("cli")
+    return make_env(tmp_path_factory.mktemp("cli"))
+
+
+def make_env(root: Path) -> Env:
+    """Tiny models (a good one, one with garbage weights, one with another vocabulary) and data files."""
     model = tiny_model_dir(root / "model")
     garbage = tiny_model_dir(root / "garbage")
     (garbage / "model.safetensors").write_bytes(b"\x00not safetensors\xff" * 64)

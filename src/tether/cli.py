@@ -71,8 +71,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         report = validate(cfg)
     except DataError as e:
         for problem in e.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        print(f"{len(e.problems)} problem(s) found", file=sys.stderr)
+            _error(problem)
+        if _is_main():
+            print(f"{len(e.problems)} problem(s) found", file=sys.stderr)
         return 2
     print(
         f"{args.config}: OK — method {cfg.method.name}, " + ", ".join(f"{k}={v}" for k, v in report.items())
@@ -161,6 +162,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _is_main() -> bool:
     return os.environ.get("RANK", "0") == "0"
+
+
+def _error(problem: object) -> None:
+    """``error: <problem>`` as one line (a key or field from the input may hold a line break), printed by one
+    process only under ``accelerate launch``."""
+    if _is_main():
+        print(f"error: {problem}".replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
 
 
 def _positive(text: str) -> int:
@@ -305,12 +313,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except DataError as e:
         for problem in e.problems:
-            print(f"error: {problem}", file=sys.stderr)
+            _error(problem)
         return 2
     except TetherError as e:
         from tether.training.trainer import TrainingDiverged
 
-        print(f"error: {e}", file=sys.stderr)
+        _error(e)
         return 3 if isinstance(e, TrainingDiverged) else 2
     except KeyboardInterrupt:
         print("interrupted; resume with train.resume=true", file=sys.stderr)

@@ -8,8 +8,12 @@ A config is YAML with the sections ``model``, ``data``, ``method``, ``reference`
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import math
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from tether.errors import ConfigError, closest
-from tether.methods.registry import Method, get_method
+from tether.methods.registry import METHODS, Bound, Method, get_method
 
 
 @dataclass
@@ -150,6 +154,65 @@ class Config:
         return d
 
 
+def _at_least(low: float) -> Bound:
+    return Bound(low, math.inf, low_open=False)
+
+
+_POSITIVE = Bound(0.0)  # (0, inf)
+_FRACTION = Bound(0.0, 1.0, low_open=False)  # [0, 1)
+
+RANGES: dict[str, Bound] = {
+    "model.lora.r": _at_least(1),
+    "model.lora.alpha": _at_least(1),
+    "model.lora.dropout": _FRACTION,
+    "data.eval_fraction": _FRACTION,
+    "data.max_length": _at_least(2),
+    "data.max_prompt_length": _at_least(1),
+    "data.limit": _at_least(1),
+    "data.eval_limit": _at_least(1),
+    "train.seed": Bound(0, 2**32 - 1, low_open=False, high_open=False),  # numpy's seed range
+    "train.lr": _POSITIVE,
+    "train.batch_size": _at_least(1),
+    "train.grad_accum": _at_least(1),
+    "train.max_steps": _at_least(1),
+    "train.epochs": _POSITIVE,
+    "train.warmup_ratio": _FRACTION,
+    "train.warmup_steps": _at_least(0),
+    "train.weight_decay": _at_least(0),
+    "train.adam_beta1": _FRACTION,
+    "train.adam_beta2": _FRACTION,
+    "train.adam_eps": _POSITIVE,
+    "train.max_grad_norm": _POSITIVE,  # null: no clipping
+    "train.log_every": _at_least(1),
+    "train.eval_every": _at_least(1),
+    "train.save_every": _at_least(1),
+    "train.save_total_limit": _at_least(1),
+    "train.logprob_chunk": _at_least(1),
+    "stages.fractions": _POSITIVE,
+}
+"""The allowed range of every number in the config (``null`` stays allowed where the type has it), checked
+as each value is read; every float must also be finite. Method hyper-parameters are bounded in
+:mod:`tether.methods.registry`."""
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if x == int(x) else f"{x:g}"
+
+
+def _check_range(where: str, value: float) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a finite number, got {value}", where)
+    bound = RANGES.get(where.split("[")[0])
+    if bound is None or bound.contains(value):
+        return
+    if bound.high == math.inf:
+        want = f"{'>' if bound.low_open else '≥'} {_num(bound.low)}"
+    else:
+        lo, hi = "(" if bound.low_open else "[", ")" if bound.high_open else "]"
+        want = f"in {lo}{_num(bound.low)}, {_num(bound.high)}{hi}"
+    raise ConfigError(f"{where}: must be {want}, got {value}", where)
+
+
 # ------------------------------------------------------------------------------------------------
 # Building dataclasses from plain dicts, strictly
 # ------------------------------------------------------------------------------------------------
@@ -173,45 +236,54 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} has the wrong type")
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} has the wrong type", where)
     if origin is Literal:
         if value not in args:
             raise ConfigError(
-                f"{where}: {value!r} is not one of {', '.join(map(str, args))}{closest(str(value), map(str, args))}"
+                f"{where}: {value!r} is not one of {', '.join(map(str, args))}{closest(str(value), map(str, args))}",
+                where,
             )
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {value!r}", where)
         return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}", where)
         return dict(value)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, where)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {value!r}", where)
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {value!r}", where)
+        _check_range(where, value)
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+            raise ConfigError(f"{where}: expected a number, got {value!r}", where)
+        try:
+            value = float(value)
+        except OverflowError:  # an int too large for a float
+            raise ConfigError(
+                f"{where}: must be a finite number, got a {len(str(value))}-digit integer", where
+            ) from None
+        _check_range(where, value)
+        return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {value!r}", where)
         return value
-    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}", where)
 
 
 def _build(cls: Any, raw: Any, where: str) -> Any:
@@ -225,9 +297,60 @@ def _build(cls: Any, raw: Any, where: str) -> Any:
     for key, value in raw.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in names:
-            raise ConfigError(f"{path}: unknown key{closest(str(key), names)}; valid: {', '.join(names)}")
+            raise ConfigError(
+                f"{path}: unknown key{closest(str(key), names)}; valid: {', '.join(names)}", path
+            )
         kwargs[key] = _coerce(value, hints[key], path)
     return cls(**kwargs)
+
+
+def _section_class(tp: Any) -> Any:
+    """The dataclass a field holds (``X`` or ``X | None``), or None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    return next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), None)
+
+
+def _unknown_keys(cls: Any, raw: Any, where: str) -> list[tuple[str, str, str, list[str]]]:
+    """Every key in ``raw`` (all sections, recursively) that ``cls`` does not have: (dotted key, what is wrong,
+    the closest valid name as ``closest`` words it, the valid names). Method hyper-parameters are checked
+    against the method's, when the method is known."""
+    if not isinstance(raw, dict):
+        return []
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    found = []
+    for key, value in raw.items():
+        path = f"{where}.{key}" if where else str(key)
+        section = _section_class(hints[key]) if key in names else None
+        if key not in names:
+            found.append((path, "unknown key", closest(str(key), names), names))
+        elif section is not None:
+            found += _unknown_keys(section, value, path)
+        elif cls is MethodConfig and key == "params" and isinstance(value, dict):
+            method = METHODS.get(raw.get("name", "dpo"))
+            valid = list(method.defaults) if method is not None else None
+            for name in value if valid is not None else []:
+                if name not in valid:
+                    what = f"unknown hyper-parameter for method '{method.name}'"
+                    found.append((f"{where}.{name}", what, closest(str(name), valid), valid))
+    return found
+
+
+def _raise_unknown(found: list[tuple[str, str, str, list[str]]], origin: Callable[[str | None], str]) -> None:
+    """One line for all unknown keys, grouped by where each was given (the file or an override)."""
+    if not found:
+        return
+    if len(found) == 1:
+        key, what, hint, valid = found[0]
+        raise ConfigError(_at(origin(key), f"{key}: {what}{hint}; valid: {', '.join(valid) or 'none'}"), key)
+    groups: dict[str, list[str]] = {}
+    for key, _, hint, _ in found:
+        groups.setdefault(origin(key), []).append(f"{key}{hint}")
+    parts = [
+        _at(where, f"unknown key{'s' * (len(keys) > 1)} {', '.join(keys)}") for where, keys in groups.items()
+    ]
+    raise ConfigError("; ".join(parts), found[0][0])
 
 
 def _split_method(raw: dict[str, Any]) -> dict[str, Any]:
@@ -248,11 +371,28 @@ def _split_method(raw: dict[str, Any]) -> dict[str, Any]:
 
 def from_dict(raw: dict[str, Any]) -> Config:
     """Build and validate a :class:`Config` from a plain mapping."""
+    return _from_dict(raw, lambda key: "")
+
+
+def _from_dict(raw: dict[str, Any], origin: Callable[[str | None], str]) -> Config:
+    """:func:`from_dict`, each error prefixed with ``origin(key)`` (where the key at fault was given) if any."""
     if not isinstance(raw, dict):
         raise ConfigError(f"config: expected a mapping at the top level, got {type(raw).__name__}")
-    cfg = _build(Config, _split_method(raw), "")
-    validate(cfg)
+    try:
+        raw = _split_method(raw)
+    except ConfigError as e:
+        raise ConfigError(_at(origin("method"), e), "method") from None
+    _raise_unknown(_unknown_keys(Config, raw, ""), origin)
+    try:
+        cfg = _build(Config, raw, "")
+        validate(cfg)
+    except ConfigError as e:
+        raise ConfigError(_at(origin(e.key), e), e.key) from None
     return cfg
+
+
+def _at(where: str, problem: object) -> str:
+    return f"{where}: {problem}" if where else str(problem)
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
@@ -286,17 +426,50 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in first:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' appears twice (first at line {first[key]})", key_node.start_mark
+                )
+            first[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(p.read_text())
+        data = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror or e})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text ({e.reason}: byte 0x{data[e.start]:02x})") from None
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}{line}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply") from None
+    except ValueError as e:  # e.g. an integer with more digits than Python converts (4300)
+        digits = re.search(r"\d{4301}", text)
+        line = f":{text.count(chr(10), 0, digits.start()) + 1}" if digits else ""
+        raise ConfigError(f"{path}{line}: {str(e).split(':')[0].lower()}") from None
     if raw is None:
         raise ConfigError(f"{path}: config file is empty")
     if not isinstance(raw, dict):
@@ -305,12 +478,19 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read, override and validate a YAML config. Raises :class:`ConfigError` with the key at fault."""
-    raw = apply_overrides(_read_yaml(path), overrides or [])
-    try:
-        return from_dict(raw)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+    """Read, override and validate a YAML config. Raises :class:`ConfigError` naming the key at fault and
+    where it was given: the file, or the ``key=value`` override that set it."""
+    overrides = overrides or []
+    raw = apply_overrides(_read_yaml(path), overrides)
+    given = [(".".join(_parse_override(item)[0]), item) for item in overrides]
+
+    def origin(key: str | None) -> str:
+        for k, item in reversed(given):  # the last override of a key is the one that counts
+            if key is not None and (key == k or key.startswith((f"{k}.", f"{k}["))):
+                return f"override '{item}'"
+        return str(path)
+
+    return _from_dict(raw, origin)
 
 
 def validate(cfg: Config) -> None:
@@ -318,40 +498,20 @@ def validate(cfg: Config) -> None:
     method, _ = cfg.resolved_method()
     t, d = cfg.train, cfg.data
     if not d.train and not (cfg.stages and cfg.stages.by == "files"):
-        raise ConfigError("data.train: required (a .jsonl/.json/.parquet file or hf:<dataset>)")
-    positive_ints = {
-        "train.batch_size": t.batch_size,
-        "train.grad_accum": t.grad_accum,
-        "train.log_every": t.log_every,
-        "data.max_length": d.max_length,
-        "train.logprob_chunk": t.logprob_chunk,
-    }
-    for key, value in positive_ints.items():
-        if value < 1:
-            raise ConfigError(f"{key}: must be ≥ 1, got {value}")
-    for key, value in {
-        "train.max_steps": t.max_steps,
-        "train.eval_every": t.eval_every,
-        "train.save_every": t.save_every,
-        "data.max_prompt_length": d.max_prompt_length,
-        "data.limit": d.limit,
-        "data.eval_limit": d.eval_limit,
-        "train.save_total_limit": t.save_total_limit,
-    }.items():
-        if value is not None and value < 1:
-            raise ConfigError(f"{key}: must be ≥ 1 or null, got {value}")
-    if t.lr <= 0:
-        raise ConfigError(f"train.lr: must be > 0, got {t.lr}")
-    if t.epochs <= 0:
-        raise ConfigError(f"train.epochs: must be > 0, got {t.epochs}")
-    if not 0 <= t.warmup_ratio < 1:
-        raise ConfigError(f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
-    if not 0 <= d.eval_fraction < 1:
-        raise ConfigError(f"data.eval_fraction: must be in [0, 1), got {d.eval_fraction}")
+        raise ConfigError("data.train: required (a .jsonl/.json/.parquet file or hf:<dataset>)", "data.train")
+    if not t.output_dir.strip():
+        raise ConfigError("train.output_dir: must not be empty", "train.output_dir")
+    _check_dir("train.output_dir", t.output_dir)
+    if cfg.reference.cache_dir is not None:
+        _check_dir("reference.cache_dir", cfg.reference.cache_dir)
+    for i, sink in enumerate(t.report_to):
+        if importlib.util.find_spec(sink) is None:
+            raise ConfigError(f"train.report_to[{i}]: {sink} needs `pip install {sink}`", "train.report_to")
     if d.max_prompt_length is not None and d.max_prompt_length >= d.max_length:
         raise ConfigError(
             f"data.max_prompt_length: {d.max_prompt_length} leaves no room for the response "
-            f"(data.max_length={d.max_length})"
+            f"(data.max_length={d.max_length})",
+            "data.max_prompt_length",
         )
     mode = cfg.reference.mode
     if mode == "adapter" and cfg.model.lora is None:
@@ -373,6 +533,32 @@ def validate(cfg: Config) -> None:
         )
     if cfg.stages is not None:
         _validate_stages(cfg, method)
+
+
+def check_launch() -> None:
+    """The ``accelerate launch`` settings this machine cannot run, as one ConfigError (before anything loads):
+    FSDP (``--use_fsdp`` or ``distributed_type: FSDP`` in accelerate's config) needs CUDA GPUs."""
+    import os
+
+    import torch
+
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").strip().lower() in ("1", "true", "yes", "on")
+    if fsdp and not torch.cuda.is_available():
+        raise ConfigError(
+            "accelerate: FSDP was requested (ACCELERATE_USE_FSDP=true: accelerate launch --use_fsdp or "
+            "distributed_type: FSDP in its config) but this machine has no CUDA GPU; launch without FSDP"
+        )
+
+
+def _check_dir(key: str, value: str) -> None:
+    """A directory tether writes into must be one, or creatable as one (no file in the way)."""
+    out = Path(value).expanduser()
+    for p in (out, *out.parents):
+        if p.is_dir():
+            return
+        if p.exists():
+            what = "is a file, not a directory" if p == out else f"cannot be created: {p} is a file"
+            raise ConfigError(f"{key}: {value} {what}", key)
 
 
 def _validate_stages(cfg: Config, method: Method) -> None:

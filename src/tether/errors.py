@@ -36,7 +36,11 @@ class DataError(TetherError):
 
 
 class ConfigError(TetherError):
-    """A bad config key or value."""
+    """A bad config key or value. ``key``: the dotted key at fault (``train.lr``), where one is."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 def closest(name: str, choices: Iterable[str]) -> str:

@@ -7,7 +7,12 @@ Data files
 * ``*.jsonl`` / ``*.ndjson``: one JSON object per line; blank lines are skipped. ``Row.line`` is the
   1-based line number in the file.
 * ``*.json``: either a JSON array of objects (``Row.line`` is the 1-based index of the record in the
-  array) or JSON-lines content (treated exactly like ``.jsonl``).
+  array) or JSON-lines content (treated exactly like ``.jsonl``). One object spread over several lines
+  (pretty-printed) is refused with one problem: it is a document, not rows.
+
+JSON is read strictly: a key given twice, ``NaN``/``Infinity`` (or a number that overflows to it), a lone
+surrogate, an integer of more than 4300 digits, or nesting deeper than 32 levels is a problem naming the
+record and field, as is a line that is not UTF-8.
 * ``*.parquet``: ``Row.line`` is the 1-based record index.
 * ``hf:<spec>``: loaded with the ``datasets`` library. ``<spec>`` may be a directory written by
   ``Dataset.save_to_disk``/``DatasetDict.save_to_disk`` (loaded with ``load_from_disk``), a local data
@@ -67,6 +72,16 @@ Applied per row, in this order (lengths in tokens, BOS included in the prompt):
    response loses its EOS). For pairs, chosen and rejected are cut independently (they may become equal;
    that is not reported). A row with at least one cut response is counted once in ``n_truncated``.
 
+Bounded work
+------------
+A row's work is bounded by ``max_length``, not by its size: before tokenizing, each response text is cut
+to its first ``2 × max_length × C`` characters and each prompt text to its last, where ``C`` is the length
+of the longest string in the tokenizer's vocabulary (no token covers more characters). The cut text
+therefore still holds at least ``2 × max_length`` tokens: a response keeps the same first tokens and a
+prompt the same last tokens as its full text would, and a prompt that was cut is reported (or dropped) as
+too long, "at least N tokens". Should a cut text give fewer than ``max_length`` tokens after all (a
+normalizer that deletes characters), the full text is tokenized.
+
 Problems
 --------
 Nothing stops at the first problem: every row is checked and all problems are raised together as one
@@ -76,6 +91,7 @@ Nothing stops at the first problem: every row is checked and all problems are ra
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -164,6 +180,8 @@ def read_rows(spec: str, *, split: str = "train", problems: list[Problem] | None
         if suffix in _JSON_SUFFIXES and text.lstrip().startswith("["):
             rows = _parse_json_array(spec, text, found)
         else:
+            if suffix in _JSON_SUFFIXES and text.lstrip().startswith("{"):
+                _refuse_one_document(spec, text)
             rows = _parse_jsonl(spec, text, found)
         if found and (problems is None or not rows):
             raise DataError(found)
@@ -188,13 +206,21 @@ def read_rows(spec: str, *, split: str = "train", problems: list[Problem] | None
 
 def _read_text(spec: str, path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DataError(
-            [Problem(spec, None, None, f"not UTF-8 text ({err.reason} at byte {err.start})")]
-        ) from None
+        data = path.read_bytes()
     except OSError as err:
         raise DataError([Problem(spec, None, None, f"cannot read file ({err.strerror or err})")]) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    problems = []  # every line that is not UTF-8, by line number
+    for lineno, line in enumerate(data.split(b"\n"), start=1):
+        try:
+            line.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as err:
+            what = f"{err.reason} at column {err.start + 1}: byte 0x{line[err.start]:02x}"
+            problems.append(Problem(spec, lineno, None, f"not UTF-8 text ({what})"))
+    raise DataError(problems)
 
 
 def _json_type(value: object) -> str:
@@ -214,39 +240,145 @@ def _json_type(value: object) -> str:
     return type(value).__name__
 
 
+class _Duplicated(dict):
+    """A JSON object in which ``duplicate`` was given twice (plain JSON would keep the last silently)."""
+
+    duplicate: str
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        obj = _Duplicated(obj)
+        obj.duplicate = dup
+    return obj
+
+
+_MAX_DEPTH = 32  # a row is at most 4 deep (row, message list, message, content)
+
+
+def _loads(text: str, spec: str, line: int | None) -> Any:
+    """``json.loads`` with duplicate keys marked; what Python cannot read becomes one :class:`Problem`."""
+    try:
+        return json.loads(text, object_pairs_hook=_object)
+    except json.JSONDecodeError as err:
+        where = line if line is not None else err.lineno
+        return Problem(spec, where, None, f"malformed JSON ({err.msg} at column {err.colno})")
+    except RecursionError:
+        return Problem(spec, line, None, "JSON nested too deeply to read")
+    except ValueError as err:  # an integer with more digits than Python converts (4300)
+        return Problem(spec, line, None, f"cannot read a number ({str(err).split(':')[0].lower()})")
+
+
+def _unusable(spec: str, line: int, value: Any) -> Problem | None:
+    """The first value of a parsed JSON record that Python or a tokenizer cannot take, as a Problem naming
+    its field: a duplicated key, a non-finite number (``NaN``, ``Infinity``, ``1e999``), a lone surrogate
+    (``"\\ud800"``), or nesting deeper than any row format needs."""
+    stack: list[tuple[Any, str | None, int]] = [(value, None, 0)]
+    while stack:
+        v, where, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            top = (where or "").split("[")[0].split(".")[0] or None
+            return Problem(spec, line, top, f"nested more than {_MAX_DEPTH} levels deep")
+        if isinstance(v, _Duplicated):
+            return Problem(spec, line, _join(where, v.duplicate), "given twice in one object")
+        if isinstance(v, dict):
+            for k in v:
+                if _has_surrogate(k):
+                    return Problem(spec, line, where, f"a key contains {_has_surrogate(k)}")
+            stack.extend((x, _join(where, k), depth + 1) for k, x in reversed(v.items()))
+        elif isinstance(v, list):
+            stack.extend((x, f"{where}[{i}]", depth + 1) for i, x in reversed(list(enumerate(v))))
+        elif isinstance(v, float) and not math.isfinite(v):
+            what = "NaN" if math.isnan(v) else f"{'-' * (v < 0)}Infinity (or beyond ±1.8e308)"
+            return Problem(spec, line, where, f"is {what}, not a finite number")
+        elif isinstance(v, str) and _has_surrogate(v):
+            return Problem(spec, line, where, f"contains {_has_surrogate(v)}")
+    return None
+
+
+def _join(where: str | None, key: str) -> str:
+    return key if where is None else f"{where}.{key}"
+
+
+def _has_surrogate(text: str) -> str:
+    """'a lone surrogate (\\udXXX), which is not Unicode' if ``text`` has one (no tokenizer takes it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return f"a lone surrogate (\\u{ord(text[err.start]):04x}), which is not valid Unicode"
+    return ""
+
+
 def _parse_jsonl(spec: str, text: str, problems: list[Problem]) -> list[Row]:
     rows: list[Row] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 is no line break
         if not line.strip():
             continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as err:
-            problems.append(Problem(spec, lineno, None, f"malformed JSON ({err.msg} at column {err.colno})"))
+        value = _loads(line, spec, lineno)
+        if isinstance(value, Problem):
+            problems.append(value)
             continue
         if not isinstance(value, dict):
             problems.append(Problem(spec, lineno, None, f"not a JSON object (got {_json_type(value)})"))
+            continue
+        bad = _unusable(spec, lineno, value)
+        if bad is not None:
+            problems.append(bad)
             continue
         rows.append(Row(spec, lineno, value))
     return rows
 
 
 def _parse_json_array(spec: str, text: str, problems: list[Problem]) -> list[Row]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(
-            [Problem(spec, err.lineno, None, f"malformed JSON ({err.msg} at column {err.colno})")]
-        ) from None
+    value = _loads(text, spec, None)
+    if isinstance(value, Problem):
+        raise DataError([value])
     rows: list[Row] = []
     for index, record in enumerate(value, start=1):
-        if isinstance(record, dict):
-            rows.append(Row(spec, index, record))
-        else:
+        if not isinstance(record, dict):
             problems.append(
                 Problem(spec, index, None, f"record is not a JSON object (got {_json_type(record)})")
             )
+            continue
+        bad = _unusable(spec, index, record)
+        if bad is not None:
+            problems.append(bad)
+            continue
+        rows.append(Row(spec, index, record))
     return rows
+
+
+def _refuse_one_document(spec: str, text: str) -> None:
+    """A ``.json`` file that starts with ``{`` and is one object spread over several lines (pretty-printed)
+    is not data rows: raise one clear :class:`DataError`. JSON-lines content passes."""
+    first = text.lstrip().split("\n", 1)[0].strip()
+    value = _loads(text, spec, None)
+    if isinstance(value, Problem):
+        if first != "{":
+            return  # JSON lines (the first line holds a whole object), read line by line
+        raise DataError([value])  # a pretty-printed object that does not parse: where it breaks
+    if not isinstance(value, dict) or "\n" not in text.strip():
+        return  # one object on one line: one JSON-lines row
+    lists = [k for k, v in value.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+    hint = (
+        f"; its '{lists[0]}' key holds a list of {len(value[lists[0]])} objects: put that list at the top level"
+        if lists
+        else ""
+    )
+    raise DataError(
+        [
+            Problem(
+                spec,
+                None,
+                None,
+                "holds one JSON object, not rows: a .json data file is a JSON array of row objects "
+                f"([{{...}}, {{...}}]) or one object per line{hint}",
+            )
+        ]
+    )
 
 
 def _read_parquet(spec: str, path: Path) -> list[Row]:
@@ -753,10 +885,12 @@ def tokenize_rows(
                     rendered.append(item)
         problems.extend(checker.problems)
 
-    # 2. tokenize in batches
-    prompt_ids_all = _encode(tokenizer, [r.prompt_text for r in rendered])
+    # 2. tokenize in batches, no more of each text than max_length tokens can cover (see "Bounded work")
+    cap = 2 * max_length * _max_token_chars(tokenizer)
+    prompt_texts = [r.prompt_text for r in rendered]
+    prompt_ids_all = _encode_bounded(tokenizer, prompt_texts, cap, max_length + 1, keep_end=True)
     flat_responses = [t for r in rendered for t in r.response_texts]
-    response_ids_flat = _encode(tokenizer, flat_responses)
+    response_ids_flat = _encode_bounded(tokenizer, flat_responses, cap, max_length + 1, keep_end=False)
     bos = tokenizer.bos_token_id if _adds_bos(tokenizer) else None
 
     # 3. truncate and build examples
@@ -789,7 +923,8 @@ def tokenize_rows(
                         row.file,
                         row.line,
                         item.prompt_field,
-                        f"prompt is {len(prompt_ids)} tokens, longer than max_length={max_length} allows "
+                        f"prompt is {'at least ' * (len(item.prompt_text) > cap)}{len(prompt_ids)} tokens, "
+                        f"longer than max_length={max_length} allows "
                         "(at least one response token must fit); raise max_length, set max_prompt_length, "
                         "or set drop_long_prompts",
                     )
@@ -872,6 +1007,27 @@ def _render_row(
     if len(response_texts) < len(parsed.responses):
         return None
     return _Rendered(checker.row, prompt_text, response_texts, parsed.prompt_field, parsed.response_fields)
+
+
+def _max_token_chars(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The most characters one token covers: its longest vocabulary string (byte-level BPE spells each byte
+    as one character and a character is at least one byte, so this bounds characters too)."""
+    return max(map(len, tokenizer.get_vocab()), default=1)
+
+
+def _encode_bounded(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], cap: int, need: int, *, keep_end: bool
+) -> list[list[int]]:
+    """Token ids of ``texts``, each first cut to ``cap`` characters (its last ones with ``keep_end``).
+
+    A cut text must still give ``need`` tokens, or the full text is tokenized after all (a normalizer that
+    drops characters can break the characters-per-token bound)."""
+    cut = [t[-cap:] if keep_end else t[:cap] for t in texts]
+    ids = _encode(tokenizer, cut)
+    for i, text in enumerate(texts):
+        if len(text) > cap and len(ids[i]) < need:
+            ids[i] = _encode(tokenizer, [text])[0]
+    return ids
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:

@@ -40,7 +40,7 @@ from transformers import (
 )
 
 from tether.engine.cache import default_cache_dir
-from tether.errors import TetherError
+from tether.errors import TetherError, closest
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -112,8 +112,17 @@ def check_model_spec(spec: str) -> None:
         return
     if path.exists():
         raise TetherError(f"{spec}: not a regular file or directory")
-    if _is_hub_id(spec):
+    if _is_hub_id(spec) and not path.parent.is_dir():
         return
+    if _is_hub_id(spec):  # 'runs/typo' with a local 'runs/': a path that does not exist, not a hub id
+        try:
+            names = [p.name for p in path.parent.iterdir()]
+        except OSError:
+            names = []
+        raise TetherError(
+            f"{spec}: not found{closest(path.name, names)}; '{path.parent}' is a local directory, "
+            "so this names a path, not a hub id"
+        )
     raise TetherError(
         f"{spec}: model not found (no such file or directory, and not a hub id of the form org/name"
         f" or '{DEFAULT_MODEL}')"

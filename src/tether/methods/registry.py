@@ -90,7 +90,8 @@ class Method:
                 valid = ", ".join(self.defaults) or "none"
                 raise ConfigError(
                     f"{where}.{key}: unknown hyper-parameter for method '{self.name}'"
-                    f"{closest(key, self.defaults)}; valid: {valid}"
+                    f"{closest(key, self.defaults)}; valid: {valid}",
+                    f"{where}.{key}",
                 )
             if isinstance(value, str):
                 try:
@@ -98,10 +99,12 @@ class Method:
                 except ValueError:
                     pass
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{where}.{key}: must be a number, got {value!r}")
+                raise ConfigError(f"{where}.{key}: must be a number, got {value!r}", f"{where}.{key}")
             bound = self.bounds.get(key, ANY)
             if not bound.contains(float(value)):
-                raise ConfigError(f"{where}.{key}: {value} is outside {bound} for method '{self.name}'")
+                raise ConfigError(
+                    f"{where}.{key}: {value} is outside {bound} for method '{self.name}'", f"{where}.{key}"
+                )
             out[key] = float(value)
         for alt, primary in self.alternatives.items():
             if alt in given and primary not in given and out[alt] != 0.0:
@@ -295,7 +298,7 @@ def get_method(name: str, where: str = "method.name") -> Method:
     """The registered method, or a ConfigError naming the closest valid one."""
     if name not in METHODS:
         raise ConfigError(
-            f"{where}: unknown method '{name}'{closest(name, METHODS)}; valid: {', '.join(METHODS)}"
+            f"{where}: unknown method '{name}'{closest(name, METHODS)}; valid: {', '.join(METHODS)}", where
         )
     return METHODS[name]
 

@@ -17,7 +17,7 @@ import torch
 
 import tether.data.rows as data_mod
 import tether.engine.models as models
-from tether.config import Config
+from tether.config import Config, check_launch
 from tether.data.kinds import describe
 from tether.engine.cache import cache_key, default_cache_dir, load_or_fill
 from tether.engine.logprobs import LogProbModel
@@ -49,6 +49,7 @@ def prepare(cfg: Config, train_specs: Sequence[str] | None = None) -> Prepared:
 
     ``train_specs``: the training files (default: ``data.train``); their examples are concatenated.
     """
+    check_launch()
     method, hparams = cfg.resolved_method()
     d = cfg.data
     for key, name in (("model.name", cfg.model.name), ("reference.model", cfg.reference.model)):
