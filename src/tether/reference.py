@@ -100,7 +100,7 @@ def cache_key(model_fingerprint: str, examples: Sequence, extra: dict) -> str:
     h.update(json.dumps(extra, sort_keys=True).encode())
     for e in examples:
         h.update(json.dumps([e.prompt_ids, e.chosen_ids, e.rejected_ids]).encode())
-    return h.hexdigest()[:24]
+    return h.hexdigest()
 
 
 @torch.no_grad()
@@ -152,15 +152,19 @@ def compute_table(
     return table
 
 
-def _read_table(path: Path, n: int) -> Tensor | None:
-    """The cached table at ``path``; None when absent, unreadable (e.g. truncated by a kill) or of the
-    wrong shape, so that it is recomputed and overwritten rather than failing the run."""
+def _read_table(path: Path, n: int, key: str) -> Tensor | None:
+    """The cached table at ``path``; None when absent, unreadable (e.g. truncated by a kill), of the
+    wrong shape or made for another key (the key is stored inside), so that it is recomputed and
+    overwritten rather than failing the run or giving another model's log-probs."""
     if not path.is_file():
         return None
     try:
-        table = torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # a torn or foreign file: torch raises RuntimeError, EOFError, UnpicklingError...
         return None
+    if not isinstance(saved, dict) or saved.get("key") != key:
+        return None
+    table = saved.get("table")
     ok = isinstance(table, Tensor) and table.shape == (n, 2) and table.dtype.is_floating_point
     return table if ok else None
 
@@ -173,14 +177,17 @@ def load_or_fill(
     n: int,
     is_main: bool,
     barrier: Callable[[], None],
+    key: str | None = None,
 ) -> tuple[Tensor, str]:
     """The cached [n, 2] table at ``path`` with every ``needed`` row filled in.
 
     Rows missing from the cache (NaN) are computed with ``compute(rows)`` (all processes) and the merged
     table is written back by the main process, atomically. Status: ``hit`` (nothing computed), ``miss``
-    (no cache) or ``partial`` (some rows added).
+    (no cache) or ``partial`` (some rows added). ``key`` (default: the file name's stem) is stored in
+    the file and must match on load.
     """
-    table = _read_table(path, n)
+    key = key or path.stem
+    table = _read_table(path, n, key)
     status = "miss" if table is None else "hit"
     if table is None:
         table = torch.full((n, 2), float("nan"))
@@ -192,7 +199,7 @@ def load_or_fill(
     if is_main:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(table, tmp)
+        torch.save({"key": key, "table": table}, tmp)
         os.replace(tmp, path)
     barrier()
     return table, "miss" if status == "miss" else "partial"
