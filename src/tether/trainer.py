@@ -632,10 +632,22 @@ class Trainer:
             self.scheduler.load_state_dict(sched)
         except Exception as e:  # a foreign or damaged file: torch/safetensors raise many kinds
             return _reason(e)
+        self._apply_optimizer_config(step)
         if not state.get("optimizer", True) and self.acc.is_main_process:
             print(f"note: {d} holds weights only (train.save_optimizer=false): optimizer moments restart")
         self.step, self.hparams = step, hparams
         return None
+
+    def _apply_optimizer_config(self, step: int) -> None:
+        """After loading a checkpoint: the optimizer's settings and the LR schedule are this run's (the
+        same values unless a change was allowed, e.g. a longer run or ``train.lr``)."""
+        cfg = self.cfg
+        f = lr_lambda(cfg, self.schedule.total_steps)
+        for g in self.optimizer.param_groups:
+            g.update(initial_lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+            g.update(weight_decay=cfg.weight_decay, lr=cfg.lr * f(step))
+        self.scheduler.base_lrs = [cfg.lr for _ in self.optimizer.param_groups]
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def _load_weights_only(self, d: Path) -> None:
         from safetensors.torch import load_file
