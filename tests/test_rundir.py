@@ -355,20 +355,22 @@ def test_second_writer_is_refused_and_a_stale_lock_taken_over(setup, capsys):
 
 
 def test_two_concurrent_trains_one_refused(setup):
-    """The real CLI twice at once into one directory: exactly one run trains, the other exits 2."""
+    """The real CLI twice at once into one directory (the second even with overwrite=true): the first run
+    trains undisturbed, the second exits 2 naming it."""
     root, model, pairs = setup
-    cfg = config(root, model, pairs, "race", max_steps=40, save_every=None)
+    cfg = config(root, model, pairs, "race", max_steps=60, save_every=None, batch_size=2)
     cmd = [sys.executable, "-m", "tether.cli", "train", str(cfg)]
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not (root / "race" / "metrics.jsonl").exists() and time.time() < deadline:
+    while not (root / "race" / ".tether.lock").exists() and time.time() < deadline:
         time.sleep(0.05)
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    second = subprocess.run([*cmd, "train.overwrite=true"], capture_output=True, text=True, timeout=300)
     first_err = first.communicate(timeout=300)[1]
     assert first.returncode == 0, first_err[-2000:]
     assert second.returncode == 2 and "is in use by another tether train" in second.stderr
     assert len(second.stderr.strip().splitlines()) == 1
-    assert steps(root / "race") == list(range(1, 41))
+    assert f"(pid {first.pid} on host" in second.stderr
+    assert steps(root / "race") == list(range(1, 61))
 
 
 # ------------------------------------------------------------------------------------------------
