@@ -452,3 +452,25 @@ def test_a_healthy_checkpoint_is_named_good(setup, capsys):
     assert f"last good checkpoint: {run / CKPT / 'step-0000005'} (loss " in err, err
     assert "newer, not good: step-0000006: weights grew" in err, err
     assert "step-0000005" in checkpoints(run)  # rotation keeps the newest good one
+
+
+def test_config_fields_of_another_tether_version_do_not_block_resume(setup, tmp_path):
+    """A checkpoint whose config lacks a field this version has (or has one it lacks) still resumes; a
+    method hyper-parameter given on one side only is a change."""
+    from tether.config import load_config
+    from tether.errors import TetherError
+    from tether.run import check_resume_config
+
+    root, model, pairs = setup
+    cfg = load_config(config(root, model, pairs, "versions"))
+    old = cfg.to_dict()
+    del old["train"]["seed"]
+    old["train"]["retired_key"] = 1
+    ckpt = tmp_path / "checkpoints" / "step-0000002"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": 2, "config": old}))
+    check_resume_config(cfg, tmp_path)
+    del old["method"]["beta"]
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": 2, "config": old}))
+    with pytest.raises(TetherError, match=r"method.beta \(None → 0.1\)"):
+        check_resume_config(cfg, tmp_path)

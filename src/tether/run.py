@@ -338,9 +338,10 @@ def check_resume_config(cfg: Config, run_dir: Path) -> None:
     where, old = found
     new, before = _flat(cfg.to_dict()), _flat(old)
     allowed = set(cfg.train.resume_allowed_changes)
-    changed = sorted(
-        k for k in set(new) | set(before) if new.get(k) != before.get(k) and k not in RESUME_FREE
-    )
+    # A key only one side has is a config field added or removed by another tether version (compared
+    # when it is a method hyper-parameter: a default and an explicit value may differ).
+    keys = (set(new) & set(before)) | {k for k in set(new) ^ set(before) if k.startswith("method.")}
+    changed = sorted(k for k in keys if new.get(k) != before.get(k) and k not in RESUME_FREE)
     refused = [k for k in changed if k not in allowed and k not in RESUME_EXTEND]
     if refused:
         diffs = ", ".join(f"{k} ({before.get(k)!r} → {new.get(k)!r})" for k in refused)
