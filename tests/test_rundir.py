@@ -474,3 +474,19 @@ def test_config_fields_of_another_tether_version_do_not_block_resume(setup, tmp_
     (ckpt / "trainer_state.json").write_text(json.dumps({"step": 2, "config": old}))
     with pytest.raises(TetherError, match=r"method.beta \(None → 0.1\)"):
         check_resume_config(cfg, tmp_path)
+
+
+def test_no_usable_checkpoint_is_refused_not_overwritten(setup, full, capsys):
+    """Every checkpoint unusable (here: older-format state files): resume stops with one line instead of
+    silently starting over on top of the run."""
+    root, model, pairs = setup
+    run = copy_unfinished(full, root / "unusable")
+    for ckpt in (run / CKPT).iterdir():
+        (ckpt / "trainer_state.json").write_text(json.dumps({"step": 2, "hparams": {}}))
+    before = (run / "metrics.jsonl").read_text()
+    cfg = config(root, model, pairs, "full")
+    rc, out, err = tether(capsys, "train", cfg, "train.resume=true", f"train.output_dir={run}")
+    assert rc == 2
+    assert "unusable (trainer_state.json: no 'scheduler')" in out
+    assert err.strip().splitlines()[-1].startswith("error: train.resume: no usable checkpoint in ")
+    assert (run / "metrics.jsonl").read_text() == before and not (run / "final").exists()

@@ -604,6 +604,11 @@ class Trainer:
                 return True
             if main:
                 print(f"note: checkpoint {d} is unusable ({problem}); trying the previous one", flush=True)
+        if self.checkpoint_dirs():  # starting over would overwrite a run that may be worth repairing
+            raise TetherError(
+                f"train.resume: no usable checkpoint in {self.run_dir / CHECKPOINTS} (see the notes above); "
+                "set train.overwrite=true (without resume) to start the run over"
+            )
         if main:
             print("no checkpoint: starting fresh", flush=True)
             self.sink.truncate_after(0)
