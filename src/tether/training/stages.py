@@ -23,11 +23,12 @@ from tether.rundir import RunDir
 from tether.training.run import Prepared, RunResult, plot, prepare, train
 
 
-def prepare_stages(cfg: Config) -> tuple[Prepared, list[list]]:
-    """Every stage's data checked (no weights loaded): the prepared run and the chunks D_1..D_T."""
+def prepare_stages(cfg: Config, *, convert: bool = True) -> tuple[Prepared, list[list]]:
+    """Every stage's data checked (no weights loaded): the prepared run and the chunks D_1..D_T
+    (``convert``: see :func:`tether.training.run.prepare`)."""
     s = cfg.stages
     assert s is not None
-    p = prepare(cfg, train_specs=list(s.files) if s.by == "files" else None)
+    p = prepare(cfg, train_specs=list(s.files) if s.by == "files" else None, convert=convert)
     chunks = p.by_file if s.by == "files" else split_examples(cfg, p)
     for i, chunk in enumerate(chunks, start=1):
         if not chunk:

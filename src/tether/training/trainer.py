@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +33,10 @@ from tether.methods.registry import Method
 from tether.rundir import CHECKPOINTS, METRICS
 
 STATE_FILE = "trainer_state.json"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.bin"
+WEIGHT_GROWTH = 1e3  # a checkpoint whose largest weight grew this many times is not "good"
+DIVERGING = 100.0  # a gradient norm this many times the median of the earlier ones is diverging
 
 
 class TrainingDiverged(TetherError):
@@ -123,13 +129,24 @@ class MetricsSink:
                 raise TetherError("train.report_to: wandb needs `pip install wandb`") from e
             self.writers.append(wandb.init(project="tether", dir=str(run_dir), config=config))
 
-    def truncate_after(self, step: int) -> None:
-        """On resume: forget lines logged after the checkpoint, so the run's log stays one sequence."""
+    def truncate_after(self, step: int, *, drop_eval_at_step: bool = False) -> None:
+        """On resume: forget lines logged after the checkpoint (and, when the run is already finished, its
+        final evaluation, which is logged again), so the log stays one line per step. A torn line (a kill
+        mid-write) is dropped."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [
-            ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step
-        ]
+        kept = []
+        for ln in self.path.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(ln)
+                s = int(rec.get("step", 0))
+            except (ValueError, TypeError, AttributeError):
+                if ln.strip():
+                    print(f"note: {self.path}: dropped a torn line ({ln[:40]!r}...)")
+                continue
+            is_eval = any(k.startswith("eval/") for k in rec)
+            if s < step or (s == step and not (drop_eval_at_step and is_eval)):
+                kept.append(ln)
         self.path.write_text("".join(ln + "\n" for ln in kept))
 
     def log(self, record: dict) -> None:
@@ -194,6 +211,118 @@ def _adamw(params: list, cfg: TrainConfig, device: torch.device) -> torch.optim.
         return torch.optim.AdamW(params, **kw)
 
 
+def _later_shared_names(model: torch.nn.Module) -> set[str]:
+    """State-dict names whose tensor shares storage with an earlier name (tied weights, saved once)."""
+    seen: set[int] = set()
+    later = set()
+    for k, v in model.state_dict().items():
+        ptr = v.untyped_storage().data_ptr()
+        if ptr in seen:
+            later.add(k)
+        seen.add(ptr)
+    return later
+
+
+def _reason(e: BaseException) -> str:
+    text = (str(e).strip().splitlines() or [""])[0][:200]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _check_files(d: Path, *, with_optimizer: bool) -> str | None:
+    """Checks that name the damaged file before anything is loaded: safetensors headers against the file
+    size (a truncated file), and every torch archive loaded memory-mapped with ``weights_only=True``
+    (a truncated archive loses its end; a pickle that would build anything but tensors is refused)."""
+    import pickle
+
+    from accelerate.utils.other import load
+    from safetensors import safe_open
+
+    names = [MODEL_FILE, *([OPTIMIZER_FILE] if with_optimizer else [])]
+    if any(p.is_dir() for p in d.iterdir()):  # FSDP / DeepSpeed: accelerate's sharded layout
+        names = []
+    for name in names:
+        if not (d / name).is_file():
+            return f"{name}: missing"
+    for f in sorted(d.iterdir()):
+        try:
+            if f.name.endswith(".safetensors"):
+                with safe_open(str(f), "pt"):
+                    pass  # opening checks the header against the file size
+            elif f.suffix in (".bin", ".pkl", ".pt") and not _ignored(f.name):
+                load(f, map_location="cpu", weights_only=True, mmap=True)
+        except pickle.UnpicklingError:
+            return f"{f.name}: holds more than tensors (a pickle that could run code); not loaded"
+        except Exception as e:
+            return f"{f.name}: {_reason(e)}"
+    return None
+
+
+def _ignored(name: str) -> bool:
+    """Files accelerate would read that tether never writes (pickled registered objects)."""
+    return name.startswith("custom_checkpoint_")
+
+
+def _loadable_view(d: Path, into: Path) -> Path:
+    """``d`` without the files tether never writes: symlinks in ``into`` for accelerate's load_state,
+    which would otherwise refuse (or, were an object registered, unpickle) a planted extra file."""
+    for f in d.iterdir():
+        if not _ignored(f.name):
+            (into / f.name).symlink_to(f.resolve())
+    return into
+
+
+def _read_health(d: Path) -> dict | None:
+    try:
+        h = json.loads((d / STATE_FILE).read_text()).get("health")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return h if isinstance(h, dict) else None
+
+
+def _unhealthy(h: dict, earlier_grad_norms: list[float]) -> str:
+    """Why a step's loss / gradient norm say the weights are going bad ("" when they do not)."""
+    loss, gn = h.get("loss", float("nan")), h.get("grad_norm", float("nan"))
+    if not math.isfinite(loss):
+        return "loss is NaN or infinite"
+    if not math.isfinite(gn):
+        return "gradient norm is NaN or infinite"
+    norms = sorted(g for g in earlier_grad_norms if math.isfinite(g))
+    if norms and gn > DIVERGING * max(norms[len(norms) // 2], 1e-8):
+        return f"gradient norm {gn:.3g} is diverging (median before: {norms[len(norms) // 2]:.3g})"
+    return ""
+
+
+class _DropSharedTensorWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_shared_tensor_warning():
+    """accelerate warns at every save that it dropped the tied head's duplicate name: expected, so hidden."""
+    logger = logging.getLogger("accelerate.utils.other")
+    flt = _DropSharedTensorWarning()
+    logger.addFilter(flt)
+    try:
+        yield
+    finally:
+        logger.removeFilter(flt)
+
+
+def newest_checkpoint_config(run_dir: Path) -> tuple[Path, dict] | None:
+    """(checkpoint, the config it was made with) of the newest checkpoint that records one."""
+    root = run_dir / CHECKPOINTS
+    dirs = sorted(root.glob("step-*"), key=lambda p: p.name, reverse=True) if root.is_dir() else []
+    for d in dirs:
+        try:
+            config = json.loads((d / STATE_FILE).read_text()).get("config")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(config, dict):
+            return d, config
+    return None
+
+
 class Trainer:
     """Runs the optimisation of a prepared policy against a reference with a registered method."""
 
@@ -211,6 +340,7 @@ class Trainer:
         eval_examples: Sequence,
         pad_id: int,
         sink: MetricsSink,
+        run_config: dict | None = None,
     ):
         self.acc = accelerator
         self.method = method
@@ -229,8 +359,15 @@ class Trainer:
             self.optimizer, lr_lambda(cfg, self.schedule.total_steps)
         )
         self.policy, self.optimizer = accelerator.prepare(policy, self.optimizer)
-        accelerator.register_for_checkpointing(self.scheduler)
+        # The scheduler is NOT registered with accelerate (that would pickle it): its state goes into the
+        # checkpoint's JSON state file, and every other file of a checkpoint loads with weights_only=True.
         self.step = 0
+        self.run_config = run_config
+        with torch.no_grad():
+            self.start_max_abs = max(
+                (p.detach().abs().max().item() for p in params if p.numel()), default=0.0
+            )
+        self.health: dict[int, dict[str, float]] = {}  # step → loss, grad norm (this process's steps)
 
     # ---------------------------------------------------------------------------------------------
     # One micro-batch: log-probs → loss inputs → method
@@ -312,6 +449,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if grad_norm is not None:
             means["grad_norm"] = float(grad_norm)
+        self.health[self.step + 1] = {
+            "loss": means["loss"],
+            "grad_norm": means.get("grad_norm", 0.0),
+        }
         means["lr"] = self.scheduler.get_last_lr()[0]
         for k, v in self.hparams.items():
             means[f"hparams/{k}"] = v
@@ -355,11 +496,52 @@ class Trainer:
         return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
     def _last_checkpoint_note(self) -> str:
-        dirs = self.checkpoint_dirs()
-        return f"; last good checkpoint: {dirs[-1]}" if dirs else "; no checkpoint was written yet"
+        """Names the newest checkpoint that is good: finite loss and weights, gradient norm not diverging,
+        and (where this process ran it) the step after it healthy too."""
+        newer = []
+        for d in reversed(self.checkpoint_dirs()):
+            health = _read_health(d)
+            step = int(d.name.split("-")[1])
+            after = self.health.get(step + 1)
+            why = health.get("why") if health else "no health record"
+            if not why and after is not None and step + 1 <= self.step:
+                why = _unhealthy(after, self._grad_norms(step + 1))
+                why = why and f"step {step + 1} after it: {why}"
+            if not why and step + 1 > self.step:  # the failing step itself came right after it
+                why = f"step {step + 1} after it: loss is NaN or infinite"
+            if not why:
+                skipped = f" (newer, not good: {'; '.join(newer)})" if newer else ""
+                return (
+                    f"; last good checkpoint: {d} (loss {health['loss']:.4g}, grad norm "
+                    f"{health['grad_norm']:.4g}, weights finite){skipped}"
+                )
+            newer.append(f"{d.name}: {why}")
+        if newer:
+            return f"; no good checkpoint ({'; '.join(newer)})"
+        return "; no checkpoint was written yet"
+
+    def _grad_norms(self, before: int) -> list[float]:
+        return [h["grad_norm"] for s, h in sorted(self.health.items()) if s < before]
+
+    def _health(self) -> dict:
+        """Whether the weights just written are worth keeping as a "last good" checkpoint."""
+        h = dict(self.health.get(self.step, {"loss": float("nan"), "grad_norm": float("nan")}))
+        params = [p for p in self.acc.unwrap_model(self.policy).parameters() if p.requires_grad]
+        with torch.no_grad():
+            max_abs = max((p.detach().abs().max().item() for p in params if p.numel()), default=0.0)
+        h["max_abs_weight"] = max_abs
+        why = _unhealthy(h, self._grad_norms(self.step)) if self.step in self.health else ""
+        if not math.isfinite(max_abs):
+            why = "weights are NaN or infinite"
+        elif max_abs > WEIGHT_GROWTH * max(self.start_max_abs, 1e-12):
+            why = f"weights grew from |w| ≤ {self.start_max_abs:.3g} to {max_abs:.3g}"
+        h["why"] = why
+        return h
 
     def save_checkpoint(self) -> Path:
-        """Model, optimizer, scheduler and RNG states (accelerate) plus step and method state (β), atomically."""
+        """Model, optimizer and RNG states (accelerate; safetensors and weights_only tensors) plus step,
+        scheduler, method state (β), config and health (JSON), atomically. With ``save_optimizer: false``
+        only the weights. Keeps the newest ``save_total_limit`` checkpoints and the newest good one."""
         root = self.run_dir / CHECKPOINTS
         final = root / f"step-{self.step:07d}"
         tmp = root / f".tmp-step-{self.step:07d}"
@@ -367,32 +549,121 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             root.mkdir(parents=True, exist_ok=True)
         self.acc.wait_for_everyone()
-        self.acc.save_state(str(tmp))
+        with _quiet_shared_tensor_warning():
+            if self.cfg.save_optimizer:
+                self.acc.save_state(str(tmp))
+            else:
+                self.acc.save_model(self.policy, str(tmp))
+        health = self._health()
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
-            state = {"step": self.step, "hparams": self.hparams, "total_steps": self.schedule.total_steps}
+            state = {
+                "step": self.step,
+                "hparams": self.hparams,
+                "total_steps": self.schedule.total_steps,
+                "scheduler": self.scheduler.state_dict(),
+                "optimizer": self.cfg.save_optimizer,
+                "health": health,
+                "config": self.run_config,
+            }
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-            limit = self.cfg.save_total_limit
-            if limit is not None:
-                for old in self.checkpoint_dirs()[:-limit]:
-                    shutil.rmtree(old, ignore_errors=True)
+            self._rotate()
         self.acc.wait_for_everyone()
         return final
 
-    def resume(self) -> bool:
-        """Continue from the newest complete checkpoint, if any: same data position, optimizer, RNG, β."""
+    def _rotate(self) -> None:
+        """Delete all but the newest ``save_total_limit`` checkpoints, never the newest good one."""
+        limit = self.cfg.save_total_limit
+        if limit is None:
+            return
         dirs = self.checkpoint_dirs()
-        if not dirs:
-            return False
-        self.acc.load_state(str(dirs[-1]))
-        state = json.loads((dirs[-1] / STATE_FILE).read_text())
-        self.step = state["step"]
-        self.hparams = {k: float(v) for k, v in state["hparams"].items()}
-        if self.acc.is_main_process:
-            self.sink.truncate_after(self.step)
-        return True
+        good = [d for d in dirs if not (_read_health(d) or {"why": "?"}).get("why")]
+        keep = set(dirs[-limit:]) | set(good[-1:])
+        for old in dirs:
+            if old not in keep:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def resume(self) -> bool:
+        """Continue from the newest usable checkpoint, if any: same data position, optimizer, RNG, β.
+
+        A checkpoint that cannot be read (torn, truncated, foreign) is skipped with a line saying why, and
+        the previous one is tried."""
+        main = self.acc.is_main_process
+        for d in reversed(self.checkpoint_dirs()):
+            problem = self._load_checkpoint(d)
+            if problem is None:
+                if self.step > self.schedule.total_steps:
+                    raise TetherError(
+                        f"train.max_steps: the run is {self.schedule.total_steps} steps long but {d} is at "
+                        f"step {self.step}; to shorten a run, use that checkpoint's weights instead"
+                    )
+                if main:
+                    print(f"resuming from step {self.step} ({d})", flush=True)
+                    self.sink.truncate_after(
+                        self.step, drop_eval_at_step=self.step == self.schedule.total_steps
+                    )
+                return True
+            if main:
+                print(f"note: checkpoint {d} is unusable ({problem}); trying the previous one", flush=True)
+        if self.checkpoint_dirs():  # starting over would overwrite a run that may be worth repairing
+            raise TetherError(
+                f"train.resume: no usable checkpoint in {self.run_dir / CHECKPOINTS} (see the notes above); "
+                "set train.overwrite=true (without resume) to start the run over"
+            )
+        if main:
+            print("no checkpoint: starting fresh", flush=True)
+            self.sink.truncate_after(0)
+        return False
+
+    def _load_checkpoint(self, d: Path) -> str | None:
+        """Load ``d`` into the trainer; None when done, else what is wrong with it (nothing was changed
+        then, or a later complete checkpoint overwrites everything that was)."""
+        try:
+            state = json.loads((d / STATE_FILE).read_text())
+            step, sched = int(state["step"]), state["scheduler"]
+            hparams = {k: float(v) for k, v in state["hparams"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            return f"{STATE_FILE}: {_reason(e) if not isinstance(e, KeyError) else f'no {e}'}"
+        problem = _check_files(d, with_optimizer=bool(state.get("optimizer", True)))
+        if problem:
+            return problem
+        try:
+            if state.get("optimizer", True):
+                with tempfile.TemporaryDirectory() as view:
+                    self.acc.load_state(
+                        str(_loadable_view(d, Path(view))), load_kwargs={"weights_only": True}
+                    )
+            else:
+                self._load_weights_only(d)
+            self.scheduler.load_state_dict(sched)
+        except Exception as e:  # a foreign or damaged file: torch/safetensors raise many kinds
+            return _reason(e)
+        self._apply_optimizer_config(step)
+        if not state.get("optimizer", True) and self.acc.is_main_process:
+            print(f"note: {d} holds weights only (train.save_optimizer=false): optimizer moments restart")
+        self.step, self.hparams = step, hparams
+        return None
+
+    def _apply_optimizer_config(self, step: int) -> None:
+        """After loading a checkpoint: the optimizer's settings and the LR schedule are this run's (the
+        same values unless a change was allowed, e.g. a longer run or ``train.lr``)."""
+        cfg = self.cfg
+        f = lr_lambda(cfg, self.schedule.total_steps)
+        for g in self.optimizer.param_groups:
+            g.update(initial_lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+            g.update(weight_decay=cfg.weight_decay, lr=cfg.lr * f(step))
+        self.scheduler.base_lrs = [cfg.lr for _ in self.optimizer.param_groups]
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    def _load_weights_only(self, d: Path) -> None:
+        from safetensors.torch import load_file
+
+        model = self.acc.unwrap_model(self.policy)
+        result = model.load_state_dict(load_file(str(d / MODEL_FILE)), strict=False)
+        if set(result.missing_keys) - _later_shared_names(model) or result.unexpected_keys:
+            raise TetherError(f"{MODEL_FILE}: does not match the model")
 
     def fit(self) -> TrainResult:
         total = self.schedule.total_steps
@@ -425,8 +696,8 @@ class Trainer:
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < total:
                 eval_metrics = self.evaluate()
                 self.sink.log({"step": self.step, **eval_metrics})
-            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < total:
-                self.save_checkpoint()
+            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == total:
+                self.save_checkpoint()  # the final step always: a finished run can be extended
         bar.close()
         if self.eval_examples:
             eval_metrics = self.evaluate()
