@@ -94,12 +94,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``tether eval``: evaluate, print the table, write the JSON."""
-    from tether.evaluation.evaluate import EvalOptions, evaluate
+    from tether.evaluation.evaluate import evaluate
     from tether.evaluation.target import resolve_target
 
     target_dir = resolve_target(args.model).run_dir
     out = args.out or (str(target_dir / EVAL) if target_dir is not None else EVAL)
-    options = EvalOptions(
+    options = _eval_options(args)
+    result = evaluate(args.model, args.data, options, out=out)
+    _print_eval(result)
+    print(f"\nwrote {out}")
+    sys.stdout.flush()
+    return 0
+
+
+def _eval_options(args: argparse.Namespace) -> Any:
+    from tether.evaluation.evaluate import EvalOptions
+
+    return EvalOptions(
         reference=args.reference,
         metrics=args.metrics,
         beta=args.beta,
@@ -115,7 +126,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cache=not args.no_cache,
         progress=not args.no_progress,
     )
-    result = evaluate(args.model, args.data, options, out=out)
+
+
+def _print_eval(result: dict[str, Any]) -> None:
     print(
         f"model: {result['model']}  reference: {result['reference']}"
         f"{' (the model itself)' if result['reference_is_model'] else ''}"
@@ -134,8 +147,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     for note in result["notes"]:
         print(f"note: {note}")
-    print(f"\nwrote {out}")
-    sys.stdout.flush()
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``tether sweep CONFIG --grid key=v1,v2 ...``: train and evaluate every point, table and frontier."""
+    from tether.training.sweep import run_sweep
+
+    result = run_sweep(
+        args.config,
+        args.grid,
+        out=args.out,
+        overrides=args.overrides,
+        data_eval=args.data_eval,
+        options=_eval_options(args),
+    )
+    from tether.training.sweep import rows
+
+    table = rows(result.points, result.performance_key)
+    header = list(dict.fromkeys(k for r in table for k in r))
+    print()
+    print(_table([[_fmt(r.get(h)) for h in header] for r in table], header))
+    print()
+    print(f"sweep: {result.path} ({len(result.points)} runs, {result.seconds:.1f} s)")
+    print(f"table: {result.table}")
+    if result.frontier is not None:
+        print(f"plot:  {result.frontier}")
+    else:
+        print("note: no frontier plot (no performance metric common to every run)")
     return 0
 
 
@@ -189,6 +227,14 @@ def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
         "--data", required=True, help="held-out data file (pairs, SFT rows or multiple-choice rows)"
     )
     p.add_argument(
+        "--out", default=None, help="JSON output path (default: <run>/eval.json for a run, else eval.json)"
+    )
+    _add_eval_options(p)
+
+
+def _add_eval_options(p: argparse.ArgumentParser) -> None:
+    """The evaluation settings shared by ``tether eval`` and ``tether sweep``."""
+    p.add_argument(
         "--reference",
         default=None,
         help="reference model spec (default: a run's starting model; for a plain model, the model itself, "
@@ -230,9 +276,6 @@ def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
         choices=("auto", "always", "never"),
         default=None,
         help="how string rows are rendered (default: the run's data.chat_template, else auto)",
-    )
-    p.add_argument(
-        "--out", default=None, help="JSON output path (default: <run>/eval.json for a run, else eval.json)"
     )
     p.add_argument(
         "--lm-eval-tasks",
@@ -285,6 +328,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a model or run directory against its reference on a data file")
     _add_eval_arguments(p)
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser(
+        "sweep",
+        help="train and evaluate the product of a grid of config values; a table and the KL frontier",
+    )
+    p.add_argument("config", help="the base YAML config")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the base config")
+    p.add_argument(
+        "--grid",
+        action="append",
+        required=True,
+        metavar="KEY=V1,V2",
+        help="a config key and its values, e.g. method.beta=0.01,0.1; repeat for a product",
+    )
+    p.add_argument(
+        "--data-eval", default=None, help="held-out data every run is evaluated on (default: data.eval)"
+    )
+    p.add_argument("--out", default=None, help="the sweep directory (default: the config's train.output_dir)")
+    _add_eval_options(p)
+    p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("report", help="plots and a Markdown summary of one or more run directories")
     _add_report_arguments(p)
     p.set_defaults(func=cmd_report)

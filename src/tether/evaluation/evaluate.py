@@ -68,7 +68,29 @@ from tether.evaluation.metrics import (
 )
 from tether.evaluation.target import load, reference_spec, resolve_target, same_model
 
-__all__ = ["EvalOptions", "evaluate", "generate", "resolve_target", "text_metrics", "win_rate"]
+__all__ = [
+    "EvalOptions",
+    "evaluate",
+    "generate",
+    "performance",
+    "resolve_target",
+    "text_metrics",
+    "win_rate",
+]
+
+PERFORMANCE = ("win_rate/chosen", "generation/success", "win_rate", "pairwise/accuracy", "mc/accuracy")
+"""What a sweep's frontier and a run's trajectory call performance, in order of preference: the judge's (or
+the task checker's) win rate against the held-out chosen answers (the ε-DPO paper's protocol), task
+success, the win rate against the reference, held-out pairwise accuracy."""
+
+
+def performance(metrics: dict[str, Any]) -> tuple[str, float] | None:
+    """(key, value) of the first :data:`PERFORMANCE` metric present in ``metrics``."""
+    for k in PERFORMANCE:
+        v = metrics.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return k, float(v)
+    return None
 
 
 @dataclass(frozen=True)

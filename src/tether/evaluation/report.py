@@ -572,6 +572,71 @@ def plot_frontier(runs: Sequence[Run]) -> Plot | None:
     return Plot("frontier", "Success–KL frontier", caption, fig, series)
 
 
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """For each (KL, performance) point: whether no other point has KL ≤ and performance ≥ with one of
+    them strict (lower KL and higher performance are better)."""
+    return [
+        not any((k2 <= k and p2 >= p) and (k2 < k or p2 > p) for j, (k2, p2) in enumerate(points) if j != i)
+        for i, (k, p) in enumerate(points)
+    ]
+
+
+def plot_sweep_frontier(
+    points: Sequence[tuple[str, str, float, float]], ylabel: str, title: str = "Performance against KL"
+) -> Plot | None:
+    """The ε-DPO paper's Figure 5: (method, run name, KL, performance) points, one line per method
+    through its non-dominated points (:func:`pareto_front`), dominated points faded."""
+    if not points:
+        return None
+    fig = _figure((7.0, 4.8))
+    ax = fig.subplots()
+    series = []
+    for i, method in enumerate(sorted({p[0] for p in points})):
+        mine = sorted([p for p in points if p[0] == method], key=lambda p: (p[2], p[3]))
+        front = pareto_front([(p[2], p[3]) for p in mine])
+        on = [p for p, f in zip(mine, front, strict=True) if f]
+        off = [p for p, f in zip(mine, front, strict=True) if not f]
+        color = f"C{i % 10}"
+        ax.plot([p[2] for p in on], [p[3] for p in on], color=color, marker="o", linewidth=1.6, label=method)
+        if off:
+            ax.plot(
+                [p[2] for p in off], [p[3] for p in off], color=color, marker="o", alpha=0.3, linestyle="none"
+            )
+        for p, f in zip(mine, front, strict=True):
+            ax.annotate(
+                p[1],
+                (p[2], p[3]),
+                textcoords="offset points",
+                xytext=(5, 5),
+                fontsize=7,
+                alpha=1.0 if f else 0.45,
+            )
+        series.append(Series("frontier", method, "front", [p[2] for p in on], [p[3] for p in on]))
+        series.append(Series("frontier", method, "dominated", [p[2] for p in off], [p[3] for p in off]))
+    _no_false_zoom(ax, [p[3] for p in points])
+    _style(ax, title, ylabel, "KL(π‖π_ref) (sampled completions)")
+    ax.legend(title="method (faded: dominated)", frameon=False, fontsize=9)
+    caption = (
+        f"{ylabel} against KL to the reference, one line per method through its non-dominated points; "
+        "dominated points faded (the ε-DPO paper's Figure 5)."
+    )
+    return Plot("frontier", title, caption, fig, series)
+
+
+def _no_false_zoom(ax, ys: Sequence[float], rel: float = 1e-3) -> None:
+    """Keep matplotlib from zooming into values that differ by rounding only: the y range spans at least
+    ``rel`` × the largest magnitude (and no offset notation), so identical values look identical."""
+    ys = [y for y in ys if math.isfinite(y)]
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+    if not ys:
+        return
+    lo, hi = min(ys), max(ys)
+    need = max(rel * max(abs(lo), abs(hi)), 1e-6)
+    if hi - lo < need:
+        mid = (hi + lo) / 2
+        ax.set_ylim(mid - need * 25, mid + need * 25)
+
+
 SKIP_NOTES = {
     "training": "no run logged loss, reward margins or accuracies",
     "deviation": "no run logged `deviation` (it needs a reference)",
