@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from PIL import Image
 
 from tether.cli import main as cli_main
 from tether.config import from_dict
@@ -64,6 +65,19 @@ def test_three_rows_final_row_is_final_and_a_checkpoint_is_its_step(env, monkeyp
     # the reference's numbers come from the cache after the first row
     assert set(rows[-1]["reference_cache"].values()) == {"hit"}
     assert (env["a"] / "eval_checkpoints.json").is_file()
+    # tether report draws KL and performance along training, from the reference at step 0
+    from tether.evaluation.report import load_runs, plot_trajectory, write_report
+
+    plot = plot_trajectory(load_runs([env["a"]]))
+    kl = next(x for x in plot.series if x.metric == "kl")
+    assert kl.x == [0.0, 1.0, 2.0, 3.0] and kl.y[0] == 0.0
+    assert kl.y[1:] == [r["metrics"]["kl"] for r in rows]
+    perf = next(x for x in plot.series if x.metric != "kl")
+    start = rows[0]["reference_metrics"].get(perf.metric)  # none for the reward accuracy (0 by definition)
+    assert perf.x[0] == (0.0 if start is not None else 1.0) and perf.y[-1] == rows[-1]["metrics"][perf.metric]
+    write_report([env["a"]], tmp_path / "report")
+    with Image.open(tmp_path / "report" / "trajectory.png") as im:
+        assert im.format == "PNG"
     every2 = evaluate_checkpoints(str(env["a"]), data, every=2, out=tmp_path / "e.json", **EVAL)
     assert [r["step"] for r in every2["rows"]] == [2, 3]
 

@@ -243,7 +243,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``tether report RUN [RUN ...] --out DIR``."""
-    from tether.evaluation.report import summary_row, write_report_runs
+    from tether.evaluation.report import LAST_BATCH, summary_row, write_report_runs
 
     smooth = args.smooth
     if smooth is not None and not 0.0 <= smooth < 1.0:
@@ -252,8 +252,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     for r in runs:
         for n in r.notes:
             print(f"warning: {r.name}: {n}", file=sys.stderr)
-    header = ["run", "method", "steps", "time", "loss", "accuracy", "margin", "deviation", "success", "KL"]
-    print(_table([[summary_row(r)[h] for h in header] for r in runs], header))
+    header = ["run", "method", "steps", "time", "eval loss", "eval accuracy", "success", "KL", "loss"]
+    header += ["accuracy", "margin", "deviation"]
+    shown = [LAST_BATCH.get(h, h) for h in header]  # held-out numbers first, then the last batch's
+    print(_table([[summary_row(r)[h] for h in header] for r in runs], shown))
     print()
     print(f"report: {report}")
     for path in paths.values():

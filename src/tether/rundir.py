@@ -249,6 +249,15 @@ class RunDir:
         tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
         os.replace(tmp, path)
 
+    def read_eval_checkpoints(self) -> dict[str, Any] | None:
+        """``eval_checkpoints.json`` (None when absent); an unreadable one raises :class:`TetherError`."""
+        if not self.eval_checkpoints.exists():
+            return None
+        data = read_json(self.eval_checkpoints)
+        if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+            raise TetherError(f"{self.eval_checkpoints}: not a checkpoint evaluation (no rows)")
+        return data
+
     def read_eval(self) -> dict[str, Any] | None:
         """``eval.json`` (None when absent); an unreadable one raises :class:`TetherError`."""
         if not self.eval.exists():

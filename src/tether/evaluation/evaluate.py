@@ -67,7 +67,7 @@ from tether.engine.cache import cache_key, cached_json, default_cache_dir, hash_
 from tether.engine.reference import compute_table
 from tether.errors import DataError, Problem, TetherError
 from tether.evaluation.generation import decode, eos_ids, generate
-from tether.evaluation.groups import select_metrics
+from tether.evaluation.groups import performance, select_metrics
 from tether.evaluation.lmeval import run_lm_eval
 from tether.evaluation.metrics import (
     deviation_metrics,
@@ -96,20 +96,6 @@ __all__ = [
     "text_metrics",
     "win_rate",
 ]
-
-PERFORMANCE = ("win_rate/chosen", "generation/success", "win_rate", "pairwise/accuracy", "mc/accuracy")
-"""What a sweep's frontier and a run's trajectory call performance, in order of preference: the judge's (or
-the task checker's) win rate against the held-out chosen answers (the ε-DPO paper's protocol), task
-success, the win rate against the reference, held-out pairwise accuracy."""
-
-
-def performance(metrics: dict[str, Any]) -> tuple[str, float] | None:
-    """(key, value) of the first :data:`PERFORMANCE` metric present in ``metrics``."""
-    for k in PERFORMANCE:
-        v = metrics.get(k)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return k, float(v)
-    return None
 
 
 @dataclass(frozen=True)

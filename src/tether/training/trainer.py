@@ -408,6 +408,8 @@ class Trainer:
         tokens = 0
         last: dict[str, float] = {}
         eval_metrics: dict[str, float] = {}
+        if self.step == 0 and self.eval_examples and cfg.eval_at_start is not False:
+            self.sink.log({"step": 0, **self.evaluate()})  # eval curves start at the reference
         while self.step < total:
             t0 = time.perf_counter()
             means = self.train_step()
