@@ -154,6 +154,8 @@ class _Loaded:
     """The reference's weights fingerprint; None: nothing of the reference is cached."""
     cache_root: Path | None = None
     cache_log: dict[str, str] = field(default_factory=dict)
+    use_cache: bool = True
+    """Whether judge scores are cached (``--no-cache`` turns every cache off)."""
 
     def sums(
         self,
@@ -412,7 +414,7 @@ def _generation_metrics(
                 [f[1] for f in flat],
                 desc=desc,
                 batch_size=ld.batch_size,
-                cache_root=ld.cache_root if ld.ref_fingerprint is not None else None,
+                cache_root=ld.cache_root if ld.use_cache else None,
             )
             out, k = [], 0
             for ts in texts:
@@ -637,6 +639,7 @@ def evaluate(
         dtype=dtype,
         ref_fingerprint=models.model_fingerprint(ref_path) if cache and not same else None,
         cache_root=Path(ref_cache) if ref_cache else default_cache_dir(),
+        use_cache=cache,
     )
     m: dict[str, Any] = {}
     rm: dict[str, Any] = {}
