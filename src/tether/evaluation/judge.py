@@ -76,9 +76,7 @@ def load_judge(spec: str, device: torch.device, dtype: str = "float32") -> Judge
     path = models.resolve_model_dir(spec)
     tokenizer = models.load_tokenizer(path)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(path), torch_dtype=getattr(torch, dtype)
-        )
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=getattr(torch, dtype))
     except (OSError, ValueError) as e:
         raise TetherError(f"--judge {spec}: cannot load it ({str(e).splitlines()[0]})") from None
     if tokenizer.pad_token_id is None:
