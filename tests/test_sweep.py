@@ -175,4 +175,4 @@ def test_cli_subprocess_prints_the_table(env, tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert f"table: {out / 'table.md'}" in proc.stdout and "dpo_beta=0.1" in proc.stdout
+    assert f"table: {out / 'table.md'}" in proc.stdout and "beta=0.1" in proc.stdout
