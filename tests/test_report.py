@@ -169,7 +169,9 @@ def test_write_report_draws_every_plot_and_embeds_it(runs, tmp_path):
         assert f"### {run}" in md
     assert "beta=0.04" in md and "epsilon=0.01" in md and "stages=3" in md
     assert "| 0.8 |" in md  # stage 1's gamma_ref
-    assert "skipped" not in md
+    assert md.count("skipped") == 1 and "trajectory.png skipped" in md  # no run evaluated its checkpoints
+    header = next(line for line in md.splitlines() if line.startswith("| run |"))
+    assert header.index("eval loss") < header.index("last-batch loss")  # held-out numbers first
 
 
 def test_deviation_plot_has_every_run_with_a_reference(runs):
@@ -255,6 +257,30 @@ def test_coinciding_curves_are_named_in_the_caption(tmp_path):
     assert caption.endswith("; drawn on top of each other: a (dpo) = b (dpo) (deviation).")
     assert "c (dpo)" not in caption
     assert "drawn on top" not in plot_deviation(load_runs([a, c])).caption
+
+
+def test_losses_of_different_scales_get_their_own_panels(tmp_path):
+    a = fake_run(tmp_path, "a", seed=1)
+    b = fake_run(tmp_path, "b", seed=2)
+    big = fake_run(tmp_path, "big", "cpo", seed=3)
+    recs = [json.loads(x) for x in (big / "metrics.jsonl").read_text().splitlines()]
+    write_metrics(big / "metrics.jsonl", [{**r, "loss": r["loss"] * 100} if "loss" in r else r for r in recs])
+    plot = plot_training(load_runs([a, b, big]))
+    titles = [ax.get_title() for ax in plot.figure.axes]
+    assert titles[:2] == ["loss (a (dpo), b (dpo))", "loss (big (cpo))"]
+    assert "separate panels" in plot.caption
+    assert len(plot_training(load_runs([a, b])).figure.axes) == 3  # one scale: one loss panel
+
+
+def test_identical_values_are_not_zoomed_into_a_difference(tmp_path):
+    flat = fake_run(tmp_path, "flat", steps=10, eval_every=0)
+    recs = [json.loads(x) for x in (flat / "metrics.jsonl").read_text().splitlines()]
+    write_metrics(  # the same deviation up to float rounding
+        flat / "metrics.jsonl", [{**r, "deviation": 0.25 + 1e-9 * (i % 2)} for i, r in enumerate(recs)]
+    )
+    ax = plot_deviation(load_runs([flat])).figure.axes[0]
+    lo, hi = ax.get_ylim()
+    assert hi - lo >= 0.25 * 1e-3 and not ax.yaxis.get_major_formatter().get_useOffset()
 
 
 def test_missing_metrics_skip_plots_with_a_note(tmp_path):
@@ -380,10 +406,17 @@ def test_real_tiny_run(tmp_path):
         }
     )
     result = train(cfg)
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert sorted(Path(p).name for p in summary["plots"]) == [
+        "deviation.png",
+        "epsilon_dpo.png",
+        "training.png",
+    ]
     paths = plot_run(result.run_dir)
     assert {p.name for p in paths} == {"training.png", "deviation.png", "epsilon_dpo.png"}
     assert all(is_png(p) for p in paths) and paths[0].parent == result.run_dir / "plots"
     run = load_run(result.run_dir)
-    assert run.method == "epsilon_dpo" and len(run.train) == 4 and [r["step"] for r in run.evals] == [2, 4]
+    assert run.method == "epsilon_dpo" and len(run.train) == 4 and [r["step"] for r in run.evals] == [0, 2, 4]
+    assert run.evals[0]["eval/loss"] == pytest.approx(math.log(2), abs=1e-5)  # step 0: the reference
     md = write_report([result.run_dir], tmp_path / "out").read_text()
     assert "epsilon=0.01" in md and "| 4 |" in md

@@ -95,12 +95,51 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``tether eval``: evaluate, print the table, write the JSON."""
-    from tether.evaluation.evaluate import EvalOptions, evaluate
+    from tether.evaluation.evaluate import evaluate
     from tether.evaluation.target import resolve_target
 
+    if args.checkpoints is not None:
+        return _eval_checkpoints(args)
     target_dir = resolve_target(args.model).run_dir
     out = args.out or (str(target_dir / EVAL) if target_dir is not None else EVAL)
-    options = EvalOptions(
+    options = _eval_options(args)
+    result = evaluate(args.model, args.data, options, out=out)
+    _print_eval(result)
+    print(f"\nwrote {out}")
+    sys.stdout.flush()
+    return 0
+
+
+def _eval_checkpoints(args: argparse.Namespace) -> int:
+    """``tether eval RUN --checkpoints all|N``: one column per checkpoint, one row per metric."""
+    from tether.evaluation.evaluate import evaluate_checkpoints
+
+    text = args.checkpoints
+    every = None
+    if text != "all":
+        try:
+            every = int(text)
+        except ValueError:
+            every = 0
+        if every < 1:
+            raise TetherError(f"--checkpoints: expected 'all' or a positive number of steps, got {text!r}")
+    result = evaluate_checkpoints(args.model, args.data, _eval_options(args), every=every, out=args.out)
+    rows = result["rows"]
+    header = ["metric", *(f"step {r['step']}" + (" (final)" if not r["checkpoint"] else "") for r in rows)]
+    keys = list(dict.fromkeys(k for r in rows for k in r["metrics"]))
+    print(f"run: {args.model}  data: {args.data}  judge: {rows[-1]['judge']}")
+    print()
+    print(_table([[k, *(_fmt(r["metrics"].get(k)) for r in rows)] for k in keys], header))
+    from tether.rundir import RunDir
+
+    print(f"\nwrote {args.out or RunDir(args.model).eval_checkpoints}")
+    return 0
+
+
+def _eval_options(args: argparse.Namespace) -> Any:
+    from tether.evaluation.evaluate import EvalOptions
+
+    return EvalOptions(
         reference=args.reference,
         metrics=args.metrics,
         beta=args.beta,
@@ -108,6 +147,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         kl_samples=args.kl_samples,
+        judge=args.judge,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        samples_per_prompt=args.samples_per_prompt,
         seed=args.seed,
         max_length=args.max_length,
         chat_template=args.chat_template,
@@ -116,10 +159,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cache=not args.no_cache,
         progress=not args.no_progress,
     )
-    result = evaluate(args.model, args.data, options, out=out)
+
+
+def _print_eval(result: dict[str, Any]) -> None:
     print(
         f"model: {result['model']}  reference: {result['reference']}"
-        f"{' (the model itself)' if result['reference_is_model'] else ''}"
+        f"{' (the model itself)' if result['reference_is_model'] else ''}  judge: {result['judge']}"
     )
     print(
         f"data: {result['data']} ({result['kind']}, {result['n_rows']} rows, "
@@ -135,14 +180,71 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     for note in result["notes"]:
         print(f"note: {note}")
-    print(f"\nwrote {out}")
-    sys.stdout.flush()
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``tether sweep CONFIG --grid key=v1,v2 ...``: train and evaluate every point, table and frontier."""
+    from tether.training.sweep import run_sweep
+
+    result = run_sweep(
+        args.config,
+        args.grid,
+        out=args.out,
+        overrides=args.overrides,
+        data_eval=args.data_eval,
+        options=_eval_options(args),
+    )
+    from tether.training.sweep import rows
+
+    table = rows(result.points, result.performance_key)
+    header = list(dict.fromkeys(k for r in table for k in r))
+    print()
+    print(_table([[_fmt(r.get(h)) for h in header] for r in table], header))
+    print()
+    print(f"sweep: {result.path} ({len(result.points)} runs, {result.seconds:.1f} s)")
+    print(f"table: {result.table}")
+    if result.frontier is not None:
+        print(f"plot:  {result.frontier}")
+    else:
+        print("note: no frontier plot (no performance metric common to every run)")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """``tether generate RUN_OR_MODEL --prompt TEXT | --file FILE``."""
+    import json
+
+    from tether.evaluation.sample import generate_texts, read_prompts
+
+    prompts = list(args.prompt or []) + (read_prompts(args.file) if args.file else [])
+    result = generate_texts(
+        args.model,
+        prompts,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        chat_template=args.chat_template,
+        progress=not args.no_progress,
+    )
+    for i, o in enumerate(result["outputs"]):
+        print(f"### prompt {i + 1}: {o['prompt']}")
+        for k, g in enumerate(o["generations"]):
+            print(f"--- {k + 1}: {g}" if len(o["generations"]) > 1 else g)
+        print()
+    if args.out:
+        with open(args.out, "w") as f:
+            for o in result["outputs"]:
+                f.write(json.dumps(o, ensure_ascii=False) + "\n")
+        print(f"wrote {args.out}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``tether report RUN [RUN ...] --out DIR``."""
-    from tether.evaluation.report import summary_row, write_report_runs
+    from tether.evaluation.report import LAST_BATCH, summary_row, write_report_runs
 
     smooth = args.smooth
     if smooth is not None and not 0.0 <= smooth < 1.0:
@@ -151,8 +253,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     for r in runs:
         for n in r.notes:
             print(f"warning: {r.name}: {n}", file=sys.stderr)
-    header = ["run", "method", "steps", "time", "loss", "accuracy", "margin", "deviation", "success", "KL"]
-    print(_table([[summary_row(r)[h] for h in header] for r in runs], header))
+    header = ["run", "method", "steps", "time", "eval loss", "eval accuracy", "success", "KL", "loss"]
+    header += ["accuracy", "margin", "deviation"]
+    shown = [LAST_BATCH.get(h, h) for h in header]  # held-out numbers first, then the last batch's
+    print(_table([[summary_row(r)[h] for h in header] for r in runs], shown))
     print()
     print(f"report: {report}")
     for path in paths.values():
@@ -197,6 +301,21 @@ def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
         "--data", required=True, help="held-out data file (pairs, SFT rows or multiple-choice rows)"
     )
     p.add_argument(
+        "--out", default=None, help="JSON output path (default: <run>/eval.json for a run, else eval.json)"
+    )
+    p.add_argument(
+        "--checkpoints",
+        default=None,
+        metavar="all|N",
+        help="evaluate every saved checkpoint of a run (or those at multiples of N steps) and its final "
+        "model, one row each (written to <run>/eval_checkpoints.json)",
+    )
+    _add_eval_options(p)
+
+
+def _add_eval_options(p: argparse.ArgumentParser) -> None:
+    """The evaluation settings shared by ``tether eval`` and ``tether sweep``."""
+    p.add_argument(
         "--reference",
         default=None,
         help="reference model spec (default: a run's starting model; for a plain model, the model itself, "
@@ -226,7 +345,28 @@ def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kl-samples", type=_positive, default=1, help="completions sampled per prompt for KL (default 1)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the KL sampling (default 0)")
+    p.add_argument(
+        "--judge",
+        default=None,
+        metavar="MODEL",
+        help="a reward model (sequence classification, one output) scoring the generations with its own "
+        "chat template: mean reward and win rates against chosen answers and the reference "
+        "(default: the task checker)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="0: greedy generations (default); else sampled at this temperature (ε-DPO: 1.0)",
+    )
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: none)")
+    p.add_argument(
+        "--samples-per-prompt",
+        type=_positive,
+        default=1,
+        help="generations per prompt judged (default 1; > 1 needs --temperature > 0)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling and the bootstrap (default 0)")
     p.add_argument(
         "--max-length",
         type=_positive,
@@ -238,9 +378,6 @@ def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
         choices=("auto", "always", "never"),
         default=None,
         help="how string rows are rendered (default: the run's data.chat_template, else auto)",
-    )
-    p.add_argument(
-        "--out", default=None, help="JSON output path (default: <run>/eval.json for a run, else eval.json)"
     )
     p.add_argument(
         "--lm-eval-tasks",
@@ -293,6 +430,48 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a model or run directory against its reference on a data file")
     _add_eval_arguments(p)
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser(
+        "sweep",
+        help="train and evaluate the product of a grid of config values; a table and the KL frontier",
+    )
+    p.add_argument("config", help="the base YAML config")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the base config")
+    p.add_argument(
+        "--grid",
+        action="append",
+        required=True,
+        metavar="KEY=V1,V2",
+        help="a config key and its values, e.g. method.beta=0.01,0.1; repeat for a product",
+    )
+    p.add_argument(
+        "--data-eval", default=None, help="held-out data every run is evaluated on (default: data.eval)"
+    )
+    p.add_argument("--out", default=None, help="the sweep directory (default: the config's train.output_dir)")
+    _add_eval_options(p)
+    p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("generate", help="sample from a run or a model on prompts (chat template applied)")
+    p.add_argument("model", help="a run directory (its final model) or a model (smollm2, hub id, dir, .gguf)")
+    p.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
+    p.add_argument(
+        "--file", default=None, help=".txt (one prompt a line) or .jsonl/.json with a prompt field"
+    )
+    p.add_argument(
+        "--max-new-tokens", type=_positive, default=128, help="generation length cap (default 128)"
+    )
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); else sampled")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: none)")
+    p.add_argument("--num-samples", type=_positive, default=1, help="generations per prompt (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--batch-size", type=_positive, default=8, help="prompts per generate batch (default 8)")
+    p.add_argument(
+        "--chat-template",
+        choices=("auto", "always", "never"),
+        default=None,
+        help="how prompts are rendered (default: the run's data.chat_template, else auto)",
+    )
+    p.add_argument("--out", default=None, help="also write the generations as JSON lines here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_generate)
     p = sub.add_parser("report", help="plots and a Markdown summary of one or more run directories")
     _add_report_arguments(p)
     p.set_defaults(func=cmd_report)

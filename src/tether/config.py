@@ -106,6 +106,9 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     log_every: int = 1
     eval_every: int | None = None
+    eval_at_start: bool | None = None
+    """Evaluate before the first step, so eval curves start at the reference (one eval pass; ``None``:
+    on whenever there is eval data)."""
     save_every: int | None = None
     save_total_limit: int | None = 2
     save_optimizer: bool = True

@@ -9,8 +9,16 @@ One training run writes one directory::
     <run>/final              the final model (``final/merged`` too for LoRA with ``save_merged``)
     <run>/plots              training curves
     <run>/eval.json          written by ``tether eval``
+    <run>/eval_checkpoints.json  written by ``tether eval --checkpoints``: one row per checkpoint
 
-An sDPO run's root holds ``stages.json`` and one run directory per stage, ``stage-<t>/``.
+An sDPO run's root holds ``stages.json`` and one run directory per stage, ``stage-<t>/``. A sweep
+(``tether sweep``) is one directory of run directories::
+
+    <sweep>/sweep.json       the base config and the grid (a rerun checks the base config is the same)
+    <sweep>/<point>/         one run directory per grid point (``dpo_beta=0.1``)
+    <sweep>/table.md         one row per point: hyper-parameters, KL, performance, on the frontier or not
+    <sweep>/frontier.png     performance against KL, a line per method through its non-dominated points
+
 ``<run>/.tether.lock`` is held by the one process writing the run (:func:`run_dir_lock`).
 Trainer, sDPO stages, evaluation and report find these files here and nowhere else.
 """
@@ -38,10 +46,17 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 STAGES = "stages.json"
 CHECKPOINTS = "checkpoints"
+TRAINER_STATE = "trainer_state.json"  # in each checkpoint, written last
 FINAL = "final"
 MERGED = "merged"
 PLOTS = "plots"
 EVAL = "eval.json"
+EVAL_CHECKPOINTS = "eval_checkpoints.json"
+CHECKPOINT_WEIGHTS = "model.safetensors"
+"""A checkpoint's model weights (accelerate's ``save_state``; no pickles are read)."""
+SWEEP = "sweep.json"
+SWEEP_TABLE = "table.md"
+SWEEP_FRONTIER = "frontier.png"
 
 
 def read_json(path: Path) -> Any:
@@ -106,6 +121,29 @@ class RunDir:
     @property
     def eval(self) -> Path:
         return self.path / EVAL
+
+    @property
+    def eval_checkpoints(self) -> Path:
+        return self.path / EVAL_CHECKPOINTS
+
+    def checkpoint_dirs(self, complete: bool = False) -> list[Path]:
+        """The ``checkpoints/step-N`` directories, by step (temporary ``.tmp-*`` ones excluded); with
+        ``complete``, only those whose trainer state was written (the last file of a checkpoint)."""
+        if not self.checkpoints.is_dir():
+            return []
+        dirs = [
+            p
+            for p in self.checkpoints.iterdir()
+            if p.is_dir()
+            and p.name.startswith("step-")
+            and p.name[5:].isdigit()
+            and (not complete or (p / TRAINER_STATE).is_file())
+        ]
+        return sorted(dirs, key=lambda p: int(p.name[5:]))
+
+    def is_finished(self) -> bool:
+        """A run that wrote its summary and its final model (or adapter)."""
+        return self.summary.is_file() and (self.final_model() is not None or self.final_adapter() is not None)
 
     def stage(self, t: int) -> RunDir:
         """Stage ``t``'s run directory (1-based) under an sDPO root."""
@@ -214,6 +252,24 @@ class RunDir:
             raise TetherError(f"{path}: empty, no metrics logged")
         return train, evals
 
+    def write_json(self, path: Path, data: Any) -> None:
+        """``data`` as indented JSON at ``path`` (a file of this directory), written atomically."""
+        import os
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+
+    def read_eval_checkpoints(self) -> dict[str, Any] | None:
+        """``eval_checkpoints.json`` (None when absent); an unreadable one raises :class:`TetherError`."""
+        if not self.eval_checkpoints.exists():
+            return None
+        data = read_json(self.eval_checkpoints)
+        if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+            raise TetherError(f"{self.eval_checkpoints}: not a checkpoint evaluation (no rows)")
+        return data
+
     def read_eval(self) -> dict[str, Any] | None:
         """``eval.json`` (None when absent); an unreadable one raises :class:`TetherError`."""
         if not self.eval.exists():
@@ -293,3 +349,41 @@ def run_dir_lock(run_dir: Path, *, enabled: bool = True) -> Iterator[None]:
         if created:
             with contextlib.suppress(OSError):
                 run_dir.rmdir()  # only when empty
+
+
+@dataclass(frozen=True)
+class SweepDir:
+    """A sweep's directory (``tether sweep``): its manifest, one run directory per grid point, the table
+    and the frontier plot."""
+
+    path: Path
+
+    def __init__(self, path: str | Path):
+        object.__setattr__(self, "path", Path(path).expanduser())
+
+    @property
+    def manifest(self) -> Path:
+        return self.path / SWEEP
+
+    @property
+    def table(self) -> Path:
+        return self.path / SWEEP_TABLE
+
+    @property
+    def frontier(self) -> Path:
+        return self.path / SWEEP_FRONTIER
+
+    def run(self, name: str) -> RunDir:
+        return RunDir(self.path / name)
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        """``sweep.json`` (None when absent)."""
+        if not self.manifest.exists():
+            return None
+        data = read_json(self.manifest)
+        if not isinstance(data, dict) or not isinstance(data.get("base"), dict):
+            raise TetherError(f"{self.manifest}: not a tether sweep manifest")
+        return data
+
+    def write_manifest(self, data: dict[str, Any]) -> None:
+        RunDir(self.path).write_json(self.manifest, data)

@@ -2,8 +2,8 @@
 
 Everything tether caches sits under :func:`default_cache_dir` (``$TETHER_CACHE``, default
 ``~/.cache/tether``; ``~`` is expanded): converted models (``models/``), reference log-prob tables
-(``reflogps/``, written by training and by ``tether eval``) and the reference's generations
-(``generations/``). An entry's name is a hash of everything that determines its content; an entry that
+(``reflogps/``, written by training and by ``tether eval``), the reference's generations
+(``generations/``) and a reward-model judge's scores (``judge/``). An entry's name is a hash of everything that determines its content; an entry that
 cannot be read (a torn write, a foreign file) is a miss and is recomputed, never an error. Writes are
 atomic (a temporary file, then ``os.replace``).
 """

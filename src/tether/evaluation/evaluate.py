@@ -10,10 +10,16 @@ group             what
                   (reference-free methods); ``pairwise/accuracy`` is the one matching the run's method.
 ``deviation``     pairs, SFT: MinorSFT's m_θ, the mean over held-out chosen/completion answers of
                   (log π(y) − log π_ref(y)) / n(y).
-``generation``    greedy generations (left padding, batched, stop at EOS, ``max_new_tokens``): task success
-                  by :func:`tether.data.tasks.check` on rows with ``source`` + ``answer`` (overall and per family),
-                  the win rate against the reference model's generations, and BLEU-4 (sacrebleu) and
-                  ROUGE-1/2/L F1 (rouge-score, stemmed) against the chosen/completion/answer text.
+``generation``    generations (left padding, batched, stop at EOS, ``max_new_tokens``; greedy, or
+                  ``samples_per_prompt`` sampled at ``temperature``/``top_p``): task success by
+                  :func:`tether.data.tasks.check` on rows with ``source`` + ``answer`` (overall and per
+                  family); ``win_rate/chosen``, the win rate against the held-out chosen (completion,
+                  answer) text, and ``win_rate``, against the reference model's generations, judged by
+                  the reward model ``--judge`` (:mod:`tether.evaluation.judge`; also ``judge/reward``,
+                  the mean reward) or else by the task checker (1 correct, 0 wrong); ties count ½, and
+                  ``/ci_low``, ``/ci_high`` are a 95% bootstrap interval over prompts (seeded by
+                  ``seed``); BLEU-4 (sacrebleu) and ROUGE-1/2/L F1 (rouge-score, stemmed) of the first
+                  generation against the chosen/completion/answer text.
 ``kl``            KL(π‖π_ref) ≈ mean over completions y ~ π(·|x) (temperature 1, no top-k/top-p) of
                   Σ_t log π(y_t) − log π_ref(y_t), both scored by the log-prob engine (the KL of the
                   first ``max_new_tokens`` tokens when a sample is cut there).
@@ -28,13 +34,17 @@ and its data can be reached, and is otherwise skipped with a one-line note.
 The reference's log-prob tables and greedy generations are cached under the run's
 ``reference.cache_dir``, else ``$TETHER_CACHE`` (default ``~/.cache/tether``), keyed by the reference's
 weights fingerprint, the token ids and the settings (dtype, device type, generation length, batch size):
-evaluating several runs against one starting model computes them once. An unreadable cache file is
+evaluating several runs against one starting model computes them once. A judge's scores are cached the same way, by its weights and the texts scored. An unreadable cache file is
 recomputed. ``--no-cache`` recomputes them.
 
 The reference defaults to a run's starting model (``model.name`` of its config, or of stage 1 for an
 sDPO run). For a plain model with no ``--reference`` the reference is the model itself: reference-relative
 numbers (KL, deviation, reward margins) are then 0 by construction, the win rate is 0.5, and the pairwise
 accuracy is the likelihood one; a note says so.
+
+Sampling settings of the papers: ε-DPO (epsilon-dpo.txt) samples at temperature 1.0 and judges with
+PairRM against the test split's chosen answers (``--judge RM --temperature 1``); the default here is
+greedy decoding, deterministic and cheap. ``samples_per_prompt`` > 1 needs a temperature > 0.
 """
 
 from __future__ import annotations
@@ -57,18 +67,35 @@ from tether.engine.cache import cache_key, cached_json, default_cache_dir, hash_
 from tether.engine.reference import compute_table
 from tether.errors import DataError, Problem, TetherError
 from tether.evaluation.generation import decode, eos_ids, generate
-from tether.evaluation.groups import select_metrics
+from tether.evaluation.groups import performance, select_metrics
 from tether.evaluation.lmeval import run_lm_eval
 from tether.evaluation.metrics import (
     deviation_metrics,
     logps_inputs,
     pairwise_metrics,
+    preference_rate,
     text_metrics,
     win_rate,
 )
-from tether.evaluation.target import load, reference_spec, resolve_target, same_model
+from tether.evaluation.target import (
+    Target,
+    checkpoint_targets,
+    load,
+    load_checkpoint,
+    reference_spec,
+    resolve_target,
+    same_model,
+)
 
-__all__ = ["EvalOptions", "evaluate", "generate", "resolve_target", "text_metrics", "win_rate"]
+__all__ = [
+    "EvalOptions",
+    "evaluate",
+    "generate",
+    "performance",
+    "resolve_target",
+    "text_metrics",
+    "win_rate",
+]
 
 
 @dataclass(frozen=True)
@@ -78,6 +105,17 @@ class _Seq:
     prompt_ids: list[int]
     chosen_ids: list[int]
     rejected_ids: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How generations are drawn: greedy at ``temperature`` 0, else sampled at ``temperature`` with
+    nucleus ``top_p``; ``samples`` per prompt; ``seed`` seeds the sampling."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    samples: int = 1
+    seed: int = 0
 
 
 @dataclass
@@ -116,6 +154,8 @@ class _Loaded:
     """The reference's weights fingerprint; None: nothing of the reference is cached."""
     cache_root: Path | None = None
     cache_log: dict[str, str] = field(default_factory=dict)
+    use_cache: bool = True
+    """Whether judge scores are cached (``--no-cache`` turns every cache off)."""
 
     def sums(
         self,
@@ -162,40 +202,59 @@ class _Loaded:
         self.cache_log[desc] = status
         return pol, table
 
-    def greedy(self, ids: list[list[int]], max_new_tokens: int, *, reference: bool = False) -> list[str]:
-        """Greedy generations of the model (or the reference), decoded without their EOS."""
+    def generations(
+        self, ids: list[list[int]], max_new_tokens: int, sampling: Sampling, *, reference: bool = False
+    ) -> list[list[str]]:
+        """``sampling.samples`` generations per prompt of the model (or the reference), decoded without
+        their EOS: greedy at temperature 0, else sampled (seeded with ``sampling.seed``)."""
         model = self.ref_model if reference else self.model
         eos = eos_ids(model, self.tokenizer)
+        sample = sampling.temperature > 0
+        if sample:
+            torch.manual_seed(sampling.seed)
+            if self.device.type == "cuda":
+                torch.cuda.manual_seed_all(sampling.seed)
         raw = generate(
             model,
             self.tokenizer,
             ids,
             max_new_tokens=max_new_tokens,
             batch_size=self.batch_size,
+            sample=sample,
+            num_samples=sampling.samples,
+            temperature=sampling.temperature if sample else 1.0,
+            top_p=sampling.top_p,
             desc=f"generating ({'reference' if reference else 'model'})",
             progress=self.progress,
         )
-        return [decode(self.tokenizer, g[0], eos) for g in raw]
+        return [[decode(self.tokenizer, g, eos) for g in gs] for gs in raw]
 
-    def reference_generations(self, ids: list[list[int]], max_new_tokens: int) -> list[str]:
-        """The reference's greedy generations, cached by its weights, the prompts and the settings."""
+    def reference_generations(
+        self, ids: list[list[int]], max_new_tokens: int, sampling: Sampling
+    ) -> list[list[str]]:
+        """The reference's generations, cached by its weights, the prompts and the settings."""
         if self.ref_fingerprint is None or self.cache_root is None:
-            return self.greedy(ids, max_new_tokens, reference=True)
+            return self.generations(ids, max_new_tokens, sampling, reference=True)
         settings = {
             "max_new_tokens": max_new_tokens,
             "eos": eos_ids(self.ref_model, self.tokenizer),
             "pad": self.tokenizer.pad_token_id,
             "batch_size": self.batch_size,  # left padding within a batch can flip a greedy token
             "dtype": self.dtype,
-            "v": 1,
+            "sampling": dataclasses.asdict(sampling) if sampling.temperature > 0 else sampling.samples,
+            "v": 2,
         }
         key = hash_key(self.ref_fingerprint, settings, self.device.type, ids)
         texts, self.cache_log["generating"] = cached_json(
             self.cache_root / "generations" / f"{key}.json",
-            lambda: self.greedy(ids, max_new_tokens, reference=True),
-            lambda v: isinstance(v, list) and len(v) == len(ids),
+            lambda: self.generations(ids, max_new_tokens, sampling, reference=True),
+            lambda v: (
+                isinstance(v, list)
+                and len(v) == len(ids)
+                and all(isinstance(x, list) and len(x) == sampling.samples for x in v)
+            ),
         )
-        return [str(x) for x in texts]
+        return [[str(x) for x in xs] for xs in texts]
 
 
 def _read_data(
@@ -301,53 +360,119 @@ def _mc_metrics(
     m["mc/n"] = len(rows)
 
 
-def _generation_metrics(
-    ld: _Loaded, prompts: list[_Prompt], max_new_tokens: int, m: dict, rm: dict, notes: list[str]
-) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """Greedy generations of both models: task success (overall, per family), the win rate, BLEU/ROUGE.
+def _rate_columns(m: dict, name: str, rate: dict[str, Any]) -> None:
+    """``name`` (the win rate), ``name/ci_low``, ``name/ci_high`` into ``m``."""
+    m[name] = rate["win_rate"]
+    m[f"{name}/ci_low"] = rate["ci_low"]
+    m[f"{name}/ci_high"] = rate["ci_high"]
 
-    Returns the win counts and one sample record per prompt.
+
+def _generation_metrics(
+    ld: _Loaded,
+    prompts: list[_Prompt],
+    max_new_tokens: int,
+    sampling: Sampling,
+    judge: Any,
+    m: dict,
+    rm: dict,
+    notes: list[str],
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Generations of both models (``sampling``): task success (overall, per family), the win rates
+    against the chosen answers and against the reference's generations (scored by the reward-model
+    ``judge`` when given, else by the task checker), mean reward, BLEU/ROUGE.
+
+    Returns the win counts against the reference and one sample record per prompt.
     """
     import tether.data.tasks as tasks
+    from tether.evaluation.judge import score
 
     ids = [p.ids for p in prompts]
-    gen = ld.greedy(ids, max_new_tokens)
-    rgen = gen if ld.same else ld.reference_generations(ids, max_new_tokens)
+    gen = ld.generations(ids, max_new_tokens, sampling)
+    rgen = gen if ld.same else ld.reference_generations(ids, max_new_tokens, sampling)
+    chosen = [p.reference_text for p in prompts]
     checkable = [i for i, p in enumerate(prompts) if "source" in p.row.data and "answer" in p.row.data]
-    ok = {i: tasks.check(prompts[i].row.data, gen[i]) for i in checkable}
-    rok = {i: tasks.check(prompts[i].row.data, rgen[i]) for i in checkable}
+    ok = {i: [tasks.check(prompts[i].row.data, g) for g in gen[i]] for i in checkable}
+    rok = {i: [tasks.check(prompts[i].row.data, g) for g in rgen[i]] for i in checkable}
+    cok = {i: tasks.check(prompts[i].row.data, chosen[i]) for i in checkable}
     win = None
     if checkable:
         m["generation/n"] = len(checkable)
         for out_m, c in ((m, ok), (rm, rok)):
-            out_m["generation/success"] = sum(c.values()) / len(c)
+            out_m["generation/success"] = sum(sum(v) / len(v) for v in c.values()) / len(c)
             for fam in sorted({str(prompts[i].row.data["source"]) for i in checkable}):
                 fam_i = [i for i in checkable if str(prompts[i].row.data["source"]) == fam]
-                out_m[f"generation/success/{fam}"] = sum(c[i] for i in fam_i) / len(fam_i)
-        win = win_rate([ok[i] for i in checkable], [rok[i] for i in checkable])
-        m["win_rate"] = win["win_rate"]
-        m.update({f"win/{k}": win[k] for k in ("wins", "ties", "losses")})
+                out_m[f"generation/success/{fam}"] = sum(sum(c[i]) / len(c[i]) for i in fam_i) / len(fam_i)
+    scores = rscores = cscores = None
+    if judge is not None:
+        prompt_of = [p.row.data.get("prompt", p.row.data.get("messages", "")) for p in prompts]
+
+        def judged(texts: list[list[str]], desc: str) -> list[list[float]]:
+            flat = [(prompt_of[i], t) for i, ts in enumerate(texts) for t in ts]
+            got = score(
+                judge,
+                [f[0] for f in flat],
+                [f[1] for f in flat],
+                desc=desc,
+                batch_size=ld.batch_size,
+                cache_root=ld.cache_root if ld.use_cache else None,
+            )
+            out, k = [], 0
+            for ts in texts:
+                out.append(got[k : k + len(ts)])
+                k += len(ts)
+            return out
+
+        scores = judged(gen, "model")
+        rscores = scores if ld.same else judged(rgen, "reference")
+        cscores = judged([[c] for c in chosen], "chosen")
+        mean = lambda xs: sum(x for s in xs for x in s) / sum(len(s) for s in xs)  # noqa: E731
+        m["judge/reward"], rm["judge/reward"] = mean(scores), mean(rscores)
+        m["judge/reward_chosen"] = mean(cscores)
+        vs_chosen = preference_rate(scores, cscores, seed=sampling.seed)
+        win = preference_rate(scores, rscores, seed=sampling.seed)
+        _rate_columns(m, "win_rate/chosen", vs_chosen)
+        _rate_columns(rm, "win_rate/chosen", preference_rate(rscores, cscores, seed=sampling.seed))
+    elif checkable:  # the offline judge: the task checker (1 correct, 0 wrong)
+        as_score = lambda c: [[float(x) for x in c[i]] for i in checkable]  # noqa: E731
+        chosen_score = [[float(cok[i])] for i in checkable]
+        vs_chosen = preference_rate(as_score(ok), chosen_score, seed=sampling.seed)
+        win = preference_rate(as_score(ok), as_score(rok), seed=sampling.seed)
+        _rate_columns(m, "win_rate/chosen", vs_chosen)
+        _rate_columns(rm, "win_rate/chosen", preference_rate(as_score(rok), chosen_score, seed=sampling.seed))
     else:
-        notes.append("task success and win rate: skipped (no row has both 'source' and 'answer')")
+        notes.append(
+            "task success and win rate: skipped (no row has both 'source' and 'answer'; try --judge)"
+        )
+    if win is not None:
+        _rate_columns(m, "win_rate", win)
+        m.update({f"win/{k}": win[k] for k in ("wins", "ties", "losses")})
     refs = [p.reference_text for p in prompts]
     try:
-        m.update(text_metrics(gen, refs))
-        rm.update(text_metrics(rgen, refs))
+        m.update(text_metrics([g[0] for g in gen], refs))
+        rm.update(text_metrics([g[0] for g in rgen], refs))
     except ImportError:
         notes.append("BLEU/ROUGE: skipped (needs sacrebleu and rouge-score: pip install 'tether[eval]')")
-    samples = [
-        {
+    samples = []
+    for i, p in enumerate(prompts):
+        rec = {
             "file": p.row.file,
             "line": p.row.line,
             "prompt": p.row.data.get("prompt"),
             "target": p.reference_text,
-            "model": gen[i],
-            "reference": rgen[i],
-            "correct": ok.get(i),
-            "reference_correct": rok.get(i),
+            "model": gen[i][0],
+            "reference": rgen[i][0],
+            "correct": ok[i][0] if i in ok else None,
+            "reference_correct": rok[i][0] if i in rok else None,
         }
-        for i, p in enumerate(prompts)
-    ]
+        if sampling.samples > 1:
+            rec["model_samples"], rec["reference_samples"] = gen[i], rgen[i]
+        if scores is not None and rscores is not None and cscores is not None:
+            rec["reward"], rec["reference_reward"], rec["target_reward"] = (
+                scores[i],
+                rscores[i],
+                cscores[i][0],
+            )
+        samples.append(rec)
     return win, samples
 
 
@@ -380,6 +505,19 @@ def _kl_metrics(
     m["kl/samples"] = len(seqs)
 
 
+def _sampling(o: EvalOptions) -> Sampling:
+    """The generation settings, checked (one line each)."""
+    if not o.temperature >= 0:
+        raise TetherError(f"--temperature: must be ≥ 0 (0 is greedy), got {o.temperature}")
+    if not 0 < o.top_p <= 1:
+        raise TetherError(f"--top-p: must be in (0, 1], got {o.top_p}")
+    if o.samples_per_prompt < 1:
+        raise TetherError(f"--samples-per-prompt: must be ≥ 1, got {o.samples_per_prompt}")
+    if o.samples_per_prompt > 1 and o.temperature == 0:
+        raise TetherError("--samples-per-prompt: greedy decoding gives one generation; set --temperature > 0")
+    return Sampling(o.temperature, o.top_p, o.samples_per_prompt, o.seed)
+
+
 @dataclass
 class EvalOptions:
     """The settings of one evaluation (``tether eval``'s options; see the module docstring)."""
@@ -390,6 +528,12 @@ class EvalOptions:
     max_samples: int | None = None
     max_new_tokens: int = 32
     batch_size: int = 8
+    judge: str | None = None
+    """A reward model (``AutoModelForSequenceClassification`` with one output) scoring the generations."""
+    temperature: float = 0.0
+    """0: greedy; else the sampling temperature of the generations (ε-DPO's protocol: 1.0)."""
+    top_p: float = 1.0
+    samples_per_prompt: int = 1
     kl_samples: int = 1
     seed: int = 0
     max_length: int | None = None
@@ -401,7 +545,7 @@ class EvalOptions:
 
 
 def evaluate(
-    model_spec: str,
+    model_spec: str | Target,
     data: str,
     options: EvalOptions | None = None,
     *,
@@ -424,9 +568,16 @@ def evaluate(
     max_length, chat_template, cache, progress = o.max_length, o.chat_template, o.cache, o.progress
     t0 = time.time()
     notes: list[str] = []
-    target = resolve_target(model_spec)
+    target = model_spec if isinstance(model_spec, Target) else resolve_target(model_spec)
     ref_spec = reference_spec(target, reference, notes)
     rows, kind, groups = _read_data(data, metrics, o.generate_text)
+    sampling = _sampling(o)
+    if o.judge is not None:
+        from tether.evaluation.judge import check_judge
+
+        if "generation" not in groups:
+            raise TetherError("--judge: scores generations, but the generation metrics are off")
+        check_judge(o.judge)
 
     # Settings from the run config (its defaults included), then the arguments.
     run_cfg = target.run_cfg
@@ -440,7 +591,11 @@ def evaluate(
     # Tokenizers (a GGUF is converted here, after the data are known to be readable).
     model_path = models.resolve_model_dir(target.model_path)
     tokenizer = models.load_tokenizer(target.tokenizer_path or model_path)
-    same = target.adapter is None and same_model(str(model_path), str(models.resolve_model_dir(ref_spec)))
+    same = (
+        target.adapter is None
+        and target.checkpoint is None
+        and same_model(str(model_path), str(models.resolve_model_dir(ref_spec)))
+    )
     ref_path = model_path if same else models.resolve_model_dir(ref_spec)
     if not same and models.load_tokenizer(ref_path).get_vocab() != tokenizer.get_vocab():
         raise TetherError(
@@ -465,7 +620,10 @@ def evaluate(
     from tether.engine.logprobs import LogProbModel
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load(str(model_path), target.adapter, dtype, device)
+    if target.checkpoint is not None:
+        model = load_checkpoint(target, dtype, device)
+    else:
+        model = load(str(model_path), target.adapter, dtype, device)
     ref_model = model if same else load(str(ref_path), None, dtype, device)
     ref_cache = run_cfg.reference.cache_dir if run_cfg else None  # the run's own cache, if set
     ld = _Loaded(
@@ -481,6 +639,7 @@ def evaluate(
         dtype=dtype,
         ref_fingerprint=models.model_fingerprint(ref_path) if cache and not same else None,
         cache_root=Path(ref_cache) if ref_cache else default_cache_dir(),
+        use_cache=cache,
     )
     m: dict[str, Any] = {}
     rm: dict[str, Any] = {}
@@ -490,8 +649,13 @@ def evaluate(
         _logprob_metrics(ld, examples, kind, groups, beta, ref_based, m, rm)
     if "mc" in groups:
         _mc_metrics(ld, examples, rows, m, rm)
+    judge = None
     if "generation" in groups and prompts:
-        win, samples = _generation_metrics(ld, prompts, max_new_tokens, m, rm, notes)
+        if o.judge is not None:
+            from tether.evaluation.judge import load_judge
+
+            judge = load_judge(o.judge, device, dtype)
+        win, samples = _generation_metrics(ld, prompts, max_new_tokens, sampling, judge, m, rm, notes)
     if "kl" in groups and prompts:
         _kl_metrics(ld, prompts, max_new_tokens, kl_samples, seed, m)
     if o.lm_eval_tasks:
@@ -504,7 +668,8 @@ def evaluate(
             m.update(res or {})
 
     result = {
-        "model": str(model_spec),
+        "model": str(target.spec),
+        "checkpoint": str(target.checkpoint) if target.checkpoint else None,
         "model_path": str(model_path),
         "adapter": str(target.adapter) if target.adapter else None,
         "reference": str(ref_spec),
@@ -525,6 +690,9 @@ def evaluate(
             "max_new_tokens": max_new_tokens,
             "batch_size": batch_size,
             "kl_samples": kl_samples,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "samples_per_prompt": sampling.samples,
             "seed": seed,
             "max_length": max_length,
             "chat_template": chat_template,
@@ -533,6 +701,8 @@ def evaluate(
             "cache": cache,
         },
         "reference_cache": ld.cache_log,
+        "judge": o.judge if o.judge is not None else "task checker",
+        "judge_cache": judge.cache_log if judge is not None else {},
         "metrics": m,
         "reference_metrics": rm,
         "win": win,
@@ -544,4 +714,35 @@ def evaluate(
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    return result
+
+
+def evaluate_checkpoints(
+    run: str,
+    data: str,
+    options: EvalOptions | None = None,
+    *,
+    every: int | None = None,
+    out: str | Path | None = None,
+    **settings: Any,
+) -> dict[str, Any]:
+    """:func:`evaluate` of every saved checkpoint of ``run`` (or those at multiples of ``every`` steps)
+    and of its final model, one row each in step order; the last row is the final model's evaluation.
+
+    Every checkpoint is checked before a weight loads; the reference's tables and generations are
+    computed for the first row and read from the cache for the others. Written to ``out`` (default
+    ``<run>/eval_checkpoints.json``)."""
+    from tether.rundir import RunDir
+
+    o = dataclasses.replace(options or EvalOptions(), **settings)
+    targets, steps = checkpoint_targets(run, every)
+    _read_data(data, o.metrics, o.generate_text)  # a bad data file fails before the first row
+    rows = []
+    for target, step in zip(targets, steps, strict=True):
+        res = evaluate(target, data, o)
+        res.pop("samples", None)
+        rows.append({"step": step, **res})
+    result = {"run": str(run), "data": str(data), "rows": rows}
+    rd = RunDir(run)
+    rd.write_json(Path(out) if out is not None else rd.eval_checkpoints, result)
     return result

@@ -27,13 +27,15 @@ def generate(
     batch_size: int = 8,
     sample: bool = False,
     num_samples: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
     desc: str = "generating",
     progress: bool = True,
 ) -> list[list[list[int]]]:
     """New token ids per prompt (``num_samples`` lists each), cut after the first EOS (which is kept).
 
-    Prompts are left-padded in batches of similar length; greedy unless ``sample`` (temperature 1, no
-    top-k/top-p truncation, so the samples come from π itself).
+    Prompts are left-padded in batches of similar length; greedy unless ``sample``, which draws at
+    ``temperature`` with nucleus ``top_p`` and no top-k (the defaults, 1 and 1, sample π itself).
     """
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
@@ -41,7 +43,9 @@ def generate(
     eos = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     options: dict[str, Any] = (
-        {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0} if sample else {"do_sample": False}
+        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": top_p}
+        if sample
+        else {"do_sample": False}
     )
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,

@@ -4,6 +4,7 @@ can list them cheaply)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from tether.data.kinds import describe
 from tether.errors import TetherError, closest
@@ -42,3 +43,18 @@ def select_metrics(requested: str | Sequence[str], kind: str, data: str, generat
         if not generate and m in ("generation", "kl"):
             raise TetherError(f"--metrics {m}: it generates text, which --no-generate turns off")
     return list(dict.fromkeys(names))
+
+
+PERFORMANCE = ("win_rate/chosen", "generation/success", "win_rate", "pairwise/accuracy", "mc/accuracy")
+"""What a sweep's frontier and a run's trajectory call performance, in order of preference: the judge's (or
+the task checker's) win rate against the held-out chosen answers (the ε-DPO paper's protocol), task
+success, the win rate against the reference, held-out pairwise accuracy, multiple-choice accuracy."""
+
+
+def performance(metrics: dict[str, Any]) -> tuple[str, float] | None:
+    """(key, value) of the first :data:`PERFORMANCE` metric present in ``metrics``."""
+    for k in PERFORMANCE:
+        v = metrics.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return k, float(v)
+    return None

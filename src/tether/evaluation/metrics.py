@@ -26,6 +26,54 @@ def win_rate(model_correct: Sequence[bool], reference_correct: Sequence[bool]) -
     return {"win_rate": (wins + 0.5 * ties) / n if n else None, "wins": wins, "ties": ties, "losses": losses}
 
 
+def preference_rate(
+    model: Sequence[Sequence[float]],
+    other: Sequence[Sequence[float]],
+    *,
+    seed: int = 0,
+    n_boot: int = 1000,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Win rate of the model's responses against another's, judged by a score, with a bootstrap
+    confidence interval over prompts.
+
+    ``model[i]`` holds the scores of prompt i's samples; ``other[i]`` the scores they are compared with:
+    one (a chosen answer, compared with every sample) or one per sample (the reference's samples, compared
+    in order). A comparison is a win (1) when the model's score is higher, a tie (½) when equal, a loss
+    (0) when lower; a prompt's value is the mean over its comparisons and the win rate is the mean over
+    prompts. The interval is the ``level`` percentile interval of that mean over ``n_boot`` resamplings of
+    the prompts with replacement (``numpy.random.default_rng(seed)``, so a fixed seed gives a fixed
+    interval).
+    """
+    import numpy as np
+
+    if len(model) != len(other):
+        raise ValueError("preference_rate: the two score lists differ in length (prompts)")
+    values, wins, ties, losses = [], 0, 0, 0
+    for ms, os_ in zip(model, other, strict=True):
+        if len(os_) not in (1, len(ms)) or not ms:
+            raise ValueError("preference_rate: give one comparison score per prompt, or one per sample")
+        pairs = [(m, os_[0] if len(os_) == 1 else os_[k]) for k, m in enumerate(ms)]
+        w = sum(m > o for m, o in pairs)
+        t = sum(m == o for m, o in pairs)
+        wins, ties, losses = wins + w, ties + t, losses + len(pairs) - w - t
+        values.append((w + 0.5 * t) / len(pairs))
+    if not values:
+        return {"win_rate": None, "ci_low": None, "ci_high": None, "wins": 0, "ties": 0, "losses": 0}
+    v = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    boot = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
+    alpha = (1.0 - level) / 2
+    return {
+        "win_rate": float(v.mean()),
+        "ci_low": float(np.quantile(boot, alpha)),
+        "ci_high": float(np.quantile(boot, 1.0 - alpha)),
+        "wins": int(wins),
+        "ties": int(ties),
+        "losses": int(losses),
+    }
+
+
 def text_metrics(generations: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Corpus BLEU-4 (sacrebleu, 0-100; effective order, so one- and two-word answers still count) and the
     mean ROUGE-1/2/L F1 (rouge-score with the Porter stemmer, 0-1)."""

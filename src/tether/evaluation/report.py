@@ -11,7 +11,12 @@ Plots (each skipped, with a note in the Markdown, when no run logged its metrics
 - ``epsilon_dpo.png``: ε-DPO's β and the fractions of pairs with s = +1 / s = −1 (epsilon-dpo.txt, Alg. 1);
 - ``gamma_ref.png``: sDPO's γ_ref per stage (arXiv:2403.19270, §2);
 - ``frontier.png``: task success against KL to the reference across runs (from ``eval.json``), the
-  ε-DPO paper's KL/performance frontier.
+  ε-DPO paper's KL/performance frontier;
+- ``trajectory.png``: KL and performance per checkpoint (from ``eval_checkpoints.json``, written by
+  ``tether eval RUN --checkpoints all``), from the reference at step 0 (the ε-DPO paper's Figure 3).
+
+Held-out numbers lead (the last-batch train numbers follow them); losses whose typical sizes differ by more
+than 10× get separate panels; a y axis never zooms into values that differ by rounding only.
 
 Which plot a run appears in depends on the metrics it logged, never on its method name. Each ``plot_*``
 function returns a :class:`Plot` (the Figure and the plotted series, so tests can check what was drawn)
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.errors import TetherError
+from tether.evaluation.groups import PERFORMANCE
 from tether.rundir import RunDir
 
 TRAIN_PANELS = (
@@ -64,6 +70,8 @@ class Run:
     eval_json: dict | None = None
     notes: list[str] = field(default_factory=list)
     color: str = "C0"
+    checkpoint_evals: list[dict] = field(default_factory=list)
+    """The rows of ``eval_checkpoints.json`` (``tether eval --checkpoints``), by step."""
 
     @property
     def label(self) -> str:
@@ -98,6 +106,16 @@ def _eval_json(rd: RunDir, notes: list[str]) -> dict | None:
         return None
 
 
+def _checkpoint_evals(rd: RunDir, notes: list[str]) -> list[dict]:
+    try:
+        data = rd.read_eval_checkpoints()
+    except TetherError as e:  # costs the trajectory plot, not the report
+        notes.append(f"ignored {e}")
+        return []
+    rows = [r for r in (data or {}).get("rows", []) if isinstance(r, dict) and isinstance(r.get("step"), int)]
+    return sorted(rows, key=lambda r: r["step"])
+
+
 def load_run(run_dir: str | Path) -> Run:
     """Read a run directory (plain or sDPO); a bad one raises :class:`TetherError` naming the path."""
     rd = RunDir(run_dir)
@@ -120,6 +138,7 @@ def load_run(run_dir: str | Path) -> Run:
             evals,
             eval_json=_eval_json(rd, notes),
             notes=notes,
+            checkpoint_evals=_checkpoint_evals(rd, notes),
         )
     if rd.is_staged():
         return _load_sdpo(rd, notes)
@@ -324,16 +343,20 @@ def _broken(xs: list[float], ys: list[float], boundaries: Sequence[float]) -> tu
 
 
 def _curves(runs, panels, name, title, caption, smooth, size=(5.0, 3.6)) -> Plot | None:
-    """One panel per metric that some run logged; a line per run (train solid, eval dashed)."""
-    panels = [(k, t) for k, t in panels if any(r.has(k) for r in runs)]
+    """One panel per metric that some run logged; a line per run (train solid, eval dashed). A panel
+    given as (metric, title, labels) holds only the runs with those labels."""
+    panels = [(*p, None) if len(p) == 2 else p for p in panels]
+    panels = [(k, t, only) for k, t, only in panels if any(r.has(k) for r in runs)]
     if not panels:
         return None
     fig = _figure((size[0] * len(panels), size[1] + 0.4))
     axes = fig.subplots(1, len(panels), squeeze=False)
     series: list[Series] = []
     drawn: list[Run] = []
-    for ax, (key, panel_title) in zip(axes[0], panels, strict=True):
+    for ax, (key, panel_title, only) in zip(axes[0], panels, strict=True):
         for r in runs:
+            if only is not None and r.label not in only:
+                continue
             xs, ys = r.series(key)
             exs, eys = r.series(key, "eval")
             if not (xs or exs):
@@ -352,6 +375,7 @@ def _curves(runs, panels, name, title, caption, smooth, size=(5.0, 3.6)) -> Plot
                 series.append(Series(key, r.label, "eval", exs, eys))
             for b in r.boundaries:
                 ax.axvline(b, color=r.color, linestyle=":", linewidth=1.0, alpha=0.7)
+        _no_false_zoom(ax, [y for s in series if s.metric == key for y in s.y])
         if key == "rewards/accuracies":
             ax.set_ylim(-0.03, 1.03)
         _style(ax, panel_title, panel_title.split(" (")[0])
@@ -411,16 +435,36 @@ def _legend(fig, runs: Sequence[Run], any_eval: bool, any_stages: bool) -> None:
     )
 
 
+def loss_scales(runs: Sequence[Run], ratio: float = 10.0) -> list[list[Run]]:
+    """The runs that logged a loss, grouped so that within a group the typical losses (median |loss|)
+    are within ``ratio`` of each other: losses of different scales (a summed NLL next to a DPO loss) get
+    their own panels instead of flattening each other."""
+    scale = {}
+    for r in runs:
+        ys = sorted(abs(y) for y in r.series("loss")[1] + r.series("loss", "eval")[1])
+        if ys:
+            scale[r.label] = max(ys[len(ys) // 2], 1e-12)
+    groups: list[list[Run]] = []
+    for r in sorted([r for r in runs if r.label in scale], key=lambda r: scale[r.label]):
+        if groups and scale[r.label] <= ratio * scale[groups[-1][0].label]:
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    return groups
+
+
 def plot_training(runs: Sequence[Run], smooth: float | None = None) -> Plot | None:
-    """Loss, reward margin and reward accuracy per step."""
-    return _curves(
-        runs,
-        TRAIN_PANELS,
-        "training",
-        "Training curves",
-        "Loss, reward margin and reward accuracy per step (train solid, eval dashed).",
-        smooth,
-    )
+    """Loss (one panel per loss scale, :func:`loss_scales`), reward margin and reward accuracy per step."""
+    groups = loss_scales(runs)
+    panels: list[tuple] = list(TRAIN_PANELS)
+    caption = "Loss, reward margin and reward accuracy per step (train solid, eval dashed)"
+    if len(groups) > 1:
+        loss_panels = [
+            ("loss", f"loss ({', '.join(r.label for r in g)})", {r.label for r in g}) for g in groups
+        ]
+        panels = loss_panels + panels[1:]
+        caption += "; losses of different scales on separate panels"
+    return _curves(runs, panels, "training", "Training curves", caption + ".", smooth)
 
 
 def plot_deviation(runs: Sequence[Run], smooth: float | None = None) -> Plot | None:
@@ -572,12 +616,116 @@ def plot_frontier(runs: Sequence[Run]) -> Plot | None:
     return Plot("frontier", "Success–KL frontier", caption, fig, series)
 
 
+def plot_trajectory(runs: Sequence[Run]) -> Plot | None:
+    """KL to the reference and performance along training, from each run's ``eval_checkpoints.json``
+    (``tether eval --checkpoints``): a point per checkpoint, starting at step 0 from the reference (KL 0,
+    the reference's own performance), as the ε-DPO paper's Figure 3."""
+    have = [r for r in runs if r.checkpoint_evals]
+    if not have:
+        return None
+    keys = [
+        k for k in PERFORMANCE if all(k in row.get("metrics", {}) for r in have for row in r.checkpoint_evals)
+    ]
+    key = keys[0] if keys else None
+    panels = [("kl", "KL(π‖π_ref)")] + ([(key, key)] if key else [])
+    fig = _figure((5.0 * len(panels), 4.0))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    series = []
+    for ax, (metric, label) in zip(axes, panels, strict=True):
+        for r in have:
+            rows = r.checkpoint_evals
+            start = 0.0 if metric == "kl" else (rows[0].get("reference_metrics") or {}).get(metric)
+            xs = [float(row["step"]) for row in rows]
+            ys = [row.get("metrics", {}).get(metric) for row in rows]
+            pts = [(x, y) for x, y in zip(xs, ys, strict=True) if isinstance(y, (int, float))]
+            if isinstance(start, (int, float)):
+                pts = [(0.0, float(start)), *pts]
+            if not pts:
+                continue
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=r.color, marker="o", label=r.label)
+            series.append(Series(metric, r.label, "checkpoint", [p[0] for p in pts], [p[1] for p in pts]))
+        _no_false_zoom(ax, [y for s in series if s.metric == metric for y in s.y])
+        _style(ax, label, label)
+    axes[0].legend(frameon=False, fontsize=9)
+    caption = (
+        f"KL to the reference{f' and {key}' if key else ''} per checkpoint (`tether eval --checkpoints`), "
+        "from the reference at step 0 (the ε-DPO paper's Figure 3)."
+    )
+    return Plot("trajectory", "Along training", caption, fig, series)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """For each (KL, performance) point: whether no other point has KL ≤ and performance ≥ with one of
+    them strict (lower KL and higher performance are better)."""
+    return [
+        not any((k2 <= k and p2 >= p) and (k2 < k or p2 > p) for j, (k2, p2) in enumerate(points) if j != i)
+        for i, (k, p) in enumerate(points)
+    ]
+
+
+def plot_sweep_frontier(
+    points: Sequence[tuple[str, str, float, float]], ylabel: str, title: str = "Performance against KL"
+) -> Plot | None:
+    """The ε-DPO paper's Figure 5: (method, run name, KL, performance) points, one line per method
+    through its non-dominated points (:func:`pareto_front`), dominated points faded."""
+    if not points:
+        return None
+    fig = _figure((7.0, 4.8))
+    ax = fig.subplots()
+    series = []
+    for i, method in enumerate(sorted({p[0] for p in points})):
+        mine = sorted([p for p in points if p[0] == method], key=lambda p: (p[2], p[3]))
+        front = pareto_front([(p[2], p[3]) for p in mine])
+        on = [p for p, f in zip(mine, front, strict=True) if f]
+        off = [p for p, f in zip(mine, front, strict=True) if not f]
+        color = f"C{i % 10}"
+        ax.plot([p[2] for p in on], [p[3] for p in on], color=color, marker="o", linewidth=1.6, label=method)
+        if off:
+            ax.plot(
+                [p[2] for p in off], [p[3] for p in off], color=color, marker="o", alpha=0.3, linestyle="none"
+            )
+        for p, f in zip(mine, front, strict=True):
+            ax.annotate(
+                p[1],
+                (p[2], p[3]),
+                textcoords="offset points",
+                xytext=(5, 5),
+                fontsize=7,
+                alpha=1.0 if f else 0.45,
+            )
+        series.append(Series("frontier", method, "front", [p[2] for p in on], [p[3] for p in on]))
+        series.append(Series("frontier", method, "dominated", [p[2] for p in off], [p[3] for p in off]))
+    _no_false_zoom(ax, [p[3] for p in points])
+    _style(ax, title, ylabel, "KL(π‖π_ref) (sampled completions)")
+    ax.legend(title="method (faded: dominated)", frameon=False, fontsize=9)
+    caption = (
+        f"{ylabel} against KL to the reference, one line per method through its non-dominated points; "
+        "dominated points faded (the ε-DPO paper's Figure 5)."
+    )
+    return Plot("frontier", title, caption, fig, series)
+
+
+def _no_false_zoom(ax, ys: Sequence[float], rel: float = 1e-3) -> None:
+    """Keep matplotlib from zooming into values that differ by rounding only: the y range spans at least
+    ``rel`` × the largest magnitude (and no offset notation), so identical values look identical."""
+    ys = [y for y in ys if math.isfinite(y)]
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+    if not ys:
+        return
+    lo, hi = min(ys), max(ys)
+    need = max(rel * max(abs(lo), abs(hi)), 1e-6)
+    if hi - lo < need:
+        mid = (hi + lo) / 2
+        ax.set_ylim(mid - need * 25, mid + need * 25)
+
+
 SKIP_NOTES = {
     "training": "no run logged loss, reward margins or accuracies",
     "deviation": "no run logged `deviation` (it needs a reference)",
     "epsilon_dpo": "no run logged ε-DPO's `kl/beta` or `kl/*_epsilon_steps`",
     "gamma_ref": "no sDPO run (with `stages.json` and `gamma_ref` per stage)",
     "frontier": "no run has an eval.json with both a success and a KL field",
+    "trajectory": "no run has an eval_checkpoints.json (`tether eval RUN --checkpoints all`)",
 }
 
 
@@ -589,6 +737,7 @@ def make_plots(runs: Sequence[Run], smooth: float | None = None) -> dict[str, Pl
         "epsilon_dpo": plot_epsilon(runs, smooth),
         "gamma_ref": plot_gamma_ref(runs),
         "frontier": plot_frontier(runs),
+        "trajectory": plot_trajectory(runs),
     }
 
 
@@ -656,6 +805,10 @@ def _final_eval(run: Run) -> dict[str, float]:
     return {k: v for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+LAST_BATCH = {k: f"last-batch {k}" for k in ("loss", "accuracy", "margin", "deviation")}
+"""How the train columns are headed: they are one batch's numbers."""
+
+
 def summary_row(run: Run) -> dict[str, str]:
     """The overview columns of one run (strings, ready for a table)."""
     success, kl = success_and_kl(run.eval_json)
@@ -718,17 +871,19 @@ def _run_section(run: Run) -> str:
 def render_markdown(
     runs: Sequence[Run], plots: dict[str, Plot | None], paths: dict[str, Path], title: str
 ) -> str:
-    header = ["run", "method", "hyper-parameters", "steps", "time", "loss", "accuracy", "margin", "deviation"]
-    header += ["eval loss", "eval accuracy", "success", "KL"]
+    header = ["run", "method", "hyper-parameters", "steps", "time", "eval loss", "eval accuracy", "success"]
+    header += ["KL", "loss", "accuracy", "margin", "deviation"]
     rows = [summary_row(r) for r in runs]
     out = [
         f"# {title}",
         "",
-        f"{len(runs)} run(s). Final train values are the last logged step; eval values "
-        "are the last evaluation; success and KL come from each run's `eval.json` (`tether eval`).",
+        f"{len(runs)} run(s). Held-out numbers first: eval values are the last evaluation on held-out data; "
+        "success and KL come from each run's `eval.json` (`tether eval`). The last-batch columns are the "
+        "last logged training step, one batch (noisy).",
         "",
     ]
-    out += [_md_table(header, [[row[h] for h in header] for row in rows]), "", "## Plots", ""]
+    shown = [LAST_BATCH.get(h, h) for h in header]
+    out += [_md_table(shown, [[row[h] for h in header] for row in rows]), "", "## Plots", ""]
     for name, plot in plots.items():
         if plot is None:
             out += [f"*{name}.png skipped: {SKIP_NOTES[name]}.*", ""]

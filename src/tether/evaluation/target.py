@@ -13,7 +13,7 @@ import torch
 
 import tether.engine.models as models
 from tether.errors import TetherError
-from tether.rundir import RunDir
+from tether.rundir import CHECKPOINT_WEIGHTS, RunDir
 
 if TYPE_CHECKING:
     from tether.config import Config
@@ -34,6 +34,8 @@ class Target:
     """The run's config, read through the config module (its defaults included)."""
     start_model: str | None = None
     """The run's starting model (the default reference)."""
+    checkpoint: Path | None = None
+    """A training checkpoint (``checkpoints/step-N``) whose weights replace the starting model's."""
 
 
 def _run_target(spec: str, rd: RunDir) -> Target:
@@ -111,5 +113,88 @@ def load(target_path: str, adapter: Path | None, dtype: str, device: torch.devic
             raise TetherError(
                 f"{adapter}: cannot load the LoRA adapter ({str(exc).splitlines()[0]})"
             ) from None
+    model.requires_grad_(False)
+    return model.to(device).eval()
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_step(ckpt: Path) -> int:
+    return int(ckpt.name.split("-", 1)[1])
+
+
+def checkpoint_targets(spec: str, every: int | None) -> tuple[list[Target], list[int]]:
+    """A run's checkpoints (every one, or those at a multiple of ``every`` steps) and its final model, as
+    targets with their steps; a checkpoint at the final step stands for ``final/``. Every checkpoint
+    is checked before any weight loads (an incomplete one is one line)."""
+    rd = RunDir(spec)
+    if not (rd.path.is_dir() and rd.config.is_file()):
+        raise TetherError(f"--checkpoints: {spec} is not a run directory (no config.yaml)")
+    final = _run_target(spec, rd)
+    cfg = rd.read_config()
+    steps = rd.read_summary().get("steps")
+    targets, out_steps = [], []
+    for d in rd.checkpoint_dirs():
+        step = checkpoint_step(d)
+        if every is not None and step % every != 0 and step != steps:
+            continue
+        if not (d / CHECKPOINT_WEIGHTS).is_file():
+            raise TetherError(f"{d}: incomplete checkpoint (no {CHECKPOINT_WEIGHTS}); delete it or retrain")
+        target = Target(
+            str(d), str(cfg.model.name), None, str(cfg.model.name), rd.path, cfg, final.start_model
+        )
+        target.checkpoint = d
+        targets.append(target)
+        out_steps.append(step)
+    if not isinstance(steps, int):
+        raise TetherError(f"{spec}: the run has not finished (no steps in summary.json)")
+    if steps not in out_steps:
+        targets.append(final)
+        out_steps.append(steps)
+    return targets, out_steps
+
+
+def load_checkpoint_weights(model: Any, ckpt: Path) -> None:
+    """Load a checkpoint's weights into ``model`` (the run's starting architecture, LoRA applied when the
+    run used it), in place. Reads only ``model.safetensors`` (no pickles): the state of the
+    :class:`~tether.engine.logprobs.LogProbModel` the trainer wraps the model in, so every key starts with
+    ``model.``. The one place that knows the checkpoint layout; a missing or mismatched file is one line.
+    """
+    from safetensors.torch import load_file
+
+    path = ckpt / CHECKPOINT_WEIGHTS
+    if not path.is_file():
+        raise TetherError(f"{ckpt}: incomplete checkpoint (no {CHECKPOINT_WEIGHTS})")
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error type for a torn or foreign file
+        raise TetherError(f"{path}: unreadable ({str(e).splitlines()[0]})") from None
+    state = {k.removeprefix("model."): v for k, v in state.items()}
+    result = model.load_state_dict(state, strict=False)
+    aliases: dict[int, set[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(p.data_ptr(), set()).add(name)
+    tied = {n for names in aliases.values() if len(names) > 1 and names & set(state) for n in names}
+    missing = set(result.missing_keys) - tied
+    if missing or result.unexpected_keys:
+        what = sorted(missing)[:1] or sorted(result.unexpected_keys)[:1]
+        raise TetherError(
+            f"{path}: does not match the run's model ({len(missing)} missing, "
+            f"{len(result.unexpected_keys)} unexpected tensors, e.g. {what[0]})"
+        )
+
+
+def load_checkpoint(target: Target, dtype: str, device: torch.device) -> Any:
+    """A checkpoint target's model: the starting model (with the run's LoRA), the checkpoint's weights,
+    merged, frozen, on ``device``."""
+    assert target.checkpoint is not None and target.run_cfg is not None
+    lora = target.run_cfg.model.lora
+    model = models.load_model(
+        models.resolve_model_dir(target.model_path), dtype=dtype, lora=None if lora is None else vars(lora)
+    )
+    load_checkpoint_weights(model, target.checkpoint)
+    if models.is_lora(model):
+        model = models.merge_lora(model)
     model.requires_grad_(False)
     return model.to(device).eval()

@@ -253,6 +253,9 @@ class RunResult:
             ("train examples", str(self.data.get("train_examples"))),
             ("truncated rows", str(self.data.get("truncated"))),
         ]
+        for k in ("eval/loss", "eval/rewards/accuracies", "eval/rewards/margins", "eval/deviation"):
+            if k in e:  # held-out numbers first: the last batch's are noisy
+                rows.append((f"held-out {k.removeprefix('eval/')}", f"{e[k]:.4g}"))
         for k in (
             "loss",
             "rewards/accuracies",
@@ -263,10 +266,7 @@ class RunResult:
             "logps/rejected",
         ):
             if k in m:
-                rows.append((f"last {k}", f"{m[k]:.4g}"))
-        for k in ("eval/loss", "eval/rewards/accuracies", "eval/deviation"):
-            if k in e:
-                rows.append((k, f"{e[k]:.4g}"))
+                rows.append((f"last batch {k}", f"{m[k]:.4g}"))
         if self.gamma_ref is not None:
             rows.append(("gamma_ref", f"{self.gamma_ref:.4g}"))
         for st in self.stages or []:
@@ -295,6 +295,7 @@ RESUME_FREE = {
     "train.progress",
     "train.log_every",
     "train.eval_every",
+    "train.eval_at_start",
     "train.save_every",
     "train.save_total_limit",
     "train.save_optimizer",
@@ -441,9 +442,15 @@ def _train(cfg: Config, *, prepared: Prepared | None, accelerator, measure_gamma
         gamma_ref=gref,
     )
     if acc.is_main_process:
-        rd.write_summary({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(out).items()})
-        out.plots = plot(run_dir)
+        out.plots = plot(run_dir)  # drawn first, so that summary.json lists them
+        rd.write_summary(_jsonable(vars(out)))
     return out
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    """Paths (also in lists) as strings."""
+    conv = lambda v: str(v) if isinstance(v, Path) else v  # noqa: E731
+    return {k: [conv(x) for x in v] if isinstance(v, list) else conv(v) for k, v in d.items()}
 
 
 def plot(run_dir: Path) -> list[Path]:

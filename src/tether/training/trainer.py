@@ -30,9 +30,8 @@ from tether.engine.logprobs import Batch, LogProbModel, collate, loss_inputs
 from tether.engine.reference import Reference
 from tether.errors import TetherError
 from tether.methods.registry import Method
-from tether.rundir import CHECKPOINTS, METRICS
+from tether.rundir import CHECKPOINTS, METRICS, TRAINER_STATE, RunDir
 
-STATE_FILE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.bin"
 WEIGHT_GROWTH = 1e3  # a checkpoint whose largest weight grew this many times is not "good"
@@ -273,7 +272,7 @@ def _loadable_view(d: Path, into: Path) -> Path:
 
 def _read_health(d: Path) -> dict | None:
     try:
-        h = json.loads((d / STATE_FILE).read_text()).get("health")
+        h = json.loads((d / TRAINER_STATE).read_text()).get("health")
     except (OSError, ValueError, AttributeError):
         return None
     return h if isinstance(h, dict) else None
@@ -315,7 +314,7 @@ def newest_checkpoint_config(run_dir: Path) -> tuple[Path, dict] | None:
     dirs = sorted(root.glob("step-*"), key=lambda p: p.name, reverse=True) if root.is_dir() else []
     for d in dirs:
         try:
-            config = json.loads((d / STATE_FILE).read_text()).get("config")
+            config = json.loads((d / TRAINER_STATE).read_text()).get("config")
         except (OSError, ValueError, AttributeError):
             continue
         if isinstance(config, dict):
@@ -489,11 +488,7 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------
 
     def checkpoint_dirs(self) -> list[Path]:
-        root = self.run_dir / CHECKPOINTS
-        if not root.is_dir():
-            return []
-        done = [p for p in root.iterdir() if p.name.startswith("step-") and (p / STATE_FILE).is_file()]
-        return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+        return RunDir(self.run_dir).checkpoint_dirs(complete=True)
 
     def _last_checkpoint_note(self) -> str:
         """Names the newest checkpoint that is good: finite loss and weights, gradient norm not diverging,
@@ -566,7 +561,7 @@ class Trainer:
                 "health": health,
                 "config": self.run_config,
             }
-            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+            (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=1))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             self._rotate()
@@ -621,11 +616,11 @@ class Trainer:
         """Load ``d`` into the trainer; None when done, else what is wrong with it (nothing was changed
         then, or a later complete checkpoint overwrites everything that was)."""
         try:
-            state = json.loads((d / STATE_FILE).read_text())
+            state = json.loads((d / TRAINER_STATE).read_text())
             step, sched = int(state["step"]), state["scheduler"]
             hparams = {k: float(v) for k, v in state["hparams"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            return f"{STATE_FILE}: {_reason(e) if not isinstance(e, KeyError) else f'no {e}'}"
+            return f"{TRAINER_STATE}: {_reason(e) if not isinstance(e, KeyError) else f'no {e}'}"
         problem = _check_files(d, with_optimizer=bool(state.get("optimizer", True)))
         if problem:
             return problem
@@ -679,6 +674,8 @@ class Trainer:
         tokens = 0
         last: dict[str, float] = {}
         eval_metrics: dict[str, float] = {}
+        if self.step == 0 and self.eval_examples and cfg.eval_at_start is not False:
+            self.sink.log({"step": 0, **self.evaluate()})  # eval curves start at the reference
         while self.step < total:
             t0 = time.perf_counter()
             means = self.train_step()

@@ -1,0 +1,113 @@
+"""``tether generate``: sample from a trained run (or any model) on prompts given on the command line or in a
+file, rendered exactly as training renders a prompt (the chat template applied as ``data.chat_template``
+says: ``auto`` uses it when the tokenizer has one)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import tether.data.rows as data_mod
+import tether.engine.models as models
+from tether.errors import DataError, Problem, TetherError
+from tether.evaluation.generation import decode, eos_ids, generate
+from tether.evaluation.target import load, resolve_target
+
+
+def read_prompts(path: str) -> list[Any]:
+    """Prompts of a file: ``.txt``, one per non-empty line; ``.jsonl``/``.json``/``.parquet``, each row's
+    ``prompt`` (a string or chat messages)."""
+    p = Path(path)
+    if not p.is_file():
+        raise TetherError(f"--file: {path}: file not found")
+    if p.suffix == ".txt":
+        return [line for line in p.read_text().splitlines() if line.strip()]
+    rows = data_mod.read_rows(str(p))
+    missing = [Problem(r.file, r.line, "prompt", "missing") for r in rows if "prompt" not in r.data]
+    if missing:
+        raise DataError(missing)
+    return [r.data["prompt"] for r in rows]
+
+
+def prompt_ids(
+    tokenizer: Any, prompts: Sequence[Any], chat_template: str, max_length: int
+) -> list[list[int]]:
+    """Token ids of each prompt as training renders it (``tether.data.rows.tokenize_rows``)."""
+    rows = []
+    for i, p in enumerate(prompts):
+        completion: Any = [{"role": "assistant", "content": "x"}] if isinstance(p, list) else "x"
+        rows.append(data_mod.Row("prompt", i + 1, {"prompt": p, "completion": completion}))
+    tok = data_mod.tokenize_rows(
+        rows,
+        tokenizer,
+        kind="sft",
+        max_length=max_length,
+        chat_template=chat_template,  # type: ignore[arg-type]
+    )
+    return [e.prompt_ids for e in tok.examples]
+
+
+def generate_texts(
+    spec: str,
+    prompts: Sequence[Any],
+    *,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    num_samples: int = 1,
+    seed: int = 0,
+    batch_size: int = 8,
+    chat_template: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``num_samples`` generations per prompt from ``spec`` (a run directory or a model): greedy at
+    temperature 0, else sampled at ``temperature``/``top_p`` (seeded)."""
+    if not prompts:
+        raise TetherError("no prompt given (--prompt TEXT or --file FILE)")
+    if not temperature >= 0 or not 0 < top_p <= 1:
+        raise TetherError("--temperature must be ≥ 0 and --top-p in (0, 1]")
+    if num_samples > 1 and temperature == 0:
+        raise TetherError("--num-samples: greedy decoding gives one generation; set --temperature > 0")
+    t0 = time.time()
+    target = resolve_target(spec)
+    cfg = target.run_cfg
+    template = chat_template or (cfg.data.chat_template if cfg else "auto")
+    max_length = cfg.data.max_length if cfg else 2048
+    path = models.resolve_model_dir(target.model_path)
+    tokenizer = models.load_tokenizer(target.tokenizer_path or path)
+    ids = prompt_ids(tokenizer, prompts, template, max_length)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = load(str(path), target.adapter, cfg.model.dtype if cfg else "float32", device)
+    sample = temperature > 0
+    if sample:
+        torch.manual_seed(seed)
+    raw = generate(
+        model,
+        tokenizer,
+        ids,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        sample=sample,
+        num_samples=num_samples,
+        temperature=temperature if sample else 1.0,
+        top_p=top_p,
+        progress=progress,
+    )
+    eos = eos_ids(model, tokenizer)
+    return {
+        "model": str(spec),
+        "chat_template": template,
+        "outputs": [
+            {
+                "prompt": p,
+                "rendered": tokenizer.decode(i),
+                "generations": [decode(tokenizer, g, eos) for g in gs],
+            }
+            for p, i, gs in zip(prompts, ids, raw, strict=True)
+        ],
+        "seconds": round(time.time() - t0, 3),
+    }
