@@ -20,8 +20,8 @@ from tether.errors import TetherError
 from tether.evaluation.report import (
     load_run,
     load_runs,
+    make_plots,
     plot_deviation,
-    plot_epsilon,
     plot_frontier,
     plot_gamma_ref,
     plot_run,
@@ -205,7 +205,7 @@ def test_sdpo_stages_are_concatenated_with_boundaries(runs):
 
 def test_method_specific_plots_follow_the_metrics(runs):
     loaded = load_runs(runs)
-    eps = plot_epsilon(loaded)
+    eps = make_plots(loaded)["epsilon_dpo"]
     assert {s.metric for s in eps.series} == {"kl/beta", "kl/p_epsilon_steps", "kl/n_epsilon_steps"}
     assert labels(eps) == {"eps (epsilon_dpo)"}
     training = plot_training(loaded)
@@ -217,7 +217,7 @@ def test_method_specific_plots_follow_the_metrics(runs):
         ("sft", 2.5, 0.5),
         ("eps (epsilon_dpo)", 1.2, 0.6),
     }
-    assert plot_epsilon(load_runs(runs[:2])) is None
+    assert make_plots(load_runs(runs[:2]))["epsilon_dpo"] is None
     assert plot_gamma_ref(load_runs(runs[:2])) is None
 
 

@@ -8,7 +8,8 @@ Plots (each skipped, with a note in the Markdown, when no run logged its metrics
 
 - ``training.png``: loss, reward margin and reward accuracy per step (eval dashed);
 - ``deviation.png``: MinorSFT's m_θ per step, every run on one axis (minor-sft.txt, Fig. 1);
-- ``epsilon_dpo.png``: ε-DPO's β and the fractions of pairs with s = +1 / s = −1 (epsilon-dpo.txt, Alg. 1);
+- a method's declared state plot (``Method.state_plot``), e.g. ``epsilon_dpo.png``: ε-DPO's β and the
+  fractions of pairs with s = +1 / s = −1 (epsilon-dpo.txt, Alg. 1);
 - ``gamma_ref.png``: sDPO's γ_ref per stage (arXiv:2403.19270, §2);
 - ``frontier.png``: task success against KL to the reference across runs (from ``eval.json``), the
   ε-DPO paper's KL/performance frontier;
@@ -20,7 +21,7 @@ than 10× get separate panels; a y axis never zooms into values that differ by r
 
 Which plot a run appears in depends on the metrics it logged, never on its method name. Each ``plot_*``
 function returns a :class:`Plot` (the Figure and the plotted series, so tests can check what was drawn)
-or ``None``. This module imports no torch.
+or ``None``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any
 
 from tether.errors import TetherError
 from tether.evaluation.groups import PERFORMANCE
+from tether.methods.registry import StatePlot, state_metric_names, state_plots
 from tether.rundir import RunDir
 
 TRAIN_PANELS = (
@@ -41,12 +43,6 @@ TRAIN_PANELS = (
     ("rewards/margins", "reward margin (chosen − rejected)"),
     ("rewards/accuracies", "reward accuracy"),
 )
-EPSILON_PANELS = (
-    ("kl/beta", "β (re-centred each step)"),
-    ("kl/p_epsilon_steps", "fraction of pairs with s = +1 (β_i lowered)"),
-    ("kl/n_epsilon_steps", "fraction of pairs with s = −1 (β_i raised)"),
-)
-UNSMOOTHED = {"kl/beta"}  # set by the method, not measured on a batch: drawn as logged
 DEVIATION_LABEL = "m_θ = (log π_θ(y) − log π_ref(y)) / |y|"
 
 
@@ -364,7 +360,7 @@ def _curves(runs, panels, name, title, caption, smooth, size=(5.0, 3.6)) -> Plot
             if r not in drawn:
                 drawn.append(r)
             if xs:
-                sm = ys if key in UNSMOOTHED else _smooth(xs, ys, r.boundaries, smooth)
+                sm = ys if key in state_metric_names() else _smooth(xs, ys, r.boundaries, smooth)
                 if sm != ys:
                     ax.plot(*_broken(xs, ys, r.boundaries), color=r.color, alpha=0.22, linewidth=0.8)
                 ax.plot(*_broken(xs, sm, r.boundaries), color=r.color, linewidth=1.6, label=r.label)
@@ -488,21 +484,18 @@ def plot_deviation(runs: Sequence[Run], smooth: float | None = None) -> Plot | N
     return plot
 
 
-def plot_epsilon(runs: Sequence[Run], smooth: float | None = None) -> Plot | None:
-    """ε-DPO: β per step and the fractions of pairs whose perturbation sign s is +1 or −1."""
+def plot_state(runs: Sequence[Run], spec: StatePlot, smooth: float | None = None) -> Plot | None:
+    """A method's declared state plot (e.g. ε-DPO's β and the fractions of pairs with s = ±1)."""
     plot = _curves(
-        runs,
-        EPSILON_PANELS,
-        "epsilon_dpo",
-        "ε-DPO: KL penalty control",
-        "ε-DPO's β per step and the fractions of pairs with s = +1 and s = −1 (epsilon-dpo.txt, Alg. 1).",
-        smooth,
+        runs, [(k, title) for k, title, _ in spec.panels], spec.name, spec.title, spec.caption, smooth
     )
-    if plot is not None:
-        for ax in plot.figure.axes[1:]:
+    if plot is None:
+        return None
+    drawn = [p for p in spec.panels if any(r.has(p[0]) for r in runs)]
+    for ax, (key, _, ylabel) in zip(plot.figure.axes, drawn, strict=False):
+        ax.set_ylabel(ylabel)
+        if key in spec.fractions:
             ax.set_ylim(-0.03, 1.03)
-            ax.set_ylabel("fraction of pairs")
-        plot.figure.axes[0].set_ylabel("β")
     return plot
 
 
@@ -722,10 +715,13 @@ def _no_false_zoom(ax, ys: Sequence[float], rel: float = 1e-3) -> None:
 SKIP_NOTES = {
     "training": "no run logged loss, reward margins or accuracies",
     "deviation": "no run logged `deviation` (it needs a reference)",
-    "epsilon_dpo": "no run logged ε-DPO's `kl/beta` or `kl/*_epsilon_steps`",
     "gamma_ref": "no sDPO run (with `stages.json` and `gamma_ref` per stage)",
     "frontier": "no run has an eval.json with both a success and a KL field",
     "trajectory": "no run has an eval_checkpoints.json (`tether eval RUN --checkpoints all`)",
+    **{
+        s.name: f"no run logged {', '.join(f'`{k}`' for k, _, _ in s.panels)} ({s.title})"
+        for s in state_plots()
+    },
 }
 
 
@@ -734,7 +730,7 @@ def make_plots(runs: Sequence[Run], smooth: float | None = None) -> dict[str, Pl
     return {
         "training": plot_training(runs, smooth),
         "deviation": plot_deviation(runs, smooth),
-        "epsilon_dpo": plot_epsilon(runs, smooth),
+        **{spec.name: plot_state(runs, spec, smooth) for spec in state_plots()},
         "gamma_ref": plot_gamma_ref(runs),
         "frontier": plot_frontier(runs),
         "trajectory": plot_trajectory(runs),

@@ -43,6 +43,18 @@ ANY = Bound()
 
 
 @dataclass(frozen=True)
+class StatePlot:
+    """How ``tether report`` draws a method's training state: one panel per ``(metric, title, y label)``;
+    ``fractions`` are panels whose values are fractions in [0, 1]."""
+
+    name: str
+    title: str
+    caption: str
+    panels: tuple[tuple[str, str, str], ...]
+    fractions: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class Method:
     """A training method and its declared capabilities."""
 
@@ -72,6 +84,8 @@ class Method:
     #: The metric name each state hyper-parameter is logged under after the update (its own names, so
     #: two stateful methods never share a label), e.g. ``{"beta": "kl/beta"}`` for ε-DPO.
     state_metrics: Mapping[str, str] = field(default_factory=dict)
+    #: The plot of this method's state in ``tether report`` (``<name>.png``), drawn when a run logged it.
+    state_plot: StatePlot | None = None
 
     @property
     def needs_reference_logits(self) -> bool:
@@ -209,6 +223,21 @@ METHODS: dict[str, Method] = {
             reference_logits=losses.epsilon_mixtures,
             on_optimizer_step=losses.epsilon_dpo_update,
             state_metrics={"beta": "kl/beta"},
+            state_plot=StatePlot(
+                "epsilon_dpo",
+                "ε-DPO: KL penalty control",
+                "ε-DPO's β per step and the fractions of pairs with s = +1 and s = −1 (epsilon-dpo.txt, Alg. 1).",
+                (
+                    ("kl/beta", "β (re-centred each step)", "β"),
+                    (
+                        "kl/p_epsilon_steps",
+                        "fraction of pairs with s = +1 (β_i lowered)",
+                        "fraction of pairs",
+                    ),
+                    ("kl/n_epsilon_steps", "fraction of pairs with s = −1 (β_i raised)", "fraction of pairs"),
+                ),
+                fractions=frozenset({"kl/p_epsilon_steps", "kl/n_epsilon_steps"}),
+            ),
         ),
         Method(
             "r_dpo",
@@ -292,6 +321,17 @@ METHODS: dict[str, Method] = {
         ),
     ]
 }
+
+
+def state_plots() -> list[StatePlot]:
+    """Every method's declared state plot (once each), for ``tether report``."""
+    plots = {m.state_plot.name: m.state_plot for m in METHODS.values() if m.state_plot is not None}
+    return list(plots.values())
+
+
+def state_metric_names() -> set[str]:
+    """The metrics methods log as state (set by the method, not measured on a batch)."""
+    return {name for m in METHODS.values() for name in m.state_metrics.values()}
 
 
 def get_method(name: str, where: str = "method.name") -> Method:
