@@ -374,6 +374,10 @@ class LogProbModel(nn.Module):
         if isinstance(input_ids, Batch):
             batch = input_ids
             if batch.layout is not None:
+                if not self.supports_segments():
+                    raise TetherError(
+                        "this model cannot run a segment layout; collate with LogProbModel.collate"
+                    )
                 out = decoder(
                     input_ids=batch.input_ids,
                     # a 4-D placeholder: the model builds no [L, L] mask; segment attention ignores it
@@ -440,8 +444,14 @@ class LogProbModel(nn.Module):
         implementation on a small probe batch against the plain path); prints one line when it does not."""
         base = _base(self.model)
         routed = segments.install(base)
-        key = (type(base).__name__, segments.inner_implementation(base), str(next(base.parameters()).dtype))
+        key = (
+            type(base).__name__,
+            segments.inner_implementation(base),
+            str(next(base.parameters()).dtype),
+            routed,
+        )
         if key not in _SEGMENTS_OK:
+            _SEGMENTS_OK[key] = routed  # provisional, while the probe itself runs the layout
             _SEGMENTS_OK[key] = self._probe(base, routed)
         return _SEGMENTS_OK[key] and routed
 
