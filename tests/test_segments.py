@@ -218,3 +218,15 @@ def test_epsilon_dpo_states_cache_refused_above_limit(setup, capsys):
     run = train(_cfg(root, model, pairs, "auto-small", "auto", max_steps=1, reference={"max_cache_gb": 1e-9}))
     assert run.reference_mode == "copy"
     assert "using a frozen copy instead" in capsys.readouterr().out
+
+
+def test_switched_off_run_equals_default_run(setup):
+    """train.share_prompt/train.packing false: padded rows, the same losses as the default layout."""
+    root, model, pairs = setup
+    cfg = _cfg(root, model, pairs, "on", "auto", max_steps=2)
+    off = _cfg(root, model, pairs, "off", "auto", max_steps=2, share_prompt=False, packing=False)
+    assert cfg.train.share_prompt and cfg.train.packing and not off.train.share_prompt
+    a, b = _metrics(train(cfg).run_dir), _metrics(train(off).run_dir)
+    for x, y in zip(a, b, strict=True):
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-6)
+        assert x["tokens"] == y["tokens"]  # counted as TRL counts them in both layouts
