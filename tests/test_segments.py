@@ -230,3 +230,15 @@ def test_switched_off_run_equals_default_run(setup):
     for x, y in zip(a, b, strict=True):
         assert x["loss"] == pytest.approx(y["loss"], abs=1e-6)
         assert x["tokens"] == y["tokens"]  # counted as TRL counts them in both layouts
+
+
+def test_layout_survives_gradient_checkpointing():
+    """Recomputed layers see the same segments (the layout travels as a keyword argument)."""
+    model = tiny_model()
+    model.gradient_checkpointing_enable()
+    model.train()
+    ex = hard_examples()
+    plain, g_plain = rows_and_grads(model, collate(ex, range(5), 0))
+    rows, g = rows_and_grads(model, collate(ex, range(5), 0, share_prompt=True, packing=True))
+    torch.testing.assert_close(rows.sum, plain.sum, atol=1e-5, rtol=0)
+    torch.testing.assert_close(g, g_plain, atol=1e-5, rtol=1e-5)
