@@ -1,4 +1,12 @@
-"""DPO step time, throughput and peak memory: TRL's DPOTrainer vs tether (reference copy / precomputed).
+"""DPO step time, throughput and peak memory: TRL's DPOTrainer vs tether, on several data shapes.
+
+Data shapes (``--shapes``): ``synthetic`` (``benchmarks/make_pairs.py``: prompts ~20-150 tokens, answers
+~10-200), ``tasks`` (the bundled verifiable tasks, ``data/tasks/pairs.train.jsonl``, rendered with the
+model's chat template: prompt-heavy), ``ultrafeedback`` (long prompts, ~1.5x the answers) and ``hh``
+(short prompts, long answers, like Anthropic-HH). Per shape the script prints the fraction of token
+positions that are padding or a repeated prompt before (padded rows, what TRL and
+``tether-precomputed-plain`` compute) and after (``train.share_prompt`` + ``train.packing``, tether's
+default), and each configuration's model FLOP/s against this CPU's measured fp32 matmul peak.
 
 Every configuration trains the same model (SmolLM2-135M-Instruct, the local safetensors directory from
 ``tether.engine.models.resolve_model_dir("smollm2")``) in fp32 on the CPU, on the same synthetic pairs
@@ -12,7 +20,10 @@ runs in its own subprocess, so the peak RSS (``ru_maxrss``) is that configuratio
   random sampler is replaced by tether's step order, so both see exactly the same batches, step by step.
   Step time = ``on_step_begin`` → ``on_step_end`` (forward, reference forward, backward, clip, optimizer
   step); tokens = ``attention_mask.sum()`` of the collated batch (prompt+chosen and prompt+rejected rows).
-* ``tether-copy`` / ``tether-precomputed``: ``tether.training.job.train`` with ``reference.mode`` copy / precomputed.
+* ``tether-copy`` / ``tether-precomputed``: ``tether.training.job.train`` with ``reference.mode`` copy /
+  precomputed (shared prompts and packing on, the default); ``tether-precomputed-plain`` with both off
+  (padded rows, as before issue 11); ``tether-eps`` / ``tether-eps-copy``: ε-DPO (ε=0.01) with the
+  precomputed reference (hidden states at response tokens, no reference forward) / the frozen copy.
   Step time and tokens (the same count: ``attention_mask.sum()``) come from ``metrics.jsonl``. The
   precomputed run uses a fresh ``reference.cache_dir``, so the one-time precompute is timed and reported
   separately (it is not part of any step).
@@ -21,6 +32,9 @@ Median step time and tokens/s are over the steps after the first ``--warmup`` st
 Σ tokens / Σ seconds over those steps.
 
     HF_HUB_OFFLINE=1 python benchmarks/bench_dpo.py --steps 12 --batch-size 4 --max-length 512 --out results.json
+
+Tokens/s counts tokens as TRL does (each row's ``attention_mask.sum()``: a pair's prompt twice); the
+per-shape header also gives the count with each prompt once.
 """
 
 from __future__ import annotations
@@ -42,7 +56,28 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 HERE = Path(__file__).resolve().parent
-CONFIGS = ("trl", "tether-copy", "tether-precomputed", "tether-precomputed-gc", "trl-no-gc", "tether-asft")
+CONFIGS = (
+    "trl",
+    "tether-copy",
+    "tether-precomputed",
+    "tether-precomputed-plain",
+    "tether-precomputed-gc",
+    "trl-no-gc",
+    "tether-asft",
+    "tether-eps",
+    "tether-eps-copy",
+)
+#: tether configurations: (method, reference mode, gradient checkpointing, shared prompts and packing)
+TETHER = {
+    "copy": ("dpo", "copy", False, True),
+    "precomputed": ("dpo", "precomputed", False, True),
+    "precomputed-plain": ("dpo", "precomputed", False, False),
+    "precomputed-gc": ("dpo", "precomputed", True, True),
+    "asft": ("asft", "none", False, True),
+    "eps": ("epsilon_dpo", "precomputed", False, True),
+    "eps-copy": ("epsilon_dpo", "copy", False, True),
+}
+SHAPES = ("synthetic", "tasks", "ultrafeedback", "hh")
 BETA = 0.1
 
 
@@ -180,18 +215,29 @@ def run_tether(args: argparse.Namespace, model_dir: Path, mode: str) -> dict:
             precompute.append(time.perf_counter() - t)
 
     run_mod.compute_table = timed_compute_table
+    compute_states = run_mod.compute_states
+
+    def timed_compute_states(*a, **kw):  # ε-DPO's reference hidden states (precomputed)
+        t = time.perf_counter()
+        try:
+            return compute_states(*a, **kw)
+        finally:
+            precompute.append(time.perf_counter() - t)
+
+    run_mod.compute_states = timed_compute_states
     out_dir = args.workdir / f"tether-{mode}"
-    gc = mode.endswith("-gc")
-    mode = mode.removesuffix("-gc")
-    method = {"name": "dpo", "beta": BETA}
-    if mode == "asft":  # ASFT: reference-free, no reference copy and no reference forward
-        method, mode = {"name": "asft", "beta": 0.1}, "none"
+    name, ref_mode, gc, segments = TETHER[mode]
+    method = {"name": name, "beta": BETA}
+    if name == "epsilon_dpo":
+        method["epsilon"] = 0.01
+    cache = args.workdir / f"refcache-{mode}"
+    mode = ref_mode
     cfg = from_dict(
         {
             "model": {"name": str(model_dir), "dtype": "float32", "gradient_checkpointing": gc},
             "data": {"train": str(args.data), "max_length": args.max_length, "chat_template": "never"},
             "method": method,
-            "reference": {"mode": mode, "cache_dir": str(args.workdir / f"refcache-{mode}")},
+            "reference": {"mode": mode, "cache_dir": str(cache)},
             "train": {
                 "output_dir": str(out_dir),
                 "seed": args.seed,
@@ -203,6 +249,8 @@ def run_tether(args: argparse.Namespace, model_dir: Path, mode: str) -> dict:
                 "max_grad_norm": 1.0,
                 "progress": False,
                 "overwrite": True,
+                "share_prompt": segments,
+                "packing": segments,
             },
         }
     )
@@ -293,64 +341,141 @@ def table(results: dict[str, dict], warmup: int) -> str:
 
 
 def best_of_table(paths: list[str]) -> str:
-    """The table of one or more ``--out`` files of identical settings; per step, the fastest run counts."""
+    """The tables of one or more ``--out`` files of identical settings; per step, the fastest run counts."""
     reports = [json.loads(Path(p).read_text()) for p in paths]
     s0 = reports[0]["settings"]
     keys = ("steps", "warmup", "batch_size", "max_length", "pairs", "lr", "seed")
     if any(r["settings"][k] != s0[k] for r in reports for k in keys):
         raise SystemExit("--table: the result files were made with different settings")
-    merged: dict[str, dict] = {}
-    for name in CONFIGS:
-        runs = [r["results"][name] for r in reports if "error" not in r["results"].get(name, {"error": 1})]
-        if not runs:
-            continue
-        best = [min(v) for v in zip(*(r["step_seconds"] for r in runs), strict=True)]
-        merged[name] = {
-            **_summary(best, runs[0]["step_tokens"], s0["warmup"]),
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-        }
-    return table(merged, s0["warmup"])
+    peak = max(r["machine"]["fp32_matmul_peak_flops"] for r in reports)
+    out = []
+    for shape in reports[0]["shapes"]:
+        merged: dict[str, dict] = {}
+        for name in CONFIGS:
+            runs = [
+                r["shapes"][shape]["results"].get(name, {"error": 1}) for r in reports if shape in r["shapes"]
+            ]
+            runs = [x for x in runs if "error" not in x]
+            if not runs:
+                continue
+            best = [min(v) for v in zip(*(x["step_seconds"] for x in runs), strict=True)]
+            merged[name] = {
+                **_summary(best, runs[0]["step_tokens"], s0["warmup"]),
+                "peak_rss_mb": max(x["peak_rss_mb"] for x in runs),
+            }
+        res = {"work": reports[0]["shapes"][shape]["work"], "results": merged}
+        out.append(shape_table(shape, res, s0["warmup"], reports[0]["model_params"], peak))
+    return "\n\n".join(out)
 
 
-def parent(args: argparse.Namespace) -> None:
+def write_data(shape: str, path: Path, n: int, seed: int) -> Path:
+    """The pairs of one data shape as plain-text prompts (the bundled tasks rendered with the model's chat
+    template here, so TRL and tether see the same strings)."""
     from make_pairs import write_pairs
 
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    data = write_pairs(args.workdir / "pairs.jsonl", args.pairs, args.seed)
+    if shape != "tasks":
+        return write_pairs(path, n, seed, shape)
+    from tether.engine.models import load_tokenizer, resolve_model_dir
+
+    tok = load_tokenizer(resolve_model_dir("smollm2"))
+    rows = [json.loads(x) for x in (HERE.parent / "data/tasks/pairs.train.jsonl").read_text().splitlines()]
+    with path.open("w") as f:
+        for r in rows[:n]:
+            msgs = [{"role": "user", "content": r["prompt"]}]
+            prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            f.write(json.dumps({"prompt": prompt, "chosen": r["chosen"], "rejected": r["rejected"]}) + "\n")
+    return path
+
+
+def work_fractions(data: Path, args: argparse.Namespace) -> dict:
+    """Per step, token positions computed: padded rows (before) vs shared prompts + packing (after); the
+    fraction of them that is padding or a repeated prompt; tokens counted as TRL counts them."""
+    from tether.data.rows import read_rows, tokenize_rows
+    from tether.engine.logprobs import collate
+    from tether.engine.models import load_tokenizer, resolve_model_dir
+
+    tok = load_tokenizer(resolve_model_dir("smollm2"))
+    ex = tokenize_rows(
+        read_rows(str(data)), tok, kind="pairs", max_length=args.max_length, chat_template="never"
+    ).examples
+    order = _step_order(len(ex), args)
+    before = after = tokens = pad = repeated = 0
+    for s in range(args.steps):
+        idx = order[s * args.batch_size : (s + 1) * args.batch_size]
+        batch = [ex[i] for i in idx]
+        plain = collate(batch, idx, 0)
+        before += plain.n_positions
+        after += collate(batch, idx, 0, share_prompt=True, packing=True).n_positions
+        tokens += plain.n_tokens
+        pad += plain.n_positions - plain.n_tokens
+        repeated += sum(len(e.prompt_ids) for e in batch)
+    return {
+        "positions_per_step_before": before / args.steps,
+        "positions_per_step_after": after / args.steps,
+        "tokens_per_step": tokens / args.steps,
+        "tokens_once_per_step": (tokens - repeated) / args.steps,
+        "padding_fraction_before": pad / before,
+        "repeated_prompt_fraction_before": repeated / before,
+        "padding_fraction_after": 0.0,
+        "repeated_prompt_fraction_after": 0.0,
+        "examples": len(ex),
+    }
+
+
+def matmul_peak_flops(n: int = 2048, reps: int = 5) -> float:
+    """This CPU's fp32 matmul rate (best of ``reps`` n×n×n products, all threads)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n**3 / best
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def model_params() -> int:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tether.engine.models import resolve_model_dir
+
+    cfg = AutoConfig.from_pretrained(resolve_model_dir("smollm2"))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_step(name: str, w: dict, n_params: int) -> float:
+    """Model FLOPs a step computes: 6·N per position (forward + backward) over the positions the
+    configuration runs, + 2·N per position for a reference forward (TRL, copy modes); the recomputation of
+    gradient checkpointing is not counted (it is overhead, not model work)."""
+    plain = name.startswith("trl") or name.endswith("-plain")
+    pos = w["positions_per_step_before"] if plain else w["positions_per_step_after"]
+    ref = name.startswith("trl") or name.endswith("copy")
+    return (6 + 2 * ref) * n_params * pos
+
+
+def run_shape(shape: str, args: argparse.Namespace) -> dict:
+    workdir = args.workdir / shape
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = write_data(shape, workdir / "pairs.jsonl", args.pairs, args.seed)
+    work = work_fractions(data, args)
     results: dict[str, dict] = {}
     for name in args.configs:
-        res_file = args.workdir / f"result-{name}.json"
+        res_file = workdir / f"result-{name}.json"
         res_file.unlink(missing_ok=True)
-        shutil.rmtree(
-            args.workdir / f"refcache-{name.removeprefix('tether-')}", ignore_errors=True
-        )  # fresh cache
-        cmd = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--worker",
-            name,
-            "--result",
-            str(res_file),
-            "--data",
-            str(data),
-            "--workdir",
-            str(args.workdir),
-            "--steps",
-            str(args.steps),
-            "--warmup",
-            str(args.warmup),
-            "--batch-size",
-            str(args.batch_size),
-            "--max-length",
-            str(args.max_length),
-            "--pairs",
-            str(args.pairs),
-            "--lr",
-            str(args.lr),
-            "--seed",
-            str(args.seed),
-        ]
-        print(f"== {name}", flush=True)
+        shutil.rmtree(workdir / f"refcache-{name.removeprefix('tether-')}", ignore_errors=True)  # fresh
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--result", str(res_file)]
+        cmd += ["--data", str(data), "--workdir", str(workdir), "--steps", str(args.steps)]
+        cmd += ["--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
+        cmd += ["--max-length", str(args.max_length), "--pairs", str(work["examples"]), "--lr", str(args.lr)]
+        cmd += ["--seed", str(args.seed)]
+        print(f"== {shape} / {name}", flush=True)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=HERE.parent)
         wall = time.perf_counter() - t0
@@ -366,27 +491,61 @@ def parent(args: argparse.Namespace) -> None:
             f"peak RSS {r['peak_rss_mb']:.0f} MB{pre}, process wall {wall:.0f} s",
             flush=True,
         )
+    return {"work": work, "results": results}
+
+
+def shape_table(shape: str, res: dict, warmup: int, n_params: int, peak: float) -> str:
+    w = res["work"]
+    head = (
+        f"### {shape}\n\n{w['tokens_per_step']:.0f} tokens per step as TRL counts them "
+        f"({w['tokens_once_per_step']:.0f} with each prompt once); positions computed per step: "
+        f"{w['positions_per_step_before']:.0f} padded rows → {w['positions_per_step_after']:.0f} shared + packed; "
+        f"padding {w['padding_fraction_before']:.1%} and repeated prompt "
+        f"{w['repeated_prompt_fraction_before']:.1%} of the positions before, 0% and 0% after.\n\n"
+    )
+    lines = [
+        table(res["results"], warmup),
+        "",
+        "| config | model FLOP/s | of fp32 matmul peak |",
+        "|---|---:|---:|",
+    ]
+    for name, r in res["results"].items():
+        if "error" in r:
+            continue
+        f = flops_per_step(name, w, n_params) / r["median_step_s"]
+        lines.append(f"| {name} | {f / 1e9:.1f} G | {f / peak:.0%} |")
+    return head + "\n".join(lines)
+
+
+def parent(args: argparse.Namespace) -> None:
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    peak = matmul_peak_flops()
+    n_params = model_params()
+    print(f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s; model {n_params / 1e6:.1f} M parameters", flush=True)
+    shapes = {shape: run_shape(shape, args) for shape in args.shapes}
+    tables = [shape_table(s, r, args.warmup, n_params, peak) for s, r in shapes.items()]
     report = {
         "settings": {
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in vars(args).items()
             if k not in ("worker", "result", "data")
         },
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
+        "machine": {
+            "cpu": _cpu_model(),
+            "cores": os.cpu_count(),
+            "platform": platform.platform(),
+            "loadavg": os.getloadavg(),
+            "fp32_matmul_peak_flops": peak,
+        },
         "versions": _versions(),
-        "results": results,
-        "table": table(results, args.warmup),
+        "model_params": n_params,
+        "shapes": shapes,
+        "tables": tables,
     }
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
     print()
-    print(report["table"])
-    pre = results.get("tether-precomputed", {}).get("precompute_s")
-    if pre:
-        print(
-            f"\none-time reference precompute (tether-precomputed: the {args.steps * args.batch_size} of "
-            f"{args.pairs} pairs the run uses): {pre:.1f} s"
-        )
+    print("\n\n".join(tables))
 
 
 def main() -> None:
@@ -399,6 +558,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-6)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
+    ap.add_argument("--shapes", nargs="+", choices=SHAPES, default=list(SHAPES), help="data shapes")
     ap.add_argument(
         "--workdir", type=Path, default=None, help="data, runs and caches (default: a new temp dir)"
     )

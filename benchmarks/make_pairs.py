@@ -128,29 +128,40 @@ def _fill(rng: random.Random, topic: str, pool: list[str], n_tokens: int, start:
     return text if text.endswith((".", "?", "!")) else text + "."
 
 
-def make_pairs(n: int = 256, seed: int = 0) -> list[dict[str, str]]:
+#: Word budgets (prompt, each response) per data shape: ``synthetic`` (the original set), ``ultrafeedback``
+#: (long prompts, ~1.5x the answers, like UltraFeedback) and ``hh`` (short prompts, long answers, like
+#: Anthropic-HH).
+SHAPES = {
+    "synthetic": ((20, 150), (10, 200)),
+    "ultrafeedback": ((120, 300), (60, 220)),
+    "hh": ((8, 30), (80, 300)),
+}
+
+
+def make_pairs(n: int = 256, seed: int = 0, shape: str = "synthetic") -> list[dict[str, str]]:
     """``n`` rows ``{"prompt", "chosen", "rejected"}`` (strings; the prompt ends with ``Assistant:``, responses start with a space)."""
     rng = random.Random(seed)
+    (p_lo, p_hi), (r_lo, r_hi) = SHAPES[shape]
     rows = []
     for _ in range(n):
         topic = rng.choice(TOPICS)
         ask = rng.choice(ASKS).format(t=topic)
-        p_len = rng.randint(20, 150)
+        p_len = rng.randint(p_lo, p_hi)
         prompt = _fill(rng, topic, CONTEXT, p_len - 4, start=ask) if p_len > 20 else ask
         prompt = f"User: {prompt}\nAssistant:"
-        chosen = _fill(rng, topic, GOOD, rng.randint(10, 200))
-        rejected = _fill(rng, topic, BAD, rng.randint(10, 200))
+        chosen = _fill(rng, topic, GOOD, rng.randint(r_lo, r_hi))
+        rejected = _fill(rng, topic, BAD, rng.randint(r_lo, r_hi))
         if rejected == chosen:  # cannot happen with disjoint pools; keep the invariant explicit
             rejected += " Anyway."
         rows.append({"prompt": prompt, "chosen": " " + chosen, "rejected": " " + rejected})
     return rows
 
 
-def write_pairs(path: str | Path, n: int = 256, seed: int = 0) -> Path:
+def write_pairs(path: str | Path, n: int = 256, seed: int = 0, shape: str = "synthetic") -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
-        for row in make_pairs(n, seed):
+        for row in make_pairs(n, seed, shape):
             f.write(json.dumps(row) + "\n")
     return path
 
@@ -159,9 +170,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="synthetic")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    print(write_pairs(args.out, args.n, args.seed))
+    print(write_pairs(args.out, args.n, args.seed, args.shape))
 
 
 if __name__ == "__main__":

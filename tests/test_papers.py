@@ -10,11 +10,11 @@ from torch import nn
 
 from tether.config import from_dict
 from tether.contract import LossInputs, Perturbed, SequenceLogps
-from tether.engine.logprobs import response_logps
+from tether.engine.logprobs import LogProbModel, response_logps
 from tether.methods.losses import epsilon_criterion, epsilon_mixtures
 from tether.training.job import train
 
-from tiny import pair_rows, pair_table, sft_rows, tiny_model_dir, write_jsonl
+from tiny import pair_rows, pair_table, sft_rows, tiny_model, tiny_model_dir, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +110,7 @@ def test_asft_has_no_reference_anywhere(setup, monkeypatch):
     monkeypatch.setattr(reference, "frozen_copy", forbidden)
     monkeypatch.setattr(run_mod, "frozen_copy", forbidden)
     monkeypatch.setattr(run_mod, "compute_table", forbidden)
+    assert LogProbModel(tiny_model()).supports_segments()  # the layout probe runs here, not counted below
     calls = []
     original = modeling_llama.LlamaModel.forward
 
@@ -122,7 +123,7 @@ def test_asft_has_no_reference_anywhere(setup, monkeypatch):
     result = run(root, model, pairs, "asft-noref", {"name": "asft"}, max_steps=3, batch_size=2, grad_accum=2)
     assert result.reference_mode == "none"
     assert len(calls) == 3 * 2  # one forward per micro-batch: chosen and rejected rows together
-    assert all(shape[0] == 4 for shape in calls)  # 2 pairs → 4 rows, no extra reference rows
+    assert all(shape[0] == 1 for shape in calls)  # 2 pairs packed in one row, no extra reference rows
     assert "deviation" not in metrics(result)[-1]
 
 

@@ -73,15 +73,19 @@ class MethodConfig:
 class ReferenceConfig:
     """How reference log-probs are obtained.
 
-    ``mode``: ``auto`` (``adapter`` with LoRA, else ``precomputed``, or ``copy`` when the method needs
-    reference logits), ``copy`` (frozen copy in memory), ``adapter`` (the policy with its LoRA adapter
-    disabled), ``precomputed`` (computed once, cached on disk), ``none`` (no reference; only for methods
-    that do not need one). ``model``: a different reference model (default: the starting model).
+    ``mode``: ``auto`` (``adapter`` with LoRA, else ``precomputed``), ``copy`` (frozen copy in memory),
+    ``adapter`` (the policy with its LoRA adapter disabled), ``precomputed`` (computed once, cached on
+    disk: summed log-probs, and for a method that needs the reference's logits (ε-DPO) its final hidden
+    states at the response tokens plus its output head, refused above ``max_cache_gb``), ``none`` (no
+    reference; only for methods that do not need one). ``model``: a different reference model (default:
+    the starting model).
     """
 
     mode: Literal["auto", "copy", "adapter", "precomputed", "none"] = "auto"
     model: str | None = None
     cache_dir: str | None = None
+    max_cache_gb: float = 8.0
+    """Largest precomputed reference-logits cache (ε-DPO: hidden states at response tokens) to build."""
 
 
 @dataclass
@@ -118,6 +122,10 @@ class TrainConfig:
     disable_dropout: bool = True
     report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
     logprob_chunk: int = 1024
+    share_prompt: bool = True
+    """A pair runs as one sequence ``prompt | chosen | rejected`` (the prompt once; exact)."""
+    packing: bool = True
+    """A micro-batch's rows run packed into one sequence, attention per row, no padding (exact)."""
     save_merged: bool = False
     progress: bool = True
 
@@ -527,11 +535,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"reference.mode: method '{method.name}' needs a reference model; 'none' is not allowed"
         )
-    if mode == "precomputed" and method.needs_reference_logits:
-        raise ConfigError(
-            f"reference.mode: method '{method.name}' needs the reference's full logits at every step, "
-            "which precomputed log-probs cannot give; use 'copy' or 'adapter'"
-        )
+    if cfg.reference.max_cache_gb <= 0:
+        raise ConfigError(f"reference.max_cache_gb: must be > 0, got {cfg.reference.max_cache_gb}")
     if mode not in ("auto", "none") and not method.uses_reference:
         raise ConfigError(
             f"reference.mode: method '{method.name}' is reference-free; it loads no reference (use 'auto' or 'none')"

@@ -2,8 +2,10 @@
 
 Everything tether caches sits under :func:`default_cache_dir` (``$TETHER_CACHE``, default
 ``~/.cache/tether``; ``~`` is expanded): converted models (``models/``), reference log-prob tables
-(``reflogps/``, written by training and by ``tether eval``), the reference's generations
-(``generations/``) and a reward-model judge's scores (``judge/``). An entry's name is a hash of everything that determines its content; an entry that
+(``reflogps/``, written by training and by ``tether eval``), the reference's hidden states at response
+tokens for reference logits (``refstates/``), the reference's generations (``generations/``) and a
+reward-model judge's scores (``judge/``). An entry's name is a hash of everything that determines its
+content; an entry that
 cannot be read (a torn write, a foreign file) is a miss and is recomputed, never an error. Writes are
 atomic (a temporary file, then ``os.replace``).
 """
@@ -131,3 +133,54 @@ def load_or_fill(
         _atomic_write(path, lambda tmp: torch.save({"key": key, "table": table}, tmp))
     barrier()
     return table, "miss" if status == "miss" else "partial"
+
+
+def _read_states(path: Path, n: int, shape: tuple[int, int], dtype: torch.dtype) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        entry = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        ok = (
+            isinstance(entry, dict)
+            and entry.get("key") == path.stem  # made for this key (the key is stored inside)
+            and tuple(entry["states"].shape) == tuple(shape)
+            and entry["states"].dtype == dtype
+            and entry["done"].shape == (n,)
+        )
+    except Exception:  # torn or foreign: recompute
+        return None
+    return entry if ok else None
+
+
+def load_or_fill_states(
+    path: Path,
+    needed: Sequence[int],
+    compute: Callable[[Tensor, list[int]], Tensor],
+    *,
+    n: int,
+    shape: tuple[int, int],
+    dtype: torch.dtype,
+    is_main: bool,
+    barrier: Callable[[], None],
+) -> tuple[Tensor, str]:
+    """The cached ``shape`` tensor of per-example rows (a reference's hidden states at response tokens)
+    at ``path`` with the rows of every ``needed`` example filled in.
+
+    ``compute(states, examples)`` returns ``states`` with those examples' rows filled. Status as for
+    :func:`load_or_fill`.
+    """
+    entry = _read_states(path, n, shape, dtype)
+    status = "miss" if entry is None else "hit"
+    if entry is None:
+        entry = {"states": torch.zeros(shape, dtype=dtype), "done": torch.zeros(n, dtype=torch.bool)}
+    states, done = entry["states"], entry["done"].clone()
+    todo = [i for i in needed if not done[i]]
+    if not todo:
+        return states, status
+    states = compute(states, todo)
+    done[todo] = True
+    if is_main:
+        entry = {"key": path.stem, "states": states, "done": done}
+        _atomic_write(path, lambda tmp: torch.save(entry, tmp))
+    barrier()
+    return states, "miss" if status == "miss" else "partial"

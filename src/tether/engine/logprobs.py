@@ -18,47 +18,178 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from tether.contract import LossInputs, Perturbed, SequenceLogps
+from tether.engine import segments
+from tether.engine.segments import Layout
 from tether.errors import TetherError
 
 
 @dataclass
-class Batch:
-    """A collated micro-batch. For pairs, rows ``[0, B)`` are prompt+chosen and ``[B, 2B)`` prompt+rejected.
+class Targets:
+    """The response tokens of a batch, in row order (row 0's tokens first): which hidden state predicts
+    each (``src_row``, ``src_col``), the token (``token``), its output row (``owner``) and its index in
+    that row's per-token values (``slot``). ``n_rows`` output rows."""
 
-    ``response_mask[i, t]`` is True where token ``t`` of row ``i`` belongs to the response.
+    src_row: Tensor
+    src_col: Tensor
+    token: Tensor
+    owner: Tensor
+    slot: Tensor
+    n_rows: int
+
+    @staticmethod
+    def from_mask(input_ids: Tensor, response_mask: Tensor) -> Targets:
+        """Padded rows: position t predicts token t+1."""
+        target_mask = response_mask[:, 1:]
+        rows, cols = target_mask.nonzero(as_tuple=True)
+        return Targets(rows, cols, input_ids[:, 1:][rows, cols], rows, cols, int(input_ids.shape[0]))
+
+    def to(self, device: torch.device | str) -> Targets:
+        t = (self.src_row, self.src_col, self.token, self.owner, self.slot)
+        return Targets(*(x.to(device) for x in t), self.n_rows)
+
+
+@dataclass
+class Batch:
+    """A collated micro-batch. Output rows: for pairs ``[0, B)`` prompt+chosen and ``[B, 2B)``
+    prompt+rejected; for SFT/unpaired ``[0, B)``.
+
+    Plain layout (``layout`` None): one padded row per output row; ``response_mask[i, t]`` is True where
+    token ``t`` of row ``i`` belongs to the response. Segment layout (see :mod:`tether.engine.segments`):
+    rows of segments (one per example, a pair's prompt once when shared), ``position_ids`` restarting per
+    segment, ``response_mask`` None. ``targets`` says where each response token is in either layout.
     ``index``: [B] positions of the examples in their dataset (precomputed reference look-up).
     ``labels``: [B] bool, unpaired rows' labels (True: desirable), else ``None``.
+    ``n_tokens``: tokens counted per output row (a pair's prompt twice, as TRL counts them).
     """
 
     input_ids: Tensor
     attention_mask: Tensor
-    response_mask: Tensor
+    response_mask: Tensor | None
     index: Tensor
     paired: bool
     labels: Tensor | None = None
+    targets: Targets | None = None
+    position_ids: Tensor | None = None
+    layout: Layout | None = None
+    n_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.targets is None:
+            assert self.response_mask is not None
+            self.targets = Targets.from_mask(self.input_ids, self.response_mask)
+        if not self.n_tokens:
+            self.n_tokens = int(self.attention_mask.sum())
 
     @property
     def n_examples(self) -> int:
         return int(self.index.shape[0])
 
     @property
-    def n_tokens(self) -> int:
-        return int(self.attention_mask.sum())
+    def n_positions(self) -> int:
+        """Token positions the decoder computes (padding included)."""
+        return int(self.input_ids.numel())
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
             self.input_ids.to(device),
             self.attention_mask.to(device),
-            self.response_mask.to(device),
+            None if self.response_mask is None else self.response_mask.to(device),
             self.index.to(device),
             self.paired,
             None if self.labels is None else self.labels.to(device),
+            None if self.targets is None else self.targets.to(device),
+            None if self.position_ids is None else self.position_ids.to(device),
+            None if self.layout is None else self.layout.to(device),
+            self.n_tokens,
         )
 
 
-def collate(examples: Sequence, indices: Sequence[int], pad_id: int, padding_side: str = "right") -> Batch:
-    """Concatenate prompt and response ids (chosen rows, then rejected rows) and pad to the longest row."""
+def collate(
+    examples: Sequence,
+    indices: Sequence[int],
+    pad_id: int,
+    padding_side: str = "right",
+    *,
+    share_prompt: bool = False,
+    packing: bool = False,
+) -> Batch:
+    """Collate examples (chosen rows, then rejected rows).
+
+    Plain (both switches off): concatenate prompt and response ids and pad to the longest row.
+    ``share_prompt`` (pairs): one segment ``prompt | chosen | rejected`` per pair. ``packing``: all
+    segments in one row, no padding. Either gives a segment layout, whose forward needs a model routed
+    through :mod:`tether.engine.segments` (:meth:`LogProbModel.collate` checks and falls back).
+    """
     paired = examples[0].rejected_ids is not None
+    labels = [getattr(e, "label", None) for e in examples]
+    label_t = torch.tensor(labels, dtype=torch.bool) if labels and labels[0] is not None else None
+    index = torch.tensor(list(indices), dtype=torch.long)
+    share = share_prompt and paired
+    if not share and not packing:
+        return _collate_plain(examples, index, label_t, pad_id, padding_side, paired)
+    b = len(examples)
+    # one segment per example: (ids, positions, n_causal, n_branch, n_prefix, [(owner, predictions)])
+    segs: list[tuple] = []
+    for i, e in enumerate(examples):
+        p, c = list(e.prompt_ids), list(e.chosen_ids)
+        chosen = _predictions(range(len(p) - 1, len(p) + len(c) - 1), c)
+        if share:  # prompt | chosen | rejected; rejected's first token is predicted by the prompt's last
+            r = list(e.rejected_ids)
+            after = len(p) + len(c)
+            rejected = _predictions([len(p) - 1, *range(after, after + len(r) - 1)][: len(r)], r)
+            pos = [*range(after), *range(len(p), len(p) + len(r))]
+            segs.append((p + c + r, pos, after, len(r), len(p), [(i, chosen), (b + i, rejected)]))
+        else:
+            segs.append((p + c, list(range(len(p) + len(c))), len(p) + len(c), 0, 0, [(i, chosen)]))
+    if paired and not share:
+        for i, e in enumerate(examples):
+            p, r = list(e.prompt_ids), list(e.rejected_ids)
+            rejected = _predictions(range(len(p) - 1, len(p) + len(r) - 1), r)
+            segs.append((p + r, list(range(len(p) + len(r))), len(p) + len(r), 0, 0, [(b + i, rejected)]))
+    # placement: all in row 0 (packing) or one row each
+    placed, cursor = [], [0]
+    for seg in segs:
+        if packing:
+            placed.append((0, cursor[0]))
+            cursor[0] += len(seg[0])
+        else:
+            placed.append((len(placed), 0))
+    n_rows = 1 if packing else len(segs)
+    width = cursor[0] if packing else max(len(s[0]) for s in segs)
+    input_ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((n_rows, width), dtype=torch.long)
+    positions = torch.zeros((n_rows, width), dtype=torch.long)
+    by_owner: dict[int, list[tuple[int, int, int]]] = {}
+    segments = []
+    for (ids, pos, a, r, p, preds), (row, start) in zip(segs, placed, strict=True):
+        input_ids[row, start : start + len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention[row, start : start + len(ids)] = 1
+        positions[row, start : start + len(ids)] = torch.tensor(pos, dtype=torch.long)
+        segments.append((row, start, a, r, p))
+        for owner, toks in preds:
+            by_owner[owner] = [(row, start + o, tok) for o, tok in toks]
+    out_rows = 2 * b if paired else b
+    flat = [
+        (row, col, tok, owner, k)
+        for owner in range(out_rows)
+        for k, (row, col, tok) in enumerate(by_owner[owner])
+    ]
+    cols = list(zip(*flat, strict=True)) if flat else [()] * 5
+    t = [torch.tensor(c, dtype=torch.long) for c in cols]
+    targets = Targets(t[0], t[1], t[2], t[3], t[4], out_rows)
+    n_logical = sum(len(e.prompt_ids) + len(e.chosen_ids) for e in examples)
+    if paired:
+        n_logical += sum(len(e.prompt_ids) + len(e.rejected_ids) for e in examples)
+    layout = Layout(segments, n_rows, width)
+    return Batch(input_ids, attention, None, index, paired, label_t, targets, positions, layout, n_logical)
+
+
+def _predictions(offsets, tokens: list[int]) -> list[tuple[int, int]]:
+    """(offset of the predicting position, token) pairs; a token with no position before it is skipped."""
+    return [(o, t) for o, t in zip(offsets, tokens, strict=True) if o >= 0]
+
+
+def _collate_plain(examples, index, label_t, pad_id, padding_side, paired) -> Batch:
     rows: list[tuple[list[int], int]] = [(e.prompt_ids + e.chosen_ids, len(e.prompt_ids)) for e in examples]
     if paired:
         rows += [(e.prompt_ids + e.rejected_ids, len(e.prompt_ids)) for e in examples]
@@ -72,9 +203,6 @@ def collate(examples: Sequence, indices: Sequence[int], pad_id: int, padding_sid
         input_ids[i, start : start + len(ids)] = torch.tensor(ids, dtype=torch.long)
         attention[i, start : start + len(ids)] = 1
         response[i, start + n_prompt : start + len(ids)] = True
-    labels = [getattr(e, "label", None) for e in examples]
-    label_t = torch.tensor(labels, dtype=torch.bool) if labels and labels[0] is not None else None
-    index = torch.tensor(list(indices), dtype=torch.long)
     return Batch(input_ids, attention, response, index, paired, label_t)
 
 
@@ -121,9 +249,10 @@ class RowLogps:
 def response_logps(
     hidden: Tensor,
     head: nn.Module,
-    input_ids: Tensor,
-    response_mask: Tensor,
+    input_ids: Tensor | None = None,
+    response_mask: Tensor | None = None,
     *,
+    targets: Targets | None = None,
     chunk: int = 1024,
     softcap: float | None = None,
     want_tokens: bool = False,
@@ -133,14 +262,17 @@ def response_logps(
 ) -> RowLogps:
     """Summed log π(y_t | y_<t, x) over response tokens, row by row, in chunks of positions.
 
-    ``hidden``: [N, T, H] last hidden states; position t predicts token t+1. With ``ref_hidden``,
-    ``ref_head`` and ``mix`` (a method's reference-logits function), also Σ_t mix(z_t, z_ref_t, y_t)
-    per row (fp32, no gradient), e.g. ε-DPO's perturbed log-probs.
+    ``hidden``: [N, T, H] last hidden states. The response tokens are ``targets`` (any layout), or for
+    padded rows ``input_ids`` + ``response_mask`` (position t predicts token t+1). With ``ref_hidden``
+    (the reference's [N, T, H] in the same layout, or its [n, H] states already gathered at the response
+    positions in ``targets`` order), ``ref_head`` and ``mix`` (a method's reference-logits function),
+    also Σ_t mix(z_t, z_ref_t, y_t) per row (fp32, no gradient), e.g. ε-DPO's perturbed log-probs.
     """
-    target_mask = response_mask[:, 1:]
-    rows, cols = target_mask.nonzero(as_tuple=True)
-    h = hidden[:, :-1][rows, cols]
-    y = input_ids[:, 1:][rows, cols]
+    if targets is None:
+        assert input_ids is not None and response_mask is not None
+        targets = Targets.from_mask(input_ids, response_mask)
+    rows, y = targets.owner, targets.token
+    h = hidden[targets.src_row, targets.src_col]
     pieces = []
     for s in range(0, h.shape[0], chunk):
         if torch.is_grad_enabled() and h.requires_grad:
@@ -152,17 +284,29 @@ def response_logps(
         else:
             pieces.append(_chunk_logps(h[s : s + chunk], y[s : s + chunk], head, softcap))
     tok = torch.cat(pieces) if pieces else h.new_zeros(0, dtype=torch.float32)
-    n_rows = input_ids.shape[0]
+    n_rows = targets.n_rows
     sums = tok.new_zeros(n_rows).index_add(0, rows, tok)
-    out = RowLogps(sum=sums, n_tokens=target_mask.sum(1).to(tok.dtype))
+    counts = torch.zeros(n_rows, dtype=tok.dtype, device=tok.device).index_add(
+        0, rows, torch.ones_like(tok, dtype=tok.dtype)
+    )
+    out = RowLogps(sum=sums, n_tokens=counts.detach())
     if want_tokens:
-        tokens = tok.new_zeros(target_mask.shape)
-        tokens = tokens.index_put((rows, cols), tok)
-        out.tokens, out.mask = tokens, target_mask
+        width = (
+            input_ids.shape[1] - 1
+            if response_mask is not None
+            else int(targets.slot.max()) + 1
+            if len(tok)
+            else 0
+        )
+        tokens = tok.new_zeros(n_rows, width)
+        tokens = tokens.index_put((rows, targets.slot), tok)
+        mask = torch.zeros(n_rows, width, dtype=torch.bool, device=tok.device)
+        mask[rows, targets.slot] = True
+        out.tokens, out.mask = tokens, mask
     if ref_hidden is not None:
         if ref_head is None or mix is None:
             raise ValueError("reference logits need ref_hidden, ref_head and mix together")
-        rh = ref_hidden[:, :-1][rows, cols]
+        rh = ref_hidden if ref_hidden.dim() == 2 else ref_hidden[targets.src_row, targets.src_col]
         with torch.no_grad():
             parts = [
                 _chunk_mixed(
@@ -208,10 +352,16 @@ def position_ids_for(attention_mask: Tensor) -> Tensor:
     return (attention_mask.cumsum(1) - 1).clamp(min=0)
 
 
+#: Per model class and attention implementation: does the segment layout reproduce the plain path?
+_SEGMENTS_OK: dict[tuple, bool] = {}
+
+
 class LogProbModel(nn.Module):
     """Wraps a causal LM so that ``forward`` returns response log-probs (the module DDP/FSDP wrap).
 
-    ``forward(..., ref_hidden=..., ref_head=..., mix=...)`` adds a method's reference-logits sums.
+    ``forward(batch)`` takes a :class:`Batch` in either layout (``forward(input_ids, attention_mask,
+    response_mask)`` the plain one); ``ref_hidden=..., ref_head=..., mix=...`` add a method's
+    reference-logits sums.
     """
 
     def __init__(self, model: nn.Module, chunk: int = 1024):
@@ -219,8 +369,26 @@ class LogProbModel(nn.Module):
         self.model = model
         self.chunk = chunk
 
-    def hidden(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def hidden(self, input_ids: Tensor | Batch, attention_mask: Tensor | None = None) -> Tensor:
         decoder, _, _ = decoder_and_head(self.model)
+        if isinstance(input_ids, Batch):
+            batch = input_ids
+            if batch.layout is not None:
+                if not self.supports_segments():
+                    raise TetherError(
+                        "this model cannot run a segment layout; collate with LogProbModel.collate"
+                    )
+                out = decoder(
+                    input_ids=batch.input_ids,
+                    # a 4-D placeholder: the model builds no [L, L] mask; segment attention ignores it
+                    attention_mask=batch.input_ids.new_ones(1, 1, 1, 1, dtype=torch.bool),
+                    position_ids=batch.position_ids,
+                    use_cache=False,
+                    tether_layout=batch.layout,
+                )
+                return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+            input_ids, attention_mask = batch.input_ids, batch.attention_mask
+        assert attention_mask is not None
         out = decoder(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -235,29 +403,34 @@ class LogProbModel(nn.Module):
 
     def forward(
         self,
-        input_ids: Tensor,
-        attention_mask: Tensor,
-        response_mask: Tensor,
+        input_ids: Tensor | Batch,
+        attention_mask: Tensor | None = None,
+        response_mask: Tensor | None = None,
         want_tokens: bool = False,
         ref_hidden: Tensor | None = None,
         ref_head: nn.Module | None = None,
         mix: ReferenceLogitsFn | None = None,
     ) -> RowLogps:
-        hidden = self.hidden(input_ids, attention_mask)
+        if isinstance(input_ids, Batch):
+            batch = input_ids
+        else:
+            assert attention_mask is not None and response_mask is not None
+            batch = Batch(input_ids, attention_mask, response_mask, input_ids.new_zeros(0), False)
+        hidden = self.hidden(batch)
         return self.from_hidden(
-            hidden,
-            input_ids,
-            response_mask,
-            want_tokens=want_tokens,
-            ref_hidden=ref_hidden,
-            ref_head=ref_head,
-            mix=mix,
+            hidden, batch, want_tokens=want_tokens, ref_hidden=ref_hidden, ref_head=ref_head, mix=mix
         )
 
-    def from_hidden(self, hidden: Tensor, input_ids: Tensor, response_mask: Tensor, **kw) -> RowLogps:
+    def from_hidden(self, hidden: Tensor, batch: Batch | Tensor, response_mask: Tensor | None = None, **kw):
         """Response log-probs from already computed hidden states (see :func:`response_logps`)."""
         _, head, softcap = decoder_and_head(self.model)
-        return response_logps(hidden, head, input_ids, response_mask, chunk=self.chunk, softcap=softcap, **kw)
+        if isinstance(batch, Batch):
+            kw["targets"] = batch.targets
+            if batch.response_mask is not None:  # plain layout: per-token values keep the row layout
+                kw.update(input_ids=batch.input_ids, response_mask=batch.response_mask)
+        else:
+            kw.update(input_ids=batch, response_mask=response_mask)
+        return response_logps(hidden, head, chunk=self.chunk, softcap=softcap, **kw)
 
     def adapter_disabled(self) -> contextlib.AbstractContextManager:
         """The base model without its LoRA adapter (the ``adapter`` reference mode)."""
@@ -265,6 +438,78 @@ class LogProbModel(nn.Module):
         if disable is None:
             raise TetherError("reference.mode 'adapter' needs a LoRA model")
         return disable()
+
+    def supports_segments(self) -> bool:
+        """Whether this model runs the segment layout exactly (checked once per architecture and attention
+        implementation on a small probe batch against the plain path); prints one line when it does not."""
+        base = _base(self.model)
+        routed = segments.install(base)
+        key = (
+            type(base).__name__,
+            segments.inner_implementation(base),
+            str(next(base.parameters()).dtype),
+            routed,
+        )
+        if key not in _SEGMENTS_OK:
+            _SEGMENTS_OK[key] = routed  # provisional, while the probe itself runs the layout
+            _SEGMENTS_OK[key] = self._probe(base, routed)
+        return _SEGMENTS_OK[key] and routed
+
+    def _probe(self, base: nn.Module, routed: bool) -> bool:
+        why = ""
+        if not routed:
+            why = "its attention implementation cannot be routed"
+        else:
+            try:
+                err = self._probe_error()
+                dtype = next(base.parameters()).dtype
+                tol = 1e-5 if dtype == torch.float32 else 3e-2
+                if not err <= tol:
+                    why = f"the probe differs from the plain path by {err:.2g}"
+            except Exception as e:  # any architecture-specific failure means: use the plain path
+                why = f"{type(e).__name__}: {e}"
+        if why:
+            impl = segments.inner_implementation(base)
+            print(
+                f"note: {type(base).__name__} ({impl}): no shared prompts or packing, padded rows instead ({why})"
+            )
+        return not why
+
+    @torch.no_grad()
+    def _probe_error(self) -> float:
+        from types import SimpleNamespace as Ex
+
+        vocab = self.head.weight.shape[0] if hasattr(self.head, "weight") else 8
+        ids = [(3 + 7 * i) % max(vocab - 3, 1) + 3 for i in range(40)]
+        ex = [
+            Ex(prompt_ids=ids[:3], chosen_ids=ids[3:5], rejected_ids=ids[5:9]),
+            Ex(prompt_ids=ids[9:14], chosen_ids=ids[14:20], rejected_ids=ids[20:21]),
+        ]
+        device = next(self.model.parameters()).device
+        was = self.model.training
+        self.model.eval()
+        try:
+            plain = self(collate(ex, [0, 1], 0).to(device)).sum
+            packed = self(collate(ex, [0, 1], 0, share_prompt=True, packing=True).to(device)).sum
+        finally:
+            self.model.train(was)
+        return float((plain - packed).abs().max() / plain.abs().max().clamp(min=1.0))  # relative
+
+    def collate(
+        self,
+        examples: Sequence,
+        indices: Sequence[int],
+        pad_id: int,
+        *,
+        share_prompt: bool = True,
+        packing: bool = True,
+        device: torch.device | str | None = None,
+    ) -> Batch:
+        """:func:`collate` in the segment layout when asked for and this model supports it, else plain."""
+        if (share_prompt or packing) and not self.supports_segments():
+            share_prompt = packing = False
+        batch = collate(examples, indices, pad_id, share_prompt=share_prompt, packing=packing)
+        return batch if device is None else batch.to(device)
 
 
 def loss_inputs(

@@ -1,5 +1,7 @@
 """Reference log-probs, three ways: a frozen copy, the policy with its LoRA adapter disabled, or summed
-log-probs precomputed once and cached on disk.
+log-probs precomputed once and cached on disk. For a method that needs the reference's logits (ε-DPO) the
+precomputed reference also holds the reference's final hidden states at every response token and a frozen
+copy of its output head: ``head(state)`` are exactly the reference's logits, with no reference forward.
 
 A method that needs no reference gets ``None`` here: no copy, no forward.
 """
@@ -14,7 +16,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from tether.engine.logprobs import Batch, LogProbModel, collate
+from tether.engine.logprobs import Batch, LogProbModel
+from tether.errors import TetherError
 
 ReferenceOut = tuple[Tensor, Tensor | None, nn.Module | None]
 
@@ -41,11 +44,19 @@ class Reference:
         model: LogProbModel | None = None,
         tables: dict[str, Tensor] | None = None,
         cache_status: str | None = None,
+        states: dict[str, ResponseStates] | None = None,
+        head: nn.Module | None = None,
     ):
         self.mode = mode
         self.model = model
         self.tables = tables or {}
         self.cache_status = cache_status
+        self.states = states or {}
+        self.head = head
+
+    def supports_segments(self) -> bool:
+        """Whether batches in the segment layout can be given to this reference."""
+        return self.model is None or self.model.supports_segments()
 
     def _context(self) -> contextlib.AbstractContextManager:
         if self.mode == "adapter":
@@ -61,14 +72,18 @@ class Reference:
                 self.tables[split] = self.tables[split].to(batch.index.device)
             table = self.tables[split][batch.index]  # [B, 2]: chosen, rejected
             sums = torch.cat([table[:, 0], table[:, 1]]) if batch.paired else table[:, 0]
-            return sums, None, None
+            if not want_hidden:
+                return sums, None, None
+            if split not in self.states or self.head is None:
+                raise TetherError("this precomputed reference holds no hidden states (reference logits)")
+            return sums, self.states[split].gather(batch), self.head
         assert self.model is not None
         was_training = self.model.training
         self.model.eval()
         try:
             with self._context():
-                hidden = self.model.hidden(batch.input_ids, batch.attention_mask)
-                rows = self.model.from_hidden(hidden, batch.input_ids, batch.response_mask)
+                hidden = self.model.hidden(batch)
+                rows = self.model.from_hidden(hidden, batch)
         finally:
             self.model.train(was_training)
         if not want_hidden:
@@ -100,6 +115,8 @@ def compute_table(
     context: contextlib.AbstractContextManager | None = None,
     desc: str = "reference log-probs",
     progress: bool = True,
+    share_prompt: bool = True,
+    packing: bool = True,
 ) -> Tensor:
     """[n, 2] summed log-probs (chosen, rejected; rejected = 0 for SFT) of ``examples[indices]``
     (all by default); rows not asked for are NaN.
@@ -109,26 +126,148 @@ def compute_table(
     n = len(examples)
     wanted = list(range(n)) if indices is None else sorted(set(indices))
     table = torch.zeros(n, 2, dtype=torch.float32, device=device)
-    mine = wanted[rank::world]
-    was_training = model.training
-    model.eval()
-    # Longest-first batching wastes the least padding; the values do not depend on the order.
-    mine.sort(key=lambda i: -(len(examples[i].prompt_ids) + len(examples[i].chosen_ids)))
-    with context or contextlib.nullcontext():
-        for s in tqdm(
-            range(0, len(mine), batch_size), desc=desc, disable=not progress or rank != 0, leave=False
-        ):
-            idx = mine[s : s + batch_size]
-            batch = collate([examples[i] for i in idx], idx, pad_id).to(device)
-            rows = model(batch.input_ids, batch.attention_mask, batch.response_mask)
-            b = len(idx)
-            table[batch.index, 0] = rows.sum[:b].float()
-            if batch.paired:
-                table[batch.index, 1] = rows.sum[b:].float()
-    model.train(was_training)
+    for batch, rows, _ in _passes(
+        model,
+        examples,
+        wanted,
+        batch_size,
+        pad_id,
+        device,
+        rank,
+        world,
+        context,
+        desc,
+        progress,
+        share_prompt,
+        packing,
+    ):
+        b = batch.n_examples
+        table[batch.index, 0] = rows.sum[:b].float()
+        if batch.paired:
+            table[batch.index, 1] = rows.sum[b:].float()
     if reduce_sum is not None and world > 1:
         table = reduce_sum(table)
     missing = torch.ones(n, dtype=torch.bool)
     missing[wanted] = False
     table[missing.to(table.device)] = float("nan")
     return table
+
+
+def _passes(
+    model,
+    examples,
+    wanted,
+    batch_size,
+    pad_id,
+    device,
+    rank,
+    world,
+    context,
+    desc,
+    progress,
+    share,
+    pack,
+    want_hidden: bool = False,
+):
+    """(batch, rows, hidden gathered at the response tokens or None) for this process's share of
+    ``wanted``, in no-grad eval mode."""
+    mine = wanted[rank::world]
+    was_training = model.training
+    model.eval()
+    # Longest-first batching wastes the least padding; the values do not depend on the order.
+    mine.sort(key=lambda i: -(len(examples[i].prompt_ids) + len(examples[i].chosen_ids)))
+    try:
+        with context or contextlib.nullcontext():
+            for s in tqdm(
+                range(0, len(mine), batch_size), desc=desc, disable=not progress or rank != 0, leave=False
+            ):
+                idx = mine[s : s + batch_size]
+                batch = model.collate(
+                    [examples[i] for i in idx], idx, pad_id, share_prompt=share, packing=pack, device=device
+                )
+                hidden = model.hidden(batch)
+                rows = model.from_hidden(hidden, batch)
+                t = batch.targets
+                yield batch, rows, hidden[t.src_row, t.src_col] if want_hidden else None
+    finally:
+        model.train(was_training)
+
+
+def response_counts(examples: Sequence) -> Tensor:
+    """[n, 2] number of predicted response tokens per example (chosen, rejected)."""
+
+    def count(e, ids) -> int:
+        return 0 if ids is None else len(ids) - (len(e.prompt_ids) == 0)
+
+    return torch.tensor([[count(e, e.chosen_ids), count(e, e.rejected_ids)] for e in examples])
+
+
+class ResponseStates:
+    """The reference's final hidden states at every response token of a split: ``states`` [tokens, H],
+    example ``j``'s chosen tokens then its rejected tokens from ``offsets[j]``; ``counts`` [n, 2]."""
+
+    def __init__(self, states: Tensor, counts: Tensor):
+        self.states = states
+        self.counts = counts
+        self.offsets = torch.cumsum(counts.sum(1), 0) - counts.sum(1)
+
+    @staticmethod
+    def nbytes(counts: Tensor, width: int, dtype: torch.dtype) -> int:
+        return int(counts.sum()) * width * torch.finfo(dtype).bits // 8
+
+    def rows(self, index: Tensor, paired: bool) -> Tensor:
+        """Positions in ``states`` of the batch's response tokens in the engine's row order."""
+        index = index.cpu()
+        starts = [(self.offsets[j], self.counts[j, 0]) for j in index.tolist()]
+        if paired:
+            starts += [(self.offsets[j] + self.counts[j, 0], self.counts[j, 1]) for j in index.tolist()]
+        parts = [torch.arange(int(o), int(o) + int(c)) for o, c in starts]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+    def gather(self, batch: Batch) -> Tensor:
+        return self.states[self.rows(batch.index, batch.paired)].to(batch.input_ids.device)
+
+
+@torch.no_grad()
+def compute_states(
+    model: LogProbModel,
+    examples: Sequence,
+    states: ResponseStates,
+    indices: Sequence[int],
+    *,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+    reduce_sum: Callable[[Tensor], Tensor] | None = None,
+    progress: bool = True,
+    share_prompt: bool = True,
+    packing: bool = True,
+) -> ResponseStates:
+    """Fill ``states`` (zeros where not computed) for ``examples[indices]`` with ``model``'s final hidden
+    states at their response tokens; split across processes and summed with ``reduce_sum``."""
+    fresh = torch.zeros_like(states.states)
+    for batch, _, hidden in _passes(
+        model,
+        examples,
+        sorted(set(indices)),
+        batch_size,
+        pad_id,
+        device,
+        rank,
+        world,
+        None,
+        "reference hidden states",
+        progress,
+        share_prompt,
+        packing,
+        want_hidden=True,
+    ):
+        fresh[states.rows(batch.index, batch.paired)] = hidden.to(fresh.dtype).cpu()
+    if reduce_sum is not None and world > 1:
+        fresh = reduce_sum(fresh.to(device)).cpu()
+    out = states.states.clone()
+    done = states.rows(torch.tensor(sorted(set(indices)), dtype=torch.long), paired=True)
+    out[done] = fresh[done]
+    return ResponseStates(out, states.counts)

@@ -72,7 +72,8 @@ class Method:
     reference_for_metrics: bool = False
     #: A function of the policy's and the reference's full-vocabulary logits at every response token,
     #: ``(z, z_ref, targets, hparams) -> [n, k]``, summed per row by the log-prob engine (ε-DPO's
-    #: perturbed log-probs). Precomputed reference log-probs cannot serve such a method.
+    #: perturbed log-probs). A precomputed reference serves it from the reference's cached hidden states at the
+    #: response tokens and a frozen copy of its output head.
     reference_logits: Callable[[Tensor, Tensor, Tensor, Mapping[str, float]], Tensor] | None = None
     #: Hyper-parameters that are training state: updated after each optimizer step from the step's
     #: global-batch metric means, saved in checkpoints and restored on resume.
@@ -89,7 +90,7 @@ class Method:
 
     @property
     def needs_reference_logits(self) -> bool:
-        """Needs the reference's logits, not just its summed log-probs (a frozen copy or the adapter)."""
+        """Needs the reference's logits, not just its summed log-probs (copy, adapter or cached hidden states)."""
         return self.reference_logits is not None
 
     @property

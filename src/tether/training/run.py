@@ -7,6 +7,7 @@ found before a weight loads.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 from collections.abc import Sequence
@@ -20,9 +21,16 @@ import tether.data.rows as data_mod
 import tether.engine.models as models
 from tether.config import Config, check_launch
 from tether.data.kinds import describe
-from tether.engine.cache import cache_key, default_cache_dir, load_or_fill
+from tether.engine.cache import cache_key, default_cache_dir, load_or_fill, load_or_fill_states
 from tether.engine.logprobs import LogProbModel
-from tether.engine.reference import Reference, compute_table, frozen_copy
+from tether.engine.reference import (
+    Reference,
+    ResponseStates,
+    compute_states,
+    compute_table,
+    frozen_copy,
+    response_counts,
+)
 from tether.errors import DataError, Problem, TetherError
 from tether.methods.registry import Method
 from tether.rundir import RunDir, run_dir_lock
@@ -139,9 +147,7 @@ def reference_mode(cfg: Config, method: Method) -> str:
     if not method.uses_reference:
         return "none"
     lora = cfg.model.lora is not None and cfg.reference.model is None
-    if method.needs_reference_logits:
-        return "adapter" if lora else "copy"
-    if method.needs_reference:
+    if method.needs_reference or method.needs_reference_logits:
         return "adapter" if lora else "precomputed"
     return "precomputed"  # metrics only (e.g. SFT's deviation): one pass, no second model
 
@@ -164,8 +170,65 @@ def _table(p: Prepared, model: LogProbModel, examples: list, acc, **kw) -> torch
         world=acc.num_processes,
         reduce_sum=lambda t: acc.reduce(t, "sum"),
         progress=p.cfg.train.progress,
+        share_prompt=p.cfg.train.share_prompt,
+        packing=p.cfg.train.packing,
         **kw,
     )
+
+
+def _states(
+    p: Prepared, model: LogProbModel, split: str, examples: list, needed, key: str, acc
+) -> ResponseStates:
+    """The reference's hidden states at the response tokens of ``examples`` (ε-DPO's reference logits),
+    cached on disk; the size is printed first and refused above ``reference.max_cache_gb``."""
+    cfg = p.cfg
+    counts = response_counts(examples)
+    width = model.head.in_features if hasattr(model.head, "in_features") else model.head.weight.shape[1]
+    dtype = next(model.parameters()).dtype
+    size = ResponseStates.nbytes(counts, width, dtype)
+    limit = cfg.reference.max_cache_gb
+    line = (
+        f"reference hidden states ({split}): {int(counts.sum())} response tokens × {width} × "
+        f"{torch.finfo(dtype).bits // 8} B = {size / 1e9:.3g} GB (reference.max_cache_gb {limit:g})"
+    )
+    if acc.is_main_process:
+        print(line)
+    if size > limit * 1e9:
+        raise CacheTooLarge(f"{line}: too large; raise reference.max_cache_gb or use reference.mode copy")
+
+    def compute(states: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        return compute_states(
+            model,
+            examples,
+            ResponseStates(states, counts),
+            rows,
+            batch_size=cfg.train.batch_size * 2,
+            pad_id=p.tokenizer.pad_token_id,
+            device=acc.device,
+            rank=acc.process_index,
+            world=acc.num_processes,
+            reduce_sum=lambda t: acc.reduce(t, "sum"),
+            progress=cfg.train.progress,
+            share_prompt=cfg.train.share_prompt,
+            packing=cfg.train.packing,
+        ).states
+
+    cache_root = Path(cfg.reference.cache_dir) if cfg.reference.cache_dir else default_cache_dir()
+    states, _ = load_or_fill_states(
+        cache_root / "refstates" / f"{key}.pt",
+        needed if needed is not None else range(len(examples)),
+        compute,
+        n=len(examples),
+        shape=(int(counts.sum()), width),
+        dtype=dtype,
+        is_main=acc.is_main_process,
+        barrier=acc.wait_for_everyone,
+    )
+    return ResponseStates(states, counts)
+
+
+class CacheTooLarge(TetherError):
+    """A precomputed reference cache would exceed ``reference.max_cache_gb``."""
 
 
 def build_reference(
@@ -193,6 +256,14 @@ def build_reference(
     source = LogProbModel(ref_model, cfg.train.logprob_chunk) if ref_model is not None else policy
     cache_root = Path(cfg.reference.cache_dir) if cfg.reference.cache_dir else default_cache_dir()
     fingerprint = models.model_fingerprint(ref_dir)
+    states: dict[str, ResponseStates] = {}
+    head = None
+    if p.method.needs_reference_logits:  # ε-DPO: hidden states at response tokens + a frozen head
+        for split, examples, needed in (("train", p.train, needed_train), ("eval", p.eval, None)):
+            if examples:
+                key = cache_key(fingerprint, examples, {"dtype": cfg.model.dtype, "states": 1})
+                states[split] = _states(p, source, split, examples, needed, key, accelerator)
+        head = copy.deepcopy(source.head).requires_grad_(False)
     tables, statuses = {}, []
     for split, examples, needed in (("train", p.train, needed_train), ("eval", p.eval, None)):
         if not examples:
@@ -213,7 +284,7 @@ def build_reference(
         tables[split] = table
         statuses.append(f"{split}:{status}")
     del ref_model
-    return Reference("precomputed", tables=tables, cache_status=",".join(statuses))
+    return Reference("precomputed", tables=tables, cache_status=",".join(statuses), states=states, head=head)
 
 
 @dataclass
@@ -395,7 +466,14 @@ def _train(cfg: Config, *, prepared: Prepared | None, accelerator, measure_gamma
     mode = reference_mode(cfg, p.method)
     schedule = make_schedule(len(p.train), cfg.train, acc.num_processes)
     needed = None if measure_gamma_ref else schedule.used_indices()
-    reference = build_reference(p, mode, policy, acc, needed_train=needed)
+    try:
+        reference = build_reference(p, mode, policy, acc, needed_train=needed)
+    except CacheTooLarge as e:
+        if cfg.reference.mode != "auto":
+            raise
+        print(f"note: {e}; reference.mode auto: using a frozen copy instead")
+        mode = "copy"
+        reference = build_reference(p, mode, policy, acc, needed_train=needed)
     gref = gamma_ref(reference, p, policy, acc) if measure_gamma_ref or mode == "precomputed" else None
     sink = MetricsSink(run_dir, cfg.train.report_to, cfg.to_dict(), enabled=acc.is_main_process)
     trainer = Trainer(

@@ -352,6 +352,13 @@ class Trainer:
         self.pad_id = pad_id
         self.sink = sink
         self.schedule = make_schedule(len(train_examples), cfg, accelerator.num_processes)
+        # prompt sharing and packing where both the policy and the reference run them exactly
+        segments_ok = (cfg.share_prompt or cfg.packing) and policy.supports_segments()
+        segments_ok = segments_ok and (reference is None or reference.supports_segments())
+        self.layout = {
+            "share_prompt": cfg.share_prompt and segments_ok,
+            "packing": cfg.packing and segments_ok,
+        }
         params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = _adamw(params, cfg, accelerator.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -382,18 +389,11 @@ class Trainer:
         if self.method.reference_logits is not None:
             fn, hp = self.method.reference_logits, dict(self.hparams)
             mix = lambda z, z_ref, y: fn(z, z_ref, y, hp)  # noqa: E731
-        rows = self.policy(
-            batch.input_ids,
-            batch.attention_mask,
-            batch.response_mask,
-            ref_hidden=ref_hidden,
-            ref_head=ref_head,
-            mix=mix,
-        )
+        rows = self.policy(batch, ref_hidden=ref_hidden, ref_head=ref_head, mix=mix)
         return self.method(loss_inputs(rows, batch, ref_sum), self.hparams)
 
     def _batch(self, idx: list[int], examples: Sequence) -> Batch:
-        return collate([examples[i] for i in idx], idx, self.pad_id).to(self.acc.device)
+        return collate([examples[i] for i in idx], idx, self.pad_id, **self.layout).to(self.acc.device)
 
     def _reduce(self, sums: dict[str, Tensor], count: Tensor) -> tuple[dict[str, float], float]:
         """Sums over the global batch (all micro-batches, all processes) and the number of examples."""
