@@ -202,6 +202,7 @@ RANGES: dict[str, Bound] = {
     "train.save_total_limit": _at_least(1),
     "train.logprob_chunk": _at_least(1),
     "stages.fractions": _POSITIVE,
+    "reference.max_cache_gb": _POSITIVE,
 }
 """The allowed range of every number in the config (``null`` stays allowed where the type has it), checked
 as each value is read; every float must also be finite. Method hyper-parameters are bounded in
@@ -535,8 +536,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"reference.mode: method '{method.name}' needs a reference model; 'none' is not allowed"
         )
-    if cfg.reference.max_cache_gb <= 0:
-        raise ConfigError(f"reference.max_cache_gb: must be > 0, got {cfg.reference.max_cache_gb}")
     if mode not in ("auto", "none") and not method.uses_reference:
         raise ConfigError(
             f"reference.mode: method '{method.name}' is reference-free; it loads no reference (use 'auto' or 'none')"
