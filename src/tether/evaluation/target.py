@@ -126,18 +126,21 @@ def checkpoint_step(ckpt: Path) -> int:
 
 def checkpoint_targets(spec: str, every: int | None) -> tuple[list[Target], list[int]]:
     """A run's checkpoints (every one, or those at a multiple of ``every`` steps) and its final model, as
-    targets with their steps; a checkpoint at the final step stands for ``final/``. Every checkpoint
-    is checked before any weight loads (an incomplete one is one line)."""
+    targets with their steps; the last row is always ``final/`` (what ``tether eval RUN`` evaluates), so
+    the checkpoint of the final step, which holds the same weights, is not evaluated again. Every
+    checkpoint is checked before any weight loads (an incomplete one is one line)."""
     rd = RunDir(spec)
     if not (rd.path.is_dir() and rd.config.is_file()):
         raise TetherError(f"--checkpoints: {spec} is not a run directory (no config.yaml)")
     final = _run_target(spec, rd)
     cfg = rd.read_config()
     steps = rd.read_summary().get("steps")
+    if not isinstance(steps, int):
+        raise TetherError(f"{spec}: the run has not finished (no steps in summary.json)")
     targets, out_steps = [], []
     for d in rd.checkpoint_dirs():
         step = checkpoint_step(d)
-        if every is not None and step % every != 0 and step != steps:
+        if step >= steps or (every is not None and step % every != 0):
             continue
         if not (d / CHECKPOINT_WEIGHTS).is_file():
             raise TetherError(f"{d}: incomplete checkpoint (no {CHECKPOINT_WEIGHTS}); delete it or retrain")
@@ -147,11 +150,8 @@ def checkpoint_targets(spec: str, every: int | None) -> tuple[list[Target], list
         target.checkpoint = d
         targets.append(target)
         out_steps.append(step)
-    if not isinstance(steps, int):
-        raise TetherError(f"{spec}: the run has not finished (no steps in summary.json)")
-    if steps not in out_steps:
-        targets.append(final)
-        out_steps.append(steps)
+    targets.append(final)
+    out_steps.append(steps)
     return targets, out_steps
 
 
