@@ -358,7 +358,9 @@ def test_two_concurrent_trains_one_refused(setup):
     """The real CLI twice at once into one directory (the second even with overwrite=true): the first run
     trains undisturbed, the second exits 2 naming it."""
     root, model, pairs = setup
-    cfg = config(root, model, pairs, "race", max_steps=60, save_every=None, batch_size=2)
+    # long enough that the second process (a fresh interpreter: torch, transformers) starts while the
+    # first still trains, even with shared prompts and packing making each tiny step fast
+    cfg = config(root, model, pairs, "race", max_steps=400, save_every=None, batch_size=2)
     cmd = [sys.executable, "-m", "tether.cli", "train", str(cfg)]
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -370,7 +372,7 @@ def test_two_concurrent_trains_one_refused(setup):
     assert second.returncode == 2 and "is in use by another tether train" in second.stderr
     assert len(second.stderr.strip().splitlines()) == 1
     assert f"(pid {first.pid} on host" in second.stderr
-    assert steps(root / "race") == list(range(1, 61))
+    assert steps(root / "race") == list(range(1, 401))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -129,7 +130,8 @@ def plan(
             cfg = load_config(config, ov)
         except ConfigError as e:
             where = ", ".join(f"{k}={v}" for k, v in values.items())
-            raise TetherError(f"--grid ({where}): {str(e).removeprefix(f'{config}: ')}") from None
+            msg = re.sub(r"^override '[^']*': ", "", str(e).removeprefix(f"{config}: "))  # the grid names it
+            raise TetherError(f"--grid ({where}): {msg}") from None
         points.append(Point(name, ov, values, cfg))
     if len({p.name for p in points}) != len(points):
         raise TetherError("--grid: two points would share a run directory name")
