@@ -75,9 +75,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if _is_main():
             print(f"{len(e.problems)} problem(s) found", file=sys.stderr)
         return 2
+    notes = report.pop("notes", [])
     print(
         f"{args.config}: OK — method {cfg.method.name}, " + ", ".join(f"{k}={v}" for k, v in report.items())
     )
+    for note in notes:
+        print(f"  note: {note}")
     return 0
 
 

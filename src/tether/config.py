@@ -47,15 +47,21 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Training data. ``train``/``eval``: a .jsonl/.json/.parquet path or ``hf:<dataset>``."""
+    """Training data. ``train``/``eval``: a .jsonl/.json/.parquet path or ``hf:<dataset>``; ``split`` is the
+    split read from an ``hf:`` train source and ``eval_split`` the one read from an ``hf:`` eval source
+    (default: ``split``; the same source and split for both is refused). ``assistant_turns``: an SFT
+    ``messages`` conversation is trained on every assistant turn (``all``, as LLaMA-Factory; an assistant
+    message with ``weight: 0`` is not trained) or on its final assistant turn only (``last``)."""
 
     train: str = ""
     eval: str | None = None
     eval_fraction: float = 0.0
     split: str = "train"
+    eval_split: str | None = None
     max_length: int = 512
     max_prompt_length: int | None = None
     chat_template: Literal["auto", "always", "never"] = "auto"
+    assistant_turns: Literal["all", "last"] = "all"
     drop_long_prompts: bool = False
     limit: int | None = None
     eval_limit: int | None = None
@@ -526,6 +532,12 @@ def validate(cfg: Config) -> None:
             f"data.max_prompt_length: {d.max_prompt_length} leaves no room for the response "
             f"(data.max_length={d.max_length})",
             "data.max_prompt_length",
+        )
+    if d.eval is not None and d.eval == d.train and (d.eval_split or d.split) == d.split:
+        raise ConfigError(
+            f"data.eval_split: data.eval is the training source and would read its training split "
+            f"'{d.split}'; set data.eval_split (e.g. test) or use data.eval_fraction",
+            "data.eval_split",
         )
     mode = cfg.reference.mode
     if mode == "adapter" and cfg.model.lora is None:

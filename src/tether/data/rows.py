@@ -98,6 +98,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from tether.data.formats import HH, Origin, canonical, describe_format, original_name, render_hh
 from tether.errors import ConfigError, DataError, Problem
 
 if TYPE_CHECKING:
@@ -117,6 +118,7 @@ __all__ = [
 
 Kind = Literal["sft", "pairs", "unpaired"]
 ChatTemplateMode = Literal["auto", "always", "never"]
+AssistantTurns = Literal["all", "last"]
 
 ROLES = ("system", "user", "assistant", "tool")
 TEXT_FIELDS = frozenset({"prompt", "completion", "messages", "chosen", "rejected"})
@@ -148,9 +150,17 @@ class Row:
     file: str
     line: int
     data: dict[str, Any]
+    #: the public format the row was read as (:mod:`tether.data.formats`)
+    origin: Origin = field(default_factory=Origin)
 
 
 def read_rows(spec: str, *, split: str = "train", problems: list[Problem] | None = None) -> list[Row]:
+    """Every record of a data source, in tether's row fields (see :func:`_read_raw` and
+    :mod:`tether.data.formats` for the public formats that are rewritten)."""
+    return [Row(r.file, r.line, *canonical(r.data)) for r in _read_raw(spec, split=split, problems=problems)]
+
+
+def _read_raw(spec: str, *, split: str = "train", problems: list[Problem] | None = None) -> list[Row]:
     """Read every record of a data source (see the module docstring for the accepted sources).
 
     Raises :class:`DataError` listing every problem found: missing file, unknown extension, each
@@ -534,6 +544,9 @@ class _Parsed:
     response_fields: list[str]
     prompt_field: str
     conversational: bool
+    #: SFT conversations trained on every assistant turn: per message of the one response, whether it is
+    #: trained (an assistant message without ``weight: 0``); None: the whole response is trained
+    trained: list[bool] | None = None
 
 
 @dataclass
@@ -542,9 +555,11 @@ class _RowChecker:
 
     row: Row
     problems: list[Problem] = field(default_factory=list)
+    all_turns: bool = True  # SFT conversations: train every assistant turn (False: only the last)
 
     def add(self, field_name: str | None, message: str) -> None:
-        self.problems.append(Problem(self.row.file, self.row.line, field_name, message))
+        name = original_name(field_name, self.row.origin)
+        self.problems.append(Problem(self.row.file, self.row.line, name, message))
 
     def text(self, name: str, *, response: bool) -> Text | None:
         """Validate field ``name`` (which must be present) as a string or a message list."""
@@ -586,10 +601,27 @@ class _RowChecker:
                 self.add(f"{where}.role", f"must be a string, got {_json_type(role)}")
             elif role not in ROLES:
                 self.add(f"{where}.role", f"'{role}' is not one of {', '.join(ROLES)}")
+            content = msg.get("content")
             if "content" not in msg:
                 self.add(f"{where}.content", "missing")
-            elif not isinstance(msg["content"], str):
-                self.add(f"{where}.content", f"must be a string, got {_json_type(msg['content'])}")
+            elif content is None and role == "assistant" and msg.get("tool_calls"):
+                if not isinstance(msg["tool_calls"], list):
+                    self.add(f"{where}.tool_calls", f"must be a list, got {_json_type(msg['tool_calls'])}")
+            elif isinstance(content, list):
+                kinds = sorted(
+                    {str(p.get("type")) if isinstance(p, dict) else _json_type(p) for p in content}
+                )
+                self.add(
+                    f"{where}.content",
+                    f"content parts other than text ({', '.join(kinds)}) are not supported; give text parts "
+                    '[{"type": "text", "text": ...}] or a string',
+                )
+            elif not isinstance(content, str):
+                self.add(f"{where}.content", f"must be a string, got {_json_type(content)}")
+            if "weight" in msg and (msg["weight"] not in (0, 1) or isinstance(msg["weight"], bool)):
+                self.add(f"{where}.weight", f"must be 0 or 1, got {msg['weight']!r}")
+            elif "weight" in msg and role != "assistant":
+                self.add(f"{where}.weight", "only assistant messages have a weight")
         if len(self.problems) > before:
             return None
         if response:
@@ -605,7 +637,7 @@ class _RowChecker:
                 f"{name}[{last}].role",
                 f"the last message must be from the assistant (got '{msgs[last]['role']}')",
             )
-        elif not msgs[last]["content"].strip():
+        elif not (msgs[last]["content"] or "").strip() and not msgs[last].get("tool_calls"):
             self.add(f"{name}[{last}].content", "the final assistant message is empty")
 
     def same_type(self, prompt: tuple[str, Text], responses: list[tuple[str, Text]]) -> bool:
@@ -644,7 +676,7 @@ def _parse_sft(checker: _RowChecker) -> _Parsed | None:
         if len(msgs) < 2:
             checker.add("messages", "needs at least one message before the final assistant message")
             return None
-        return _Parsed(msgs[:-1], [msgs[-1:]], ["messages"], "messages", conversational=True)
+        return _conversation(checker, msgs)
     missing = [k for k in ("prompt", "completion") if k not in data]
     for name in missing:
         checker.add(
@@ -659,6 +691,28 @@ def _parse_sft(checker: _RowChecker) -> _Parsed | None:
     if not checker.same_type(("prompt", prompt), [("completion", completion)]):
         return None
     return _Parsed(prompt, [completion], ["completion"], "prompt", isinstance(prompt, list))
+
+
+def _conversation(checker: _RowChecker, msgs: Messages) -> _Parsed | None:
+    """An SFT conversation: trained on every assistant message without ``weight: 0`` (the prompt is what
+    comes before the first one), or with ``all_turns=False`` on the final assistant message only."""
+    trained = [m["role"] == "assistant" and m.get("weight", 1) == 1 for m in msgs]
+    if not checker.all_turns or (sum(trained) == 1 and trained[-1]):
+        if not trained[-1]:
+            checker.add(
+                f"messages[{len(msgs) - 1}].weight",
+                "the final assistant message has weight 0: nothing to train on",
+            )
+            return None
+        return _Parsed(msgs[:-1], [msgs[-1:]], ["messages"], "messages", conversational=True)
+    if not any(trained):
+        checker.add("messages", "every assistant message has weight 0: nothing to train on")
+        return None
+    first = trained.index(True)
+    if first == 0:
+        checker.add("messages", "needs at least one message before the first trained assistant message")
+        return None
+    return _Parsed(msgs[:first], [msgs[first:]], ["messages"], "messages", True, trained[first:])
 
 
 def _parse_unpaired(checker: _RowChecker) -> _Parsed | None:
@@ -745,12 +799,12 @@ def _parse_implicit_prompt(checker: _RowChecker) -> _Parsed | None:
 _PARSERS = {"sft": _parse_sft, "pairs": _parse_pairs, "unpaired": _parse_unpaired}
 
 
-def check_rows(rows: Sequence[Row], kind: Kind) -> list[Problem]:
+def check_rows(rows: Sequence[Row], kind: Kind, *, assistant_turns: AssistantTurns = "all") -> list[Problem]:
     """The field problems of ``rows`` read as ``kind`` (missing/empty/mistyped fields, identical chosen and
     rejected), without a tokenizer: the checks :func:`tokenize_rows` makes before it renders a row."""
     problems: list[Problem] = []
     for row in rows:
-        checker = _RowChecker(row)
+        checker = _RowChecker(row, all_turns=assistant_turns == "all")
         _PARSERS[kind](checker)
         problems.extend(checker.problems)
     return problems
@@ -772,6 +826,9 @@ class Example:
     line: int
     meta: dict[str, Any]
     label: bool | None = None
+    #: per token of ``chosen_ids``, whether it is scored (a conversation trained on several assistant turns:
+    #: the user turns between them are not); None: every token is
+    chosen_mask: tuple[bool, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -786,6 +843,8 @@ class TokenizedData:
     """Rows whose prompt was cut to ``max_prompt_length``."""
     n_dropped: int
     """Rows dropped because the prompt alone does not fit (only with ``drop_long_prompts=True``)."""
+    notes: list[str] = field(default_factory=list)
+    """How rows were read, for the user: public formats rewritten, prompts already chat-formatted, ..."""
 
 
 @dataclass
@@ -795,6 +854,9 @@ class _Rendered:
     response_texts: list[str]
     prompt_field: str
     response_fields: list[str]
+    #: a conversation trained on several assistant turns: its one response as (text, trained) pieces,
+    #: tokenized separately so that no token straddles a boundary
+    pieces: list[tuple[str, bool]] | None = None
 
 
 def _has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -832,6 +894,7 @@ def tokenize_rows(
     max_prompt_length: int | None = None,
     chat_template: ChatTemplateMode = "auto",
     drop_long_prompts: bool = False,
+    assistant_turns: AssistantTurns = "all",
 ) -> TokenizedData:
     """Validate, render and tokenize ``rows`` as ``kind`` examples, truncating to fit ``max_length``.
 
@@ -859,37 +922,61 @@ def tokenize_rows(
             )
 
     # 1. validate and render every row to text
+    markers = _template_markers(tokenizer) if wrap_strings and has_template else []
+    renders_tools = has_template and "tool_calls" in str(tokenizer.chat_template)
+    notes = _Notes()
     rendered: list[_Rendered] = []
     for row in rows:
-        checker = _RowChecker(row)
+        checker = _RowChecker(row, all_turns=assistant_turns == "all")
         parsed = _PARSERS[kind](checker)
         if parsed is not None:
-            if (parsed.conversational or wrap_strings) and not has_template:
-                if parsed.conversational:
+            how = None
+            notes.read(row)
+            if parsed.conversational:
+                if row.origin.format == HH and (not has_template or chat_template == "never"):
+                    how = "hh"
+                    notes.add(row, "HH-RLHF rows rendered in their own Human:/Assistant: dialogue text")
+                elif not has_template:
                     file_problem(
                         row, "template", "tokenizer has no chat template; conversational rows need one"
                     )
-                else:
+                elif not renders_tools and _has_tool_calls(parsed):
                     file_problem(
-                        row, "always", "chat_template='always' but the tokenizer has no chat template"
+                        row,
+                        "tools",
+                        "assistant tool-call turns (content null with tool_calls) need a chat template that "
+                        "renders tool_calls and this tokenizer's does not; drop those turns, write the call as "
+                        "the assistant's text, or use a model whose template supports tools",
                     )
-            elif not (parsed.conversational or wrap_strings) and not tokenizer.eos_token:
+                else:
+                    how = "template"
+            elif wrap_strings and not has_template:
+                file_problem(row, "always", "chat_template='always' but the tokenizer has no chat template")
+            elif wrap_strings:
+                found = [m for m in markers if m in parsed.prompt]
+                how = "verbatim" if found else "template"
+                if found:
+                    notes.add(
+                        row,
+                        f"string prompts already hold the chat template's markers ({', '.join(found)}): "
+                        "used as written, not templated again",
+                    )
+            elif not tokenizer.eos_token:
                 file_problem(
                     row, "eos", "tokenizer has no eos_token; raw-text (chat_template='never') rows need one"
                 )
             else:
-                item = _render_row(
-                    checker, parsed, tokenizer, use_template=parsed.conversational or wrap_strings
-                )
-                if item is not None:
-                    rendered.append(item)
+                how = "raw"
+            item = _render_row(checker, parsed, tokenizer, how) if how else None
+            if item is not None:
+                rendered.append(item)
         problems.extend(checker.problems)
 
     # 2. tokenize in batches, no more of each text than max_length tokens can cover (see "Bounded work")
     cap = 2 * max_length * _max_token_chars(tokenizer)
     prompt_texts = [r.prompt_text for r in rendered]
     prompt_ids_all = _encode_bounded(tokenizer, prompt_texts, cap, max_length + 1, keep_end=True)
-    flat_responses = [t for r in rendered for t in r.response_texts]
+    flat_responses = [t for r in rendered for t in _texts(r)]
     response_ids_flat = _encode_bounded(tokenizer, flat_responses, cap, max_length + 1, keep_end=False)
     bos = tokenizer.bos_token_id if _adds_bos(tokenizer) else None
 
@@ -899,8 +986,17 @@ def tokenize_rows(
     pos = 0
     for item, prompt_ids in zip(rendered, prompt_ids_all, strict=True):
         row = item.row
-        responses = response_ids_flat[pos : pos + len(item.response_texts)]
-        pos += len(item.response_texts)
+        n_texts = len(_texts(item))
+        responses = response_ids_flat[pos : pos + n_texts]
+        pos += n_texts
+        mask = None
+        if item.pieces is not None:  # one response of several pieces: the trained tokens as a mask
+            mask = [
+                t
+                for (_, trained), ids in zip(item.pieces, responses, strict=True)
+                for t in [trained] * len(ids)
+            ]
+            responses = [[t for ids in responses for t in ids]]
         row_problems = [
             Problem(row.file, row.line, name, "response is empty after tokenization")
             for name, ids in zip(item.response_fields, responses, strict=True)
@@ -934,6 +1030,7 @@ def tokenize_rows(
         if any(len(ids) > budget for ids in responses):
             n_truncated += 1
             responses = [ids[:budget] for ids in responses]
+            mask = None if mask is None else mask[:budget]
         meta = {
             k: v
             for k, v in row.data.items()
@@ -948,6 +1045,7 @@ def tokenize_rows(
                 line=row.line,
                 meta=meta,
                 label=row.data["label"] if kind == "unpaired" else None,
+                chosen_mask=None if mask is None or all(mask) else tuple(mask),
             )
         )
 
@@ -962,19 +1060,28 @@ def tokenize_rows(
         n_truncated=n_truncated,
         n_prompt_truncated=n_prompt_truncated,
         n_dropped=n_dropped,
+        notes=notes.lines(),
     )
 
 
 def _render_row(
-    checker: _RowChecker, parsed: _Parsed, tokenizer: PreTrainedTokenizerBase, *, use_template: bool
+    checker: _RowChecker, parsed: _Parsed, tokenizer: PreTrainedTokenizerBase, how: str
 ) -> _Rendered | None:
-    """Render a validated row to prompt text and response texts (problems go to ``checker``)."""
-    if not use_template:
-        eos = tokenizer.eos_token
+    """Render a validated row to prompt text and response texts (problems go to ``checker``): through the
+    chat template (``template``), as raw text + EOS (``raw``), as written + EOS unless it ends with one
+    (``verbatim``: already chat-formatted), or in HH-RLHF's dialogue text + EOS (``hh``)."""
+    eos = tokenizer.eos_token or ""
+    if how in ("raw", "verbatim", "hh"):
+        if how == "hh":
+            texts = [render_hh(parsed.prompt, r) for r in parsed.responses]  # type: ignore[arg-type]
+            prompt_text, responses = texts[0][0], [t[1] for t in texts]
+        else:
+            prompt_text, responses = str(parsed.prompt), [str(r) for r in parsed.responses]
+        keep = how == "verbatim"
         return _Rendered(
             checker.row,
-            str(parsed.prompt),
-            [str(r) + eos for r in parsed.responses],
+            prompt_text,
+            [r if keep and eos and r.endswith(eos) else r + eos for r in responses],
             parsed.prompt_field,
             parsed.response_fields,
         )
@@ -1006,7 +1113,98 @@ def _render_row(
         response_texts.append(full[len(prompt_text) :])
     if len(response_texts) < len(parsed.responses):
         return None
-    return _Rendered(checker.row, prompt_text, response_texts, parsed.prompt_field, parsed.response_fields)
+    out = _Rendered(checker.row, prompt_text, response_texts, parsed.prompt_field, parsed.response_fields)
+    if parsed.trained is not None and not all(parsed.trained):
+        out.pieces = _pieces(checker, tokenizer, prompt_msgs, response_msgs[0], parsed.trained, prompt_text)
+        if out.pieces is None:
+            return None
+    return out
+
+
+def _pieces(
+    checker: _RowChecker,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: Messages,
+    response: Messages,
+    trained: list[bool],
+    prompt_text: str,
+) -> list[tuple[str, bool]] | None:
+    """The response of a conversation as (text, trained) pieces: each trained assistant message from where
+    the template starts its answer (after the generation prompt) to the end of its turn; everything else
+    (user and tool turns, the generation prompts) untrained."""
+    pieces: list[tuple[str, bool]] = []
+    done = prompt_text
+    for i, msg in enumerate(response):
+        before = prompt + response[:i]
+        try:
+            if trained[i] and i > 0:
+                start = _render_chat(tokenizer, before, generation_prompt=True)
+                if not start.startswith(done):
+                    break
+                pieces.append((start[len(done) :], False))
+                done = start
+            end = _render_chat(tokenizer, [*before, msg], generation_prompt=False)
+        except Exception as err:
+            checker.add(f"messages[{len(prompt) + i}]", f"chat template failed: {_first_line(err)}")
+            return None
+        if not end.startswith(done):
+            break
+        pieces.append((end[len(done) :], trained[i]))
+        done = end
+    else:
+        return [(text, flag) for text, flag in pieces if text]
+    checker.add(
+        "messages",
+        "chat template renders earlier turns differently once later ones follow, so each assistant turn "
+        "cannot be trained where it is; set data.assistant_turns: last",
+    )
+    return None
+
+
+def _texts(item: _Rendered) -> list[str]:
+    """The texts tokenized for a rendered row's responses: its pieces, or one text per response."""
+    return [t for t, _ in item.pieces] if item.pieces is not None else item.response_texts
+
+
+def _template_markers(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """The tokenizer's special tokens that its chat template writes around a user message: a string
+    holding one of them is already chat-formatted."""
+    probe = "\x00tether-probe\x00"
+    try:
+        text = _render_chat(tokenizer, [{"role": "user", "content": probe}], generation_prompt=True)
+    except Exception:  # a template that fails on a probe has no markers to find
+        return []
+    specials = set(tokenizer.all_special_tokens) | {
+        t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special
+    }
+    return sorted(t for t in specials if t and t in text and t != tokenizer.pad_token)
+
+
+def _has_tool_calls(parsed: _Parsed) -> bool:
+    texts = [parsed.prompt, *parsed.responses]
+    return any(isinstance(m, dict) and m.get("tool_calls") for t in texts if isinstance(t, list) for m in t)
+
+
+class _Notes:
+    """What the user should know about how rows were read, once per file and kind of note."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], list[int]] = {}
+
+    def add(self, row: Row, note: str) -> None:
+        self._seen.setdefault((row.file, note), []).append(row.line)
+
+    def read(self, row: Row) -> None:
+        if row.origin.format is not None:
+            self.add(row, f"rows read as {row.origin.format}: {describe_format(row.origin.format)}")
+        if row.origin.note:
+            self.add(row, row.origin.note)
+
+    def lines(self) -> list[str]:
+        return [
+            f"{file}: {note} ({len(lines)} row{'s' * (len(lines) != 1)}, first at line {lines[0]})"
+            for (file, note), lines in self._seen.items()
+        ]
 
 
 def _max_token_chars(tokenizer: PreTrainedTokenizerBase) -> int:

@@ -81,7 +81,8 @@ def cache_key(model_fingerprint: str, examples: Sequence, extra: dict) -> str:
     h.update(model_fingerprint.encode())
     h.update(json.dumps(extra, sort_keys=True).encode())
     for e in examples:
-        h.update(json.dumps([e.prompt_ids, e.chosen_ids, e.rejected_ids]).encode())
+        mask = getattr(e, "chosen_mask", None)  # part of the key only when set: old keys stay valid
+        h.update(json.dumps([e.prompt_ids, e.chosen_ids, e.rejected_ids, *([mask] if mask else [])]).encode())
     return h.hexdigest()
 
 

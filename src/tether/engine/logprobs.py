@@ -132,7 +132,7 @@ def collate(
     segs: list[tuple] = []
     for i, e in enumerate(examples):
         p, c = list(e.prompt_ids), list(e.chosen_ids)
-        chosen = _predictions(range(len(p) - 1, len(p) + len(c) - 1), c)
+        chosen = _predictions(range(len(p) - 1, len(p) + len(c) - 1), c, scored(e))
         if share:  # prompt | chosen | rejected; rejected's first token is predicted by the prompt's last
             r = list(e.rejected_ids)
             after = len(p) + len(c)
@@ -184,9 +184,17 @@ def collate(
     return Batch(input_ids, attention, None, index, paired, label_t, targets, positions, layout, n_logical)
 
 
-def _predictions(offsets, tokens: list[int]) -> list[tuple[int, int]]:
-    """(offset of the predicting position, token) pairs; a token with no position before it is skipped."""
-    return [(o, t) for o, t in zip(offsets, tokens, strict=True) if o >= 0]
+def _predictions(offsets, tokens: list[int], mask: Sequence[bool] | None = None) -> list[tuple[int, int]]:
+    """(offset of the predicting position, token) pairs of the scored tokens (``mask``; all when None); a
+    token with no position before it is skipped."""
+    keep = mask if mask is not None else [True] * len(tokens)
+    return [(o, t) for o, t, k in zip(offsets, tokens, keep, strict=True) if o >= 0 and k]
+
+
+def scored(example) -> Sequence[bool] | None:
+    """Which chosen tokens are scored: ``Example.chosen_mask`` (a conversation trained on several assistant
+    turns), None when every one is."""
+    return getattr(example, "chosen_mask", None)
 
 
 def _collate_plain(examples, index, label_t, pad_id, padding_side, paired) -> Batch:
@@ -202,7 +210,8 @@ def _collate_plain(examples, index, label_t, pad_id, padding_side, paired) -> Ba
         start = 0 if padding_side == "right" else width - len(ids)
         input_ids[i, start : start + len(ids)] = torch.tensor(ids, dtype=torch.long)
         attention[i, start : start + len(ids)] = 1
-        response[i, start + n_prompt : start + len(ids)] = True
+        mask = scored(examples[i]) if i < len(examples) else None
+        response[i, start + n_prompt : start + len(ids)] = True if mask is None else torch.tensor(mask)
     return Batch(input_ids, attention, response, index, paired, label_t)
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from tether.engine.logprobs import Batch, LogProbModel
+from tether.engine.logprobs import Batch, LogProbModel, scored
 from tether.errors import TetherError
 
 ReferenceOut = tuple[Tensor, Tensor | None, nn.Module | None]
@@ -196,10 +196,13 @@ def _passes(
 def response_counts(examples: Sequence) -> Tensor:
     """[n, 2] number of predicted response tokens per example (chosen, rejected)."""
 
-    def count(e, ids) -> int:
-        return 0 if ids is None else len(ids) - (len(e.prompt_ids) == 0)
+    def count(e, ids, mask=None) -> int:
+        if ids is None:
+            return 0
+        mask = mask if mask is not None else [True] * len(ids)
+        return sum(mask) - (len(e.prompt_ids) == 0 and bool(mask[0]))
 
-    return torch.tensor([[count(e, e.chosen_ids), count(e, e.rejected_ids)] for e in examples])
+    return torch.tensor([[count(e, e.chosen_ids, scored(e)), count(e, e.rejected_ids)] for e in examples])
 
 
 class ResponseStates:

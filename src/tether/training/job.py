@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from tether.config import Config
 from tether.training import run, stages
 
 
-def validate(cfg: Config) -> dict[str, int]:
-    """``tether validate``: the counts of a fully checked config and data set. Loads no weights and changes
-    nothing on the machine (a GGUF is read for its tokenizer, not converted)."""
+def validate(cfg: Config) -> dict[str, Any]:
+    """``tether validate``: the counts of a fully checked config and data set, and under ``notes`` how rows
+    were read (public formats, already chat-formatted prompts) when anything is worth saying. Loads no
+    weights and changes nothing on the machine (a GGUF is read for its tokenizer, not converted)."""
     if cfg.stages is not None:
         return stages.prepare_stages(cfg, convert=False)[0].report
     return run.prepare(cfg, convert=False).report

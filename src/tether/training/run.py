@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,7 @@ class Prepared:
     tokenizer: Any
     train: list[data_mod.Example]
     eval: list[data_mod.Example]
-    report: dict[str, int] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
     by_file: list[list[data_mod.Example]] = field(default_factory=list)
     """The training examples of each training file, in file order (sDPO's ``stages.by: files``)."""
 
@@ -74,13 +75,15 @@ def prepare(cfg: Config, train_specs: Sequence[str] | None = None, *, convert: b
         if not s.startswith("hf:") and not Path(s).exists():
             raise TetherError(f"{s}: data file not found")
     # Rows are read and their format checked before the model dir is resolved (a GGUF is converted there).
-    rows = {}
-    for s in specs:
+    rows: dict[tuple[str, str], list[data_mod.Row]] = {}  # (train|eval, spec) → rows
+    for key in [*(("train", s) for s in train_specs), *([("eval", d.eval)] if d.eval else [])]:
+        role, s = key
         unreadable: list[Problem] = []  # malformed lines: reported together with the good rows' problems
-        rows[s] = data_mod.read_rows(s, split=d.split, problems=unreadable)
-        rows[s] = rows[s][: d.eval_limit if s == d.eval else d.limit]
+        split = (d.eval_split or d.split) if role == "eval" else d.split
+        rows[key] = data_mod.read_rows(s, split=split, problems=unreadable)
+        rows[key] = rows[key][: d.eval_limit if role == "eval" else d.limit]
         try:
-            kind = data_mod.detect_kind(rows[s])
+            kind = data_mod.detect_kind(rows[key])
         except DataError as e:  # no recognisable format among the readable rows
             raise DataError(_in_line_order(unreadable + e.problems)) from None
         if kind != method.data:
@@ -91,7 +94,8 @@ def prepare(cfg: Config, train_specs: Sequence[str] | None = None, *, convert: b
                 raise DataError(_in_line_order([*unreadable, Problem(s, None, None, wrong)]))
             raise TetherError(f"{s}: {wrong}")
         if unreadable:
-            raise DataError(_in_line_order(unreadable + data_mod.check_rows(rows[s], method.data)))
+            problems = data_mod.check_rows(rows[key], method.data, assistant_turns=d.assistant_turns)
+            raise DataError(_in_line_order(unreadable + problems))
     model_dir = models.resolve_model_dir(cfg.model.name, convert=convert)
     tokenizer = models.load_tokenizer(model_dir)
     if cfg.reference.model is not None:
@@ -102,21 +106,23 @@ def prepare(cfg: Config, train_specs: Sequence[str] | None = None, *, convert: b
                 f"reference.model: {cfg.reference.model} has a different tokenizer than {cfg.model.name}"
             )
 
-    def tokenize(s: str) -> data_mod.TokenizedData:
+    def tokenize(key: tuple[str, str]) -> data_mod.TokenizedData:
         return data_mod.tokenize_rows(
-            rows[s],
+            rows[key],
             tokenizer,
             kind=method.data,  # type: ignore[arg-type]
             max_length=d.max_length,
             max_prompt_length=d.max_prompt_length,
             chat_template=d.chat_template,
             drop_long_prompts=d.drop_long_prompts,
+            assistant_turns=d.assistant_turns,
         )
 
-    toks = [tokenize(s) for s in train_specs]
+    toks = [tokenize(("train", s)) for s in train_specs]
     train_ex, eval_ex = [e for t in toks for e in t.examples], []
-    if d.eval:
-        eval_ex = tokenize(d.eval).examples
+    evals = [tokenize(("eval", d.eval))] if d.eval else []
+    if evals:
+        eval_ex = evals[0].examples
     elif d.eval_fraction > 0:
         train_ex, eval_ex = data_mod.split_train_eval(train_ex, d.eval_fraction, cfg.train.seed)
     if not train_ex:
@@ -129,6 +135,9 @@ def prepare(cfg: Config, train_specs: Sequence[str] | None = None, *, convert: b
         "prompt_truncated": sum(t.n_prompt_truncated for t in toks),
         "dropped": sum(t.n_dropped for t in toks),
     }
+    notes = [n for t in [*toks, *evals] for n in t.notes]
+    if notes:
+        report["notes"] = notes  # type: ignore[assignment]
     return Prepared(
         cfg, method, hparams, model_dir, tokenizer, train_ex, eval_ex, report, [t.examples for t in toks]
     )
@@ -451,6 +460,8 @@ def _train(cfg: Config, *, prepared: Prepared | None, accelerator, measure_gamma
                 stale.unlink(missing_ok=True)
             shutil.rmtree(rd.checkpoints, ignore_errors=True)
         rd.write_config(cfg)
+        for note in p.report.get("notes", []):
+            print(f"note: {note}", file=sys.stderr)
     acc.wait_for_everyone()
     set_seed(cfg.train.seed)
     model = models.load_model(
