@@ -26,9 +26,15 @@ Every text field is either a string that is non-empty after stripping, or a non-
 messages ``{"role": ..., "content": ...}`` with ``role`` one of system/user/assistant/tool and a string
 ``content``. Within one row the prompt and the response(s) must be all strings or all message lists.
 
-* SFT (``kind="sft"``): ``{"prompt", "completion"}``, or ``{"messages": [...]}`` where the prompt is every
-  message before the final message and the completion is that final message, which must come from the
-  assistant.
+Rows in other public formats (HH-RLHF, UltraFeedback, Alpaca, ShareGPT, OpenAI content parts) are
+rewritten into these fields by :mod:`tether.data.formats` as they are read; problems name the file's own
+fields.
+
+* SFT (``kind="sft"``): ``{"prompt", "completion"}``, or ``{"messages": [...]}``, a conversation ending
+  with an assistant message. With ``assistant_turns="all"`` (the default) every assistant message without
+  ``"weight": 0`` is trained: the prompt is everything before the first of them and the user/tool turns
+  after it are scored as context only (``Example.chosen_mask``). With ``"last"`` the prompt is every message
+  before the final one.
 * Preference pairs (``kind="pairs"``): ``{"prompt", "chosen", "rejected"}``. TRL's "implicit prompt"
   style is accepted too: without a ``prompt`` key, ``chosen`` and ``rejected`` are full conversations and
   the prompt is their longest shared leading run of messages. ``chosen`` must differ from ``rejected``.
