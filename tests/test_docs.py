@@ -25,6 +25,17 @@ def test_readme_methods_table_is_the_registry():
     assert block == methods_markdown()
 
 
+def test_citations_are_arxiv_ids_not_local_files():
+    """A user has the arXiv id, not the developers' paper texts (shared/papers/*.txt)."""
+    for name, m in METHODS.items():
+        assert re.search(r"arXiv:\d{4}\.\d{4,5}", m.paper), (name, m.paper)
+        assert ".txt" not in m.paper, (name, m.paper)
+    user_facing = [REPO / "README.md", *(REPO / "docs").glob("*.md"), *EXAMPLES]
+    for path in user_facing:
+        text = path.read_text()
+        assert "shared/papers" not in text and not re.search(r"[\w-]+\.txt\b[^`]*Eq\.", text), path
+
+
 def test_paper_index_covers_every_method():
     text = (REPO / "docs" / "paper_index.md").read_text()
     for name, m in METHODS.items():

@@ -42,7 +42,7 @@ sDPO run). For a plain model with no ``--reference`` the reference is the model 
 numbers (KL, deviation, reward margins) are then 0 by construction, the win rate is 0.5, and the pairwise
 accuracy is the likelihood one; a note says so.
 
-Sampling settings of the papers: ε-DPO (epsilon-dpo.txt) samples at temperature 1.0 and judges with
+Sampling settings of the papers: ε-DPO (arXiv:2502.13177) samples at temperature 1.0 and judges with
 PairRM against the test split's chosen answers (``--judge RM --temperature 1``); the default here is
 greedy decoding, deterministic and cheap. ``samples_per_prompt`` > 1 needs a temperature > 0.
 """
