@@ -324,6 +324,21 @@ METHODS: dict[str, Method] = {
 }
 
 
+HYPERPARAMETERS: dict[str, str] = {
+    "beta": "β: how strongly the method holds the model (the KL penalty's weight for reference methods, "
+    "the preference term's weight for ORPO and ASFT, the reward scale for SimPO; see the method's paper)",
+    "epsilon": "ε-DPO's ε: the logit perturbation that decides whether each pair's β_i is lowered or raised",
+    "alpha": "R-DPO's α: weight of the length regulariser (0 is DPO)",
+    "gamma": "SimPO's γ: the target reward margin",
+    "delta": "SLiC-HF's δ: the ranking margin between chosen and rejected log-likelihoods",
+    "lambda_nll": "weight of the NLL term on the chosen answer, summed over its tokens (the papers' form)",
+    "lambda_nll_avg": "weight of the NLL term on the chosen answer, per token (TRL's form); give it or "
+    "lambda_nll, not both",
+}
+"""What each hyper-parameter name means (``tether config``, docs/config.md); a test asserts every method's
+hyper-parameters are here."""
+
+
 def state_plots() -> list[StatePlot]:
     """Every method's declared state plot (once each), for ``tether report``."""
     plots = {m.state_plot.name: m.state_plot for m in METHODS.values() if m.state_plot is not None}
