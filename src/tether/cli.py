@@ -481,19 +481,6 @@ A user's mistake prints one line (file, line and field, or the config key) and e
 diverged run exits with code 3. `tether COMMAND -h` describes a command."""
 
 
-def version() -> str:
-    """The installed package's version (``tether.__version__`` when tether is not installed)."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as dist_version
-
-    try:
-        return dist_version("tether")
-    except PackageNotFoundError:
-        import tether
-
-        return tether.__version__
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tether",
@@ -501,7 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"tether {version()}")
+    from tether.training.card import tether_version
+
+    parser.add_argument("--version", action="version", version=f"tether {tether_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("train", help="fine-tune a model as the config says and write a run directory")
     p.add_argument("config", help="YAML config file")

@@ -4,6 +4,7 @@ data, the hyper-parameters, the final metrics, the tether version and how to loa
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,8 @@ def tether_version() -> str:
 
     try:
         return version("tether")
-    except PackageNotFoundError:
-        import tether
-
-        return tether.__version__
+    except PackageNotFoundError:  # the package's __init__ ran before this module: read, not imported
+        return sys.modules["tether"].__version__
 
 
 def _num(v: Any) -> str:
