@@ -372,6 +372,23 @@ def batch(env: Env) -> dict[tuple[str, str], dict[str, Any]]:
         ("help", ""): ["--help"],
         ("help", "train"): ["train", "--help"],
         ("help", "validate"): ["validate", "--help"],
+        ("validate", "several"): [
+            "validate",
+            str(good),
+            str(env.root / "configs" / "unknown_train_key.yaml"),
+            str(long),
+            "data.limit=8",
+        ],
+        ("validate", "several_ok"): ["validate", str(good), str(long)],
+        ("config", ""): ["config"],
+        ("config", "--markdown"): ["config", "--markdown"],
+        ("config", "train"): ["config", "train", "method.beta"],
+        ("config", "typo"): ["config", "trian"],
+        ("version", ""): ["--version"],
+        **{
+            ("help", sub): [sub, "--help"]
+            for sub in ("eval", "sweep", "generate", "report", "losses", "config")
+        },
     }.items():
         calls.append(argv)
         keys.append(key)
@@ -435,11 +452,73 @@ def test_losses_lists_every_method(batch):
 
 
 def test_help_exits_zero(batch):
-    for sub in ("", "train", "validate"):
+    for sub in ("", "train", "validate", "eval", "sweep", "generate", "report", "losses", "config"):
         r = batch[("help", sub)]
         assert r["rc"] == 0, r["stderr"]
         assert "usage: tether" in r["stdout"]
     assert "overrides" in batch[("help", "train")]["stdout"]
+    top = " ".join(batch[("help", "")]["stdout"].split())
+    assert "while keeping them tethered to their reference model." in top  # not cut mid-sentence
+    assert "--version" in top and "config" in top
+
+
+def test_every_argument_has_help():
+    import argparse
+
+    from tether.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, (name, action.dest)
+
+
+def test_version(batch):
+    from tether import __version__
+
+    r = batch[("version", "")]
+    assert r["rc"] == 0 and r["stdout"].strip() == f"tether {__version__}", r
+
+
+def test_validate_takes_several_configs(env, batch):
+    r = batch[("validate", "several")]
+    assert r["rc"] == 2 and "Traceback" not in r["stderr"], r["stderr"]
+    ok = [line for line in r["stdout"].splitlines() if ": OK" in line]
+    assert [line.split(":")[0] for line in ok] == [
+        str(env.root / "configs" / n) + ".yaml" for n in ("good", "drop_long")
+    ]
+    assert all("rows=8" in line for line in ok), ok  # the override applies to every config
+    errors = [line for line in r["stderr"].splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "unknown_train_key.yaml" in errors[0] and "did you mean 'lr'?" in errors[0]
+    assert "2 of 3 configs OK, 1 with problems" in r["stderr"]
+    r = batch[("validate", "several_ok")]
+    assert r["rc"] == 0 and r["stdout"].count(": OK") == 2 and "2 of 2 configs OK" in r["stdout"], r
+
+
+def test_config_lists_every_key(batch):
+    from tether.config import config_keys, config_markdown, hyperparameter_keys
+
+    r = batch[("config", "")]
+    assert r["rc"] == 0, r["stderr"]
+    listed = {line.split(":")[0] for line in r["stdout"].splitlines() if not line.startswith(" ")}
+    keys = {k.key for k in [*config_keys(), *hyperparameter_keys()]}
+    assert keys == listed
+    assert {"model.name", "train.lr", "model.lora.r", "stages.by", "method.beta", "method.epsilon"} <= keys
+    assert "train.lr: float = 5e-06, > 0\n    Peak learning rate" in r["stdout"]
+    assert batch[("config", "--markdown")]["stdout"].strip() == config_markdown()
+    part = {
+        line.split(":")[0] for line in batch[("config", "train")]["stdout"].splitlines() if line[:1] != " "
+    }
+    assert part == {k for k in keys if k.startswith("train.")} | {"method.beta"}
+    _check_bad(batch[("config", "typo")], ["trian", "did you mean 'train'?"])
+
+
+def test_python_dash_m_tether_runs():
+    r = subprocess.run(
+        [sys.executable, "-m", "tether", "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0 and r.stdout.startswith("tether "), r.stderr
 
 
 # ------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,49 @@ def test_readme_methods_table_is_the_registry():
     text = (REPO / "README.md").read_text()
     block = text.split("<!-- methods-table -->\n")[1].split("<!-- /methods-table -->")[0].strip()
     assert block == methods_markdown()
+
+
+def test_citations_are_arxiv_ids_not_local_files():
+    """A user has the arXiv id, not the developers' paper texts (shared/papers/*.txt)."""
+    for name, m in METHODS.items():
+        assert re.search(r"arXiv:\d{4}\.\d{4,5}", m.paper), (name, m.paper)
+        assert ".txt" not in m.paper, (name, m.paper)
+    user_facing = [REPO / "README.md", *(REPO / "docs").glob("*.md"), *EXAMPLES]
+    for path in user_facing:
+        text = path.read_text()
+        assert "shared/papers" not in text and not re.search(r"[\w-]+\.txt\b[^`]*Eq\.", text), path
+
+
+def test_config_reference_is_the_dataclasses():
+    """docs/config.md's key reference is ``tether config --markdown``; every key and hyper-parameter has
+    help text (one place: the string below each dataclass field, the registry's HYPERPARAMETERS)."""
+    import dataclasses
+
+    import tether.config as config
+    from tether.methods.registry import HYPERPARAMETERS
+
+    text = (REPO / "docs" / "config.md").read_text()
+    block = text.split("<!-- config-reference -->\n")[1].split("<!-- /config-reference -->")[0].strip()
+    assert block == config.config_markdown()
+    classes, todo = [], [config.Config]  # every section reachable from Config
+    while todo:
+        cls = todo.pop()
+        classes.append(cls)
+        hints = typing.get_type_hints(cls)
+        todo += [
+            c for f in dataclasses.fields(cls) if (c := config._section_class(hints[f.name])) is not None
+        ]
+    assert len(classes) >= 8
+    for cls in classes:
+        helps = config.field_help(cls)
+        for f in dataclasses.fields(cls):
+            assert helps.get(f.name), f"{cls.__name__}.{f.name} has no help (a string right below it)"
+    for m in METHODS.values():
+        for name in m.defaults:
+            assert HYPERPARAMETERS.get(name), (
+                f"method {m.name}: hyper-parameter {name} not in HYPERPARAMETERS"
+            )
+    assert all(k.help for k in [*config.config_keys(), *config.hyperparameter_keys()])
 
 
 def test_paper_index_covers_every_method():

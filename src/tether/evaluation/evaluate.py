@@ -42,7 +42,7 @@ sDPO run). For a plain model with no ``--reference`` the reference is the model 
 numbers (KL, deviation, reward margins) are then 0 by construction, the win rate is 0.5, and the pairwise
 accuracy is the likelihood one; a note says so.
 
-Sampling settings of the papers: ε-DPO (epsilon-dpo.txt) samples at temperature 1.0 and judges with
+Sampling settings of the papers: ε-DPO (arXiv:2502.13177) samples at temperature 1.0 and judges with
 PairRM against the test split's chosen answers (``--judge RM --temperature 1``); the default here is
 greedy decoding, deterministic and cheap. ``samples_per_prompt`` > 1 needs a temperature > 0.
 """
@@ -589,14 +589,14 @@ def evaluate(
     beta = float(beta if beta is not None else method_beta if method_beta is not None else 0.1)
 
     # Tokenizers (a GGUF is converted here, after the data are known to be readable).
-    model_path = models.resolve_model_dir(target.model_path)
+    model_path = models.resolve_model_dir(target.model_path, progress=progress)
     tokenizer = models.load_tokenizer(target.tokenizer_path or model_path)
     same = (
         target.adapter is None
         and target.checkpoint is None
-        and same_model(str(model_path), str(models.resolve_model_dir(ref_spec)))
+        and same_model(str(model_path), str(models.resolve_model_dir(ref_spec, progress=progress)))
     )
-    ref_path = model_path if same else models.resolve_model_dir(ref_spec)
+    ref_path = model_path if same else models.resolve_model_dir(ref_spec, progress=progress)
     if not same and models.load_tokenizer(ref_path).get_vocab() != tokenizer.get_vocab():
         raise TetherError(
             f"reference {ref_spec} has a different tokenizer than {model_spec} (vocabularies differ); "
@@ -621,10 +621,10 @@ def evaluate(
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if target.checkpoint is not None:
-        model = load_checkpoint(target, dtype, device)
+        model = load_checkpoint(target, dtype, device, progress)
     else:
-        model = load(str(model_path), target.adapter, dtype, device)
-    ref_model = model if same else load(str(ref_path), None, dtype, device)
+        model = load(str(model_path), target.adapter, dtype, device, progress)
+    ref_model = model if same else load(str(ref_path), None, dtype, device, progress)
     ref_cache = run_cfg.reference.cache_dir if run_cfg else None  # the run's own cache, if set
     ld = _Loaded(
         tokenizer,

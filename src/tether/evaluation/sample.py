@@ -77,11 +77,11 @@ def generate_texts(
     cfg = target.run_cfg
     template = chat_template or (cfg.data.chat_template if cfg else "auto")
     max_length = cfg.data.max_length if cfg else 2048
-    path = models.resolve_model_dir(target.model_path)
+    path = models.resolve_model_dir(target.model_path, progress=progress)
     tokenizer = models.load_tokenizer(target.tokenizer_path or path)
     ids = prompt_ids(tokenizer, prompts, template, max_length)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load(str(path), target.adapter, cfg.model.dtype if cfg else "float32", device)
+    model = load(str(path), target.adapter, cfg.model.dtype if cfg else "float32", device, progress)
     sample = temperature > 0
     if sample:
         torch.manual_seed(seed)

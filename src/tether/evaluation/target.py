@@ -101,9 +101,11 @@ def reference_spec(target: Target, reference: str | None, notes: list[str]) -> s
     return target.model_path
 
 
-def load(target_path: str, adapter: Path | None, dtype: str, device: torch.device) -> Any:
+def load(
+    target_path: str, adapter: Path | None, dtype: str, device: torch.device, progress: bool = True
+) -> Any:
     """Frozen eval-mode weights on ``device``, a LoRA adapter merged in when given."""
-    model = models.load_model(target_path, dtype=dtype)
+    model = models.load_model(target_path, dtype=dtype, progress=progress)
     if adapter is not None:
         from peft import PeftModel
 
@@ -185,13 +187,16 @@ def load_checkpoint_weights(model: Any, ckpt: Path) -> None:
         )
 
 
-def load_checkpoint(target: Target, dtype: str, device: torch.device) -> Any:
+def load_checkpoint(target: Target, dtype: str, device: torch.device, progress: bool = True) -> Any:
     """A checkpoint target's model: the starting model (with the run's LoRA), the checkpoint's weights,
     merged, frozen, on ``device``."""
     assert target.checkpoint is not None and target.run_cfg is not None
     lora = target.run_cfg.model.lora
     model = models.load_model(
-        models.resolve_model_dir(target.model_path), dtype=dtype, lora=None if lora is None else vars(lora)
+        models.resolve_model_dir(target.model_path, progress=progress),
+        dtype=dtype,
+        lora=None if lora is None else vars(lora),
+        progress=progress,
     )
     load_checkpoint_weights(model, target.checkpoint)
     if models.is_lora(model):

@@ -139,9 +139,9 @@ class Method:
 
 
 _DPO = "Rafailov et al. 2023, Direct Preference Optimization, arXiv:2305.18290"
-_MINOR = "Xie et al. 2024, Minor SFT loss for LLM fine-tune (shared/papers/minor-sft.txt)"
+_MINOR = "Xie et al. 2024, Minor SFT loss for LLM fine-tune, arXiv:2408.10642"
 _NLL_FORMS = {"lambda_nll_avg": "lambda_nll"}
-_EDPO = "Lee et al. 2025, KL Penalty Control via Perturbation for DPO, arXiv:2502.13177 (epsilon-dpo.txt)"
+_EDPO = "Lee et al. 2025, KL Penalty Control via Perturbation for DPO, arXiv:2502.13177"
 
 METHODS: dict[str, Method] = {
     m.name: m
@@ -227,7 +227,7 @@ METHODS: dict[str, Method] = {
             state_plot=StatePlot(
                 "epsilon_dpo",
                 "ε-DPO: KL penalty control",
-                "ε-DPO's β per step and the fractions of pairs with s = +1 and s = −1 (epsilon-dpo.txt, Alg. 1).",
+                "ε-DPO's β per step and the fractions of pairs with s = +1 and s = −1 (arXiv:2502.13177, Alg. 1).",
                 (
                     ("kl/beta", "β (re-centred each step)", "β"),
                     (
@@ -322,6 +322,21 @@ METHODS: dict[str, Method] = {
         ),
     ]
 }
+
+
+HYPERPARAMETERS: dict[str, str] = {
+    "beta": "β: how strongly the method holds the model (the KL penalty's weight for reference methods, "
+    "the preference term's weight for ORPO and ASFT, the reward scale for SimPO; see the method's paper)",
+    "epsilon": "ε-DPO's ε: the logit perturbation that decides whether each pair's β_i is lowered or raised",
+    "alpha": "R-DPO's α: weight of the length regulariser (0 is DPO)",
+    "gamma": "SimPO's γ: the target reward margin",
+    "delta": "SLiC-HF's δ: the ranking margin between chosen and rejected log-likelihoods",
+    "lambda_nll": "weight of the NLL term on the chosen answer, summed over its tokens (the papers' form)",
+    "lambda_nll_avg": "weight of the NLL term on the chosen answer, per token (TRL's form); give it or "
+    "lambda_nll, not both",
+}
+"""What each hyper-parameter name means (``tether config``, docs/config.md); a test asserts every method's
+hyper-parameters are here."""
 
 
 def state_plots() -> list[StatePlot]:

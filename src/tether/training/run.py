@@ -96,10 +96,10 @@ def prepare(cfg: Config, train_specs: Sequence[str] | None = None, *, convert: b
         if unreadable:
             problems = data_mod.check_rows(rows[key], method.data, assistant_turns=d.assistant_turns)
             raise DataError(_in_line_order(unreadable + problems))
-    model_dir = models.resolve_model_dir(cfg.model.name, convert=convert)
+    model_dir = models.resolve_model_dir(cfg.model.name, convert=convert, progress=cfg.train.progress)
     tokenizer = models.load_tokenizer(model_dir)
     if cfg.reference.model is not None:
-        ref_dir = models.resolve_model_dir(cfg.reference.model, convert=convert)
+        ref_dir = models.resolve_model_dir(cfg.reference.model, convert=convert, progress=cfg.train.progress)
         ref_tokenizer = models.load_tokenizer(ref_dir)
         if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise TetherError(
@@ -255,9 +255,14 @@ def build_reference(
         return Reference("adapter", policy)
     ref_model = None
     ref_spec = cfg.reference.model or cfg.model.name
-    ref_dir = models.resolve_model_dir(ref_spec) if cfg.reference.model else p.model_dir
+    ref_dir = (
+        models.resolve_model_dir(ref_spec, progress=cfg.train.progress)
+        if cfg.reference.model
+        else p.model_dir
+    )
     if cfg.reference.model is not None:
-        ref_model = models.load_model(ref_dir, dtype=cfg.model.dtype).to(accelerator.device)
+        ref_model = models.load_model(ref_dir, dtype=cfg.model.dtype, progress=cfg.train.progress)
+        ref_model = ref_model.to(accelerator.device)
     if mode == "copy":
         base = ref_model if ref_model is not None else models.merge_lora(policy.model)
         return Reference("copy", frozen_copy(base, cfg.train.logprob_chunk))
@@ -469,6 +474,7 @@ def _train(cfg: Config, *, prepared: Prepared | None, accelerator, measure_gamma
         dtype=cfg.model.dtype,
         gradient_checkpointing=cfg.model.gradient_checkpointing,
         lora=None if cfg.model.lora is None else vars(cfg.model.lora),
+        progress=cfg.train.progress,
     )
     if cfg.train.disable_dropout:
         _disable_dropout(model)
@@ -510,7 +516,8 @@ def _train(cfg: Config, *, prepared: Prepared | None, accelerator, measure_gamma
     acc.wait_for_everyone()
     if acc.is_main_process:
         unwrapped = acc.unwrap_model(trainer.policy).model
-        models.save_model(unwrapped, p.tokenizer, final_dir, merged=cfg.train.save_merged)
+        base = models.base_model_id(cfg.model.name, p.model_dir)
+        models.save_model(unwrapped, p.tokenizer, final_dir, merged=cfg.train.save_merged, base_model=base)
     acc.wait_for_everyone()
     tps = result.tokens / result.seconds if result.seconds > 0 else 0.0
     out = RunResult(
@@ -533,7 +540,21 @@ def _train(cfg: Config, *, prepared: Prepared | None, accelerator, measure_gamma
     if acc.is_main_process:
         out.plots = plot(run_dir)  # drawn first, so that summary.json lists them
         rd.write_summary(_jsonable(vars(out)))
+        write_model_cards(rd, cfg, p)
     return out
+
+
+def write_model_cards(rd: RunDir, cfg: Config, p: Prepared) -> None:
+    """``final/README.md`` (and ``final/merged/README.md``) from the run's summary; for a LoRA adapter it
+    replaces the template card peft writes."""
+    from tether.training.card import model_card
+
+    base = models.base_model_id(cfg.model.name, p.model_dir)
+    summary = rd.read_summary()
+    for card in rd.model_cards():
+        adapter = card.parent == rd.final and rd.final_adapter() is not None
+        text = model_card(cfg, p.method, summary, base_model=base, adapter=adapter, path=card.parent)
+        card.write_text(text)
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
