@@ -74,7 +74,7 @@ def prepare(cfg: Config, train_specs: Sequence[str] | None = None, *, convert: b
         if not s.startswith("hf:") and not Path(s).exists():
             raise TetherError(f"{s}: data file not found")
     # Rows are read and their format checked before the model dir is resolved (a GGUF is converted there).
-    rows = {}
+    rows, kinds = {}, {}
     for s in specs:
         unreadable: list[Problem] = []  # malformed lines: reported together with the good rows' problems
         rows[s] = data_mod.read_rows(s, split=d.split, problems=unreadable)
@@ -83,15 +83,16 @@ def prepare(cfg: Config, train_specs: Sequence[str] | None = None, *, convert: b
             kind = data_mod.detect_kind(rows[s])
         except DataError as e:  # no recognisable format among the readable rows
             raise DataError(_in_line_order(unreadable + e.problems)) from None
-        if kind != method.data:
+        if kind != method.data and not (kind == "pairs" and method.split_pairs):
             wrong = (
                 f"method '{method.name}' needs {describe(method.data)} but the file holds {describe(kind)}"
             )
             if unreadable:
                 raise DataError(_in_line_order([*unreadable, Problem(s, None, None, wrong)]))
             raise TetherError(f"{s}: {wrong}")
+        kinds[s] = kind
         if unreadable:
-            raise DataError(_in_line_order(unreadable + data_mod.check_rows(rows[s], method.data)))
+            raise DataError(_in_line_order(unreadable + data_mod.check_rows(rows[s], kind)))
     model_dir = models.resolve_model_dir(cfg.model.name, convert=convert)
     tokenizer = models.load_tokenizer(model_dir)
     if cfg.reference.model is not None:
@@ -106,21 +107,36 @@ def prepare(cfg: Config, train_specs: Sequence[str] | None = None, *, convert: b
         return data_mod.tokenize_rows(
             rows[s],
             tokenizer,
-            kind=method.data,  # type: ignore[arg-type]
+            kind=kinds[s],
             max_length=d.max_length,
             max_prompt_length=d.max_prompt_length,
             chat_template=d.chat_template,
             drop_long_prompts=d.drop_long_prompts,
         )
 
+    def method_rows(s: str, examples: list[data_mod.Example]) -> list[data_mod.Example]:
+        """The file's examples as the method's rows: pairs split for an unpaired method that takes them."""
+        if kinds[s] == "pairs" and method.data == "unpaired":
+            return data_mod.split_pairs(examples)
+        return examples
+
     toks = [tokenize(s) for s in train_specs]
-    train_ex, eval_ex = [e for t in toks for e in t.examples], []
+    by_file = [method_rows(s, t.examples) for s, t in zip(train_specs, toks, strict=True)]
+    train_ex, eval_ex = [e for f in by_file for e in f], []
     if d.eval:
-        eval_ex = tokenize(d.eval).examples
-    elif d.eval_fraction > 0:
+        eval_ex = method_rows(d.eval, tokenize(d.eval).examples)
+    if method.mismatched_completion:  # a seeded order, so that the next row's completion is a random one
+        train_ex, eval_ex = (
+            data_mod.shuffled(train_ex, cfg.train.seed),
+            data_mod.shuffled(eval_ex, cfg.train.seed),
+        )
+    if not d.eval and d.eval_fraction > 0:
         train_ex, eval_ex = data_mod.split_train_eval(train_ex, d.eval_fraction, cfg.train.seed)
     if not train_ex:
         raise TetherError(f"{', '.join(train_specs)}: no training examples left")
+    if method.mismatched_completion:  # within each split: eval rows are scored against eval rows
+        train_ex = data_mod.with_mismatched_completions(train_ex, d.max_length)
+        eval_ex = data_mod.with_mismatched_completions(eval_ex, d.max_length) if eval_ex else []
     report = {
         "rows": sum(t.n_rows for t in toks),
         "train_examples": len(train_ex),
@@ -129,9 +145,23 @@ def prepare(cfg: Config, train_specs: Sequence[str] | None = None, *, convert: b
         "prompt_truncated": sum(t.n_prompt_truncated for t in toks),
         "dropped": sum(t.n_dropped for t in toks),
     }
-    return Prepared(
-        cfg, method, hparams, model_dir, tokenizer, train_ex, eval_ex, report, [t.examples for t in toks]
-    )
+    split = [s for s in specs if kinds[s] == "pairs" and method.data == "unpaired"]
+    notes = []
+    if split:
+        report["pairs_split"] = sum(len(rows[s]) for s in split)
+        notes.append(
+            f"{method.name}: {', '.join(split)}: each pair split into a desirable (chosen) and an undesirable "
+            f"(rejected) row, shuffled with train.seed {cfg.train.seed}"
+        )
+    labels = [bool(e.label) for e in train_ex if e.label is not None]
+    if labels:
+        report["desirable"], report["undesirable"] = sum(labels), len(labels) - sum(labels)
+        if method.label_notes is not None:
+            notes += method.label_notes(labels, hparams)
+    if os.environ.get("RANK", "0") == "0":
+        for note in notes:
+            print(f"note: {note}")
+    return Prepared(cfg, method, hparams, model_dir, tokenizer, train_ex, eval_ex, report, by_file)
 
 
 def _in_line_order(problems: list[Problem]) -> list[Problem]:
