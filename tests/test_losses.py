@@ -1475,7 +1475,8 @@ def _random_kto_rows(seed: int, b: int, kl_shift: float):
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("kl_shift", [-2.0, 0.0, 2.0])  # mean KL log-ratio mostly below 0 (clamped), mixed, above
+# the mean KL log-ratio mostly below 0 (clamped), mixed, above
+@pytest.mark.parametrize("kl_shift", [-2.0, 0.0, 2.0])
 def test_kto_matches_trl(trl_kto, seed, kl_shift):
     """kto == TRL 1.16 KTOTrainer (loss_type='kto') on random rows: the mean loss, the gradient w.r.t.
     every completion's summed log-prob (so each row's loss), z (TRL's ``kl``, clamped at 0 and detached)
