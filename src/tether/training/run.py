@@ -84,9 +84,10 @@ def prepare(cfg: Config, train_specs: Sequence[str] | None = None, *, convert: b
         except DataError as e:  # no recognisable format among the readable rows
             raise DataError(_in_line_order(unreadable + e.problems)) from None
         if kind != method.data and not (kind == "pairs" and method.split_pairs):
-            wrong = (
-                f"method '{method.name}' needs {describe(method.data)} but the file holds {describe(kind)}"
-            )
+            needs = describe(method.data)
+            if method.split_pairs:
+                needs += f" or {describe('pairs')}, each pair split into a desirable and an undesirable row"
+            wrong = f"method '{method.name}' needs {needs} but the file holds {describe(kind)}"
             if unreadable:
                 raise DataError(_in_line_order([*unreadable, Problem(s, None, None, wrong)]))
             raise TetherError(f"{s}: {wrong}")
