@@ -386,7 +386,7 @@ def methods_table() -> list[dict[str, str]]:
         rows.append(
             {
                 "method": m.name,
-                "data": m.data,
+                "data": m.data + (" or pairs (split)" if m.split_pairs else ""),
                 "reference": ref,
                 "defaults": ", ".join(f"{k}={v:g}" for k, v in m.defaults.items()) or "-",
                 "paper": m.paper,
