@@ -148,8 +148,10 @@ def prepare(cfg: Config, train_specs: Sequence[str] | None = None, *, convert: b
     }
     split = [s for s in specs if kinds[s] == "pairs" and method.data == "unpaired"]
     notes = []
-    if split:
-        report["pairs_split"] = sum(len(rows[s]) for s in split)
+    if split:  # the training pairs that became two rows each
+        report["pairs_split"] = sum(
+            len(t.examples) for s, t in zip(train_specs, toks, strict=True) if s in split
+        )
         notes.append(
             f"{method.name}: {', '.join(split)}: each pair split into a desirable (chosen) and an undesirable "
             f"(rejected) row, shuffled with train.seed {cfg.train.seed}"
