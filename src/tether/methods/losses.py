@@ -279,14 +279,17 @@ def kto(inp: LossInputs, *, beta: float, lambda_d: float, lambda_u: float) -> Lo
     **Where tether differs from TRL 1.16** (the loss of given log-probs and z is TRL's exactly, tested):
     the mismatched completion of a row is fixed when the data is prepared: the rows (a pairs file split
     into a desirable chosen and an undesirable rejected row) are shuffled with ``train.seed`` and row i's
-    is the completion of the next row with another prompt (:func:`tether.data.rows.with_mismatched_
-    completions`); TRL rotates completions by one within blocks of ``per_device_train_batch_size`` of the
+    is the completion of the next row with another prompt
+    (:func:`tether.data.rows.with_mismatched_completions`); TRL rotates completions by one within blocks of ``per_device_train_batch_size`` of the
     unshuffled data and samples sequentially, so its micro-batch's y' are the micro-batch's own
     completions and a split pairs file gives nearly single-label micro-batches. Fixing y' per row lets a
     ``precomputed`` reference hold logp_ref(x, y') in its table, like a pair's rejected answer, and makes
     the pairing identical across runs and resumes; the trainer's per-epoch shuffle then draws a row's y'
-    from outside its micro-batch, which estimates the same KL with a different sample. On evaluation
-    steps z is each eval micro-batch's own (not averaged over processes).
+    from outside its micro-batch, which estimates the same KL with a different sample. Cost: y' shares
+    the row's prompt pass (``prompt | y | y'``) and its LM head runs without a graph, but its decoder
+    positions still take part in the backward pass (with zero gradient); TRL instead runs a second,
+    no-grad forward over prompt + y'. On evaluation steps z is each eval micro-batch's own (not averaged
+    over processes).
 
     Metrics: ``rewards/chosen`` (β·r over the desirable rows of the global batch), ``rewards/rejected``
     (undesirable rows), ``logps/chosen``/``logps/rejected`` likewise, ``kto/z`` (the clamped z) and
