@@ -215,13 +215,65 @@ DATA_CASES: dict[str, BadCase] = {
     ),
 }
 
+UNPAIRED_ROW = '{"prompt": "what is 1+1?", "completion": "2", "label": true}'
+
+
+def _kto_case(rows: list[str], *words: str, method: dict[str, Any] | None = None) -> BadCase:
+    """KTO (an unpaired method that also takes pairs) on a JSON-lines file of ``rows``."""
+
+    def case(e: Env, name: str) -> tuple[list[str], list[str]]:
+        path = e.root / "data" / f"{name}.jsonl"
+        path.write_text("\n".join(rows) + "\n")
+        patch = {"data": {"train": str(path)}, "method": method or {"name": "kto"}}
+        return _config(e, name, patch), [w.format(f=path) for w in words]
+
+    return case
+
+
+KTO_CASES: dict[str, BadCase] = {
+    "kto_row_without_label": _kto_case(
+        [UNPAIRED_ROW, '{"prompt": "a", "completion": "b"}', UNPAIRED_ROW],
+        "{f}:2: field 'label'",
+        "missing",
+        "true/false label",
+    ),
+    "kto_label_not_boolean": _kto_case(
+        [UNPAIRED_ROW, '{"prompt": "a", "completion": "b", "label": 1}', UNPAIRED_ROW],
+        "{f}:2: field 'label'",
+        "must be true or false, got number",
+    ),
+    "kto_label_a_string": _kto_case(
+        [UNPAIRED_ROW, '{"prompt": "a", "completion": "b", "label": "false"}', UNPAIRED_ROW],
+        "{f}:2: field 'label'",
+        "must be true or false, got string",
+    ),
+    "kto_on_sft_rows": _kto_case(
+        ['{"prompt": "a", "completion": "b"}'] * 3,
+        "{f}: method 'kto' needs unpaired rows",
+        "or preference pairs",
+        "holds SFT rows",
+    ),
+    "unpaired_rows_to_dpo": _kto_case(
+        [UNPAIRED_ROW] * 3,
+        "{f}: method 'dpo' needs preference pairs",
+        "holds unpaired rows",
+        method={"name": "dpo"},
+    ),
+    "kto_lambda_d_negative": _kto_case(
+        [UNPAIRED_ROW] * 3, "method.lambda_d", "outside (0, inf)", method={"name": "kto", "lambda_d": -1}
+    ),
+    "kto_lambda_u_zero": _kto_case(
+        [UNPAIRED_ROW] * 3, "method.lambda_u", "outside (0, inf)", method={"name": "kto", "lambda_u": 0}
+    ),
+}
+
 if importlib.util.find_spec("wandb") is None:
     CONFIG_CASES["report_to_not_installed"] = lambda e, name: (
         _config(e, name, {"train": {"report_to": ["wandb"]}}),
         ["train.report_to[0]: wandb needs `pip install wandb`"],
     )
 
-CASES: dict[str, BadCase] = {**CONFIG_CASES, **DATA_CASES}
+CASES: dict[str, BadCase] = {**CONFIG_CASES, **DATA_CASES, **KTO_CASES}
 
 
 @pytest.fixture(scope="module")

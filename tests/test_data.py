@@ -576,3 +576,34 @@ def test_split_edge_cases() -> None:
 
     with pytest.raises(ConfigError):
         split_train_eval(examples, 1.0, seed=0)
+
+
+def test_split_pairs_and_mismatched_completions() -> None:
+    """A pair → (chosen, desirable), (rejected, undesirable). Each row's mismatched completion is the next
+    row's (cyclically) whose prompt differs, cut to fit max_length after this row's prompt; the same for
+    the same order; a seeded shuffle is the same for the same seed."""
+    from tether.data.rows import Example, shuffled, split_pairs, with_mismatched_completions
+
+    pairs = [
+        Example([1, p], [10 + i] * (i + 1), [20 + i], "f", i + 1, {"k": i})
+        for i, p in enumerate([5, 5, 6, 7])
+    ]
+    rows = split_pairs(pairs)
+    assert [(e.chosen_ids, e.label, e.line) for e in rows[:2]] == [([10], True, 1), ([20], False, 1)]
+    assert all(e.rejected_ids is None and e.meta == {"k": e.line - 1} for e in rows)
+    kl = with_mismatched_completions(rows, max_length=4)
+    # rows 0-3 share prompt [1, 5]: the next row with another prompt is row 4 (prompt [1, 6]: [12, 12, 12]);
+    # rows 4-5 go to row 6 ([13] * 4), rows 6-7 (prompt [1, 7]) wrap around to row 0; all cut to 4 - 2 tokens
+    assert [e.rejected_ids for e in kl] == [[12, 12]] * 4 + [[13, 13], [13, 13], [10], [10]]
+    assert [e.chosen_ids for e in kl] == [e.chosen_ids for e in rows] and [e.label for e in kl] == [
+        e.label for e in rows
+    ]
+    assert all(len(e.prompt_ids) + len(e.rejected_ids) <= 4 for e in kl)
+    assert with_mismatched_completions(rows, max_length=4) == kl
+    one_prompt = [Example([1], [10 + i], None, "f", i, {}, True) for i in range(3)]
+    assert [e.rejected_ids for e in with_mismatched_completions(one_prompt, 8)] == [[11], [12], [10]]
+    assert shuffled(rows, 3) == shuffled(rows, 3) != rows and sorted(map(repr, shuffled(rows, 3))) == sorted(
+        map(repr, rows)
+    )
+    with pytest.raises(ValueError, match="without a rejected"):
+        split_pairs(rows)

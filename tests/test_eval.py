@@ -348,3 +348,31 @@ def test_bad_input_one_line_exit_2(env, case, capsys):
     assert rc == 2
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     assert err.startswith("error: ") and words in err, err
+
+
+def test_kto_run_evaluates_pairwise_accuracy_of_its_implicit_reward(env):
+    """A KTO run (trained on pairs, split, with held-out pairs evaluated during training): ``tether eval``
+    on held-out pairs measures the accuracy and margin of β·(r_w − r_l) with the run's β, r against the
+    run's starting model, as for DPO."""
+    root, beta = env["root"], 0.3
+    cfg = {
+        "model": {"name": str(env["model"])},
+        "data": {"train": str(env["pairs"]), "eval": str(env["pairs"]), "max_length": MAX_LEN},
+        "method": {"name": "kto", "beta": beta},
+        "reference": {"cache_dir": str(root / "refcache")},
+        "train": {"output_dir": str(root / "kto_run"), "batch_size": 4, "max_steps": 2, "lr": 3e-2, "progress": False},
+    }  # fmt: skip
+    run = train(from_dict(cfg))
+    assert {"eval/loss", "eval/kto/z", "eval/rewards/chosen", "eval/rewards/rejected"} <= set(
+        run.eval_metrics
+    )
+    res = evaluate(str(run.run_dir), str(env["pairs"]), generate_text=False, progress=False)
+    assert res["method"] == "kto" and res["settings"]["beta"] == beta
+    ex = _examples(env["model"], env["pairs"], "pairs")
+    pol, ref = _engine_sums(run.final_model_dir, ex), _engine_sums(env["model"], ex)
+    margin = beta * ((pol[:, 0] - ref[:, 0]) - (pol[:, 1] - ref[:, 1]))
+    assert margin.abs().max() > 0  # the run moved
+    m = res["metrics"]
+    assert m["pairwise/kind"] == "reward"
+    assert m["pairwise/accuracy"] == pytest.approx(float((margin > 0).float().mean()))
+    assert m["pairwise/margin"] == pytest.approx(float(margin.mean()), abs=1e-5)

@@ -117,9 +117,11 @@ def _write_cfg(path: Path, raw: dict) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["dpo", "epsilon_dpo"])
+@pytest.mark.parametrize("method", ["dpo", "epsilon_dpo", "kto"])
 def test_two_processes_equal_one(setup, method):
-    """accelerate launch, 2 CPU processes (gloo), 1 pair each × 2 accumulation steps = one process with 4."""
+    """accelerate launch, 2 CPU processes (gloo), 1 pair each × 2 accumulation steps = one process with 4.
+    KTO (pairs split): each micro-batch's z is the mean over the two processes' rows, as one process's
+    micro-batch of the same two rows."""
     root, model, pairs = setup
     one = train(
         from_dict(raw_cfg(root, model, pairs, f"mp-1-{method}", batch_size=2, grad_accum=2, method=method))
@@ -159,6 +161,9 @@ def test_two_processes_equal_one(setup, method):
         assert x["loss"] == pytest.approx(y["loss"], abs=1e-5)
         if method == "epsilon_dpo":
             assert x["kl/beta"] == pytest.approx(y["kl/beta"], rel=1e-9)  # β from the global batch's mean s
+        if method == "kto":
+            assert x["kto/z"] == pytest.approx(y["kto/z"], abs=1e-5)
+            assert x["rewards/chosen"] == pytest.approx(y["rewards/chosen"], abs=1e-5)
 
 
 def test_kill_and_resume_reproduces_run(setup):

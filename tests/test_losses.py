@@ -1087,6 +1087,12 @@ def random_inputs(method, batch: int = 4, *, with_ref: bool | None = None, seed:
 
     chosen = side()
     rejected = side() if method.data == "pairs" else None
+    label = kl = ref_kl = None
+    if method.data == "unpaired":
+        label = torch.tensor([True, False] * (batch // 2) + [True] * (batch % 2))
+    if method.mismatched_completion:
+        kl = SequenceLogps(sum=side().sum.detach(), n_tokens=chosen.n_tokens)
+        ref_kl = ref(kl) if with_ref else None
     perturbed = None
     if method.needs_reference_logits:
         perturbed = [
@@ -1103,6 +1109,9 @@ def random_inputs(method, batch: int = 4, *, with_ref: bool | None = None, seed:
         ref_rejected=ref(rejected) if with_ref and rejected is not None else None,
         chosen_perturbed=perturbed[0] if perturbed else None,
         rejected_perturbed=perturbed[1] if perturbed else None,
+        label=label,
+        kl=kl,
+        ref_kl=ref_kl,
     )
     leaves = [chosen.sum] + ([rejected.sum] if rejected is not None else [])
     return inp, leaves
@@ -1154,6 +1163,8 @@ def test_declared_reference_capability_is_truthful(name):
 UNNUMBERED = {
     "r_dpo": "the R-DPO paper is not in shared/papers and its equation number could not be checked; the "
     "loss is cited by name, in the SimPO paper's baseline-table form that METHODS.md specifies",
+    "kto": "the KTO paper is not in shared/papers; its loss is cited by name and section (TRL's comment "
+    "calls it Eq. 7, which could not be checked against the paper's text)",
 }
 
 
@@ -1286,3 +1297,275 @@ def test_comparator_errors_surface_at_config_load():
         from_dict({**base, "method": {"name": "slic_hf", "delta": -1}})
     with pytest.raises(ConfigError, match="two forms"):
         from_dict({**base, "method": {"name": "cpo", "lambda_nll": 1, "lambda_nll_avg": 1}})
+
+
+# ==================================================================================================
+# 6. KTO: values, TRL 1.16 as oracle, the reference point z, masked metric means
+# ==================================================================================================
+
+
+def _kto_inputs(pol, ref, label, kl, ref_kl, *, grad=False, n_tokens=3.0) -> LossInputs:
+    chosen = seq(t(*pol, grad=grad), n_tokens)
+    return LossInputs(
+        chosen=chosen,
+        ref_chosen=t(*ref),
+        label=torch.tensor(label),
+        kl=seq(t(*kl, grad=grad), n_tokens),
+        ref_kl=t(*ref_kl),
+    )
+
+
+def test_kto_value_and_metrics():
+    """Hand-derived: r = (1, −2, 0.5), KL log-ratios (0.6, 0.3, 0.0) → z = 0.3; β = 0.5, λ_D = 2, λ_U = 3."""
+    inp = _kto_inputs([-1.0, -4.0, -2.5], [-2.0, -2.0, -3.0], [True, False, True], [-1.4, -2.7, -1.0],
+                      [-2.0, -3.0, -1.0])  # fmt: skip
+    beta, lam_d, lam_u, z = 0.5, 2.0, 3.0, 0.3
+    out = losses.kto(inp, beta=beta, lambda_d=lam_d, lambda_u=lam_u)
+    expected = [
+        lam_d * (1 - sigmoid(beta * (1.0 - z))),
+        lam_u * (1 - sigmoid(beta * (z + 2.0))),
+        lam_d * (1 - sigmoid(beta * (0.5 - z))),
+    ]
+    assert_close(out.losses, expected)
+    assert out.mean("rewards/chosen").item() == pytest.approx(beta * (1.0 + 0.5) / 2, rel=1e-6)
+    assert out.mean("rewards/rejected").item() == pytest.approx(beta * -2.0, rel=1e-6)
+    assert out.mean("logps/chosen").item() == pytest.approx((-1.0 - 2.5) / 2, rel=1e-6)
+    assert out.mean("logps/rejected").item() == pytest.approx(-4.0, rel=1e-6)
+    assert_metric(out, "kto/z", [z] * 3)
+    assert out.mean("kto/desirable").item() == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize(("lam_d", "lam_u"), [(1.0, 1.0), (1.5, 0.5)])
+def test_kto_at_step_0_is_lambda_over_2(lam_d, lam_u):
+    """π = π_ref: every r is 0 and so is z, and each row's loss is λ·(1 − σ(0)) = λ/2."""
+    logps = [-3.0, -7.5, -1.25, -4.0]
+    label = [True, False, False, True]
+    inp = _kto_inputs(logps, logps, label, [-2.0, -5.0, -6.0, -0.5], [-2.0, -5.0, -6.0, -0.5])
+    out = METHODS["kto"](inp, {"beta": 0.1, "lambda_d": lam_d, "lambda_u": lam_u})
+    assert_close(out.losses, [(lam_d if lab else lam_u) / 2 for lab in label])
+    assert_metric(out, "kto/z", [0.0] * 4)
+    assert out.mean("deviation").item() == 0.0
+
+
+def test_kto_z_is_clamped_at_zero_and_detached():
+    """z = max(0, mean KL log-ratio) and carries no gradient: ∂loss/∂logp(y) of a desirable row is
+    −λ_D·β·σ'(β(r − z)), of an undesirable row +λ_U·β·σ'(β(z − r)), and ∂loss/∂logp(y') = 0."""
+    beta, lam_d, lam_u = 0.3, 1.2, 0.7
+    for kl, z in (([-1.0, -2.0, -3.0], 0.0), ([0.5, 1.5, -1.0], 1.0 / 3.0)):  # below 0: clamped
+        inp = _kto_inputs([-1.0, -4.0, -2.5], [-2.0, -2.0, -3.0], [True, False, True], kl, [-2.0, -2.0, -3.0],
+                          grad=True)  # fmt: skip
+        inp = LossInputs(inp.chosen, ref_chosen=inp.ref_chosen, label=inp.label,
+                         kl=seq(inp.kl.sum, 3.0), ref_kl=t(0.0, 0.0, 0.0))  # fmt: skip
+        out = losses.kto(inp, beta=beta, lambda_d=lam_d, lambda_u=lam_u)
+        assert out.metrics["kto/z"][0].item() == pytest.approx(z, rel=1e-6)
+        out.losses.sum().backward()
+        r = [1.0, -2.0, 0.5]
+        dsig = lambda x: sigmoid(x) * (1 - sigmoid(x))  # noqa: E731
+        expected = [-lam_d * beta * dsig(beta * (r[0] - z)), lam_u * beta * dsig(beta * (z - r[1])),
+                    -lam_d * beta * dsig(beta * (r[2] - z))]  # fmt: skip
+        assert_close(inp.chosen.sum.grad, expected)
+        assert inp.kl.sum.grad is None or not inp.kl.sum.grad.any()
+
+
+def test_kto_uses_the_process_mean_of_z():
+    """The trainer hands the across-process mean of ``kto_kl`` in ``process_mean``; the loss clamps it."""
+    inp = _kto_inputs([-1.0, -4.0], [-2.0, -2.0], [True, False], [0.0, 0.0], [0.0, 0.0])
+    assert METHODS["kto"].across_processes is losses.kto_kl
+    for given, z in ((0.8, 0.8), (-0.4, 0.0)):
+        with_mean = LossInputs(inp.chosen, ref_chosen=inp.ref_chosen, label=inp.label, kl=inp.kl,
+                               ref_kl=inp.ref_kl, process_mean=t(given)[0])  # fmt: skip
+        out = losses.kto(with_mean, beta=0.1, lambda_d=1.0, lambda_u=1.0)
+        assert_close(out.losses, [1 - sigmoid(0.1 * (1.0 - z)), 1 - sigmoid(0.1 * (z + 2.0))])
+
+
+def trl_kto_compute_loss(trl_kto, beta, lam_d, lam_u, rows, other_kl=None):
+    """Run ``KTOTrainer._compute_loss`` (TRL 1.16) on given per-token completion log-probs.
+
+    ``rows``: (label, completion token log-probs, ref logp, KL token log-probs, ref KL logp) per row. As for
+    DPO, the real method is bound to a namespace carrying what it reads (``precompute_ref_logps=True``:
+    reference log-probs come from the batch) and a stub model returns the given token log-probs, for the
+    KL sequences (called under no_grad) and the completions alike. ``other_kl``: another process's KL
+    estimate, returned by the stub ``gather_for_metrics`` next to this one's (two processes).
+    Returns (mean loss, completion token log-probs leaf, TRL metrics)."""
+    b = len(rows)
+    length = PROMPT + max(max(len(r[1]), len(r[3])) for r in rows)
+
+    def tensors(which):
+        mask = torch.zeros(b, length, dtype=torch.long)
+        lp = torch.zeros(b, length - 1, dtype=F64)
+        for i, row in enumerate(rows):
+            toks = row[which]
+            mask[i, PROMPT : PROMPT + len(toks)] = 1
+            lp[i, PROMPT - 1 : PROMPT - 1 + len(toks)] = torch.tensor(toks, dtype=F64)
+        return mask, lp
+
+    mask, log_probs = tensors(1)
+    kl_mask, kl_log_probs = tensors(3)
+    log_probs.requires_grad_(True)
+    ids, kl_ids = torch.zeros(b, length, dtype=torch.long), torch.ones(b, length, dtype=torch.long)
+    zeros = torch.zeros(b, length - 1)
+
+    def model(**kw):
+        lp = kl_log_probs if kw["input_ids"] is kl_ids else log_probs
+        return types.SimpleNamespace(log_probs=lp, entropy=zeros, mean_logits=zeros)
+
+    def gather(x):
+        if other_kl is not None and x.dim() == 0 and x.dtype.is_floating_point and x.requires_grad is False:
+            gather.calls += 1
+            if gather.calls == 1:  # the first gathered value is the KL estimate
+                return torch.stack([x, torch.tensor(other_kl, dtype=x.dtype)])
+        return x
+
+    gather.calls = 0
+    trainer = types.SimpleNamespace(
+        model=types.SimpleNamespace(training=True),
+        accelerator=types.SimpleNamespace(device="cpu", gather_for_metrics=gather),
+        calculate_KL=True,
+        aux_loss_enabled=False,
+        precompute_ref_logps=True,
+        loss_type="kto",
+        beta=beta,
+        desirable_weight=lam_d,
+        undesirable_weight=lam_u,
+        _metrics=collections.defaultdict(lambda: collections.defaultdict(list)),
+        _total_train_tokens=0,
+        _tp_size=1,
+    )
+    trainer._compute_kl_logps = types.MethodType(trl_kto.KTOTrainer._compute_kl_logps, trainer)  # TRL's too
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": torch.ones(b, length, dtype=torch.long),
+        "completion_mask": mask,
+        "KL_input_ids": kl_ids,
+        "KL_attention_mask": torch.ones(b, length, dtype=torch.long),
+        "KL_completion_mask": kl_mask,
+        "label": torch.tensor([r[0] for r in rows]),
+        "ref_logps": torch.tensor([r[2] for r in rows], dtype=F64),
+        "ref_KL_logps": torch.tensor([r[4] for r in rows], dtype=F64),
+    }
+    loss = trl_kto.KTOTrainer._compute_loss(trainer, model, inputs, False)
+    return loss, log_probs, {k: v[-1] for k, v in trainer._metrics["train"].items()}
+
+
+@pytest.fixture(scope="module")
+def trl_kto():
+    trl = pytest.importorskip("trl")
+    if not trl.__version__.startswith("1.16."):
+        pytest.skip(f"oracle written against TRL 1.16, found {trl.__version__}")
+    from trl.trainer import kto_trainer
+
+    return kto_trainer
+
+
+def _random_kto_rows(seed: int, b: int, kl_shift: float):
+    g = torch.Generator().manual_seed(seed)
+
+    def toks():
+        n = int(torch.randint(1, 6, (1,), generator=g))
+        return (-(torch.rand(n, generator=g, dtype=F64) * 2 + 0.01)).tolist()
+
+    rows = []
+    for i in range(b):
+        c, k = toks(), toks()
+        label = bool(i % 3 != 1) if seed % 2 else bool(i % 2)
+        ref = sum(c) + float(torch.randn(1, generator=g, dtype=F64))
+        ref_kl = sum(k) + float(torch.randn(1, generator=g, dtype=F64)) - kl_shift
+        rows.append((label, c, ref, k, ref_kl))
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(6))
+# the mean KL log-ratio mostly below 0 (clamped), mixed, above
+@pytest.mark.parametrize("kl_shift", [-2.0, 0.0, 2.0])
+def test_kto_matches_trl(trl_kto, seed, kl_shift):
+    """kto == TRL 1.16 KTOTrainer (loss_type='kto') on random rows: the mean loss, the gradient w.r.t.
+    every completion's summed log-prob (so each row's loss), z (TRL's ``kl``, clamped at 0 and detached)
+    and the reward/logp metrics, to 1e-6 (float64: far tighter)."""
+    beta, lam_d, lam_u = (0.1, 1.0, 1.0) if seed < 3 else (0.5, 1.33, 0.8)
+    rows = _random_kto_rows(seed, 6, kl_shift)
+    trl_loss, log_probs, m = trl_kto_compute_loss(trl_kto, beta, lam_d, lam_u, rows)
+    inp = LossInputs(
+        chosen=seq(t(*[sum(r[1]) for r in rows], grad=True), t(*[len(r[1]) for r in rows])),
+        ref_chosen=t(*[r[2] for r in rows]),
+        label=torch.tensor([r[0] for r in rows]),
+        kl=seq(t(*[sum(r[3]) for r in rows], grad=True), t(*[len(r[3]) for r in rows])),
+        ref_kl=t(*[r[4] for r in rows]),
+    )
+    out = METHODS["kto"](inp, {"beta": beta, "lambda_d": lam_d, "lambda_u": lam_u})
+    assert abs(out.losses.mean().item() - trl_loss.item()) < 1e-6
+    trl_loss.backward()
+    (out.losses.mean()).backward()
+    for i, r in enumerate(rows):  # TRL's d loss / d token log-prob is that of the row's summed log-prob
+        got = log_probs.grad[i, PROMPT - 1 : PROMPT - 1 + len(r[1])]
+        assert (got - inp.chosen.sum.grad[i]).abs().max() < 1e-9
+    assert inp.kl.sum.grad is None or not inp.kl.sum.grad.any()  # z is detached
+    assert abs(out.metrics["kto/z"][0].item() - m["kl"]) < 1e-6
+    for key in ("rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected"):
+        assert abs(out.mean(key).item() - m[key]) < 1e-5 * max(1.0, abs(m[key])), key
+
+
+def test_kto_matches_trl_across_two_processes(trl_kto):
+    """Two processes: TRL gathers each process's KL estimate and averages; tether's trainer hands the loss
+    the all-reduced mean of ``kto_kl`` (``process_mean``). Same losses and z, including a clamped case."""
+    for shift_a, shift_b in ((1.0, -3.0), (2.0, 0.5)):
+        a, b = _random_kto_rows(7, 4, shift_a), _random_kto_rows(8, 4, shift_b)
+
+        def inputs(rows):
+            return LossInputs(
+                chosen=seq(t(*[sum(r[1]) for r in rows]), t(*[len(r[1]) for r in rows])),
+                ref_chosen=t(*[r[2] for r in rows]),
+                label=torch.tensor([r[0] for r in rows]),
+                kl=seq(t(*[sum(r[3]) for r in rows]), t(*[len(r[3]) for r in rows])),
+                ref_kl=t(*[r[4] for r in rows]),
+            )
+
+        inp_a, inp_b = inputs(a), inputs(b)
+        mean = (losses.kto_kl(inp_a) + losses.kto_kl(inp_b)) / 2
+        trl_loss, _, m = trl_kto_compute_loss(trl_kto, 0.1, 1.0, 1.0, a, other_kl=losses.kto_kl(inp_b).item())
+        inp_a = LossInputs(inp_a.chosen, ref_chosen=inp_a.ref_chosen, label=inp_a.label, kl=inp_a.kl,
+                           ref_kl=inp_a.ref_kl, process_mean=mean)  # fmt: skip
+        out = losses.kto(inp_a, beta=0.1, lambda_d=1.0, lambda_u=1.0)
+        assert abs(out.losses.mean().item() - trl_loss.item()) < 1e-6
+        assert abs(out.metrics["kto/z"][0].item() - m["kl"]) < 1e-6
+
+
+def test_masked_metric_is_the_mean_over_its_rows_of_the_global_batch():
+    """``rewards/chosen`` of a KTO step is the mean over the desirable rows of all micro-batches (the
+    trainer sums value·mask and mask separately), not the mean over all rows; a step without any desirable
+    row logs no ``rewards/chosen``."""
+    from tether.training.trainer import Trainer
+
+    micro = [
+        _kto_inputs([-1.0, -4.0, -2.5], [-2.0, -2.0, -3.0], [True, False, True], [0.0] * 3, [0.0] * 3),
+        _kto_inputs([-6.0, -1.0], [-2.0, -3.0], [False, True], [0.0] * 2, [0.0] * 2),
+    ]
+    sums: dict = {}
+    outs = [METHODS["kto"](inp, METHODS["kto"].hparams({})) for inp in micro]
+    for out in outs:
+        Trainer._accumulate(sums, out)
+    means = Trainer._means({k: v.item() for k, v in sums.items()}, 5.0)
+    r_desirable = [1.0, 0.5, 2.0]  # over both micro-batches
+    assert means["rewards/chosen"] == pytest.approx(0.1 * sum(r_desirable) / 3, rel=1e-6)
+    assert means["rewards/rejected"] == pytest.approx(0.1 * (-2.0 - 4.0) / 2, rel=1e-6)
+    assert means["kto/desirable"] == pytest.approx(3 / 5)
+    assert means["loss"] == pytest.approx(sum(o.losses.sum().item() for o in outs) / 5, rel=1e-6)
+    assert not any(k.startswith("_w:") for k in means)
+    only_undesirable = METHODS["kto"](
+        _kto_inputs([-6.0], [-2.0], [False], [0.0], [0.0]), METHODS["kto"].hparams({})
+    )
+    sums = {}
+    Trainer._accumulate(sums, only_undesirable)
+    means = Trainer._means({k: v.item() for k, v in sums.items()}, 1.0)
+    assert "rewards/chosen" not in means and "rewards/rejected" in means
+
+
+def test_kto_balance_notes():
+    """λ_D·n_D/(λ_U·n_U) against the KTO paper's recommended [1, 4/3] (TRL's warning uses the same bounds)."""
+    notes = METHODS["kto"].label_notes
+    hp = METHODS["kto"].hparams({})
+    assert "within" in notes([True, False] * 4, hp)[0]
+    assert "within" in notes([True] * 4 + [False] * 3, hp)[0]  # 4/3
+    out = notes([True] * 2 + [False] * 6, hp)[0]
+    assert "outside" in out and "method.lambda_d in [3, 4]" in out
+    assert "every training row is desirable" in notes([True] * 3, hp)[0]
+    assert "every training row is undesirable" in notes([False] * 3, hp)[0]

@@ -60,6 +60,15 @@ def hard_examples(paired: bool = True, seed: int = 0) -> list[Ex]:
     ]
 
 
+def kto_examples() -> list[Ex]:
+    """Unpaired rows, each with the next row's completion as its mismatched one (KTO)."""
+    ex = hard_examples(paired=False)
+    return [
+        Ex(e.prompt_ids, e.chosen_ids, f.chosen_ids, e.label)
+        for e, f in zip(ex, ex[1:] + ex[:1], strict=True)
+    ]
+
+
 def rows_and_grads(model, batch, **kw):
     model.zero_grad()
     rows = LogProbModel(model, chunk=7)(batch, **kw)
@@ -85,6 +94,34 @@ def test_segment_layouts_match_plain_logps_and_gradients(arch, padding_side, pai
         assert batch.n_tokens == int(collate(ex, range(5), 0).attention_mask.sum())
 
 
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_mismatched_completions_score_like_a_second_answer_with_no_gradient(arch):
+    """KTO's rows ``prompt | completion | mismatched completion``: in every layout the mismatched
+    completion's log-probs equal those of the same sequence scored as a pair's rejected answer, and
+    nothing of the policy's gradient comes from them (the LM head of those rows runs under no_grad)."""
+    model = MODELS[arch]()
+    ex = kto_examples()
+    as_pairs = [Ex(e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in ex]
+    plain, _ = rows_and_grads(model, collate(as_pairs, range(5), 0))
+    assert plain.sum.requires_grad
+    for layout in [{"share_prompt": False, "packing": False}, *LAYOUTS]:
+        batch = collate(ex, range(5), 0, **layout)
+        assert batch.mismatched and batch.labels is not None
+        model.zero_grad()
+        rows = LogProbModel(model, chunk=7)(batch)
+        torch.testing.assert_close(rows.sum, plain.sum, atol=1e-5, rtol=0, msg=str(layout))
+        params = [p for p in model.parameters()]
+        grads = torch.autograd.grad(rows.sum[5:].sum(), params, allow_unused=True, retain_graph=True)
+        assert all(g is None or not g.any() for g in grads), layout
+        grads = torch.autograd.grad(rows.sum[:5].sum(), params, allow_unused=True)
+        assert any(g is not None and g.any() for g in grads), layout
+        inp = loss_inputs(rows, batch, plain.sum.detach())
+        assert inp.rejected is None and inp.ref_rejected is None
+        torch.testing.assert_close(inp.kl.sum, plain.sum[5:], atol=1e-5, rtol=0)
+        torch.testing.assert_close(inp.ref_kl, plain.sum[5:].detach())
+        assert inp.label.tolist() == [e.label for e in ex]
+
+
 def test_packing_computes_no_padding_and_the_prompt_once():
     ex = hard_examples()
     plain = collate(ex, range(5), 0)
@@ -102,6 +139,8 @@ def test_every_method_same_loss_in_every_layout(name):
         for p in policy.parameters():
             p.add_(0.01 * torch.randn_like(p))
     ex = hard_examples(paired=method.data == "pairs")
+    if method.mismatched_completion:
+        ex = kto_examples()
     hp = dict(method.defaults)
     mix = None
     if method.reference_logits is not None:

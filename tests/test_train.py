@@ -86,3 +86,119 @@ def test_an_unpaired_method_needs_only_its_loss_and_registry_entry(setup, monkey
     assert labels.dtype == torch.bool and labels.any() and not labels.all()
     with pytest.raises(Exception, match="unpaired rows"):  # pairs given to an unpaired method: one clear line
         train(config(root, model, pairs, "toy_unpaired", overwrite=True))
+
+
+# --------------------------------------------------------------------------------------------------
+# KTO: pairs split, mismatched completions, reference modes, determinism and resume
+# --------------------------------------------------------------------------------------------------
+
+
+def _kto(root, model, data, name, mode="precomputed", **train_kw):
+    cfg = config(root, model, data, "kto", **train_kw).to_dict()
+    cfg["reference"]["mode"] = mode
+    cfg["train"]["output_dir"] = str(root / "runs" / name)
+    return from_dict(cfg)
+
+
+def _rows(examples):
+    return [(tuple(e.prompt_ids), tuple(e.chosen_ids), tuple(e.rejected_ids), e.label) for e in examples]
+
+
+def _messages(rows):
+    """The same pairs as message lists (the tiny tokenizer's chat template renders strings the same way)."""
+    return [
+        {
+            "prompt": [{"role": "user", "content": r["prompt"]}],
+            "chosen": [{"role": "assistant", "content": r["chosen"]}],
+            "rejected": [{"role": "assistant", "content": r["rejected"]}],
+        }
+        for r in rows
+    ]
+
+
+def test_kto_splits_pairs_shuffles_and_pairs_completions_deterministically(setup, capsys):
+    """A pairs file given to kto: one desirable (chosen) and one undesirable (rejected) row per pair, the
+    same rows as the unpaired file of the same pairs and as message-list pairs; shuffled with the seed
+    (same seed: same order and same mismatched completions); each row's mismatched completion is another
+    row's completion after a different prompt; validate reports the counts and the λ balance."""
+    from tether.cli import main
+    from tether.training.run import prepare
+
+    from tiny import pair_rows
+
+    root, model, pairs, *_ = setup
+    convo = write_jsonl(root / "pairs_messages.jsonl", _messages(pair_rows(16)))
+    a, b = prepare(_kto(root, model, pairs, "p")), prepare(_kto(root, model, pairs, "p"))
+    assert _rows(a.train) == _rows(b.train)  # deterministic
+    other = prepare(_kto(root, model, pairs, "p", seed=1))
+    assert _rows(other.train) != _rows(a.train) and sorted(_rows(other.train)) != sorted(_rows(a.train))
+    assert a.report["pairs_split"] == 16 and a.report["train_examples"] == 32
+    assert (a.report["desirable"], a.report["undesirable"]) == (16, 16)
+    labels = [e.label for e in a.train]
+    assert labels[:16] != [True] * 16 and labels != [True, False] * 16  # shuffled, not in blocks
+    completions = {tuple(e.chosen_ids) for e in a.train}
+    for e in a.train:  # the mismatched completion: another row's, after a different prompt
+        partner = [f for f in a.train if tuple(f.chosen_ids) == tuple(e.rejected_ids)]
+        assert partner and any(f.prompt_ids != e.prompt_ids for f in partner)
+        assert tuple(e.rejected_ids) in completions
+    # the same (prompt, completion, label) rows as the unpaired file and the message-list pairs
+    key = lambda ex: sorted((tuple(e.prompt_ids), tuple(e.chosen_ids), e.label) for e in ex)  # noqa: E731
+    same_unpaired = write_jsonl(root / "unpaired32.jsonl", unpaired_rows(32))  # the same 16 pairs, split
+    assert key(a.train) == key(prepare(_kto(root, model, same_unpaired, "u")).train)
+    assert key(a.train) == key(prepare(_kto(root, model, convo, "c")).train)
+    capsys.readouterr()
+    path = root / "kto.yaml"
+    path.write_text(json.dumps(_kto(root, model, pairs, "v").to_dict()))
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "pairs_split=16" in out and "desirable=16, undesirable=16" in out
+    assert "each pair split into a desirable (chosen) and an undesirable (rejected) row" in out
+    assert "λ_D·n_D/(λ_U·n_U) = 1·16/(1·16) = 1, within the KTO paper's recommended [1, 4/3]" in out
+
+
+def test_kto_only_desirable_rows_is_one_note(setup, capsys):
+    """A file of only desirable rows trains (as in TRL) and says so in one line."""
+    from tether.training.job import validate
+
+    root, model, *_ = setup
+    only = write_jsonl(root / "only_desirable.jsonl", [r for r in unpaired_rows(16) if r["label"]])
+    report = validate(_kto(root, model, only, "only"))
+    assert (report["desirable"], report["undesirable"]) == (8, 0)
+    notes = [n for n in report["notes"] if n.startswith("kto")]
+    assert notes == ["kto: every training row is desirable (8 desirable, 0 undesirable): it trains "
+                "(as in TRL), but with no undesirable rows there is no balance to check"]  # fmt: skip
+
+
+def test_kto_precomputed_and_copy_reference_agree(setup):
+    """kto on a pairs file: step 1 (π = π_ref) has z = 0 and loss λ/2 = 0.5 exactly; a precomputed reference
+    (whose table holds the mismatched completions' log-probs too) and a frozen copy give the same steps."""
+    root, model, pairs, *_ = setup
+    runs = {m: train(_kto(root, model, pairs, f"kto-{m}", m, batch_size=4)) for m in ("precomputed", "copy")}
+    pre, cp = (
+        [json.loads(x) for x in (runs[m].run_dir / "metrics.jsonl").read_text().splitlines()] for m in runs
+    )
+    assert runs["precomputed"].reference_mode == "precomputed" and runs["copy"].reference_mode == "copy"
+    assert pre[0]["loss"] == pytest.approx(0.5, abs=1e-6) and pre[0]["kto/z"] == 0.0
+    assert pre[0]["rewards/chosen"] == pytest.approx(0.0, abs=1e-6)
+    assert any(x["kto/z"] > 0 for x in pre[1:])  # the policy moved: z is estimated, not stuck at 0
+    for x, y in zip(pre, cp, strict=True):
+        for k in ("loss", "kto/z", "rewards/chosen", "rewards/rejected", "logps/chosen", "deviation"):
+            assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-5), k
+
+
+def test_kto_resume_is_exact(setup):
+    """Stop a kto run after 2 steps and extend it to 4: the same rows, mismatched completions and steps."""
+    root, model, pairs, *_ = setup
+    kw = {"batch_size": 4, "save_every": 2, "scheduler": "constant"}  # the same LR for a 2- and a 4-step run
+    full = train(_kto(root, model, pairs, "kto-full", max_steps=4, **kw))
+    train(_kto(root, model, pairs, "kto-part", max_steps=2, **kw))
+    resumed = train(_kto(root, model, pairs, "kto-part", max_steps=4, resume=True, **kw))
+    assert resumed.resumed_from_step == 2
+    a, b = (
+        [json.loads(x) for x in (r.run_dir / "metrics.jsonl").read_text().splitlines()]
+        for r in (full, resumed)
+    )
+    assert [x["step"] for x in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b, strict=True):
+        for k in ("loss", "kto/z", "rewards/chosen", "rewards/rejected"):
+            assert x[k] == pytest.approx(y[k], abs=1e-6), k

@@ -49,7 +49,11 @@ class LossInputs:
 
     For SFT-family and unpaired methods ``chosen`` is the completion and ``rejected`` is ``None``;
     ``label`` ([B] bool) is an unpaired row's label (True: desirable completion), else ``None``.
-    ``ref_*`` are summed reference log-probs (no gradient).
+    ``ref_*`` are summed reference log-probs (no gradient). ``kl``/``ref_kl``: an unpaired row's
+    mismatched sequence (its prompt with another row's completion, KTO's KL estimate; the policy's without
+    gradient), for methods that declare ``mismatched_completion``. ``process_mean``: a method's
+    ``across_processes`` statistic of this micro-batch averaged over all processes (set by the trainer;
+    ``None`` on one process or in a unit test, where the loss computes it from its own rows).
     """
 
     chosen: SequenceLogps
@@ -59,6 +63,9 @@ class LossInputs:
     label: Tensor | None = None
     chosen_perturbed: Perturbed | None = None
     rejected_perturbed: Perturbed | None = None
+    kl: SequenceLogps | None = None
+    ref_kl: Tensor | None = None
+    process_mean: Tensor | None = None
 
 
 @dataclass
@@ -66,17 +73,33 @@ class LossOutput:
     """Per-example losses (with gradient) and per-example detached metrics.
 
     The trainer reduces both: the loss as the mean over the global batch, each metric as its mean over
-    the global batch (all micro-batches and processes of one optimizer step).
+    the global batch (all micro-batches and processes of one optimizer step). A metric added with a
+    ``where`` mask (``weights[name]``) is the mean over the masked examples of the global batch instead
+    (e.g. ``rewards/chosen`` over KTO's desirable rows only): the trainer reduces Σ value·mask and Σ mask
+    separately and logs their ratio, or nothing on a step whose global batch has no masked example.
     """
 
     losses: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)
+    weights: dict[str, Tensor] = field(default_factory=dict)
 
-    def add(self, name: str, value: Tensor) -> None:
+    def add(self, name: str, value: Tensor, where: Tensor | None = None) -> None:
         v = value.detach().float()
         if v.dim() == 0:
             v = v.expand(self.losses.shape[0])
+        if where is not None:
+            w = where.detach().float().expand(v.shape)
+            v = torch.where(w > 0, v, torch.zeros_like(v))  # a NaN/inf outside the mask never reaches the sum
+            self.weights[name] = w
         self.metrics[name] = v
+
+    def mean(self, name: str) -> Tensor:
+        """The metric's mean as the trainer reduces it (over its ``where`` mask when it has one)."""
+        v = self.metrics[name]
+        if name not in self.weights:
+            return v.mean()
+        w = self.weights[name]
+        return (v * w).sum() / w.sum()
 
 
 def require(

@@ -118,8 +118,11 @@ __all__ = [
     "check_rows",
     "detect_kind",
     "read_rows",
+    "shuffled",
+    "split_pairs",
     "split_train_eval",
     "tokenize_rows",
+    "with_mismatched_completions",
 ]
 
 Kind = Literal["sft", "pairs", "unpaired"]
@@ -821,8 +824,11 @@ class Example:
     """One tokenized training example.
 
     For SFT and unpaired rows ``chosen_ids`` holds the completion and ``rejected_ids`` is ``None``;
-    ``label`` is an unpaired row's label (True: desirable), else ``None``. ``meta`` holds the row's other
-    scalar columns verbatim (e.g. ``source``, used to split sDPO stages).
+    ``label`` is an unpaired row's label (True: desirable), else ``None``. An unpaired row of a method
+    that declares ``mismatched_completion`` (KTO) carries in ``rejected_ids`` another row's completion, to
+    be scored after this row's prompt (:func:`with_mismatched_completions`): the engine lays it out and
+    the reference scores it exactly as a pair's second answer. ``meta`` holds the row's other scalar
+    columns verbatim (e.g. ``source``, used to split sDPO stages).
     """
 
     prompt_ids: list[int]
@@ -1239,6 +1245,53 @@ def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[i
         return []
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
     return [list(ids) for ids in encoded]
+
+
+# --------------------------------------------------------------------------------------------------
+# Unpaired rows from pairs, and mismatched completions (KTO)
+# --------------------------------------------------------------------------------------------------
+
+
+def split_pairs(examples: Sequence[Example]) -> list[Example]:
+    """Each pair as two unpaired examples with its prompt: the chosen answer desirable (``label`` True),
+    the rejected one undesirable (False), in that order. Both keep the pair's file, line and meta."""
+    out = []
+    for e in examples:
+        if e.rejected_ids is None:
+            raise ValueError("split_pairs: an example without a rejected answer")
+        for ids, label in ((e.chosen_ids, True), (e.rejected_ids, False)):
+            out.append(Example(list(e.prompt_ids), list(ids), None, e.file, e.line, dict(e.meta), label))
+    return out
+
+
+def shuffled(examples: Sequence[Example], seed: int) -> list[Example]:
+    """``examples`` in the order of ``random.Random(seed).shuffle`` (the same order for the same seed)."""
+    out = list(examples)
+    random.Random(seed).shuffle(out)
+    return out
+
+
+def with_mismatched_completions(examples: Sequence[Example], max_length: int) -> list[Example]:
+    """Each unpaired example with a mismatched completion in ``rejected_ids`` (KTO's KL estimate).
+
+    Example ``i``'s is the completion of the next example in the given order (cyclically) whose prompt
+    differs from ``i``'s; when every example has the same prompt, simply the next one's (a single example:
+    its own). It is cut at its end to fit ``max_length`` after ``i``'s prompt (``i``'s prompt always
+    leaves room for one response token), so it never cuts the prompt. Deterministic: the order is the
+    caller's (the run's seeded shuffle), nothing is random here.
+    """
+    n = len(examples)
+    keys = [tuple(e.prompt_ids) for e in examples]
+    partner: list[int | None] = [None] * n  # the next example with another prompt, found backwards in O(n)
+    for t in range(2 * n - 1, -1, -1):
+        i, j = t % n, (t + 1) % n
+        partner[i] = j if keys[j] != keys[i] else partner[j]
+    out = []
+    for i, e in enumerate(examples):
+        j = partner[i]
+        kl = list(examples[(i + 1) % n if j is None else j].chosen_ids)[: max_length - len(e.prompt_ids)]
+        out.append(Example(list(e.prompt_ids), list(e.chosen_ids), kl, e.file, e.line, dict(e.meta), e.label))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -58,7 +58,9 @@ class Batch:
     rows of segments (one per example, a pair's prompt once when shared), ``position_ids`` restarting per
     segment, ``response_mask`` None. ``targets`` says where each response token is in either layout.
     ``index``: [B] positions of the examples in their dataset (precomputed reference look-up).
-    ``labels``: [B] bool, unpaired rows' labels (True: desirable), else ``None``.
+    ``labels``: [B] bool, unpaired rows' labels (True: desirable), else ``None``. Unpaired rows that
+    carry a mismatched completion (KTO, :attr:`mismatched`) are collated as pairs: rows ``[B, 2B)`` are
+    each prompt followed by its mismatched completion.
     ``n_tokens``: tokens counted per output row (a pair's prompt twice, as TRL counts them).
     """
 
@@ -79,6 +81,11 @@ class Batch:
             self.targets = Targets.from_mask(self.input_ids, self.response_mask)
         if not self.n_tokens:
             self.n_tokens = int(self.attention_mask.sum())
+
+    @property
+    def mismatched(self) -> bool:
+        """Rows ``[B, 2B)`` are unpaired rows' mismatched completions (scored without gradient)."""
+        return self.paired and self.labels is not None
 
     @property
     def n_examples(self) -> int:
@@ -268,8 +275,13 @@ def response_logps(
     ref_hidden: Tensor | None = None,
     ref_head: nn.Module | None = None,
     mix: ReferenceLogitsFn | None = None,
+    no_grad_from: int | None = None,
 ) -> RowLogps:
     """Summed log π(y_t | y_<t, x) over response tokens, row by row, in chunks of positions.
+
+    Rows ``no_grad_from`` and after (KTO's mismatched completions, whose log-probs only enter a detached
+    estimate) get no graph through the LM head: their chunks run once under ``no_grad`` instead of being
+    checkpointed and recomputed in the backward pass. Their decoder positions still share the forward.
 
     ``hidden``: [N, T, H] last hidden states. The response tokens are ``targets`` (any layout), or for
     padded rows ``input_ids`` + ``response_mask`` (position t predicts token t+1). With ``ref_hidden``
@@ -282,16 +294,18 @@ def response_logps(
         targets = Targets.from_mask(input_ids, response_mask)
     rows, y = targets.owner, targets.token
     h = hidden[targets.src_row, targets.src_col]
+    # targets are in row order, so the rows without gradient are the tail of h
+    cut = h.shape[0] if no_grad_from is None else int((rows < no_grad_from).sum())
     pieces = []
-    for s in range(0, h.shape[0], chunk):
-        if torch.is_grad_enabled() and h.requires_grad:
-            pieces.append(
-                checkpoint(
-                    _chunk_logps, h[s : s + chunk], y[s : s + chunk], head, softcap, use_reentrant=False
-                )
-            )
+    for s in [*range(0, cut, chunk), *range(cut, h.shape[0], chunk)]:
+        e = min(s + chunk, cut) if s < cut else s + chunk
+        if s >= cut:
+            with torch.no_grad():
+                pieces.append(_chunk_logps(h[s:e].detach(), y[s:e], head, softcap))
+        elif torch.is_grad_enabled() and h.requires_grad:
+            pieces.append(checkpoint(_chunk_logps, h[s:e], y[s:e], head, softcap, use_reentrant=False))
         else:
-            pieces.append(_chunk_logps(h[s : s + chunk], y[s : s + chunk], head, softcap))
+            pieces.append(_chunk_logps(h[s:e], y[s:e], head, softcap))
     tok = torch.cat(pieces) if pieces else h.new_zeros(0, dtype=torch.float32)
     n_rows = targets.n_rows
     sums = tok.new_zeros(n_rows).index_add(0, rows, tok)
@@ -430,11 +444,16 @@ class LogProbModel(nn.Module):
             hidden, batch, want_tokens=want_tokens, ref_hidden=ref_hidden, ref_head=ref_head, mix=mix
         )
 
+    @staticmethod
+    def _no_grad_from(batch: Batch) -> int | None:
+        return batch.n_examples if batch.mismatched else None
+
     def from_hidden(self, hidden: Tensor, batch: Batch | Tensor, response_mask: Tensor | None = None, **kw):
         """Response log-probs from already computed hidden states (see :func:`response_logps`)."""
         _, head, softcap = decoder_and_head(self.model)
         if isinstance(batch, Batch):
             kw["targets"] = batch.targets
+            kw.setdefault("no_grad_from", self._no_grad_from(batch))
             if batch.response_mask is not None:  # plain layout: per-token values keep the row layout
                 kw.update(input_ids=batch.input_ids, response_mask=batch.response_mask)
         else:
@@ -526,8 +545,10 @@ def loss_inputs(
     batch: Batch,
     ref_sum: Tensor | None = None,
 ) -> LossInputs:
-    """Split engine rows into the loss contract (chosen rows first, then rejected for pairs)."""
+    """Split engine rows into the loss contract (chosen rows first, then rejected for pairs, or the
+    mismatched completions of unpaired rows: ``kl``/``ref_kl``)."""
     b = batch.n_examples
+    two = batch.paired and not batch.mismatched
 
     def seq(sl: slice) -> SequenceLogps:
         return SequenceLogps(
@@ -545,10 +566,12 @@ def loss_inputs(
     chosen, rejected = slice(0, b), slice(b, 2 * b)
     return LossInputs(
         chosen=seq(chosen),
-        rejected=seq(rejected) if batch.paired else None,
+        rejected=seq(rejected) if two else None,
         ref_chosen=None if ref_sum is None else ref_sum[chosen],
-        ref_rejected=None if ref_sum is None or not batch.paired else ref_sum[rejected],
+        ref_rejected=None if ref_sum is None or not two else ref_sum[rejected],
         label=batch.labels,
         chosen_perturbed=pert(chosen),
-        rejected_perturbed=pert(rejected) if batch.paired else None,
+        rejected_perturbed=pert(rejected) if two else None,
+        kl=seq(rejected) if batch.mismatched else None,
+        ref_kl=None if ref_sum is None or not batch.mismatched else ref_sum[rejected],
     )

@@ -246,6 +246,99 @@ def r_dpo(inp: LossInputs, *, beta: float, alpha: float) -> LossOutput:
 
 
 # --------------------------------------------------------------------------------------------------
+# Unpaired, reference-based: data = prompt + completion + label (desirable or not)
+# --------------------------------------------------------------------------------------------------
+
+#: The KTO paper's recommended range of λ_D·n_D / (λ_U·n_U) (TRL's KTOTrainer warns outside it).
+KTO_BALANCE = (1.0, 4.0 / 3.0)
+
+
+def kto_kl(inp: LossInputs) -> Tensor:
+    """KTO's estimate of KL(π‖π_ref) on one micro-batch, before clamping: the mean log-ratio
+    ``logp(y') − logp_ref(y')`` over the rows' mismatched sequences (each row's prompt with another row's
+    completion y'), detached. The method's ``across_processes`` statistic: the trainer averages it over
+    processes (TRL: ``gather_for_metrics(kl).mean()``) and hands it back as ``inp.process_mean``."""
+    kl: SequenceLogps = require(inp.kl, "kl")  # type: ignore[assignment]
+    return (kl.sum.detach() - require(inp.ref_kl, "ref_kl")).mean()  # type: ignore[operator]
+
+
+def kto(inp: LossInputs, *, beta: float, lambda_d: float, lambda_u: float) -> LossOutput:
+    """KTO (Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic Optimization",
+    arXiv:2402.01306), the KTO loss L_KTO (§4; TRL cites it as its Eq. 7), per unpaired row:
+    desirable ``λ_D·(1 − σ(β·(r − z)))``, undesirable ``λ_U·(1 − σ(β·(z − r)))``, ``r = logp(y) − logp_ref(y)``
+    summed over the completion's tokens.
+
+    The reference point ``z = max(0, mean r(x, y'))`` over the micro-batch's mismatched pairs (prompt x
+    of one row, completion y' of another; :func:`kto_kl`), averaged over processes, clamped at 0 and
+    detached: no gradient flows through z (the authors and TRL). The policy's log-probs of y' are scored
+    without an LM-head graph (``Batch.mismatched``). Symbols: β → ``beta``, λ_D → ``lambda_d``,
+    λ_U → ``lambda_u`` (TRL: ``desirable_weight``/``undesirable_weight``). At step 0 (π = π_ref) z = 0
+    and every row's loss is λ/2. The loss of a step is the mean over all rows of the global batch, each
+    weighted by its λ, as TRL's ``losses.nanmean()``.
+
+    **Where tether differs from TRL 1.16** (the loss of given log-probs and z is TRL's exactly, tested):
+    the mismatched completion of a row is fixed when the data is prepared: the rows (a pairs file split
+    into a desirable chosen and an undesirable rejected row) are shuffled with ``train.seed`` and row i's
+    is the completion of the next row with another prompt
+    (:func:`tether.data.rows.with_mismatched_completions`); TRL rotates completions by one within blocks of ``per_device_train_batch_size`` of the
+    unshuffled data and samples sequentially, so its micro-batch's y' are the micro-batch's own
+    completions and a split pairs file gives nearly single-label micro-batches. Fixing y' per row lets a
+    ``precomputed`` reference hold logp_ref(x, y') in its table, like a pair's rejected answer, and makes
+    the pairing identical across runs and resumes; the trainer's per-epoch shuffle then draws a row's y'
+    from outside its micro-batch, which estimates the same KL with a different sample. Cost: y' shares
+    the row's prompt pass (``prompt | y | y'``) and its LM head runs without a graph, but its decoder
+    positions still take part in the backward pass (with zero gradient); TRL instead runs a second,
+    no-grad forward over prompt + y'. On evaluation steps z is each eval micro-batch's own (not averaged
+    over processes).
+
+    Metrics: ``rewards/chosen`` (β·r over the desirable rows of the global batch), ``rewards/rejected``
+    (undesirable rows), ``logps/chosen``/``logps/rejected`` likewise, ``kto/z`` (the clamped z) and
+    ``kto/desirable`` (the fraction of desirable rows); ``deviation`` is over desirable rows.
+    """
+    label: Tensor = require(inp.label, "label")  # type: ignore[assignment]
+    r = inp.chosen.sum - require(inp.ref_chosen, "ref_chosen")  # type: ignore[operator]
+    z_est = inp.process_mean if inp.process_mean is not None else kto_kl(inp)
+    z = z_est.detach().clamp(min=0).to(r.dtype)
+    desirable = lambda_d * (1.0 - torch.sigmoid(beta * (r - z)))
+    undesirable = lambda_u * (1.0 - torch.sigmoid(beta * (z - r)))
+    out = LossOutput(losses=torch.where(label, desirable, undesirable))
+    out.add("rewards/chosen", beta * r, where=label)
+    out.add("rewards/rejected", beta * r, where=~label)
+    out.add("logps/chosen", inp.chosen.sum, where=label)
+    out.add("logps/rejected", inp.chosen.sum, where=~label)
+    out.add("kto/z", z)
+    out.add("kto/desirable", label.float())
+    return out
+
+
+def kto_data_notes(labels: list[bool], hparams: Mapping[str, float]) -> list[str]:
+    """KTO's one-line notes on a training set's labels: the recommended range of λ_D·n_D/(λ_U·n_U)
+    (``KTO_BALANCE``, the KTO paper's recommendation that TRL's warning applies), or that one label is
+    missing (allowed, as in TRL: the loss then only moves r relative to z on one side)."""
+    n_d = sum(labels)
+    n_u = len(labels) - n_d
+    lam_d, lam_u = hparams["lambda_d"], hparams["lambda_u"]
+    if n_d == 0 or n_u == 0:
+        which, other = ("desirable", "undesirable") if n_u == 0 else ("undesirable", "desirable")
+        return [
+            f"kto: every training row is {which} ({n_d} desirable, {n_u} undesirable): it trains "
+            f"(as in TRL), but with no {other} rows there is no balance to check"
+        ]
+    ratio = lam_d * n_d / (lam_u * n_u)
+    lo, hi = KTO_BALANCE
+    if lo <= ratio <= hi:
+        return [
+            f"kto: λ_D·n_D/(λ_U·n_U) = {lam_d:g}·{n_d}/({lam_u:g}·{n_u}) = {ratio:.3g}, within the KTO paper's "
+            "recommended [1, 4/3]"
+        ]
+    return [
+        f"kto: λ_D·n_D/(λ_U·n_U) = {lam_d:g}·{n_d}/({lam_u:g}·{n_u}) = {ratio:.3g} is outside the KTO paper's "
+        f"recommended [1, 4/3]; e.g. method.lambda_d in [{lam_u * n_u / n_d:.3g}, "
+        f"{4 * lam_u * n_u / (3 * n_d):.3g}] brings it inside"
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
 # Pairwise, reference-free
 # --------------------------------------------------------------------------------------------------
 
@@ -395,6 +488,21 @@ def rrhf(inp: LossInputs, *, lambda_nll: float, lambda_nll_avg: float = 0.0) -> 
     out.add("nll", -avg_w)
     _logp_metrics(out, inp)
     return out
+
+
+def add_reference_metrics(out: LossOutput, inp: LossInputs) -> None:
+    """:func:`reference_metrics` into ``out``; for unpaired rows (``inp.label``) ``deviation`` and
+    ``logps/ref_chosen`` are over the desirable rows, ``deviation/rejected`` and ``logps/ref_rejected``
+    over the undesirable ones (as a pair's chosen and rejected answers)."""
+    if inp.label is None or inp.ref_chosen is None:
+        for name, value in reference_metrics(inp).items():
+            out.add(name, value)
+        return
+    dev = (inp.chosen.sum - inp.ref_chosen) / inp.chosen.n_tokens
+    out.add("deviation", dev, where=inp.label)
+    out.add("deviation/rejected", dev, where=~inp.label)
+    out.add("logps/ref_chosen", inp.ref_chosen, where=inp.label)
+    out.add("logps/ref_rejected", inp.ref_chosen, where=~inp.label)
 
 
 def reference_metrics(inp: LossInputs) -> dict[str, Tensor]:

@@ -87,6 +87,20 @@ class Method:
     state_metrics: Mapping[str, str] = field(default_factory=dict)
     #: The plot of this method's state in ``tether report`` (``<name>.png``), drawn when a run logged it.
     state_plot: StatePlot | None = None
+    #: Unpaired data only: each row also carries another row's completion after its own prompt
+    #: (``LossInputs.kl``/``ref_kl``; KTO's KL estimate), fixed when the data is prepared after a shuffle
+    #: with the run's seed (:func:`tether.data.rows.with_mismatched_completions`).
+    mismatched_completion: bool = False
+    #: Unpaired data only: a pairs file is accepted too, each pair split into a desirable (chosen) and an
+    #: undesirable (rejected) row.
+    split_pairs: bool = False
+    #: A detached scalar statistic of a micro-batch that the loss needs averaged over all processes (KTO's
+    #: KL estimate): the trainer computes it on every process, all-reduces the mean and hands it to the
+    #: loss as ``LossInputs.process_mean`` (training steps; evaluation uses each micro-batch's own).
+    across_processes: Callable[[LossInputs], Tensor] | None = None
+    #: One-line notes on the training rows' labels and the hyper-parameters, printed by ``tether validate``
+    #: and ``tether train`` (KTO's λ_D·n_D/(λ_U·n_U) against the paper's recommended range).
+    label_notes: Callable[[list[bool], Mapping[str, float]], list[str]] | None = None
 
     @property
     def needs_reference_logits(self) -> bool:
@@ -134,7 +148,7 @@ class Method:
     def __call__(self, inp: LossInputs, hparams: Mapping[str, float]) -> LossOutput:
         """Run the loss and add the reference metrics (``deviation`` etc.) every reference run logs."""
         out = self.loss(inp, **hparams)
-        out.metrics.update(losses.reference_metrics(inp))
+        losses.add_reference_metrics(out, inp)
         return out
 
 
@@ -320,6 +334,21 @@ METHODS: dict[str, Method] = {
             bounds={"lambda_nll": NONNEGATIVE, "lambda_nll_avg": NONNEGATIVE},
             alternatives=_NLL_FORMS,
         ),
+        Method(
+            "kto",
+            losses.kto,
+            "Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization, arXiv:2402.01306",
+            "KTO loss L_KTO (§4; TRL cites it as Eq. 7)",
+            "unpaired",
+            True,
+            "KTO: λ_D·(1 - σ(β·(r - z))) desirable, λ_U·(1 - σ(β·(z - r))) undesirable; z = max(0, mismatched-pair KL); pairs are split",
+            defaults={"beta": 0.1, "lambda_d": 1.0, "lambda_u": 1.0},
+            bounds={"beta": POSITIVE, "lambda_d": POSITIVE, "lambda_u": POSITIVE},
+            mismatched_completion=True,
+            split_pairs=True,
+            across_processes=losses.kto_kl,
+            label_notes=losses.kto_data_notes,
+        ),
     ]
 }
 
@@ -334,6 +363,8 @@ HYPERPARAMETERS: dict[str, str] = {
     "lambda_nll": "weight of the NLL term on the chosen answer, summed over its tokens (the papers' form)",
     "lambda_nll_avg": "weight of the NLL term on the chosen answer, per token (TRL's form); give it or "
     "lambda_nll, not both",
+    "lambda_d": "KTO's λ_D: weight of the desirable rows' loss (TRL's desirable_weight)",
+    "lambda_u": "KTO's λ_U: weight of the undesirable rows' loss (TRL's undesirable_weight)",
 }
 """What each hyper-parameter name means (``tether config``, docs/config.md); a test asserts every method's
 hyper-parameters are here."""
@@ -372,7 +403,7 @@ def methods_table() -> list[dict[str, str]]:
         rows.append(
             {
                 "method": m.name,
-                "data": m.data,
+                "data": m.data + (" or pairs (split)" if m.split_pairs else ""),
                 "reference": ref,
                 "defaults": ", ".join(f"{k}={v:g}" for k, v in m.defaults.items()) or "-",
                 "paper": m.paper,

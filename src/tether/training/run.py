@@ -76,6 +76,7 @@ def prepare(cfg: Config, train_specs: Sequence[str] | None = None, *, convert: b
             raise TetherError(f"{s}: data file not found")
     # Rows are read and their format checked before the model dir is resolved (a GGUF is converted there).
     rows: dict[tuple[str, str], list[data_mod.Row]] = {}  # (train|eval, spec) → rows
+    kinds: dict[tuple[str, str], str] = {}
     for key in [*(("train", s) for s in train_specs), *([("eval", d.eval)] if d.eval else [])]:
         role, s = key
         unreadable: list[Problem] = []  # malformed lines: reported together with the good rows' problems
@@ -86,15 +87,17 @@ def prepare(cfg: Config, train_specs: Sequence[str] | None = None, *, convert: b
             kind = data_mod.detect_kind(rows[key])
         except DataError as e:  # no recognisable format among the readable rows
             raise DataError(_in_line_order(unreadable + e.problems)) from None
-        if kind != method.data:
-            wrong = (
-                f"method '{method.name}' needs {describe(method.data)} but the file holds {describe(kind)}"
-            )
+        if kind != method.data and not (kind == "pairs" and method.split_pairs):
+            needs = describe(method.data)
+            if method.split_pairs:
+                needs += f" or {describe('pairs')}, each pair split into a desirable and an undesirable row"
+            wrong = f"method '{method.name}' needs {needs} but the file holds {describe(kind)}"
             if unreadable:
                 raise DataError(_in_line_order([*unreadable, Problem(s, None, None, wrong)]))
             raise TetherError(f"{s}: {wrong}")
+        kinds[key] = kind
         if unreadable:
-            problems = data_mod.check_rows(rows[key], method.data, assistant_turns=d.assistant_turns)
+            problems = data_mod.check_rows(rows[key], kind, assistant_turns=d.assistant_turns)
             raise DataError(_in_line_order(unreadable + problems))
     model_dir = models.resolve_model_dir(cfg.model.name, convert=convert, progress=cfg.train.progress)
     tokenizer = models.load_tokenizer(model_dir)
@@ -110,7 +113,7 @@ def prepare(cfg: Config, train_specs: Sequence[str] | None = None, *, convert: b
         return data_mod.tokenize_rows(
             rows[key],
             tokenizer,
-            kind=method.data,  # type: ignore[arg-type]
+            kind=kinds[key],  # type: ignore[arg-type]
             max_length=d.max_length,
             max_prompt_length=d.max_prompt_length,
             chat_template=d.chat_template,
@@ -118,15 +121,30 @@ def prepare(cfg: Config, train_specs: Sequence[str] | None = None, *, convert: b
             assistant_turns=d.assistant_turns,
         )
 
+    def method_rows(key: tuple[str, str], examples: list[data_mod.Example]) -> list[data_mod.Example]:
+        """The file's examples as the method's rows: pairs split for an unpaired method that takes them."""
+        if kinds[key] == "pairs" and method.data == "unpaired":
+            return data_mod.split_pairs(examples)
+        return examples
+
     toks = [tokenize(("train", s)) for s in train_specs]
-    train_ex, eval_ex = [e for t in toks for e in t.examples], []
+    by_file = [method_rows(("train", s), t.examples) for s, t in zip(train_specs, toks, strict=True)]
+    train_ex, eval_ex = [e for f in by_file for e in f], []
     evals = [tokenize(("eval", d.eval))] if d.eval else []
     if evals:
-        eval_ex = evals[0].examples
-    elif d.eval_fraction > 0:
+        eval_ex = method_rows(("eval", d.eval), evals[0].examples)
+    if method.mismatched_completion:  # a seeded order, so that the next row's completion is a random one
+        train_ex, eval_ex = (
+            data_mod.shuffled(train_ex, cfg.train.seed),
+            data_mod.shuffled(eval_ex, cfg.train.seed),
+        )
+    if not d.eval and d.eval_fraction > 0:
         train_ex, eval_ex = data_mod.split_train_eval(train_ex, d.eval_fraction, cfg.train.seed)
     if not train_ex:
         raise TetherError(f"{', '.join(train_specs)}: no training examples left")
+    if method.mismatched_completion:  # within each split: eval rows are scored against eval rows
+        train_ex = data_mod.with_mismatched_completions(train_ex, d.max_length)
+        eval_ex = data_mod.with_mismatched_completions(eval_ex, d.max_length) if eval_ex else []
     report = {
         "rows": sum(t.n_rows for t in toks),
         "train_examples": len(train_ex),
@@ -135,12 +153,24 @@ def prepare(cfg: Config, train_specs: Sequence[str] | None = None, *, convert: b
         "prompt_truncated": sum(t.n_prompt_truncated for t in toks),
         "dropped": sum(t.n_dropped for t in toks),
     }
+    split = [k[1] for k in kinds if kinds[k] == "pairs" and method.data == "unpaired"]
     notes = [n for t in [*toks, *evals] for n in t.notes]
+    if split:  # the training pairs that became two rows each
+        report["pairs_split"] = sum(
+            len(t.examples) for s, t in zip(train_specs, toks, strict=True) if s in split
+        )
+        notes.append(
+            f"{method.name}: {', '.join(split)}: each pair split into a desirable (chosen) and an undesirable "
+            f"(rejected) row, shuffled with train.seed {cfg.train.seed}"
+        )
+    labels = [bool(e.label) for e in train_ex if e.label is not None]
+    if labels:
+        report["desirable"], report["undesirable"] = sum(labels), len(labels) - sum(labels)
+        if method.label_notes is not None:
+            notes += method.label_notes(labels, hparams)
     if notes:
-        report["notes"] = notes  # type: ignore[assignment]
-    return Prepared(
-        cfg, method, hparams, model_dir, tokenizer, train_ex, eval_ex, report, [t.examples for t in toks]
-    )
+        report["notes"] = notes
+    return Prepared(cfg, method, hparams, model_dir, tokenizer, train_ex, eval_ex, report, by_file)
 
 
 def _in_line_order(problems: list[Problem]) -> list[Problem]:

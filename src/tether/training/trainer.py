@@ -10,6 +10,7 @@ averaging over processes) the gradient is exactly that of the mean loss over the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -390,7 +391,12 @@ class Trainer:
             fn, hp = self.method.reference_logits, dict(self.hparams)
             mix = lambda z, z_ref, y: fn(z, z_ref, y, hp)  # noqa: E731
         rows = self.policy(batch, ref_hidden=ref_hidden, ref_head=ref_head, mix=mix)
-        return self.method(loss_inputs(rows, batch, ref_sum), self.hparams)
+        inp = loss_inputs(rows, batch, ref_sum)
+        stat = self.method.across_processes
+        if stat is not None and split == "train" and self.acc.num_processes > 1:
+            # every process runs the same number of training micro-batches, so the collective lines up
+            inp = dataclasses.replace(inp, process_mean=self.acc.reduce(stat(inp).detach(), "mean"))
+        return self.method(inp, self.hparams)
 
     def _batch(self, idx: list[int], examples: Sequence) -> Batch:
         return collate([examples[i] for i in idx], idx, self.pad_id, **self.layout).to(self.acc.device)
@@ -404,8 +410,27 @@ class Trainer:
 
     @staticmethod
     def _accumulate(sums: dict[str, Tensor], out) -> None:
+        """Sums of the micro-batch's losses and metrics; a metric with a ``where`` mask also sums the mask
+        (under ``_w:<name>``), so that its mean is over the masked examples (``LossOutput.add``)."""
+        weights = getattr(out, "weights", {})
         for k, v in [("loss", out.losses.detach().float()), *out.metrics.items()]:
+            if k in weights:
+                w = weights[k].double()
+                sums[f"_w:{k}"] = sums.get(f"_w:{k}", torch.zeros((), dtype=torch.float64)) + w.sum().cpu()
+                v = v.double() * w
             sums[k] = sums.get(k, torch.zeros((), dtype=torch.float64)) + v.double().sum().cpu()
+
+    @staticmethod
+    def _means(totals: dict[str, float], n: float) -> dict[str, float]:
+        """Global-batch means: over all examples, or over a masked metric's examples (none: not logged)."""
+        out = {}
+        for k, v in totals.items():
+            if k.startswith("_w:"):
+                continue
+            w = totals.get(f"_w:{k}", n)
+            if w > 0:
+                out[k] = v / w
+        return out
 
     # ---------------------------------------------------------------------------------------------
     # The loop
@@ -433,7 +458,7 @@ class Trainer:
             tokens += batch.n_tokens
         totals, n = self._reduce({**sums, "_nonfinite": bad, "_tokens": tokens}, count)
         nonfinite, n_tokens = totals.pop("_nonfinite"), totals.pop("_tokens")
-        means = {k: v / n for k, v in totals.items()}
+        means = self._means(totals, n)
         if nonfinite > 0:
             raise TrainingDiverged(
                 f"step {self.step + 1}: loss is NaN or infinite; training stopped"
@@ -481,7 +506,7 @@ class Trainer:
             sums = {"loss": torch.zeros((), dtype=torch.float64)}
         self.policy.train()
         totals, n = self._reduce(sums, count)
-        return {f"eval/{k}": v / max(n, 1.0) for k, v in totals.items()}
+        return {f"eval/{k}": v for k, v in self._means(totals, max(n, 1.0)).items()}
 
     # ---------------------------------------------------------------------------------------------
     # Checkpoints
