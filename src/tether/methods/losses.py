@@ -281,11 +281,11 @@ def beta_dpo(
     ``shared/METHODS.md``'s, checked against the authors' ``trainers.py`` (``preference_loss``).
     """
     r_w, r_l = _ratios(inp)
-    b: Tensor | float = beta if beta_b is None else beta_b.detach().to(r_w.dtype)
+    b: Tensor | float = beta if beta_b is None else beta_b.detach().to(r_w)
     losses = -F.logsigmoid(b * (r_w - r_l))
-    kept = torch.ones_like(losses) if weight is None else (weight > 0).to(losses.dtype)
+    kept = torch.ones_like(losses) if weight is None else (weight > 0).to(losses)
     if weight is not None:
-        losses = losses * weight.to(losses.dtype)
+        losses = losses * weight.to(losses)
     out = LossOutput(losses=losses)
     _reward_metrics(out, beta, r_w, r_l)
     out.add("beta_dpo/kept_fraction", kept)

@@ -26,6 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tether.config import TrainConfig
+from tether.contract import LossInputs
 from tether.engine.logprobs import Batch, LogProbModel, collate, loss_inputs
 from tether.engine.reference import Reference
 from tether.errors import TetherError
@@ -73,7 +74,14 @@ class Schedule:
 
     def micro_batches(self, step: int, micro: int, world: int, rank: int) -> list[list[int]]:
         """This process's share of each micro-batch of the step."""
-        idx = self.step_indices(step)
+        return self.split(self.step_indices(step), micro, world, rank)
+
+    def positions(self, micro: int, world: int, rank: int) -> list[list[int]]:
+        """Where this process's share of each micro-batch lies in the step's global order."""
+        return self.split(list(range(self.global_batch)), micro, world, rank)
+
+    @staticmethod
+    def split(idx: list[int], micro: int, world: int, rank: int) -> list[list[int]]:
         per = micro * world
         return [idx[j : j + per][rank * micro : (rank + 1) * micro] for j in range(0, len(idx), per)]
 
@@ -380,6 +388,9 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------
 
     def _forward(self, batch: Batch, split: str):
+        return self.method(self._inputs(batch, split), self.hparams)
+
+    def _inputs(self, batch: Batch, split: str) -> LossInputs:
         ref_sum = ref_hidden = ref_head = None
         if self.reference is not None:
             ref_sum, ref_hidden, ref_head = self.reference(
@@ -390,7 +401,22 @@ class Trainer:
             fn, hp = self.method.reference_logits, dict(self.hparams)
             mix = lambda z, z_ref, y: fn(z, z_ref, y, hp)  # noqa: E731
         rows = self.policy(batch, ref_hidden=ref_hidden, ref_head=ref_head, mix=mix)
-        return self.method(loss_inputs(rows, batch, ref_sum), self.hparams)
+        return loss_inputs(rows, batch, ref_sum)
+
+    def _plan(self, stats: list[Tensor]) -> tuple[dict[str, float], dict[str, Tensor]]:
+        """The step's :class:`~tether.methods.registry.BatchPlan`: this process's per-example statistic of
+        each micro-batch (``stats``) gathered over processes into the global batch's order, then the method's
+        plan, with draws seeded from the run's seed and the step (identical on every process and resume)."""
+        plan = self.method.batch_plan
+        assert plan is not None
+        world, rank = self.acc.num_processes, self.acc.process_index
+        pos = [p for ps in self.schedule.positions(self.cfg.batch_size, world, rank) for p in ps]
+        local = torch.stack([torch.tensor(pos, dtype=torch.float64), torch.cat(stats).double().cpu()], 1)
+        pairs = self.acc.gather(local.to(self.acc.device)).cpu() if world > 1 else local
+        values = torch.empty(self.schedule.global_batch, dtype=torch.float64)
+        values[pairs[:, 0].long()] = pairs[:, 1]
+        gen = torch.Generator().manual_seed((self.cfg.seed << 32) + self.step)
+        return plan.plan(self.hparams, values, gen, len(stats))
 
     def _batch(self, idx: list[int], examples: Sequence) -> Batch:
         return collate([examples[i] for i in idx], idx, self.pad_id, **self.layout).to(self.acc.device)
@@ -415,6 +441,17 @@ class Trainer:
         world = self.acc.num_processes
         micro = self.schedule.micro_batches(self.step, self.cfg.batch_size, world, self.acc.process_index)
         scale = world / self.schedule.global_batch
+        # A loss that depends on the whole global batch (BatchPlan): with one micro-batch per process the
+        # statistic comes from the step's own forward, with several from a no-grad pre-pass.
+        plan, hparams, per_example = self.method.batch_plan, self.hparams, None
+        if plan is not None and len(micro) > 1:
+            with torch.no_grad():
+                stats = [
+                    plan.statistic(self._inputs(self._batch(idx, self.train_examples), "train"))
+                    for idx in micro
+                ]
+            hparams, per_example = self._plan(stats)
+        positions = self.schedule.positions(self.cfg.batch_size, world, self.acc.process_index)
         sums: dict[str, Tensor] = {}
         count = torch.zeros((), dtype=torch.float64)
         tokens = torch.zeros((), dtype=torch.float64)
@@ -425,7 +462,11 @@ class Trainer:
             sync = j == len(micro) - 1
             ctx = self.acc.no_sync(self.policy) if not sync and world > 1 else contextlib.nullcontext()
             with ctx:
-                out = self._forward(batch, "train")
+                inp = self._inputs(batch, "train")
+                if plan is not None and per_example is None:
+                    hparams, per_example = self._plan([plan.statistic(inp)])
+                mine = None if per_example is None else {k: v[positions[j]] for k, v in per_example.items()}
+                out = self.method(inp, hparams, mine)
                 self.acc.backward(out.losses.sum() * scale)
             bad += float(not torch.isfinite(out.losses.detach()).all())
             self._accumulate(sums, out)
@@ -453,12 +494,13 @@ class Trainer:
             "grad_norm": means.get("grad_norm", 0.0),
         }
         means["lr"] = self.scheduler.get_last_lr()[0]
+        self.hparams = hparams  # a batch plan's state after this step
         for k, v in self.hparams.items():
             means[f"hparams/{k}"] = v
         if self.method.on_optimizer_step is not None:
             self.hparams = self.method.on_optimizer_step(self.hparams, means)
-            for key, name in self.method.state_metrics.items():
-                means[name] = self.hparams[key]
+        for key, name in self.method.state_metrics.items():
+            means[name] = self.hparams[key]
         self.step += 1
         return means
 
