@@ -86,3 +86,36 @@ def test_an_unpaired_method_needs_only_its_loss_and_registry_entry(setup, monkey
     assert labels.dtype == torch.bool and labels.any() and not labels.all()
     with pytest.raises(Exception, match="unpaired rows"):  # pairs given to an unpaired method: one clear line
         train(config(root, model, pairs, "toy_unpaired", overwrite=True))
+
+
+def test_beta_dpo_logs_its_state_saves_it_and_plots_it(setup):
+    """β-DPO (2 micro-batches × 2 pairs: the pre-pass path) logs β_b, the kept fraction and the moving
+    averages every step, saves them in the checkpoint's hparams, and its run draws ``beta_dpo.png``;
+    evaluation is DPO at the base β with every pair kept."""
+    root, model, pairs, _sft, _unpaired = setup
+    cfg = config(
+        root,
+        model,
+        pairs,
+        "beta_dpo",
+        batch_size=2,
+        grad_accum=2,
+        max_steps=4,
+        output_dir=str(root / "runs" / "bdpo-state"),
+    )
+    cfg.method.params.update({"rho": 0.5})
+    cfg.data.eval = str(pairs)
+    result = train(cfg)
+    lines = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in lines if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    for r in steps:
+        assert {"beta_dpo/beta", "beta_dpo/kept_fraction", "beta_dpo/gap_mean", "beta_dpo/gap_std"} <= set(r)
+    assert steps[0]["beta_dpo/beta"] == pytest.approx(0.1, abs=1e-12)  # step 0: Δ = 0, β_b = β
+    assert steps[0]["beta_dpo/kept_fraction"] == 1.0 and steps[-1]["beta_dpo/kept_fraction"] == 0.5
+    final = [r for r in lines if "eval/loss" in r][-1]
+    assert final["eval/beta_dpo/kept_fraction"] == 1.0
+    state = json.loads(next((result.run_dir / "checkpoints").glob("step-*/trainer_state.json")).read_text())
+    assert state["hparams"]["gap_std"] == pytest.approx(steps[-1]["beta_dpo/gap_std"], rel=1e-12)
+    assert state["hparams"]["beta_batch"] == pytest.approx(steps[-1]["beta_dpo/beta"], rel=1e-12)
+    assert "beta_dpo.png" in {p.name for p in result.plots}

@@ -563,8 +563,8 @@ def check_launch(cfg: Config | None = None) -> None:
     if cfg is not None:
         method, hparams = cfg.resolved_method()
         t, world = cfg.train, int(os.environ.get("WORLD_SIZE", "1"))
-        plan = method.batch_plan
-        problem = plan and plan.problem(hparams, t.batch_size * world, t.batch_size * t.grad_accum * world)
+        plan, micro = method.batch_plan, t.batch_size * world
+        problem = plan.problem(hparams, micro, micro * t.grad_accum) if plan is not None else None
         if problem:
             raise ConfigError(
                 f"train.batch_size: {problem} (batch_size {t.batch_size} × grad_accum {t.grad_accum} × "
