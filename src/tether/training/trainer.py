@@ -441,6 +441,7 @@ class Trainer:
         world = self.acc.num_processes
         micro = self.schedule.micro_batches(self.step, self.cfg.batch_size, world, self.acc.process_index)
         scale = world / self.schedule.global_batch
+        self.policy.train()
         # A loss that depends on the whole global batch (BatchPlan): with one micro-batch per process the
         # statistic comes from the step's own forward, with several from a no-grad pre-pass.
         plan, hparams, per_example = self.method.batch_plan, self.hparams, None
@@ -456,7 +457,6 @@ class Trainer:
         count = torch.zeros((), dtype=torch.float64)
         tokens = torch.zeros((), dtype=torch.float64)
         bad = torch.zeros((), dtype=torch.float64)
-        self.policy.train()
         for j, idx in enumerate(micro):
             batch = self._batch(idx, self.train_examples)
             sync = j == len(micro) - 1
