@@ -119,3 +119,38 @@ def test_beta_dpo_logs_its_state_saves_it_and_plots_it(setup):
     assert state["hparams"]["gap_std"] == pytest.approx(steps[-1]["beta_dpo/gap_std"], rel=1e-12)
     assert state["hparams"]["beta_batch"] == pytest.approx(steps[-1]["beta_dpo/beta"], rel=1e-12)
     assert "beta_dpo.png" in {p.name for p in result.plots}
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_beta_dpo_extra_work_is_one_no_grad_forward_per_micro_batch_only_with_accumulation(
+    setup, monkeypatch, grad_accum
+):
+    """With one micro-batch per step β-DPO's margins come from the step's own forward: the same policy
+    forwards as DPO. With 2 micro-batches the global statistics need a no-grad pre-pass: one extra policy
+    forward per micro-batch, none of them with gradients (the reference is precomputed in both)."""
+    from tether.engine.logprobs import LogProbModel
+
+    root, model, pairs, _sft, _unpaired = setup
+    forward = LogProbModel.forward
+    calls: dict[str, list[bool]] = {}
+
+    def counting(self, *a, **kw):
+        calls[current].append(torch.is_grad_enabled())
+        return forward(self, *a, **kw)
+
+    monkeypatch.setattr(LogProbModel, "forward", counting)
+    bs = 4 // grad_accum
+    # the first run fills the reference cache; the counted runs both read it
+    for current, method in (("warm-up", "dpo"), ("dpo", "dpo"), ("beta_dpo", "beta_dpo")):
+        calls[current] = []
+        out = str(root / "runs" / f"work-{current}-{grad_accum}")
+        cfg = config(
+            root, model, pairs, method, batch_size=bs, grad_accum=grad_accum, max_steps=2, output_dir=out
+        )
+        cfg.reference.mode = "precomputed"
+        train(cfg)
+    steps = 2 * grad_accum
+    assert calls["dpo"][-steps:] == [True] * steps  # the training forwards (after the reference precompute)
+    extra = len(calls["beta_dpo"]) - len(calls["dpo"])
+    assert extra == (0 if grad_accum == 1 else steps)
+    assert calls["beta_dpo"].count(True) == calls["dpo"].count(True)
