@@ -390,12 +390,14 @@ class Trainer:
     def _forward(self, batch: Batch, split: str):
         return self.method(self._inputs(batch, split), self.hparams)
 
-    def _inputs(self, batch: Batch, split: str) -> LossInputs:
-        ref_sum = ref_hidden = ref_head = None
-        if self.reference is not None:
-            ref_sum, ref_hidden, ref_head = self.reference(
-                batch, split, want_hidden=self.method.needs_reference_logits
-            )
+    def _ref(self, batch: Batch, split: str) -> tuple:
+        """The reference's summed log-probs (and hidden states, head) of ``batch``; Nones without one."""
+        if self.reference is None:
+            return None, None, None
+        return self.reference(batch, split, want_hidden=self.method.needs_reference_logits)
+
+    def _inputs(self, batch: Batch, split: str, ref: tuple | None = None) -> LossInputs:
+        ref_sum, ref_hidden, ref_head = ref if ref is not None else self._ref(batch, split)
         mix = None
         if self.method.reference_logits is not None:
             fn, hp = self.method.reference_logits, dict(self.hparams)
@@ -445,11 +447,13 @@ class Trainer:
         # A loss that depends on the whole global batch (BatchPlan): with one micro-batch per process the
         # statistic comes from the step's own forward, with several from a no-grad pre-pass.
         plan, hparams, per_example = self.method.batch_plan, self.hparams, None
-        if plan is not None and len(micro) > 1:
+        batches = refs = None
+        if plan is not None and len(micro) > 1:  # the pre-pass's batches and reference outputs are reused
+            batches = [self._batch(idx, self.train_examples) for idx in micro]
             with torch.no_grad():
+                refs = [self._ref(b, "train") for b in batches]
                 stats = [
-                    plan.statistic(self._inputs(self._batch(idx, self.train_examples), "train"))
-                    for idx in micro
+                    plan.statistic(self._inputs(b, "train", r)) for b, r in zip(batches, refs, strict=True)
                 ]
             hparams, per_example = self._plan(stats)
         positions = self.schedule.positions(self.cfg.batch_size, world, self.acc.process_index)
@@ -458,11 +462,11 @@ class Trainer:
         tokens = torch.zeros((), dtype=torch.float64)
         bad = torch.zeros((), dtype=torch.float64)
         for j, idx in enumerate(micro):
-            batch = self._batch(idx, self.train_examples)
+            batch = batches[j] if batches else self._batch(idx, self.train_examples)
             sync = j == len(micro) - 1
             ctx = self.acc.no_sync(self.policy) if not sync and world > 1 else contextlib.nullcontext()
             with ctx:
-                inp = self._inputs(batch, "train")
+                inp = self._inputs(batch, "train", refs[j] if refs else None)
                 if plan is not None and per_example is None:
                     hparams, per_example = self._plan([plan.statistic(inp)])
                 mine = None if per_example is None else {k: v[positions[j]] for k, v in per_example.items()}
