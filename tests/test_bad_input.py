@@ -133,6 +133,21 @@ CONFIG_CASES: dict[str, BadCase] = {
         _config(e, name, {"train": {"lrr": 1.0}}, "data.max_lenght=4"),
         ["train.lrr (did you mean 'lr'?)", "override 'data.max_lenght=4': unknown key data.max_lenght"],
     ),
+    "beta_dpo_one_pair_per_step": lambda e, name: (
+        _config(e, name, {"method": {"name": "beta_dpo"}, "train": {"batch_size": 1, "grad_accum": 1}}),
+        ["train.batch_size", "at least 2 pairs per optimizer step", "global batch has 1", "× 1 process)"],
+    ),
+    "beta_dpo_per_micro_batch_of_one_pair": lambda e, name: (
+        _config(
+            e,
+            name,
+            {
+                "method": {"name": "beta_dpo", "per_micro_batch": 1},
+                "train": {"batch_size": 1, "grad_accum": 4},
+            },
+        ),
+        ["train.batch_size", "per_micro_batch=1", "a micro-batch has 1", "grad_accum 4"],
+    ),
 }
 
 GOOD_ROW = '{"prompt": "what is 1+1?", "chosen": "2", "rejected": "3"}'

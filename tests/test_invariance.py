@@ -1,4 +1,5 @@
-"""Trainer invariants: gradient accumulation, reference modes, multi-process, kill-and-resume, ε-DPO's β."""
+"""Trainer invariants: gradient accumulation, reference modes, multi-process, kill-and-resume, ε-DPO's β,
+β-DPO's batch statistics."""
 
 from __future__ import annotations
 
@@ -166,24 +167,40 @@ def test_two_processes_equal_one(setup, method):
             assert x["rewards/chosen"] == pytest.approx(y["rewards/chosen"], abs=1e-5)
 
 
-def test_kill_and_resume_reproduces_run(setup):
+STATEFUL = {
+    "epsilon_dpo": ({"name": "epsilon_dpo", "beta": 0.1, "epsilon": 0.5}, ["kl/beta"]),
+    "beta_dpo": (
+        {"name": "beta_dpo", "rho": 0.5},
+        ["beta_dpo/beta", "beta_dpo/gap_mean", "beta_dpo/gap_std", "beta_dpo/kept_fraction"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(STATEFUL))
+def test_kill_and_resume_reproduces_run(setup, name):
     """SIGKILL mid-run, resume from the last checkpoint: the metrics of every step equal the
-    uninterrupted run's, and ε-DPO's β is restored from the checkpoint."""
+    uninterrupted run's, and the method's state (ε-DPO's β; β-DPO's moving averages, and its filter's
+    draws, seeded by the step) is restored from the checkpoint."""
     root, model, pairs = setup
-    method = {"name": "epsilon_dpo", "beta": 0.1, "epsilon": 0.5}
+    method, state = STATEFUL[name]
     kw = {"batch_size": 2, "max_steps": 40, "save_every": 4, "lr": 3e-3, "save_total_limit": 2}
-    full = train(from_dict(raw_cfg(root, model, pairs, "full", method=method, **kw)))
-    cfg = _write_cfg(root / "kill.yaml", raw_cfg(root, model, pairs, "killed", method=method, **kw))
-    cmd = train_then_kill(cfg, root / "killed" / "metrics.jsonl", after_lines=6)
-    assert not (root / "killed" / "final").exists()
+    full = train(from_dict(raw_cfg(root, model, pairs, f"full-{name}", method=method, **kw)))
+    cfg = _write_cfg(
+        root / f"kill-{name}.yaml", raw_cfg(root, model, pairs, f"killed-{name}", method=method, **kw)
+    )
+    cmd = train_then_kill(cfg, root / f"killed-{name}" / "metrics.jsonl", after_lines=6)
+    assert not (root / f"killed-{name}" / "final").exists()
     resumed = subprocess.run([*cmd, "train.resume=true"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = metrics(full.run_dir), metrics(root / "killed")
+    a, b = metrics(full.run_dir), metrics(root / f"killed-{name}")
     assert [x["step"] for x in b] == list(range(1, 41))
     for x, y in zip(a, b, strict=True):
         assert x["loss"] == pytest.approx(y["loss"], abs=1e-6)
-        assert x["kl/beta"] == pytest.approx(y["kl/beta"], rel=1e-12)
-    assert_same_weights(full.run_dir, root / "killed", atol=1e-6)
+        for key in state:
+            assert x[key] == pytest.approx(y[key], rel=1e-12, abs=1e-15), key
+    if name == "beta_dpo":  # the filter was active: some steps kept half the pairs
+        assert any(x["beta_dpo/kept_fraction"] < 1 for x in a)
+    assert_same_weights(full.run_dir, root / f"killed-{name}", atol=1e-6)
 
 
 def test_epsilon_beta_update_independent_of_micro_batching(setup):
@@ -205,3 +222,88 @@ def test_epsilon_beta_update_independent_of_micro_batching(setup):
         assert x["kl/beta"] == pytest.approx(beta, rel=1e-12)
         assert y["kl/beta"] == pytest.approx(x["kl/beta"], rel=1e-12)
         assert x["kl/p_epsilon_steps"] + x["kl/n_epsilon_steps"] <= 1.0
+
+
+BETA_DPO = {"name": "beta_dpo", "rho": 0.5}
+BETA_DPO_STATE = ["beta_dpo/beta", "beta_dpo/gap_mean", "beta_dpo/gap_std", "beta_dpo/kept_fraction"]
+
+
+def _assert_same_beta_dpo_run(a: list[dict], b: list[dict]) -> None:
+    """Same β-DPO state every step, up to the float32 noise of log-probs computed in other layouts (Δ's
+    std is a difference of sums of log-probs: relative noise ~1e-6); the same pairs kept."""
+    for x, y in zip(a, b, strict=True):
+        assert x["beta_dpo/kept_fraction"] == y["beta_dpo/kept_fraction"], x["step"]
+        for key in BETA_DPO_STATE:
+            assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-7), (x["step"], key)
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-6)
+
+
+def test_beta_dpo_statistics_independent_of_micro_batching(setup):
+    """β-DPO's statistics are over the step's global batch: 1 micro-batch × 4 pairs (Δ from the step's own
+    forward) and 2 micro-batches × 2 pairs (Δ from a no-grad pre-pass) give the same β_b, moving averages,
+    kept fraction and loss at every step, and the same weights. With ``per_micro_batch: 1`` (the authors'
+    statistics) the 2×2 run's β_b differs from the 1×4 run's."""
+    root, model, pairs = setup
+    kw = {"max_steps": 5}
+    runs = {}
+    for pmb in (0, 1):
+        method = {**BETA_DPO, "per_micro_batch": pmb}
+        for bs, acc in ((4, 1), (2, 2)):
+            cfg = raw_cfg(
+                root,
+                model,
+                pairs,
+                f"bdpo-{pmb}-{bs}x{acc}",
+                method=method,
+                batch_size=bs,
+                grad_accum=acc,
+                **kw,
+            )
+            runs[(pmb, bs)] = train(from_dict(cfg)).run_dir
+    a, b = metrics(runs[(0, 4)]), metrics(runs[(0, 2)])
+    assert [x["step"] for x in a] == [1, 2, 3, 4, 5]
+    assert a[0]["beta_dpo/kept_fraction"] == 1.0  # step 0: Δ = 0, σ = 0, nothing filtered
+    assert any(x["beta_dpo/kept_fraction"] == 0.5 for x in a[1:])  # then K = int(4·0.5) = 2 of 4
+    assert len({round(x["beta_dpo/beta"], 12) for x in a}) > 1  # β_b moves
+    _assert_same_beta_dpo_run(a, b)
+    assert_same_weights(runs[(0, 4)], runs[(0, 2)], atol=1e-5)
+    # per_micro_batch on one micro-batch of 4 is the global statistic; on 2×2 it is not
+    _assert_same_beta_dpo_run(a, metrics(runs[(1, 4)]))
+    c = metrics(runs[(1, 2)])
+    assert any(abs(x["beta_dpo/beta"] - y["beta_dpo/beta"]) > 1e-3 for x, y in zip(a, c, strict=True))
+
+
+def _beta_dpo_one_process(root: Path, model: Path, pairs: Path, **kw) -> Path:
+    """The 1 process × 4 pairs β-DPO run (trained once per module)."""
+    run = root / "bdpo-mp-1"
+    if not (run / "final").exists():
+        train(from_dict(raw_cfg(root, model, pairs, run.name, method=BETA_DPO, batch_size=4, **kw)))
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("batch_size", "grad_accum"), [(2, 1), (1, 2)])
+def test_beta_dpo_two_processes_equal_one(setup, batch_size, grad_accum):
+    """accelerate launch, 2 CPU processes (gloo) × ``batch_size`` pairs × ``grad_accum`` micro-batches = one
+    process with 4 pairs at once: the margins gathered in the global order give the same β_b, moving
+    averages, kept fraction (same seeded draws) and loss at every step, and the same weights."""
+    root, model, pairs = setup
+    kw = {"max_steps": 5}
+    one = _beta_dpo_one_process(root, model, pairs, **kw)
+    name = f"bdpo-mp-2-{batch_size}x{grad_accum}"
+    cfg = _write_cfg(
+        root / f"{name}.yaml",
+        raw_cfg(
+            root, model, pairs, name, method=BETA_DPO, batch_size=batch_size, grad_accum=grad_accum, **kw
+        ),
+    )
+    proc = subprocess.run(
+        ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tether.cli", "train", str(cfg)],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = metrics(one), metrics(root / name)
+    assert any(x["beta_dpo/kept_fraction"] < 1 for x in a)
+    _assert_same_beta_dpo_run(a, b)
+    assert_same_weights(one, root / name, atol=1e-4)

@@ -1064,6 +1064,193 @@ def test_epsilon_dpo_update_is_harmonic_mean():
 
 
 # ==================================================================================================
+# 4b. β-DPO's batch plan and loss
+# ==================================================================================================
+
+BETA_DPO = {"beta": 0.1, "rho": 0.2, "a": 0.6, "momentum": 0.9, "per_micro_batch": 0.0}
+
+
+def _margin_pairs(deltas: list[float], grad: bool = False) -> LossInputs:
+    """Pairs whose margin Δ = r_w − r_l is ``deltas`` (r_l = 0, reference log-probs −10)."""
+    k = len(deltas)
+    return _pair([d - 10.0 for d in deltas], [3] * k, [-10.0] * k, [3] * k, rw=[-10.0] * k, rl=[-10.0] * k,
+                 grad=grad)  # fmt: skip
+
+
+def _std(xs: list[float]) -> float:
+    """Unbiased standard deviation (torch's default, as the authors' ``gap_local.std()``)."""
+    mu = sum(xs) / len(xs)
+    return math.sqrt(sum((x - mu) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def test_beta_dpo_plan_without_filter():
+    """ρ = 0: every pair kept. Δ = [1, 2, 3, 6], state M = 0.5, σ = 1, m = 0.9, β = 0.1, a = 0.6.
+
+    mean Δ = 3, std Δ = sqrt(14/3) ≈ 2.1602 → M' = 0.9·0.5 + 0.1·3 = 0.75, σ' = 0.9 + 0.1·2.1602;
+    K = int(4·1) = 4 → kept mean 3 → β_b = 0.1·(1 + 0.6·(3 − 0.75)) = 0.235; weights 1;
+    loss_i = log(1 + e^{−0.235·Δ_i}).
+    """
+    deltas = [1.0, 2.0, 3.0, 6.0]
+    hp = {**BETA_DPO, "rho": 0.0, "gap_mean": 0.5, "gap_std": 1.0}
+    new, per = losses.beta_dpo_plan(hp, t(*deltas), torch.Generator().manual_seed(0))
+    mean, std = 0.9 * 0.5 + (1 - 0.9) * 3.0, 0.9 * 1.0 + (1 - 0.9) * _std(deltas)
+    assert new["gap_mean"] == pytest.approx(0.75, abs=1e-15) and mean == pytest.approx(0.75, abs=1e-15)
+    assert new["gap_std"] == pytest.approx(std, abs=1e-12) and std == pytest.approx(1.116024, abs=1e-6)
+    assert new["beta_batch"] == pytest.approx(0.235, abs=1e-12)
+    assert_close(per["beta_b"], [0.235] * 4)
+    assert_close(per["weight"], [1.0] * 4)
+    out = losses.beta_dpo(_margin_pairs(deltas), **new, **per)
+    assert_close(out.losses, [softplus(-0.235 * d) for d in deltas])
+    assert_metric(out, "rewards/margins", [0.1 * d for d in deltas])  # rewards at the base β
+    assert_metric(out, "beta_dpo/kept_fraction", [1.0] * 4)
+
+
+def test_beta_dpo_plan_filters_with_the_seeded_draw():
+    """ρ = 0.5: K = int(4·0.5) = 2 pairs drawn without replacement with probabilities ∝
+    p_i = exp(−½((Δ_i − M')/σ')²), computed here by hand from M' and σ'; the kept pairs are those
+    ``torch.multinomial`` returns for the same seeded generator; β_b uses their mean; a kept pair weighs
+    4/2 = 2, so the mean loss over the 4 pairs is the mean over the 2 kept ones."""
+    deltas = [-4.0, 0.5, 1.0, 9.0]
+    hp = {**BETA_DPO, "rho": 0.5, "gap_mean": 1.0, "gap_std": 2.0}
+    new, per = losses.beta_dpo_plan(hp, t(*deltas), torch.Generator().manual_seed(7))
+    mean = 0.9 * 1.0 + (1 - 0.9) * (sum(deltas) / 4)
+    std = 0.9 * 2.0 + (1 - 0.9) * _std(deltas)
+    p = torch.tensor([math.exp(-0.5 * ((d - mean) / std) ** 2) for d in deltas], dtype=F64)
+    kept = sorted(
+        torch.multinomial(p, 2, replacement=False, generator=torch.Generator().manual_seed(7)).tolist()
+    )
+    beta_b = 0.1 * (1 + 0.6 * (sum(deltas[i] for i in kept) / 2 - mean))
+    assert (new["gap_mean"], new["gap_std"]) == (
+        pytest.approx(mean, abs=1e-12),
+        pytest.approx(std, abs=1e-12),
+    )
+    assert new["beta_batch"] == pytest.approx(beta_b, abs=1e-12)
+    assert_close(per["weight"], [2.0 if i in kept else 0.0 for i in range(4)])
+    out = losses.beta_dpo(_margin_pairs(deltas), **new, **per)
+    expected = [2.0 * softplus(-beta_b * d) if i in kept else 0.0 for i, d in enumerate(deltas)]
+    assert_close(out.losses, expected)
+    assert float(out.losses.mean()) == pytest.approx(
+        sum(softplus(-beta_b * deltas[i]) for i in kept) / 2, abs=1e-6
+    )
+    assert_metric(out, "beta_dpo/kept_fraction", [1.0 if i in kept else 0.0 for i in range(4)])
+    # other seeds draw other sets (the draw is the generator's, not fixed): over 20 seeds more than one set
+    sets = set()
+    for seed in range(20):
+        _, other = losses.beta_dpo_plan(hp, t(*deltas), torch.Generator().manual_seed(seed))
+        sets.add(tuple(other["weight"].nonzero().flatten().tolist()))
+    assert len(sets) > 1
+
+
+def test_beta_dpo_plan_guards():
+    """σ = 0 (all Δ equal, fresh state, e.g. step 0): nothing filtered, β_b = β. One pair: nothing filtered,
+    σ unchanged (a one-pair std is undefined). A low kept mean: β_b is floored at 1e-3. At least one pair
+    is kept even when int(n·(1 − ρ)) = 0."""
+    new, per = losses.beta_dpo_plan({**BETA_DPO, "rho": 0.9}, t(0.0, 0.0, 0.0), torch.Generator())
+    assert (new["gap_mean"], new["gap_std"], new["beta_batch"]) == (0.0, 0.0, 0.1)
+    assert_close(per["weight"], [1.0] * 3)
+    new, per = losses.beta_dpo_plan({**BETA_DPO, "gap_std": 3.0}, t(2.0), torch.Generator())
+    assert new["gap_std"] == 3.0 and new["gap_mean"] == pytest.approx(0.2, abs=1e-15)
+    assert_close(per["weight"], [1.0])
+    new, per = losses.beta_dpo_plan(
+        {**BETA_DPO, "gap_mean": 50.0, "gap_std": 1.0}, t(-1.0, 1.0), torch.Generator()
+    )
+    assert new["beta_batch"] == losses.BETA_DPO_MIN_BETA and float(per["beta_b"][0]) == 1e-3
+    new, per = losses.beta_dpo_plan({**BETA_DPO, "rho": 0.9, "gap_std": 1.0}, t(-1.0, 1.0), torch.Generator())
+    assert sorted(per["weight"].tolist()) == [0.0, 2.0]  # K = max(1, int(2·0.1)) = 1 of 2
+
+
+def test_beta_dpo_plan_per_micro_batch_is_the_groups_in_turn():
+    """per_micro_batch = 1 with 2 groups = the plan of group 1 then, from its state, of group 2 (each with
+    its own β_b and filter; weights n_g/K_g = 2 for kept pairs); per_micro_batch = 0 ignores the groups."""
+    deltas, hp = [0.5, 3.0, -1.0, 2.0], {**BETA_DPO, "rho": 0.5, "gap_mean": 0.2, "gap_std": 1.5}
+    g = torch.Generator().manual_seed(3)
+    first, p1 = losses.beta_dpo_plan(hp, t(*deltas[:2]), g)
+    second, p2 = losses.beta_dpo_plan(first, t(*deltas[2:]), g)
+    new, per = losses.beta_dpo_plan(
+        {**hp, "per_micro_batch": 1.0}, t(*deltas), torch.Generator().manual_seed(3), 2
+    )
+    assert (new["gap_mean"], new["gap_std"]) == (second["gap_mean"], second["gap_std"])
+    assert new["beta_batch"] == pytest.approx((first["beta_batch"] + second["beta_batch"]) / 2, abs=1e-15)
+    torch.testing.assert_close(per["beta_b"], torch.cat([p1["beta_b"], p2["beta_b"]]), rtol=0, atol=0)
+    torch.testing.assert_close(per["weight"], torch.cat([p1["weight"], p2["weight"]]), rtol=0, atol=0)
+    assert first["beta_batch"] != second["beta_batch"]
+    one, _ = losses.beta_dpo_plan(hp, t(*deltas), torch.Generator().manual_seed(3), 2)
+    whole, _ = losses.beta_dpo_plan(hp, t(*deltas), torch.Generator().manual_seed(3), 1)
+    assert one == whole and one["gap_mean"] != new["gap_mean"]
+
+
+def test_beta_dpo_without_adaptation_is_dpo():
+    """a = 0 and ρ = 0: β_b = β·(1 + 0) = β and every pair weighs 1, so the losses, gradients and reward
+    metrics are DPO's at β bit for bit (random pairs, after a state that would filter if ρ > 0)."""
+    method = METHODS["beta_dpo"]
+    inp, leaves = random_inputs(method, batch=16, seed=5)
+    hp = {**method.hparams({"a": 0, "rho": 0}), "gap_mean": 0.3, "gap_std": 0.2}
+    hp, per = losses.beta_dpo_plan(hp, losses.beta_dpo_margin(inp), torch.Generator().manual_seed(0))
+    b, d = method(inp, hp, per), METHODS["dpo"](inp, {"beta": 0.1})
+    torch.testing.assert_close(b.losses, d.losses, rtol=0, atol=0)
+    for x, y in zip(
+        torch.autograd.grad(b.losses.sum(), leaves), torch.autograd.grad(d.losses.sum(), leaves), strict=True
+    ):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    for key, value in d.metrics.items():
+        torch.testing.assert_close(b.metrics[key], value, rtol=0, atol=0)
+
+
+def test_beta_dpo_is_ln2_at_step_0():
+    """policy = reference → Δ = 0 → σ' = 0 (nothing filtered), β_b = β, loss ln 2 for every pair."""
+    inp = _pair([-3.5, -40.0, -1.0], [2, 9, 1], [-7.25, -1.0, -2.0], [3, 1, 2], rw=[-3.5, -40.0, -1.0],
+                rl=[-7.25, -1.0, -2.0])  # fmt: skip
+    hp, per = losses.beta_dpo_plan(BETA_DPO, losses.beta_dpo_margin(inp), torch.Generator())
+    assert_close(losses.beta_dpo(inp, **hp, **per).losses, [math.log(2.0)] * 3)
+    assert_close(losses.beta_dpo(inp, beta=0.1).losses, [math.log(2.0)] * 3)  # no plan: DPO at β
+
+
+def test_beta_dpo_gradient_is_weighted_dpo_at_beta_b():
+    """d/d logp_w of w·(−log σ(β_b Δ)) = −w·β_b·σ(−β_b Δ), β_b fixed (detached); d/d logp_l its negative."""
+    deltas, beta_b, w = [-3.0, 0.0, 2.0, 25.0], 0.3, [2.0, 0.0, 2.0, 0.0]
+    inp = _margin_pairs(deltas, grad=True)
+    out = losses.beta_dpo(inp, beta=0.1, beta_b=t(*[beta_b] * 4), weight=t(*w))
+    out.losses.sum().backward()
+    assert_close(
+        inp.chosen.sum.grad, [-wi * beta_b * sigmoid(-beta_b * d) for wi, d in zip(w, deltas, strict=True)]
+    )
+    assert_close(
+        inp.rejected.sum.grad, [wi * beta_b * sigmoid(-beta_b * d) for wi, d in zip(w, deltas, strict=True)]
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("rho", 1.0),
+        ("rho", -0.1),
+        ("momentum", 1.0),
+        ("a", -0.1),
+        ("per_micro_batch", 0.5),
+        ("per_micro_batch", 2),
+    ],
+)
+def test_beta_dpo_hparams_are_bounded(key, value):
+    """ρ ∈ [0, 1) (ρ = 1 would keep nothing), m ∈ [0, 1) (m = 1 freezes M = σ = 0), a ≥ 0 (a < 0 would
+    lower β for easy batches, against the paper), per_micro_batch ∈ {0, 1}."""
+    with pytest.raises(ConfigError, match=key):
+        METHODS["beta_dpo"].hparams({key: value})
+    assert (
+        METHODS["beta_dpo"].hparams({"per_micro_batch": 1, "rho": 0, "momentum": 0, "a": 0})[
+            "per_micro_batch"
+        ]
+        == 1
+    )
+
+
+def test_beta_dpo_batch_problem():
+    problem = METHODS["beta_dpo"].batch_plan.problem
+    assert problem(BETA_DPO, 1, 2) is None and problem({**BETA_DPO, "per_micro_batch": 1.0}, 2, 4) is None
+    assert "the global batch has 1" in problem(BETA_DPO, 1, 1)
+    assert "a micro-batch has 1" in problem({**BETA_DPO, "per_micro_batch": 1.0}, 1, 4)
+
+
+# ==================================================================================================
 # 5. Registry
 # ==================================================================================================
 
@@ -1161,6 +1348,8 @@ def test_declared_reference_capability_is_truthful(name):
 
 #: Methods whose registry entry names its equation instead of numbering it, and why.
 UNNUMBERED = {
+    "beta_dpo": "the β-DPO paper is not in shared/papers and its equation numbers could not be checked; the "
+    "rule is cited by name as METHODS.md specifies it, checked against the authors' trainers.py",
     "r_dpo": "the R-DPO paper is not in shared/papers and its equation number could not be checked; the "
     "loss is cited by name, in the SimPO paper's baseline-table form that METHODS.md specifies",
     "kto": "the KTO paper is not in shared/papers; its loss is cited by name and section (TRL's comment "

@@ -202,3 +202,73 @@ def test_kto_resume_is_exact(setup):
     for x, y in zip(a, b, strict=True):
         for k in ("loss", "kto/z", "rewards/chosen", "rewards/rejected"):
             assert x[k] == pytest.approx(y[k], abs=1e-6), k
+
+
+def test_beta_dpo_logs_its_state_saves_it_and_plots_it(setup):
+    """β-DPO (2 micro-batches × 2 pairs: the pre-pass path) logs β_b, the kept fraction and the moving
+    averages every step, saves them in the checkpoint's hparams, and its run draws ``beta_dpo.png``;
+    evaluation is DPO at the base β with every pair kept."""
+    root, model, pairs, _sft, _unpaired = setup
+    cfg = config(
+        root,
+        model,
+        pairs,
+        "beta_dpo",
+        batch_size=2,
+        grad_accum=2,
+        max_steps=4,
+        output_dir=str(root / "runs" / "bdpo-state"),
+    )
+    cfg.method.params.update({"rho": 0.5})
+    cfg.data.eval = str(pairs)
+    result = train(cfg)
+    lines = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in lines if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    for r in steps:
+        assert {"beta_dpo/beta", "beta_dpo/kept_fraction", "beta_dpo/gap_mean", "beta_dpo/gap_std"} <= set(r)
+    assert steps[0]["beta_dpo/beta"] == pytest.approx(0.1, abs=1e-12)  # step 0: Δ = 0, β_b = β
+    assert steps[0]["beta_dpo/kept_fraction"] == 1.0 and steps[-1]["beta_dpo/kept_fraction"] == 0.5
+    final = [r for r in lines if "eval/loss" in r][-1]
+    assert final["eval/beta_dpo/kept_fraction"] == 1.0
+    state = json.loads(next((result.run_dir / "checkpoints").glob("step-*/trainer_state.json")).read_text())
+    assert state["hparams"]["gap_std"] == pytest.approx(steps[-1]["beta_dpo/gap_std"], rel=1e-12)
+    assert state["hparams"]["beta_batch"] == pytest.approx(steps[-1]["beta_dpo/beta"], rel=1e-12)
+    assert "beta_dpo.png" in {p.name for p in result.plots}
+
+
+@pytest.mark.parametrize("mode", ["precomputed", "copy"])
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_beta_dpo_extra_work_is_one_no_grad_forward_per_micro_batch_only_with_accumulation(
+    setup, monkeypatch, grad_accum, mode
+):
+    """With one micro-batch per step β-DPO's margins come from the step's own forward: the same forwards
+    as DPO. With 2 micro-batches the global statistics need a no-grad pre-pass: one extra policy forward
+    per micro-batch, without gradients; a frozen-copy reference runs no more often than for DPO (the
+    pre-pass's reference log-probs are reused)."""
+    from tether.engine.logprobs import LogProbModel
+
+    root, model, pairs, _sft, _unpaired = setup
+    forward = LogProbModel.forward
+    calls: dict[str, list[bool]] = {}
+
+    def counting(self, *a, **kw):
+        calls[current].append(torch.is_grad_enabled())
+        return forward(self, *a, **kw)
+
+    monkeypatch.setattr(LogProbModel, "forward", counting)
+    bs = 4 // grad_accum
+    # the first run fills the reference cache; the counted runs both read it
+    for current, method in (("warm-up", "dpo"), ("dpo", "dpo"), ("beta_dpo", "beta_dpo")):
+        calls[current] = []
+        out = str(root / "runs" / f"work-{current}-{grad_accum}-{mode}")
+        cfg = config(
+            root, model, pairs, method, batch_size=bs, grad_accum=grad_accum, max_steps=2, output_dir=out
+        )
+        cfg.reference.mode = mode
+        train(cfg)
+    steps = 2 * grad_accum
+    assert calls["dpo"].count(True) == steps  # the training forwards
+    extra = len(calls["beta_dpo"]) - len(calls["dpo"])
+    assert extra == (0 if grad_accum == 1 else steps)
+    assert calls["beta_dpo"].count(True) == calls["dpo"].count(True)

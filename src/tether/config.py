@@ -629,9 +629,11 @@ def validate(cfg: Config) -> None:
         _validate_stages(cfg, method)
 
 
-def check_launch() -> None:
-    """The ``accelerate launch`` settings this machine cannot run, as one ConfigError (before anything loads):
-    FSDP (``--use_fsdp`` or ``distributed_type: FSDP`` in accelerate's config) needs CUDA GPUs."""
+def check_launch(cfg: Config | None = None) -> None:
+    """The ``accelerate launch`` settings this machine or ``cfg`` cannot run, as one ConfigError (before
+    anything loads): FSDP (``--use_fsdp`` or ``distributed_type: FSDP`` in accelerate's config) needs CUDA
+    GPUs; a method with a batch plan (β-DPO) needs enough pairs per step for its batch statistics, counted
+    with the launch's processes (``WORLD_SIZE``, 1 without ``accelerate launch``)."""
     import os
 
     import torch
@@ -642,6 +644,18 @@ def check_launch() -> None:
             "accelerate: FSDP was requested (ACCELERATE_USE_FSDP=true: accelerate launch --use_fsdp or "
             "distributed_type: FSDP in its config) but this machine has no CUDA GPU; launch without FSDP"
         )
+
+    if cfg is not None:
+        method, hparams = cfg.resolved_method()
+        t, world = cfg.train, int(os.environ.get("WORLD_SIZE", "1"))
+        plan, micro = method.batch_plan, t.batch_size * world
+        problem = plan.problem(hparams, micro, micro * t.grad_accum) if plan is not None else None
+        if problem:
+            raise ConfigError(
+                f"train.batch_size: {problem} (batch_size {t.batch_size} × grad_accum {t.grad_accum} × "
+                f"{world} process{'es' * (world > 1)})",
+                "train.batch_size",
+            )
 
 
 def _check_dir(key: str, value: str) -> None:

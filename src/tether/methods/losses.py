@@ -245,6 +245,131 @@ def r_dpo(inp: LossInputs, *, beta: float, alpha: float) -> LossOutput:
     return out
 
 
+BETA_DPO_MIN_BETA = 1e-3
+"""β-DPO's floor on the batch β (the authors' ``clamp(min=1e-3)``)."""
+
+
+def beta_dpo_margin(inp: LossInputs) -> Tensor:
+    """β-DPO's per-pair statistic: the raw (unscaled) log-ratio margin ``Δ = r_w − r_l``, detached."""
+    r_w, r_l = _ratios(inp)
+    return (r_w - r_l).detach()
+
+
+def beta_dpo(
+    inp: LossInputs,
+    *,
+    beta: float,
+    beta_b: Tensor | None = None,
+    weight: Tensor | None = None,
+    **plan_hparams: float,
+) -> LossOutput:
+    """β-DPO (Wu et al. 2024, "β-DPO: Direct Preference Optimization with Dynamic β", arXiv:2407.08639):
+    dynamic β calibration with β-guided data filtering. Per pair ``w_i·(−log σ(β_b·Δ_i))``.
+
+    ``beta_b`` ([B], the batch's β) and ``weight`` ([B]: ``n/K`` for the K pairs the filter kept out of
+    the n of the batch, 0 for the others) come from :func:`beta_dpo_plan`, which the trainer runs on the
+    whole global batch of the step before any loss (see there for the β_b and the filter); the trainer's
+    mean over the global batch of these per-pair losses is then the mean over the kept pairs, as the
+    paper's loss. ``beta_b`` is detached (the authors' ``beta_used.detach()``). Rewards are logged with the
+    base β, as the authors log them; ``beta_dpo/kept_fraction`` is the fraction of pairs kept.
+    ``plan_hparams`` (ρ, a, m and the moving averages) are the plan's, unused here.
+
+    Without a plan (held-out evaluation, or a direct call) this is DPO at the base β with every pair
+    kept: evaluation neither updates nor uses the training state. With ``a = 0`` and ``ρ = 0`` the plan
+    gives ``β_b = β`` (for β ≥ 1e-3) and weights 1, so this is :func:`dpo` exactly (tested). The paper is
+    not in ``shared/papers`` and its equation numbers could not be checked here; the formulas are
+    ``shared/METHODS.md``'s, checked against the authors' ``trainers.py`` (``preference_loss``).
+    """
+    r_w, r_l = _ratios(inp)
+    b: Tensor | float = beta if beta_b is None else beta_b.detach().to(r_w)
+    losses = -F.logsigmoid(b * (r_w - r_l))
+    kept = torch.ones_like(losses) if weight is None else (weight > 0).to(losses)
+    if weight is not None:
+        losses = losses * weight.to(losses)
+    out = LossOutput(losses=losses)
+    _reward_metrics(out, beta, r_w, r_l)
+    out.add("beta_dpo/kept_fraction", kept)
+    _logp_metrics(out, inp)
+    return out
+
+
+def beta_dpo_plan(
+    hparams: Mapping[str, float], margin: Tensor, generator: torch.Generator, groups: int = 1
+) -> tuple[dict[str, float], dict[str, Tensor]]:
+    """β-DPO's batch β and data filter (arXiv:2407.08639; authors' ``trainers.py``,
+    ``update_and_sync_tensor_mean`` and ``preference_loss``), from the margins ``Δ`` ([n], float) of every
+    pair of one optimizer step's global batch, in the global batch's order.
+
+    For a batch of n pairs, with the state ``M`` (``gap_mean``) and ``σ`` (``gap_std``), both 0 at the start:
+
+    1. ``M ← m·M + (1−m)·mean(Δ)``, ``σ ← m·σ + (1−m)·std(Δ)`` (unbiased std; the batch first, as the
+       authors; m = ``momentum``);
+    2. weights ``p_i = exp(−½·((Δ_i − M)/σ)²)``; ``K = max(1, int(n·(1−ρ)))`` pairs are drawn without
+       replacement with probabilities ∝ p (``torch.multinomial(p, K, replacement=False, generator)``);
+    3. ``β_b = max(β·(1 + a·(mean(Δ over the kept pairs) − M)), 1e-3)``.
+
+    Returns the hyper-parameters with the new state (``gap_mean``, ``gap_std``, ``beta_batch``) and the
+    per-pair loss inputs ``{"beta_b": [n], "weight": [n]}`` of :func:`beta_dpo` (``weight`` = n/K for a
+    kept pair, 0 otherwise, so the mean over the n pairs is the mean over the kept ones).
+
+    **Decisions** (``shared/METHODS.md``): the batch is the whole global batch of the optimizer step (all
+    accumulation micro-batches, all processes), so β_b does not depend on how the step is split; the
+    authors compute all of this per micro-batch (over processes, not over accumulation steps), which
+    ``per_micro_batch = 1`` reproduces: then the n pairs are ``groups`` consecutive micro-batch groups of
+    equal size, each updating the state in turn and getting its own β_b and filter, and a kept pair's
+    weight is ``n_g/K_g`` (the step's loss is the mean over micro-batches of the mean over each one's kept
+    pairs; ``beta_batch`` is then the mean of the groups' β_b). The authors' per-process division by the
+    local kept count before DDP's average is not reproduced. The draws come from ``generator``, seeded by
+    the trainer from the run's seed and the step, so a resumed run draws the same pairs. Guards (the
+    authors' code has none): nothing is filtered when a batch has fewer than 2 pairs (its std is undefined;
+    σ is then left as it was), when σ = 0 (e.g. at step 0, where Δ = 0), or when the weights are not
+    finite or all 0; at least one pair is kept.
+    """
+    n = margin.numel()
+    per_group = bool(hparams["per_micro_batch"])
+    g = groups if per_group else 1
+    if n % g:
+        raise ValueError(f"beta_dpo_plan: {n} pairs do not split into {g} equal micro-batch groups")
+    size = n // g
+    m, rho, a, beta = hparams["momentum"], hparams["rho"], hparams["a"], hparams["beta"]
+    mean, std = float(hparams.get("gap_mean", 0.0)), float(hparams.get("gap_std", 0.0))
+    beta_b = torch.empty(n, dtype=torch.float64)
+    weight = torch.zeros(n, dtype=torch.float64)
+    betas = []
+    for k in range(g):
+        d = margin[k * size : (k + 1) * size].detach().to(torch.float64).cpu()
+        mean = m * mean + (1 - m) * d.mean().item()
+        if size >= 2:
+            std = m * std + (1 - m) * d.std().item()
+        keep = torch.ones(size, dtype=torch.bool)
+        n_keep = max(1, int(size * (1 - rho)))
+        if size >= 2 and std > 0 and n_keep < size:
+            p = torch.exp(-0.5 * ((d - mean) / std) ** 2)
+            if torch.isfinite(p).all() and p.sum() > 0:
+                keep = torch.zeros(size, dtype=torch.bool)
+                keep[torch.multinomial(p, n_keep, replacement=False, generator=generator)] = True
+        b = max(beta * (1 + a * (d[keep].mean().item() - mean)), BETA_DPO_MIN_BETA)
+        beta_b[k * size : (k + 1) * size] = b
+        weight[k * size : (k + 1) * size] = keep.to(torch.float64) * (size / int(keep.sum()))
+        betas.append(b)
+    new = {**hparams, "gap_mean": mean, "gap_std": std, "beta_batch": sum(betas) / len(betas)}
+    return new, {"beta_b": beta_b, "weight": weight}
+
+
+def beta_dpo_batch_problem(hparams: Mapping[str, float], micro_pairs: int, global_pairs: int) -> str | None:
+    """Why a batch layout cannot serve :func:`beta_dpo_plan` (None when it can): its statistics need at
+    least 2 pairs per planned batch: the global batch, or with ``per_micro_batch`` each micro-batch over
+    all processes (``micro_pairs``)."""
+    if hparams["per_micro_batch"] and micro_pairs < 2:
+        return (
+            f"with per_micro_batch=1 β-DPO's statistics need at least 2 pairs per micro-batch over all "
+            f"processes; a micro-batch has {micro_pairs}"
+        )
+    if global_pairs < 2:
+        return f"β-DPO's batch statistics need at least 2 pairs per optimizer step; the global batch has {global_pairs}"
+    return None
+
+
 # --------------------------------------------------------------------------------------------------
 # Unpaired, reference-based: data = prompt + completion + label (desirable or not)
 # --------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 import tether.methods.losses as losses
@@ -27,14 +28,16 @@ class Bound:
     high: float = math.inf
     low_open: bool = True
     high_open: bool = True
+    integer: bool = False
 
     def contains(self, v: float) -> bool:
         lo_ok = v > self.low if self.low_open else v >= self.low
         hi_ok = v < self.high if self.high_open else v <= self.high
-        return lo_ok and hi_ok
+        return lo_ok and hi_ok and (not self.integer or float(v).is_integer())
 
     def __str__(self) -> str:
-        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        s = f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        return f"the integers in {s}" if self.integer else s
 
 
 POSITIVE = Bound(0.0, math.inf)
@@ -52,6 +55,28 @@ class StatePlot:
     caption: str
     panels: tuple[tuple[str, str, str], ...]
     fractions: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """A loss that depends on the whole global batch of an optimizer step (β-DPO's batch β and filter).
+
+    Before the step's losses, the trainer computes ``statistic`` ([B], detached) of every example of the
+    global batch (a no-grad pre-pass when a process has several micro-batches; from the step's own forward
+    when it has one), gathers it over processes in the global batch's order and calls
+    ``plan(hparams, statistic, generator, groups)``: ``generator`` is seeded from the run's seed and the
+    step, ``groups`` is the number of micro-batches of the step (each one all processes' share). It returns
+    the hyper-parameters of the step (new training state included: saved in checkpoints, restored on
+    resume) and per-example tensors in the same order; each micro-batch's loss receives its slice of them
+    as keyword arguments. ``problem(hparams, micro-batch size over all processes, global batch)`` says why
+    a batch layout cannot be planned (checked before weights load), or None.
+    """
+
+    statistic: Callable[[LossInputs], Tensor]
+    plan: Callable[
+        [Mapping[str, float], Tensor, torch.Generator, int], tuple[dict[str, float], dict[str, Tensor]]
+    ]
+    problem: Callable[[Mapping[str, float], int, int], str | None]
 
 
 @dataclass(frozen=True)
@@ -101,6 +126,8 @@ class Method:
     #: One-line notes on the training rows' labels and the hyper-parameters, printed by ``tether validate``
     #: and ``tether train`` (KTO's λ_D·n_D/(λ_U·n_U) against the paper's recommended range).
     label_notes: Callable[[list[bool], Mapping[str, float]], list[str]] | None = None
+    #: The loss depends on the whole global batch of the step (β-DPO): see :class:`BatchPlan`.
+    batch_plan: BatchPlan | None = None
 
     @property
     def needs_reference_logits(self) -> bool:
@@ -145,9 +172,12 @@ class Method:
                 )
         return out
 
-    def __call__(self, inp: LossInputs, hparams: Mapping[str, float]) -> LossOutput:
-        """Run the loss and add the reference metrics (``deviation`` etc.) every reference run logs."""
-        out = self.loss(inp, **hparams)
+    def __call__(
+        self, inp: LossInputs, hparams: Mapping[str, float], per_example: Mapping[str, Tensor] | None = None
+    ) -> LossOutput:
+        """Run the loss and add the reference metrics (``deviation`` etc.) every reference run logs.
+        ``per_example``: this micro-batch's slice of the step's :class:`BatchPlan` tensors."""
+        out = self.loss(inp, **hparams, **(per_example or {}))
         losses.add_reference_metrics(out, inp)
         return out
 
@@ -156,6 +186,7 @@ _DPO = "Rafailov et al. 2023, Direct Preference Optimization, arXiv:2305.18290"
 _MINOR = "Xie et al. 2024, Minor SFT loss for LLM fine-tune, arXiv:2408.10642"
 _NLL_FORMS = {"lambda_nll_avg": "lambda_nll"}
 _EDPO = "Lee et al. 2025, KL Penalty Control via Perturbation for DPO, arXiv:2502.13177"
+_UNIT = Bound(0.0, 1.0, low_open=False)  # [0, 1)
 
 METHODS: dict[str, Method] = {
     m.name: m
@@ -266,6 +297,44 @@ METHODS: dict[str, Method] = {
             bounds={"beta": POSITIVE, "alpha": NONNEGATIVE},
         ),
         Method(
+            "beta_dpo",
+            losses.beta_dpo,
+            "Wu et al. 2024, β-DPO: Direct Preference Optimization with Dynamic β, arXiv:2407.08639",
+            "dynamic β calibration with β-guided data filtering (as the authors' trainers.py; equation "
+            "numbers not checked)",
+            "pairs",
+            True,
+            "β-DPO: -log σ(β_b·Δ) over the pairs a Gaussian filter keeps; β_b from the batch's margins vs their "
+            "moving average (over the step's global batch)",
+            defaults={"beta": 0.1, "rho": 0.2, "a": 0.6, "momentum": 0.9, "per_micro_batch": 0.0},
+            bounds={
+                "beta": POSITIVE,
+                "rho": _UNIT,
+                "a": NONNEGATIVE,
+                "momentum": _UNIT,
+                "per_micro_batch": Bound(0.0, 1.0, low_open=False, high_open=False, integer=True),
+            },
+            state_metrics={
+                "beta_batch": "beta_dpo/beta",
+                "gap_mean": "beta_dpo/gap_mean",
+                "gap_std": "beta_dpo/gap_std",
+            },
+            state_plot=StatePlot(
+                "beta_dpo",
+                "β-DPO: batch β and data filter",
+                "β-DPO's batch β_b per step, the fraction of pairs the filter kept, and the moving averages M "
+                "and σ of the margin Δ = r_w − r_l (arXiv:2407.08639).",
+                (
+                    ("beta_dpo/beta", "β_b (batch β)", "β"),
+                    ("beta_dpo/kept_fraction", "fraction of pairs kept", "fraction of pairs"),
+                    ("beta_dpo/gap_mean", "M: moving mean of Δ", "Δ"),
+                    ("beta_dpo/gap_std", "σ: moving std of Δ", "Δ"),
+                ),
+                fractions=frozenset({"beta_dpo/kept_fraction"}),
+            ),
+            batch_plan=BatchPlan(losses.beta_dpo_margin, losses.beta_dpo_plan, losses.beta_dpo_batch_problem),
+        ),
+        Method(
             "asft",
             losses.asft,
             "Wang et al. 2024, ASFT: Aligned Supervised Fine-Tuning through Absolute Likelihood, arXiv:2409.10571",
@@ -363,6 +432,11 @@ HYPERPARAMETERS: dict[str, str] = {
     "lambda_nll": "weight of the NLL term on the chosen answer, summed over its tokens (the papers' form)",
     "lambda_nll_avg": "weight of the NLL term on the chosen answer, per token (TRL's form); give it or "
     "lambda_nll, not both",
+    "rho": "β-DPO's ρ: the fraction of each batch's pairs the β-guided filter drops",
+    "a": "β-DPO's a: how strongly β_b follows the kept pairs' mean margin against its moving average (0: β)",
+    "momentum": "β-DPO's m: momentum of the moving averages of the margins' mean and standard deviation",
+    "per_micro_batch": "β-DPO: 1 computes the statistics per micro-batch as the authors' code does (the "
+    "result then depends on the micro-batch size); 0 over the step's global batch",
     "lambda_d": "KTO's λ_D: weight of the desirable rows' loss (TRL's desirable_weight)",
     "lambda_u": "KTO's λ_U: weight of the undesirable rows' loss (TRL's undesirable_weight)",
 }

@@ -27,6 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tether.config import TrainConfig
+from tether.contract import LossInputs
 from tether.engine.logprobs import Batch, LogProbModel, collate, loss_inputs
 from tether.engine.reference import Reference
 from tether.errors import TetherError
@@ -74,7 +75,14 @@ class Schedule:
 
     def micro_batches(self, step: int, micro: int, world: int, rank: int) -> list[list[int]]:
         """This process's share of each micro-batch of the step."""
-        idx = self.step_indices(step)
+        return self.split(self.step_indices(step), micro, world, rank)
+
+    def positions(self, micro: int, world: int, rank: int) -> list[list[int]]:
+        """Where this process's share of each micro-batch lies in the step's global order."""
+        return self.split(list(range(self.global_batch)), micro, world, rank)
+
+    @staticmethod
+    def split(idx: list[int], micro: int, world: int, rank: int) -> list[list[int]]:
         per = micro * world
         return [idx[j : j + per][rank * micro : (rank + 1) * micro] for j in range(0, len(idx), per)]
 
@@ -381,11 +389,16 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------
 
     def _forward(self, batch: Batch, split: str):
-        ref_sum = ref_hidden = ref_head = None
-        if self.reference is not None:
-            ref_sum, ref_hidden, ref_head = self.reference(
-                batch, split, want_hidden=self.method.needs_reference_logits
-            )
+        return self.method(self._inputs(batch, split), self.hparams)
+
+    def _ref(self, batch: Batch, split: str) -> tuple:
+        """The reference's summed log-probs (and hidden states, head) of ``batch``; Nones without one."""
+        if self.reference is None:
+            return None, None, None
+        return self.reference(batch, split, want_hidden=self.method.needs_reference_logits)
+
+    def _inputs(self, batch: Batch, split: str, ref: tuple | None = None) -> LossInputs:
+        ref_sum, ref_hidden, ref_head = ref if ref is not None else self._ref(batch, split)
         mix = None
         if self.method.reference_logits is not None:
             fn, hp = self.method.reference_logits, dict(self.hparams)
@@ -396,7 +409,22 @@ class Trainer:
         if stat is not None and split == "train" and self.acc.num_processes > 1:
             # every process runs the same number of training micro-batches, so the collective lines up
             inp = dataclasses.replace(inp, process_mean=self.acc.reduce(stat(inp).detach(), "mean"))
-        return self.method(inp, self.hparams)
+        return inp
+
+    def _plan(self, stats: list[Tensor]) -> tuple[dict[str, float], dict[str, Tensor]]:
+        """The step's :class:`~tether.methods.registry.BatchPlan`: this process's per-example statistic of
+        each micro-batch (``stats``) gathered over processes into the global batch's order, then the method's
+        plan, with draws seeded from the run's seed and the step (identical on every process and resume)."""
+        plan = self.method.batch_plan
+        assert plan is not None
+        world, rank = self.acc.num_processes, self.acc.process_index
+        pos = [p for ps in self.schedule.positions(self.cfg.batch_size, world, rank) for p in ps]
+        local = torch.stack([torch.tensor(pos, dtype=torch.float64), torch.cat(stats).double().cpu()], 1)
+        pairs = self.acc.gather(local.to(self.acc.device)).cpu() if world > 1 else local
+        values = torch.empty(self.schedule.global_batch, dtype=torch.float64)
+        values[pairs[:, 0].long()] = pairs[:, 1]
+        gen = torch.Generator().manual_seed((self.cfg.seed << 32) + self.step)
+        return plan.plan(self.hparams, values, gen, len(stats))
 
     def _batch(self, idx: list[int], examples: Sequence) -> Batch:
         return collate([examples[i] for i in idx], idx, self.pad_id, **self.layout).to(self.acc.device)
@@ -440,17 +468,34 @@ class Trainer:
         world = self.acc.num_processes
         micro = self.schedule.micro_batches(self.step, self.cfg.batch_size, world, self.acc.process_index)
         scale = world / self.schedule.global_batch
+        self.policy.train()
+        # A loss that depends on the whole global batch (BatchPlan): with one micro-batch per process the
+        # statistic comes from the step's own forward, with several from a no-grad pre-pass.
+        plan, hparams, per_example = self.method.batch_plan, self.hparams, None
+        batches = refs = None
+        if plan is not None and len(micro) > 1:  # the pre-pass's batches and reference outputs are reused
+            batches = [self._batch(idx, self.train_examples) for idx in micro]
+            with torch.no_grad():
+                refs = [self._ref(b, "train") for b in batches]
+                stats = [
+                    plan.statistic(self._inputs(b, "train", r)) for b, r in zip(batches, refs, strict=True)
+                ]
+            hparams, per_example = self._plan(stats)
+        positions = self.schedule.positions(self.cfg.batch_size, world, self.acc.process_index)
         sums: dict[str, Tensor] = {}
         count = torch.zeros((), dtype=torch.float64)
         tokens = torch.zeros((), dtype=torch.float64)
         bad = torch.zeros((), dtype=torch.float64)
-        self.policy.train()
         for j, idx in enumerate(micro):
-            batch = self._batch(idx, self.train_examples)
+            batch = batches[j] if batches else self._batch(idx, self.train_examples)
             sync = j == len(micro) - 1
             ctx = self.acc.no_sync(self.policy) if not sync and world > 1 else contextlib.nullcontext()
             with ctx:
-                out = self._forward(batch, "train")
+                inp = self._inputs(batch, "train", refs[j] if refs else None)
+                if plan is not None and per_example is None:
+                    hparams, per_example = self._plan([plan.statistic(inp)])
+                mine = None if per_example is None else {k: v[positions[j]] for k, v in per_example.items()}
+                out = self.method(inp, hparams, mine)
                 self.acc.backward(out.losses.sum() * scale)
             bad += float(not torch.isfinite(out.losses.detach()).all())
             self._accumulate(sums, out)
@@ -478,12 +523,13 @@ class Trainer:
             "grad_norm": means.get("grad_norm", 0.0),
         }
         means["lr"] = self.scheduler.get_last_lr()[0]
+        self.hparams = hparams  # a batch plan's state after this step
         for k, v in self.hparams.items():
             means[f"hparams/{k}"] = v
         if self.method.on_optimizer_step is not None:
             self.hparams = self.method.on_optimizer_step(self.hparams, means)
-            for key, name in self.method.state_metrics.items():
-                means[name] = self.hparams[key]
+        for key, name in self.method.state_metrics.items():
+            means[name] = self.hparams[key]
         self.step += 1
         return means
 
