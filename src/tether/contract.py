@@ -49,7 +49,9 @@ class LossInputs:
 
     For SFT-family and unpaired methods ``chosen`` is the completion and ``rejected`` is ``None``;
     ``label`` ([B] bool) is an unpaired row's label (True: desirable completion), else ``None``.
-    ``ref_*`` are summed reference log-probs (no gradient).
+    ``ref_*`` are summed reference log-probs (no gradient). ``ref_origin_chosen``: for a method whose
+    reference changes during training (TR-DPO), the summed log-probs of ``chosen`` under the original
+    (step-0) reference, for metrics.
     """
 
     chosen: SequenceLogps
@@ -59,6 +61,7 @@ class LossInputs:
     label: Tensor | None = None
     chosen_perturbed: Perturbed | None = None
     rejected_perturbed: Perturbed | None = None
+    ref_origin_chosen: Tensor | None = None
 
 
 @dataclass

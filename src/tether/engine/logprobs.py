@@ -516,8 +516,10 @@ def loss_inputs(
     rows: RowLogps,
     batch: Batch,
     ref_sum: Tensor | None = None,
+    ref_origin: Tensor | None = None,
 ) -> LossInputs:
-    """Split engine rows into the loss contract (chosen rows first, then rejected for pairs)."""
+    """Split engine rows into the loss contract (chosen rows first, then rejected for pairs);
+    ``ref_origin``: [B] the original reference's summed log-probs of the chosen rows (a live reference)."""
     b = batch.n_examples
 
     def seq(sl: slice) -> SequenceLogps:
@@ -542,4 +544,5 @@ def loss_inputs(
         label=batch.labels,
         chosen_perturbed=pert(chosen),
         rejected_perturbed=pert(rejected) if batch.paired else None,
+        ref_origin_chosen=ref_origin,
     )

@@ -27,19 +27,23 @@ class Bound:
     high: float = math.inf
     low_open: bool = True
     high_open: bool = True
+    integer: bool = False  # a count (e.g. TR-DPO's τ, in optimizer steps): whole numbers only
 
     def contains(self, v: float) -> bool:
         lo_ok = v > self.low if self.low_open else v >= self.low
         hi_ok = v < self.high if self.high_open else v <= self.high
-        return lo_ok and hi_ok
+        return lo_ok and hi_ok and (not self.integer or float(v).is_integer())
 
     def __str__(self) -> str:
-        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        interval = f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        return f"the integers in {interval}" if self.integer else interval
 
 
 POSITIVE = Bound(0.0, math.inf)
 NONNEGATIVE = Bound(0.0, math.inf, low_open=False)
 ANY = Bound()
+UNIT = Bound(0.0, 1.0, low_open=False, high_open=False)
+STEPS = Bound(1.0, math.inf, low_open=False, integer=True)  # a number of optimizer steps, ≥ 1
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,17 @@ class Method:
     state_metrics: Mapping[str, str] = field(default_factory=dict)
     #: The plot of this method's state in ``tether report`` (``<name>.png``), drawn when a run logged it.
     state_plot: StatePlot | None = None
+    #: A live reference (TR-DPO): after optimizer step ``s`` (1-based, counted over the run), the weight α
+    #: of ``ref ← (1 − α)·ref + α·θ`` over all parameters, or None for no update at that step. The reference
+    #: is then a frozen copy of the starting model, updated in fp32, saved in checkpoints; the number of
+    #: updates so far is the state key ``reference_updates`` for ``state_metrics``; a precomputed reference,
+    #: another reference model and LoRA are refused at config load.
+    reference_update: Callable[[int, Mapping[str, float]], float | None] | None = None
+
+    @property
+    def live_reference(self) -> bool:
+        """The reference changes during training (it must be a frozen copy, saved in checkpoints)."""
+        return self.reference_update is not None
 
     @property
     def needs_reference_logits(self) -> bool:
@@ -116,6 +131,10 @@ class Method:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{where}.{key}: must be a number, got {value!r}", f"{where}.{key}")
             bound = self.bounds.get(key, ANY)
+            if bound.integer and math.isfinite(value) and not float(value).is_integer():
+                raise ConfigError(
+                    f"{where}.{key}: must be a whole number for method '{self.name}', got {value}", f"{where}.{key}"
+                )
             if not bound.contains(float(value)):
                 raise ConfigError(
                     f"{where}.{key}: {value} is outside {bound} for method '{self.name}'", f"{where}.{key}"
@@ -141,6 +160,7 @@ class Method:
 _DPO = "Rafailov et al. 2023, Direct Preference Optimization, arXiv:2305.18290"
 _MINOR = "Xie et al. 2024, Minor SFT loss for LLM fine-tune (shared/papers/minor-sft.txt)"
 _NLL_FORMS = {"lambda_nll_avg": "lambda_nll"}
+_TR_DPO = "soft/hard reference update every τ steps; loss: DPO Eq. 7"
 _EDPO = "Lee et al. 2025, KL Penalty Control via Perturbation for DPO, arXiv:2502.13177 (epsilon-dpo.txt)"
 
 METHODS: dict[str, Method] = {
@@ -320,6 +340,30 @@ METHODS: dict[str, Method] = {
             bounds={"lambda_nll": NONNEGATIVE, "lambda_nll_avg": NONNEGATIVE},
             alternatives=_NLL_FORMS,
         ),
+        Method(
+            "tr_dpo",
+            losses.tr_dpo,
+            "Gorbatovski et al. 2024, Learn Your Reference Model for Real Good Alignment (TR-DPO), arXiv:2404.09656",
+            _TR_DPO + " (arXiv:2305.18290) against the current reference",
+            "pairs",
+            True,
+            "TR-DPO: DPO against a live reference, ref ← (1-α)·ref + α·θ every τ steps (α=1: TR-DPO τ, hard)",
+            defaults={"beta": 0.1, "alpha": 0.6, "tau": 512},
+            bounds={"beta": POSITIVE, "alpha": UNIT, "tau": STEPS},
+            reference_update=losses.tr_dpo_update,
+            state_metrics={"reference_updates": "tr_dpo/updates"},
+            state_plot=StatePlot(
+                "tr_dpo",
+                "TR-DPO: the live reference",
+                "TR-DPO's reference updates so far and how far the updated reference has moved from the "
+                "original one: minor-sft.txt Eq. 8's deviation of ref_t against ref_0 on the step's chosen "
+                "answers, mean (logp_ref_t(y_w) − logp_ref_0(y_w))/n(y_w).",
+                (
+                    ("tr_dpo/updates", "reference updates so far", "updates"),
+                    ("tr_dpo/ref_deviation", "deviation of the reference from the original", "nats per token"),
+                ),
+            ),
+        ),
     ]
 }
 
@@ -350,6 +394,8 @@ def methods_table() -> list[dict[str, str]]:
     for m in METHODS.values():
         if m.needs_reference_logits:
             ref = "logits"
+        elif m.live_reference:
+            ref = "live"
         elif m.needs_reference:
             ref = "yes"
         else:
