@@ -206,6 +206,35 @@ def test_resumed_run_equals_the_uninterrupted_one(setup):
     assert_same(policy_at(full.run_dir, 6), policy_at(resumed.run_dir, 6), atol=1e-6)
 
 
+def test_kill_and_resume_reproduces_the_run_reference_included(setup):
+    """SIGKILL mid-run (``tether train`` in a subprocess), resume from the last checkpoint: every step's
+    metrics, the final weights and the final reference equal the uninterrupted run's."""
+    import subprocess
+
+    import yaml
+
+    from tiny import train_then_kill
+
+    method = {"name": "tr_dpo", "alpha": 0.5, "tau": 3}
+    kw = {"max_steps": 24, "save_every": 4, "lr": 3e-3, "save_total_limit": 2}
+    full = run(setup, "kill-full", method, **kw)
+    path = setup[0] / "kill.yaml"
+    path.write_text(yaml.safe_dump(raw_cfg(*setup, "killed", method, **kw)))
+    killed = setup[0] / "killed"
+    cmd = train_then_kill(path, killed / "metrics.jsonl", after_lines=7)
+    assert not (killed / "final").exists()
+    resumed = subprocess.run([*cmd, "train.resume=true"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from step " in resumed.stdout
+    a, b = metrics(full.run_dir), metrics(killed)
+    assert [x["step"] for x in b] == list(range(1, 25))
+    for x, y in zip(a, b, strict=True):
+        for k in ("loss", "tr_dpo/updates", "tr_dpo/ref_deviation"):
+            assert x[k] == pytest.approx(y[k], abs=1e-6), (x["step"], k)
+    assert_same(reference_at(full.run_dir, 24), reference_at(killed, 24), atol=1e-6)
+    assert_same(policy_at(full.run_dir, 24), policy_at(killed, 24), atol=1e-6)
+
+
 def test_a_checkpoint_without_its_reference_is_not_resumed(setup, capsys):
     method = {"name": "tr_dpo", "alpha": 0.5, "tau": 1}
     r = run(setup, "noref", method, max_steps=2, save_every=1)
