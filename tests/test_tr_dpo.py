@@ -168,7 +168,7 @@ def test_alpha_zero_and_tau_beyond_the_run_are_dpo(setup):
 def test_reference_is_the_update_rule_applied_to_saved_policies(setup, alpha, tau):
     """ref_k = ref_0 mixed with the policy saved at steps τ, 2τ, … ≤ k (ref_0: the starting model), by hand;
     ``tr_dpo/updates`` counts them; the deviation metric moves once the reference has."""
-    root, model, _ = setup
+    model = setup[1]
     r = run(setup, f"rule-{alpha}-{tau}", {"name": "tr_dpo", "alpha": alpha, "tau": tau}, save_every=1)
     expected = load_file(str(model / "model.safetensors"))
     m = metrics(r.run_dir)
@@ -285,7 +285,11 @@ def test_sdpo_stages_restart_the_reference_at_each_stage(setup):
     ],
 )
 def test_bad_config_is_refused_at_load(patch, key, words):
-    raw = {"model": {"name": "no-such-model"}, "data": {"train": "no-such.jsonl"}, "method": {"name": "tr_dpo"}}
+    raw = {
+        "model": {"name": "no-such-model"},
+        "data": {"train": "no-such.jsonl"},
+        "method": {"name": "tr_dpo"},
+    }
     for section, values in patch.items():
         raw[section] = {**raw.get(section, {}), **values}
     with pytest.raises(ConfigError) as e:

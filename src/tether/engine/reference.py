@@ -135,7 +135,9 @@ def mix_parameters(target: nn.Module, source: nn.Module, alpha: float) -> None:
     for name, t in target.named_parameters():
         s = src.get(name)
         if s is None or s.shape != t.shape:
-            raise TetherError(f"reference update: the policy has no parameter {name} of shape {tuple(t.shape)}")
+            raise TetherError(
+                f"reference update: the policy has no parameter {name} of shape {tuple(t.shape)}"
+            )
         mixed = t.float().mul_(1.0 - alpha).add_(s.detach().to(t.device, torch.float32), alpha=alpha)
         t.copy_(mixed.to(t.dtype))
 

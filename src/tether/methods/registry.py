@@ -35,7 +35,9 @@ class Bound:
         return lo_ok and hi_ok and (not self.integer or float(v).is_integer())
 
     def __str__(self) -> str:
-        interval = f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        interval = (
+            f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        )
         return f"the integers in {interval}" if self.integer else interval
 
 
@@ -133,7 +135,8 @@ class Method:
             bound = self.bounds.get(key, ANY)
             if bound.integer and math.isfinite(value) and not float(value).is_integer():
                 raise ConfigError(
-                    f"{where}.{key}: must be a whole number for method '{self.name}', got {value}", f"{where}.{key}"
+                    f"{where}.{key}: must be a whole number for method '{self.name}', got {value}",
+                    f"{where}.{key}",
                 )
             if not bound.contains(float(value)):
                 raise ConfigError(
@@ -360,7 +363,11 @@ METHODS: dict[str, Method] = {
                 "answers, mean (logp_ref_t(y_w) − logp_ref_0(y_w))/n(y_w).",
                 (
                     ("tr_dpo/updates", "reference updates so far", "updates"),
-                    ("tr_dpo/ref_deviation", "deviation of the reference from the original", "nats per token"),
+                    (
+                        "tr_dpo/ref_deviation",
+                        "deviation of the reference from the original",
+                        "nats per token",
+                    ),
                 ),
             ),
         ),
