@@ -235,6 +235,32 @@ def test_kill_and_resume_reproduces_the_run_reference_included(setup):
     assert_same(policy_at(full.run_dir, 24), policy_at(killed, 24), atol=1e-6)
 
 
+@pytest.mark.slow
+def test_two_processes_equal_one(setup):
+    """accelerate launch, 2 CPU processes (DDP over gloo), 1 pair each × 2 accumulation steps = one process
+    with 2 × 2, the reference updated every step: same losses, weights and (saved) reference."""
+    import os
+    import subprocess
+
+    import yaml
+
+    method = {"name": "tr_dpo", "alpha": 0.5, "tau": 1}
+    one = run(setup, "mp-1", method, batch_size=2, grad_accum=2, max_steps=3)
+    path = setup[0] / "mp.yaml"
+    path.write_text(yaml.safe_dump(raw_cfg(*setup, "mp-2", method, batch_size=1, grad_accum=2, max_steps=3)))
+    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tether.cli", "train", str(path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = setup[0] / "mp-2"
+    for x, y in zip(metrics(one.run_dir), metrics(two), strict=True):
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-5)
+        assert x["tr_dpo/updates"] == y["tr_dpo/updates"]
+    assert_same(reference_at(one.run_dir, 3), reference_at(two, 3), atol=1e-4)
+    assert_same(policy_at(one.run_dir, 3), policy_at(two, 3), atol=1e-4)
+
+
 def test_a_checkpoint_without_its_reference_is_not_resumed(setup, capsys):
     method = {"name": "tr_dpo", "alpha": 0.5, "tau": 1}
     r = run(setup, "noref", method, max_steps=2, save_every=1)
