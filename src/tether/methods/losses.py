@@ -230,8 +230,8 @@ def tr_dpo(inp: LossInputs, *, beta: float, alpha: float, tau: float) -> LossOut
 
     ``tr_dpo/ref_deviation``: how far the updated reference has moved from the original one, minor-sft.txt
     Eq. 8's deviation with the current reference in the policy's place and the original (step-0) reference
-    as the reference, per example ``(logp_ref_t(y_w) − logp_ref_0(y_w))/n(y_w)`` (0 until the first
-    update). A cheap, per-token stand-in for the KL of the updated reference to the original on the data's
+    as the reference, per example ``(logp_ref_t(y_w) − logp_ref_0(y_w))/n(y_w)`` (0, up to float noise,
+    until the first update). A cheap, per-token stand-in for the KL of the updated reference to the original on the data's
     chosen answers (not a KL: it is measured on dataset answers, not on samples of the reference).
     """
     out = dpo(inp, beta=beta)
