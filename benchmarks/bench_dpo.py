@@ -23,7 +23,10 @@ runs in its own subprocess, so the peak RSS (``ru_maxrss``) is that configuratio
 * ``tether-copy`` / ``tether-precomputed``: ``tether.training.job.train`` with ``reference.mode`` copy /
   precomputed (shared prompts and packing on, the default); ``tether-precomputed-plain`` with both off
   (padded rows, as before issue 11); ``tether-eps`` / ``tether-eps-copy``: ε-DPO (ε=0.01) with the
-  precomputed reference (hidden states at response tokens, no reference forward) / the frozen copy.
+  precomputed reference (hidden states at response tokens, no reference forward) / the frozen copy;
+  ``tether-trdpo-copy``: TR-DPO (α=0.6, τ=1: the frozen copy mixed with the policy after *every* step, the
+  update's worst case; compare with ``tether-copy``), its one pass of the original reference's log-probs
+  (for ``tr_dpo/ref_deviation``) timed as the precompute.
   Step time and tokens (the same count: ``attention_mask.sum()``) come from ``metrics.jsonl``. The
   precomputed run uses a fresh ``reference.cache_dir``, so the one-time precompute is timed and reported
   separately (it is not part of any step).
@@ -66,6 +69,7 @@ CONFIGS = (
     "tether-asft",
     "tether-eps",
     "tether-eps-copy",
+    "tether-trdpo-copy",
 )
 #: tether configurations: (method, reference mode, gradient checkpointing, shared prompts and packing)
 TETHER = {
@@ -76,6 +80,7 @@ TETHER = {
     "asft": ("asft", "none", False, True),
     "eps": ("epsilon_dpo", "precomputed", False, True),
     "eps-copy": ("epsilon_dpo", "copy", False, True),
+    "trdpo-copy": ("tr_dpo", "copy", False, True),
 }
 SHAPES = ("synthetic", "tasks", "ultrafeedback", "hh")
 BETA = 0.1
@@ -230,6 +235,8 @@ def run_tether(args: argparse.Namespace, model_dir: Path, mode: str) -> dict:
     method = {"name": name, "beta": BETA}
     if name == "epsilon_dpo":
         method["epsilon"] = 0.01
+    if name == "tr_dpo":  # the reference updated after every step: the update's worst case
+        method.update(alpha=0.6, tau=1)
     cache = args.workdir / f"refcache-{mode}"
     mode = ref_mode
     cfg = from_dict(

@@ -53,6 +53,12 @@ def _range_case(key: str, value: Any, *words: str) -> BadCase:
     return lambda e, case: (_config(e, case, {section: {name: value}}), [key, *words])
 
 
+def _tr_dpo_case(patch: dict[str, Any], *words: str) -> BadCase:
+    """TR-DPO with ``patch`` (its live reference refuses a precomputed table and LoRA; α in [0, 1]; τ ≥ 1 whole)."""
+    method = {"name": "tr_dpo", **patch.get("method", {})}
+    return lambda e, case: (_config(e, case, {**patch, "method": method}), list(words))
+
+
 def _duplicate(text: str, key: str, first: int, second: int) -> BadCase:
     def case(e: Env, name: str) -> tuple[list[str], list[str]]:
         args, at = _yaml_text(e, name, text)
@@ -148,6 +154,13 @@ CONFIG_CASES: dict[str, BadCase] = {
         ),
         ["train.batch_size", "per_micro_batch=1", "a micro-batch has 1", "grad_accum 4"],
     ),
+    "tr_dpo_precomputed": _tr_dpo_case(
+        {"reference": {"mode": "precomputed"}}, "reference.mode", "cannot follow"
+    ),
+    "tr_dpo_lora": _tr_dpo_case({"model": {"lora": {"r": 4}}}, "model.lora", "use full fine-tuning"),
+    "tr_dpo_alpha_above_one": _tr_dpo_case({"method": {"alpha": 1.5}}, "method.alpha", "outside [0, 1]"),
+    "tr_dpo_tau_zero": _tr_dpo_case({"method": {"tau": 0}}, "method.tau", "outside the integers in [1"),
+    "tr_dpo_tau_fraction": _tr_dpo_case({"method": {"tau": 2.5}}, "method.tau", "must be a whole number"),
 }
 
 GOOD_ROW = '{"prompt": "what is 1+1?", "chosen": "2", "rejected": "3"}'

@@ -315,6 +315,66 @@ def test_r_dpo_at_step_0(alpha):
     assert expected[2] == math.log(2.0)
 
 
+def test_tr_dpo_is_dpo_against_the_current_reference():
+    """TR-DPO's loss is DPO's bit for bit (losses, gradients, DPO's metrics) whatever α and τ: they act
+    between steps, on the reference. With the original reference's log-probs given, it logs
+    ``tr_dpo/ref_deviation`` = (logp_ref_t(y_w) − logp_ref_0(y_w))/n(y_w): ref_chosen [−4, −4] against
+    the original [−5, −3] over n_w [2, 4] → [0.5, −0.25]."""
+    method = METHODS["tr_dpo"]
+    inp, leaves = random_inputs(method, batch=16, seed=5)
+    tr = method.loss(inp, **method.hparams({"alpha": 1.0, "tau": 3}))
+    d = losses.dpo(inp, beta=0.1)
+    torch.testing.assert_close(tr.losses, d.losses, rtol=0, atol=0)
+    for a, b in zip(
+        torch.autograd.grad(tr.losses.sum(), leaves), torch.autograd.grad(d.losses.sum(), leaves), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert tr.metrics.keys() == d.metrics.keys()
+    pair = _pair([-3, -5], [2, 4], [-7, -4], [3, 1], rw=[-4, -4], rl=[-5, -6])
+    live = LossInputs(**{**vars(pair), "ref_origin_chosen": t(-5.0, -3.0)})
+    out = losses.tr_dpo(live, beta=0.1, alpha=0.6, tau=512)
+    assert_metric(out, "tr_dpo/ref_deviation", [0.5, -0.25])
+    assert_close(out.losses, losses.dpo(pair, beta=0.1).losses.tolist())
+
+
+def test_tr_dpo_at_step_0_is_ln2():
+    """policy == reference (step 0) → Δ = 0 → −log σ(0) = ln 2 for every pair, whatever α, τ, β."""
+    inp = _pair([-3.5, -40.0], [2, 9], [-7.25, -1.0], [3, 1], rw=[-3.5, -40.0], rl=[-7.25, -1.0])
+    assert_close(losses.tr_dpo(inp, beta=0.3, alpha=0.6, tau=2).losses, [math.log(2.0)] * 2)
+
+
+@pytest.mark.parametrize(("alpha", "tau"), [(0.6, 512), (1.0, 2), (0.0, 1), (0.25, 3)])
+def test_tr_dpo_update_schedule(alpha, tau):
+    """After optimizer step s (1-based): α when s is a multiple of τ (steps τ, 2τ, …), else no update.
+    α = 1 is the hard update (TR-DPO τ), α < 1 the soft one (TR-DPO α)."""
+    hp = METHODS["tr_dpo"].hparams({"alpha": alpha, "tau": tau})
+    steps = range(1, 3 * tau + 2)
+    assert [losses.tr_dpo_update(s, hp) for s in steps] == [alpha if s % tau == 0 else None for s in steps]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("alpha", 1.01, r"method\.alpha: 1\.01 is outside \[0, 1\]"),
+        ("alpha", -0.5, r"method\.alpha: .* is outside \[0, 1\]"),
+        ("alpha", math.nan, r"method\.alpha"),
+        ("tau", 0, r"method\.tau: 0 is outside the integers in \[1, inf\)"),
+        ("tau", -3, r"method\.tau"),
+        ("tau", 2.5, r"method\.tau: must be a whole number for method 'tr_dpo', got 2\.5"),
+        ("tau", "abc", r"method\.tau: must be a number"),
+        ("tau", math.inf, r"method\.tau"),
+    ],
+)
+def test_tr_dpo_hparams_are_checked(key, value, match):
+    with pytest.raises(ConfigError, match=match):
+        METHODS["tr_dpo"].hparams({key: value})
+
+
+def test_tr_dpo_hparams_accept_the_limits():
+    assert METHODS["tr_dpo"].hparams({"alpha": 0, "tau": 1}) == {"beta": 0.1, "alpha": 0.0, "tau": 1.0}
+    assert METHODS["tr_dpo"].hparams({"alpha": 1, "tau": "64"})["tau"] == 64.0
+
+
 def test_cpo_value():
     """cpo = log(1 + e^{−β(logp_w − logp_l)}) + NLL, β = 0.1, logp_w = −2 (4 tokens), logp_l = −3 (2 tokens).
 

@@ -169,7 +169,8 @@ def test_write_report_draws_every_plot_and_embeds_it(runs, tmp_path):
         assert f"### {run}" in md
     assert "beta=0.04" in md and "epsilon=0.01" in md and "stages=3" in md
     assert "| 0.8 |" in md  # stage 1's gamma_ref
-    assert md.count("skipped") == 1 and "trajectory.png skipped" in md  # no run evaluated its checkpoints
+    # no run evaluated its checkpoints, and none is TR-DPO
+    assert md.count("skipped") == 2 and "trajectory.png skipped" in md and "tr_dpo.png skipped" in md
     header = next(line for line in md.splitlines() if line.startswith("| run |"))
     assert header.index("eval loss") < header.index("last-batch loss")  # held-out numbers first
 

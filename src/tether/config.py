@@ -110,7 +110,8 @@ class ReferenceConfig:
     """How reference log-probs are obtained."""
 
     mode: Literal["auto", "copy", "adapter", "precomputed", "none"] = "auto"
-    """``auto`` (``adapter`` with LoRA, else ``precomputed``), ``copy`` (frozen copy in memory),
+    """``auto`` (``adapter`` with LoRA, else ``precomputed``; ``copy`` for a method whose reference is
+    updated during training, TR-DPO), ``copy`` (frozen copy in memory),
     ``adapter`` (the policy with its LoRA adapter disabled), ``precomputed`` (computed once, cached on
     disk: summed log-probs, and for a method that needs the reference's logits (ε-DPO) its final hidden
     states at the response tokens plus its output head, refused above ``max_cache_gb``), ``none`` (no
@@ -625,8 +626,34 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"reference.mode: method '{method.name}' is reference-free; it loads no reference (use 'auto' or 'none')"
         )
+    if method.live_reference:
+        _validate_live_reference(cfg, method)
     if cfg.stages is not None:
         _validate_stages(cfg, method)
+
+
+def _validate_live_reference(cfg: Config, method: Method) -> None:
+    """A reference updated during training (TR-DPO) is a frozen copy of the starting model."""
+    name = method.name
+    if cfg.reference.mode == "precomputed":
+        raise ConfigError(
+            f"reference.mode: method '{name}' updates its reference during training, which a precomputed "
+            "table cannot follow; use 'copy' or 'auto'",
+            "reference.mode",
+        )
+    if cfg.model.lora is not None:
+        raise ConfigError(
+            f"model.lora: method '{name}' mixes the policy into its reference (ref ← (1−α)·ref + α·θ), but "
+            "with LoRA the reference is the adapter-disabled base, which such an update cannot represent; "
+            "use full fine-tuning (remove model.lora)",
+            "model.lora",
+        )
+    if cfg.reference.model is not None:
+        raise ConfigError(
+            f"reference.model: method '{name}' mixes the policy into its reference, so the reference starts "
+            "as the policy's starting model; remove reference.model",
+            "reference.model",
+        )
 
 
 def check_launch(cfg: Config | None = None) -> None:

@@ -54,6 +54,8 @@ class LossInputs:
     gradient), for methods that declare ``mismatched_completion``. ``process_mean``: a method's
     ``across_processes`` statistic of this micro-batch averaged over all processes (set by the trainer;
     ``None`` on one process or in a unit test, where the loss computes it from its own rows).
+    ``ref_origin_chosen``: for a method whose reference changes during training (TR-DPO), the summed
+    log-probs of ``chosen`` under the original (step-0) reference, for metrics.
     """
 
     chosen: SequenceLogps
@@ -66,6 +68,7 @@ class LossInputs:
     kl: SequenceLogps | None = None
     ref_kl: Tensor | None = None
     process_mean: Tensor | None = None
+    ref_origin_chosen: Tensor | None = None
 
 
 @dataclass

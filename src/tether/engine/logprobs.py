@@ -544,9 +544,11 @@ def loss_inputs(
     rows: RowLogps,
     batch: Batch,
     ref_sum: Tensor | None = None,
+    ref_origin: Tensor | None = None,
 ) -> LossInputs:
     """Split engine rows into the loss contract (chosen rows first, then rejected for pairs, or the
-    mismatched completions of unpaired rows: ``kl``/``ref_kl``)."""
+    mismatched completions of unpaired rows: ``kl``/``ref_kl``); ``ref_origin``: [B] the original
+    reference's summed log-probs of the chosen rows (a live reference)."""
     b = batch.n_examples
     two = batch.paired and not batch.mismatched
 
@@ -574,4 +576,5 @@ def loss_inputs(
         rejected_perturbed=pert(rejected) if two else None,
         kl=seq(rejected) if batch.mismatched else None,
         ref_kl=None if ref_sum is None or not batch.mismatched else ref_sum[rejected],
+        ref_origin_chosen=ref_origin,
     )

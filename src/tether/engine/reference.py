@@ -3,7 +3,9 @@ log-probs precomputed once and cached on disk. For a method that needs the refer
 precomputed reference also holds the reference's final hidden states at every response token and a frozen
 copy of its output head: ``head(state)`` are exactly the reference's logits, with no reference forward.
 
-A method that needs no reference gets ``None`` here: no copy, no forward.
+A method that needs no reference gets ``None`` here: no copy, no forward. A method with a live reference
+(TR-DPO) gets a frozen copy that :meth:`Reference.mix_from` moves towards the policy, plus the original
+reference's log-prob table (``tables``, for how far it has moved).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -54,6 +57,33 @@ class Reference:
         self.states = states or {}
         self.head = head
 
+    def origin_chosen(self, batch: Batch, split: str) -> Tensor | None:
+        """A live copy's original (step-0) summed log-probs of the batch's chosen rows, if tabled."""
+        if self.mode != "copy" or split not in self.tables:
+            return None
+        if self.tables[split].device != batch.index.device:
+            self.tables[split] = self.tables[split].to(batch.index.device)
+        return self.tables[split][batch.index, 0]
+
+    def mix_from(self, policy: nn.Module, alpha: float) -> None:
+        """``ref ← (1 − α)·ref + α·θ`` with the policy's parameters (a live copy, e.g. TR-DPO)."""
+        assert self.mode == "copy" and self.model is not None
+        mix_parameters(self.model, policy, alpha)
+
+    def save(self, path: Path) -> None:
+        """The copy's weights as safetensors (tied weights once)."""
+        from safetensors.torch import save_model
+
+        assert self.model is not None
+        save_model(self.model.model, str(path))
+
+    def load(self, path: Path) -> None:
+        """Weights saved by :meth:`save`; a file that does not match the model raises."""
+        from safetensors.torch import load_model
+
+        assert self.model is not None
+        load_model(self.model.model, str(path), strict=True, device=str(next(self.model.parameters()).device))
+
     def supports_segments(self) -> bool:
         """Whether batches in the segment layout can be given to this reference."""
         return self.model is None or self.model.supports_segments()
@@ -90,6 +120,26 @@ class Reference:
             return rows.sum, None, None
         head = _AdapterDisabledHead(self.model) if self.mode == "adapter" else self.model.head
         return rows.sum, hidden, head
+
+
+@torch.no_grad()
+def mix_parameters(target: nn.Module, source: nn.Module, alpha: float) -> None:
+    """``target ← (1 − α)·target + α·source`` for every parameter (buffers untouched; a tied parameter
+    once), computed in fp32 and cast back to the target's dtype. α = 1 copies, α = 0 changes nothing.
+
+    TRL's ``SyncRefModelCallback._sync_target_model`` does ``target.mul_(1 − α).add_(source, alpha=α)`` in the
+    parameters' own dtype (bf16 rounds twice there); on fp32 weights the two agree (tested to 1e-6). The
+    modules must have the same parameter names and shapes (a frozen copy of the source's starting model).
+    """
+    src = dict(source.named_parameters())
+    for name, t in target.named_parameters():
+        s = src.get(name)
+        if s is None or s.shape != t.shape:
+            raise TetherError(
+                f"reference update: the policy has no parameter {name} of shape {tuple(t.shape)}"
+            )
+        mixed = t.float().mul_(1.0 - alpha).add_(s.detach().to(t.device, torch.float32), alpha=alpha)
+        t.copy_(mixed.to(t.dtype))
 
 
 def frozen_copy(model: nn.Module, chunk: int) -> LogProbModel:

@@ -222,6 +222,47 @@ def epsilon_dpo_update(hparams: dict[str, float], window_means: dict[str, float]
     return new
 
 
+def tr_dpo(inp: LossInputs, *, beta: float, alpha: float, tau: float) -> LossOutput:
+    """TR-DPO (Gorbatovski et al. 2024, "Learn Your Reference Model for Real Good Alignment",
+    arXiv:2404.09656): DPO's loss (Rafailov et al. 2023, arXiv:2305.18290, Eq. 7) ``−log σ(β·Δ)`` against
+    the *current* reference, which :func:`tr_dpo_update` moves towards the policy every τ optimizer steps
+    (soft/hard reference update every τ steps; loss: DPO Eq. 7). α and τ act between steps, not here.
+
+    ``tr_dpo/ref_deviation``: how far the updated reference has moved from the original one, minor-sft.txt
+    Eq. 8's deviation with the current reference in the policy's place and the original (step-0) reference
+    as the reference, per example ``(logp_ref_t(y_w) − logp_ref_0(y_w))/n(y_w)`` (0, up to float noise,
+    until the first update). A cheap, per-token stand-in for the KL of the updated reference to the original on the data's
+    chosen answers (not a KL: it is measured on dataset answers, not on samples of the reference).
+    """
+    out = dpo(inp, beta=beta)
+    if inp.ref_origin_chosen is not None and inp.ref_chosen is not None:
+        out.add("tr_dpo/ref_deviation", (inp.ref_chosen - inp.ref_origin_chosen) / inp.chosen.n_tokens)
+    return out
+
+
+def tr_dpo_update(step: int, hparams: Mapping[str, float]) -> float | None:
+    """TR-DPO's reference update schedule (Gorbatovski et al. 2024, arXiv:2404.09656): after optimizer
+    step ``step`` (1-based, global), the weight α of ``π_ref ← α·π_θ + (1 − α)·π_ref_prev`` over all
+    parameters when ``step`` is a multiple of τ, else None.
+
+    The paper's two variants are settings of this one rule: the *soft* update (TR-DPO α) mixes the
+    parameters with weight α every τ steps; the *hard* update (TR-DPO τ) is α = 1, the reference replaced
+    by the policy every τ steps. α = 0 (or τ beyond the run) leaves the reference fixed: plain DPO.
+    Defaults α = 0.6, τ = 512 are TRL's (``DPOConfig.ref_model_mixup_alpha``/``ref_model_sync_steps``).
+
+    The mixing itself is :func:`tether.engine.reference.mix_parameters`: computed in fp32 and cast back to
+    the reference's dtype, equal to TRL 1.16's ``SyncRefModelCallback._sync_target_model`` (written by a
+    co-author; ``target.mul_(1 − α).add_(θ, alpha=α)`` in the parameters' own dtype), tested to 1e-6 in
+    fp32. Where tether differs from TRL: TRL keeps the updated reference in memory only, so a resumed run
+    silently restarts from the original reference; tether saves the reference in every checkpoint
+    (``reference.safetensors``) and restores it. Like TRL, it refuses LoRA (the reference is then the
+    adapter-disabled base, which a mix of the weights cannot be written as) and a precomputed reference.
+    """
+    if step % int(hparams["tau"]) != 0:
+        return None
+    return hparams["alpha"]
+
+
 def r_dpo(inp: LossInputs, *, beta: float, alpha: float) -> LossOutput:
     """R-DPO (Park et al. 2024, "Disentangling Length from Quality in DPO", arXiv:2403.19159), the
     regularised DPO loss: ``−log σ(β·Δ + α·(n(y_w) − n(y_l)))``.

@@ -28,7 +28,7 @@ class Bound:
     high: float = math.inf
     low_open: bool = True
     high_open: bool = True
-    integer: bool = False
+    integer: bool = False  # a count (e.g. TR-DPO's τ, in optimizer steps): whole numbers only
 
     def contains(self, v: float) -> bool:
         lo_ok = v > self.low if self.low_open else v >= self.low
@@ -43,6 +43,8 @@ class Bound:
 POSITIVE = Bound(0.0, math.inf)
 NONNEGATIVE = Bound(0.0, math.inf, low_open=False)
 ANY = Bound()
+UNIT = Bound(0.0, 1.0, low_open=False, high_open=False)
+STEPS = Bound(1.0, math.inf, low_open=False, integer=True)  # a number of optimizer steps, ≥ 1
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,17 @@ class Method:
     label_notes: Callable[[list[bool], Mapping[str, float]], list[str]] | None = None
     #: The loss depends on the whole global batch of the step (β-DPO): see :class:`BatchPlan`.
     batch_plan: BatchPlan | None = None
+    #: A live reference (TR-DPO): after optimizer step ``s`` (1-based, counted over the run), the weight α
+    #: of ``ref ← (1 − α)·ref + α·θ`` over all parameters, or None for no update at that step. The reference
+    #: is then a frozen copy of the starting model, updated in fp32, saved in checkpoints; the number of
+    #: updates so far is the state key ``reference_updates`` for ``state_metrics``; a precomputed reference,
+    #: another reference model and LoRA are refused at config load.
+    reference_update: Callable[[int, Mapping[str, float]], float | None] | None = None
+
+    @property
+    def live_reference(self) -> bool:
+        """The reference changes during training (it must be a frozen copy, saved in checkpoints)."""
+        return self.reference_update is not None
 
     @property
     def needs_reference_logits(self) -> bool:
@@ -157,6 +170,11 @@ class Method:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{where}.{key}: must be a number, got {value!r}", f"{where}.{key}")
             bound = self.bounds.get(key, ANY)
+            if bound.integer and math.isfinite(value) and not float(value).is_integer():
+                raise ConfigError(
+                    f"{where}.{key}: must be a whole number for method '{self.name}', got {value}",
+                    f"{where}.{key}",
+                )
             if not bound.contains(float(value)):
                 raise ConfigError(
                     f"{where}.{key}: {value} is outside {bound} for method '{self.name}'", f"{where}.{key}"
@@ -187,6 +205,7 @@ _MINOR = "Xie et al. 2024, Minor SFT loss for LLM fine-tune, arXiv:2408.10642"
 _NLL_FORMS = {"lambda_nll_avg": "lambda_nll"}
 _EDPO = "Lee et al. 2025, KL Penalty Control via Perturbation for DPO, arXiv:2502.13177"
 _UNIT = Bound(0.0, 1.0, low_open=False)  # [0, 1)
+_TR_DPO = "soft/hard reference update every τ steps; loss: DPO Eq. 7"
 
 METHODS: dict[str, Method] = {
     m.name: m
@@ -418,6 +437,34 @@ METHODS: dict[str, Method] = {
             across_processes=losses.kto_kl,
             label_notes=losses.kto_data_notes,
         ),
+        Method(
+            "tr_dpo",
+            losses.tr_dpo,
+            "Gorbatovski et al. 2024, Learn Your Reference Model for Real Good Alignment (TR-DPO), arXiv:2404.09656",
+            _TR_DPO + " (arXiv:2305.18290) against the current reference",
+            "pairs",
+            True,
+            "TR-DPO: DPO against a live reference, ref ← (1-α)·ref + α·θ every τ steps (α=1: TR-DPO τ, hard)",
+            defaults={"beta": 0.1, "alpha": 0.6, "tau": 512},
+            bounds={"beta": POSITIVE, "alpha": UNIT, "tau": STEPS},
+            reference_update=losses.tr_dpo_update,
+            state_metrics={"reference_updates": "tr_dpo/updates"},
+            state_plot=StatePlot(
+                "tr_dpo",
+                "TR-DPO: the live reference",
+                "TR-DPO's reference updates so far and how far the updated reference has moved from the "
+                "original one: MinorSFT's Eq. 8 deviation of ref_t against ref_0 on the step's chosen "
+                "answers, mean (logp_ref_t(y_w) − logp_ref_0(y_w))/n(y_w).",
+                (
+                    ("tr_dpo/updates", "reference updates so far", "updates"),
+                    (
+                        "tr_dpo/ref_deviation",
+                        "deviation of the reference from the original",
+                        "nats per token",
+                    ),
+                ),
+            ),
+        ),
     ]
 }
 
@@ -426,7 +473,9 @@ HYPERPARAMETERS: dict[str, str] = {
     "beta": "β: how strongly the method holds the model (the KL penalty's weight for reference methods, "
     "the preference term's weight for ORPO and ASFT, the reward scale for SimPO; see the method's paper)",
     "epsilon": "ε-DPO's ε: the logit perturbation that decides whether each pair's β_i is lowered or raised",
-    "alpha": "R-DPO's α: weight of the length regulariser (0 is DPO)",
+    "alpha": "R-DPO's α: weight of the length regulariser (0 is DPO); TR-DPO's α: the weight of the policy "
+    "in each reference update, ref ← (1 − α)·ref + α·θ (1: a hard copy, TR-DPO τ; 0 is DPO)",
+    "tau": "TR-DPO's τ: the reference is updated after every τ-th optimizer step",
     "gamma": "SimPO's γ: the target reward margin",
     "delta": "SLiC-HF's δ: the ranking margin between chosen and rejected log-likelihoods",
     "lambda_nll": "weight of the NLL term on the chosen answer, summed over its tokens (the papers' form)",
@@ -470,6 +519,8 @@ def methods_table() -> list[dict[str, str]]:
     for m in METHODS.values():
         if m.needs_reference_logits:
             ref = "logits"
+        elif m.live_reference:
+            ref = "live"
         elif m.needs_reference:
             ref = "yes"
         else:

@@ -185,6 +185,8 @@ def reference_mode(cfg: Config, method: Method) -> str:
         return mode if method.uses_reference else "none"
     if not method.uses_reference:
         return "none"
+    if method.live_reference:
+        return "copy"  # updated during training: neither a table nor the adapter-disabled base can follow
     lora = cfg.model.lora is not None and cfg.reference.model is None
     if method.needs_reference or method.needs_reference_logits:
         return "adapter" if lora else "precomputed"
@@ -295,10 +297,14 @@ def build_reference(
         ref_model = ref_model.to(accelerator.device)
     if mode == "copy":
         base = ref_model if ref_model is not None else models.merge_lora(policy.model)
-        return Reference("copy", frozen_copy(base, cfg.train.logprob_chunk))
+        live = frozen_copy(base, cfg.train.logprob_chunk)
+        if not p.method.live_reference:
+            return Reference("copy", live)
+        # a live reference (TR-DPO) also gets the starting reference's table: how far it moves from it
+        tables, status = _tables(p, policy, models.model_fingerprint(ref_dir), accelerator, needed_train)
+        return Reference("copy", live, tables=tables, cache_status=f"original {status}")
     # precomputed: the policy at step 0 *is* the reference unless another model was named
     source = LogProbModel(ref_model, cfg.train.logprob_chunk) if ref_model is not None else policy
-    cache_root = Path(cfg.reference.cache_dir) if cfg.reference.cache_dir else default_cache_dir()
     fingerprint = models.model_fingerprint(ref_dir)
     states: dict[str, ResponseStates] = {}
     head = None
@@ -308,13 +314,25 @@ def build_reference(
                 key = cache_key(fingerprint, examples, {"dtype": cfg.model.dtype, "states": 1})
                 states[split] = _states(p, source, split, examples, needed, key, accelerator)
         head = copy.deepcopy(source.head).requires_grad_(False)
+    tables, status = _tables(p, source, fingerprint, accelerator, needed_train)
+    del ref_model
+    return Reference("precomputed", tables=tables, cache_status=status, states=states, head=head)
+
+
+def _tables(
+    p: Prepared, source: LogProbModel, fingerprint: str, acc, needed_train: list[int] | None
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The reference log-prob table of each split (the training rows in ``needed_train``, all eval rows),
+    from the on-disk cache where it has them; and the cache status."""
+    cfg = p.cfg
+    cache_root = Path(cfg.reference.cache_dir) if cfg.reference.cache_dir else default_cache_dir()
     tables, statuses = {}, []
     for split, examples, needed in (("train", p.train, needed_train), ("eval", p.eval, None)):
         if not examples:
             continue
 
         def compute(rows: list[int], ex=examples, s=split) -> torch.Tensor:
-            return _table(p, source, ex, accelerator, indices=rows, desc=f"reference log-probs ({s})")
+            return _table(p, source, ex, acc, indices=rows, desc=f"reference log-probs ({s})")
 
         key = cache_key(fingerprint, examples, {"dtype": cfg.model.dtype, "v": 2})
         table, status = load_or_fill(
@@ -322,13 +340,12 @@ def build_reference(
             needed if needed is not None else range(len(examples)),
             compute,
             n=len(examples),
-            is_main=accelerator.is_main_process,
-            barrier=accelerator.wait_for_everyone,
+            is_main=acc.is_main_process,
+            barrier=acc.wait_for_everyone,
         )
         tables[split] = table
         statuses.append(f"{split}:{status}")
-    del ref_model
-    return Reference("precomputed", tables=tables, cache_status=",".join(statuses), states=states, head=head)
+    return tables, ",".join(statuses)
 
 
 @dataclass

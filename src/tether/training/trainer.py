@@ -36,6 +36,7 @@ from tether.rundir import CHECKPOINTS, METRICS, TRAINER_STATE, RunDir
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.bin"
+REFERENCE_FILE = "reference.safetensors"  # a live reference's weights (TR-DPO)
 WEIGHT_GROWTH = 1e3  # a checkpoint whose largest weight grew this many times is not "good"
 DIVERGING = 100.0  # a gradient norm this many times the median of the earlier ones is diverging
 
@@ -236,7 +237,7 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-def _check_files(d: Path, *, with_optimizer: bool) -> str | None:
+def _check_files(d: Path, *, with_optimizer: bool, with_reference: bool = False) -> str | None:
     """Checks that name the damaged file before anything is loaded: safetensors headers against the file
     size (a truncated file), and every torch archive loaded memory-mapped with ``weights_only=True``
     (a truncated archive loses its end; a pickle that would build anything but tensors is refused)."""
@@ -248,6 +249,7 @@ def _check_files(d: Path, *, with_optimizer: bool) -> str | None:
     names = [MODEL_FILE, *([OPTIMIZER_FILE] if with_optimizer else [])]
     if any(p.is_dir() for p in d.iterdir()):  # FSDP / DeepSpeed: accelerate's sharded layout
         names = []
+    names += [REFERENCE_FILE] if with_reference else []
     for name in names:
         if not (d / name).is_file():
             return f"{name}: missing"
@@ -374,6 +376,12 @@ class Trainer:
             self.optimizer, lr_lambda(cfg, self.schedule.total_steps)
         )
         self.policy, self.optimizer = accelerator.prepare(policy, self.optimizer)
+        if method.live_reference and accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
+            raise TetherError(
+                f"method.name: '{method.name}' mixes the policy's parameters into its reference, which needs "
+                "whole (unsharded) parameters on every process; launch with DDP (or one process), not FSDP/DeepSpeed"
+            )
+        self.reference_updates = 0  # a live reference's updates so far (saved in checkpoints)
         # The scheduler is NOT registered with accelerate (that would pickle it): its state goes into the
         # checkpoint's JSON state file, and every other file of a checkpoint loads with weights_only=True.
         self.step = 0
@@ -404,7 +412,8 @@ class Trainer:
             fn, hp = self.method.reference_logits, dict(self.hparams)
             mix = lambda z, z_ref, y: fn(z, z_ref, y, hp)  # noqa: E731
         rows = self.policy(batch, ref_hidden=ref_hidden, ref_head=ref_head, mix=mix)
-        inp = loss_inputs(rows, batch, ref_sum)
+        origin = None if self.reference is None else self.reference.origin_chosen(batch, split)
+        inp = loss_inputs(rows, batch, ref_sum, origin)
         stat = self.method.across_processes
         if stat is not None and split == "train" and self.acc.num_processes > 1:
             # every process runs the same number of training micro-batches, so the collective lines up
@@ -528,10 +537,22 @@ class Trainer:
             means[f"hparams/{k}"] = v
         if self.method.on_optimizer_step is not None:
             self.hparams = self.method.on_optimizer_step(self.hparams, means)
+        if self.method.reference_update is not None:
+            self._update_reference(self.step + 1)
+        state = {**self.hparams, "reference_updates": float(self.reference_updates)}
         for key, name in self.method.state_metrics.items():
-            means[name] = self.hparams[key]
+            means[name] = state[key]
         self.step += 1
         return means
+
+    def _update_reference(self, step: int) -> None:
+        """A live reference after optimizer step ``step``: mixed with the policy (the same parameters on
+        every process under DDP, so every process's copy stays the same) when the method says so."""
+        assert self.method.reference_update is not None and self.reference is not None
+        alpha = self.method.reference_update(step, self.hparams)
+        if alpha is not None:
+            self.reference.mix_from(self.acc.unwrap_model(self.policy), alpha)
+            self.reference_updates += 1
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -605,8 +626,9 @@ class Trainer:
         return h
 
     def save_checkpoint(self) -> Path:
-        """Model, optimizer and RNG states (accelerate; safetensors and weights_only tensors) plus step,
-        scheduler, method state (β), config and health (JSON), atomically. With ``save_optimizer: false``
+        """Model, optimizer and RNG states (accelerate; safetensors and weights_only tensors), a live
+        reference's weights (``reference.safetensors``) plus step, scheduler, method state (β), config and
+        health (JSON), atomically. With ``save_optimizer: false``
         only the weights. Keeps the newest ``save_total_limit`` checkpoints and the newest good one."""
         root = self.run_dir / CHECKPOINTS
         final = root / f"step-{self.step:07d}"
@@ -623,9 +645,13 @@ class Trainer:
         health = self._health()
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
+            if self.method.live_reference:
+                assert self.reference is not None
+                self.reference.save(tmp / REFERENCE_FILE)
             state = {
                 "step": self.step,
                 "hparams": self.hparams,
+                "reference_updates": self.reference_updates,
                 "total_steps": self.schedule.total_steps,
                 "scheduler": self.scheduler.state_dict(),
                 "optimizer": self.cfg.save_optimizer,
@@ -692,7 +718,8 @@ class Trainer:
             hparams = {k: float(v) for k, v in state["hparams"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             return f"{TRAINER_STATE}: {_reason(e) if not isinstance(e, KeyError) else f'no {e}'}"
-        problem = _check_files(d, with_optimizer=bool(state.get("optimizer", True)))
+        live = self.method.live_reference
+        problem = _check_files(d, with_optimizer=bool(state.get("optimizer", True)), with_reference=live)
         if problem:
             return problem
         try:
@@ -703,6 +730,10 @@ class Trainer:
                     )
             else:
                 self._load_weights_only(d)
+            if live:
+                assert self.reference is not None
+                self.reference.load(d / REFERENCE_FILE)
+                self.reference_updates = int(state.get("reference_updates", 0))
             self.scheduler.load_state_dict(sched)
         except Exception as e:  # a foreign or damaged file: torch/safetensors raise many kinds
             return _reason(e)
