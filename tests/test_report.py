@@ -169,8 +169,8 @@ def test_write_report_draws_every_plot_and_embeds_it(runs, tmp_path):
         assert f"### {run}" in md
     assert "beta=0.04" in md and "epsilon=0.01" in md and "stages=3" in md
     assert "| 0.8 |" in md  # stage 1's gamma_ref
-    # no run evaluated its checkpoints, and none is TR-DPO
-    assert md.count("skipped") == 2 and "trajectory.png skipped" in md and "tr_dpo.png skipped" in md
+    # no run evaluated its checkpoints; the state plots of methods no run used get no note
+    assert md.count("skipped") == 1 and "trajectory.png skipped" in md and "tr_dpo.png" not in md
     header = next(line for line in md.splitlines() if line.startswith("| run |"))
     assert header.index("eval loss") < header.index("last-batch loss")  # held-out numbers first
 
@@ -287,7 +287,8 @@ def test_identical_values_are_not_zoomed_into_a_difference(tmp_path):
 def test_missing_metrics_skip_plots_with_a_note(tmp_path):
     run = fake_run(tmp_path, "orpo", "orpo", reference=False, eval_every=0)
     md = write_report([run], tmp_path / "out").read_text()
-    assert "deviation.png skipped" in md and "epsilon_dpo.png skipped" in md and "frontier.png skipped" in md
+    assert "deviation.png skipped" in md and "frontier.png skipped" in md
+    assert "epsilon_dpo.png" not in md  # no ε-DPO run: nothing to say about its state plot
     assert not (tmp_path / "out" / "deviation.png").exists()
     assert is_png(tmp_path / "out" / "training.png")
 

@@ -4,7 +4,8 @@ A run directory is what ``tether train`` writes (``metrics.jsonl``, ``config.yam
 optionally ``eval.json`` from ``tether eval``); an sDPO run's root holds ``stages.json`` and one run
 directory per stage (``stage-<t>/``), whose metrics are concatenated on one step axis.
 
-Plots (each skipped, with a note in the Markdown, when no run logged its metrics):
+Plots (each skipped, with a note in the Markdown, when no run logged its metrics; a method's state plot
+only gets the note when one of the runs used that method):
 
 - ``training.png``: loss, reward margin and reward accuracy per step (eval dashed);
 - ``deviation.png``: MinorSFT's m_θ per step, every run on one axis (minor-sft.txt, Fig. 1);
@@ -35,7 +36,7 @@ from typing import Any
 
 from tether.errors import TetherError
 from tether.evaluation.groups import PERFORMANCE
-from tether.methods.registry import StatePlot, state_metric_names, state_plots
+from tether.methods.registry import METHODS, StatePlot, state_metric_names, state_plots
 from tether.rundir import RunDir
 
 TRAIN_PANELS = (
@@ -880,9 +881,13 @@ def render_markdown(
     ]
     shown = [LAST_BATCH.get(h, h) for h in header]
     out += [_md_table(shown, [[row[h] for h in header] for row in rows]), "", "## Plots", ""]
+    methods = {r.method for r in runs}
+    others = {  # a state plot of a method none of the runs used is not worth a note
+        spec.name for spec in state_plots() if not any(m in methods for m in _plotted_by(spec))
+    }
     for name, plot in plots.items():
         if plot is None:
-            out += [f"*{name}.png skipped: {SKIP_NOTES[name]}.*", ""]
+            out += [] if name in others else [f"*{name}.png skipped: {SKIP_NOTES[name]}.*", ""]
         else:
             out += [
                 f"### {plot.title}",
@@ -895,6 +900,11 @@ def render_markdown(
     out += ["## Runs", ""]
     out += [_run_section(r) + "\n" for r in runs]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _plotted_by(spec: StatePlot) -> list[str]:
+    """The methods that declare this state plot."""
+    return [m.name for m in METHODS.values() if m.state_plot is not None and m.state_plot.name == spec.name]
 
 
 def write_report_runs(
