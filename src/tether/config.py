@@ -134,6 +134,10 @@ class TrainConfig:
     """A micro-batch's rows run packed into one sequence, attention per row, no padding (exact)."""
     save_merged: bool = False
     progress: bool = True
+    sharding: Literal["none", "fsdp"] = "none"
+    """``fsdp``: parameters, gradients and optimizer state sharded across the processes with PyTorch's
+    FSDP2 (``fully_shard`` per decoder layer, then the whole model); checkpoints hold the full state and
+    resume on any process count. Works on CPU processes (gloo) and GPUs; a no-op on one process."""
 
 
 @dataclass
