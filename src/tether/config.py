@@ -560,19 +560,52 @@ def validate(cfg: Config) -> None:
         _validate_stages(cfg, method)
 
 
-def check_launch() -> None:
-    """The ``accelerate launch`` settings this machine cannot run, as one ConfigError (before anything loads):
-    FSDP (``--use_fsdp`` or ``distributed_type: FSDP`` in accelerate's config) needs CUDA GPUs."""
+def check_launch(sharding: str = "none") -> None:
+    """The launch settings this machine cannot run, as one ConfigError (before anything loads): accelerate's
+    FSDP (``--use_fsdp`` or ``distributed_type: FSDP`` in its config) and DeepSpeed need CUDA GPUs (on CPU
+    processes, ``train.sharding: fsdp`` shards with PyTorch's FSDP2 instead), and ``train.sharding: fsdp``
+    does not combine with either (the model would be wrapped twice)."""
     import os
 
     import torch
 
-    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").strip().lower() in ("1", "true", "yes", "on")
-    if fsdp and not torch.cuda.is_available():
-        raise ConfigError(
-            "accelerate: FSDP was requested (ACCELERATE_USE_FSDP=true: accelerate launch --use_fsdp or "
-            "distributed_type: FSDP in its config) but this machine has no CUDA GPU; launch without FSDP"
-        )
+    def on(var: str) -> bool:
+        return os.environ.get(var, "false").strip().lower() in ("1", "true", "yes", "on")
+
+    cpu_command = "torchrun --nproc_per_node 2 -m tether train CONFIG train.sharding=fsdp"
+    if sharding == "fsdp":
+        try:
+            from torch.distributed.fsdp import fully_shard  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                f"train.sharding: fsdp needs PyTorch's FSDP2 (torch ≥ 2.6); this is torch {torch.__version__}",
+                "train.sharding",
+            ) from None
+    for var, name, how in (
+        (
+            "ACCELERATE_USE_FSDP",
+            "FSDP",
+            "accelerate launch --use_fsdp or distributed_type: FSDP in its config",
+        ),
+        (
+            "ACCELERATE_USE_DEEPSPEED",
+            "DeepSpeed",
+            "accelerate launch --use_deepspeed or distributed_type: DEEPSPEED",
+        ),
+    ):
+        if not on(var):
+            continue
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"accelerate: {name} was requested ({var}=true: {how}) but this machine has no CUDA GPU; "
+                f"to shard on CPU processes use train.sharding: fsdp, e.g. `{cpu_command}`"
+            )
+        if sharding != "none":
+            raise ConfigError(
+                f"train.sharding: {sharding} shards the model itself, but accelerate's {name} was requested too "
+                f"({var}=true); use one of them (train.sharding: none under accelerate's {name})",
+                "train.sharding",
+            )
 
 
 def _check_dir(key: str, value: str) -> None:

@@ -60,7 +60,7 @@ def prepare(cfg: Config, train_specs: Sequence[str] | None = None, *, convert: b
     ``train_specs``: the training files (default: ``data.train``); their examples are concatenated.
     ``convert=False`` leaves a GGUF model unconverted (``model_dir`` is then the GGUF file itself).
     """
-    check_launch()
+    check_launch(cfg.train.sharding)
     method, hparams = cfg.resolved_method()
     d = cfg.data
     for key, name in (("model.name", cfg.model.name), ("reference.model", cfg.reference.model)):
