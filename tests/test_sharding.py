@@ -270,3 +270,35 @@ def test_two_node_loopback_equals_one_node(setup):
         assert p.returncode == 0, out[-2000:] + err[-3000:]
     assert "policy sharded across 2 processes (FSDP2)" in outs[0][0]
     assert_same_run(one, root / "nodes", state=state)
+
+
+@pytest.mark.parametrize(
+    ("var", "gpu", "sharding", "want"),
+    [
+        ("ACCELERATE_USE_FSDP", False, "none", "accelerate: FSDP was requested"),
+        ("ACCELERATE_USE_DEEPSPEED", False, "fsdp", "accelerate: DeepSpeed was requested"),
+        ("ACCELERATE_USE_FSDP", True, "fsdp", "train.sharding: fsdp shards the model itself"),
+    ],
+)
+def test_a_sharding_mode_the_machine_cannot_run_is_one_line(
+    setup, monkeypatch, capsys, var, gpu, sharding, want
+):
+    """accelerate's FSDP/DeepSpeed on a machine without CUDA (pointing at train.sharding: fsdp and the CPU
+    command), or both shardings at once: exit 2 and one line, before anything loads; silent on rank 1."""
+    from tether.cli import main as cli_main
+
+    root, model, pairs = setup
+    cfg = write_cfg(root / "bad.yaml", raw_cfg(root, model, pairs, "bad", {"name": "dpo"}, sharding=sharding))
+    monkeypatch.setenv(var, "true")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        assert cli_main(["train", str(cfg)]) == 2
+        err = capsys.readouterr().err
+        if rank == "1":
+            assert err == ""
+            continue
+        assert err.startswith(f"error: {want}") and err.count("\n") == 1, err
+        if not gpu:
+            assert "train.sharding: fsdp" in err and "torchrun --nproc_per_node 2" in err
+    assert not (root / "bad").exists()
