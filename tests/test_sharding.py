@@ -112,6 +112,11 @@ def assert_same_run(a: Path, b: Path, atol: float = 1e-4, state: tuple[str, ...]
     ma, mb = metrics(a), metrics(b)
     assert [x["step"] for x in ma] == [x["step"] for x in mb]
     for x, y in zip(ma, mb, strict=True):
+        if "eval/loss" in x:  # a held-out evaluation line
+            assert x.keys() == y.keys()
+            for k in x:
+                assert x[k] == pytest.approx(y[k], abs=1e-5), k
+            continue
         assert x["loss"] == pytest.approx(y["loss"], abs=1e-5)
         assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)
         for k in state:  # a method's per-step state (ε-DPO's β): from the global batch, identical
@@ -190,13 +195,17 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_lora_with_adapter_reference_sharded(setup):
     """LoRA under FSDP2 (frozen base and trainable adapter sharded together), the reference being the
-    policy's own sharded base with the adapter disabled: 2 processes = 1."""
+    policy's own sharded base with the adapter disabled: 2 processes = 1, held-out metrics included (5
+    eval pairs: the processes run 3 and 2 batches' worth, padded with a spare so that every forward meets)."""
     root, model, pairs = setup
     spec = {"name": "dpo", "beta": 0.1}
+    heldout = write_jsonl(root / "heldout.jsonl", pair_rows(5, seed=1))
     raws = []
     for name, bs, ga in (("lora-one", 2, 2), ("lora-two", 1, 2)):
         raw = raw_cfg(root, model, pairs, name, spec, "adapter", batch_size=bs, grad_accum=ga, max_steps=3)
         raw["model"]["lora"] = {"r": 4, "alpha": 8, "dropout": 0.0}
+        raw["data"]["eval"] = str(heldout)
+        raw["train"]["eval_every"] = 2
         raws.append(raw)
     one = train(from_dict(raws[0])).run_dir
     torchrun(write_cfg(root / "lora-two.yaml", raws[1]))

@@ -530,9 +530,15 @@ class Trainer:
         sums: dict[str, Tensor] = {}
         count = torch.zeros((), dtype=torch.float64)
         bs = self.cfg.batch_size
-        for s in range(0, len(mine), bs):
+        n_batches = math.ceil(len(mine) / bs)
+        if self.sharded:  # every forward all-gathers: each process runs as many (a short one: a spare)
+            n_batches = math.ceil(math.ceil(len(self.eval_examples) / world) / bs)
+        for s in range(0, n_batches * bs, bs):
             idx = mine[s : s + bs]
-            self._accumulate(sums, self._forward(self._batch(idx, self.eval_examples), "eval"))
+            part: dict[str, Tensor] = {}
+            self._accumulate(part, self._forward(self._batch(idx or [0], self.eval_examples), "eval"))
+            for k, v in part.items():
+                sums[k] = sums.get(k, torch.zeros((), dtype=torch.float64)) + (v if idx else 0 * v)
             count += len(idx)
         if not sums:  # more processes than eval examples: keep the reduction shapes equal
             sums = {"loss": torch.zeros((), dtype=torch.float64)}
