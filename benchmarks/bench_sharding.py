@@ -32,15 +32,39 @@ CONFIGS = [  # (processes, sharding, batch_size, grad_accum)
 ]
 
 
+def _rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def worker(argv: list[str]) -> None:
-    """One process of a launch: ``tether train``, then its peak RSS on one line."""
+    """One process of a launch: ``tether train``, then on one line its peak RSS, the RSS it held right after
+    the last optimizer step, and the bytes of this process's weights + optimizer state (its shards)."""
     import resource
 
+    import tether.training.trainer as trainer
     from tether.cli import main
 
+    held, state = [0.0], [0.0]
+    step = trainer.Trainer.train_step
+
+    def measured(self):
+        out = step(self)
+        held[0] = _rss_mb()
+        from torch.distributed.tensor import DTensor
+
+        local = lambda t: t.to_local() if isinstance(t, DTensor) else t  # noqa: E731
+        opt = getattr(self.optimizer, "optimizer", self.optimizer)
+        tensors = [*self.policy.parameters(), *(v for st in opt.state.values() for v in st.values())]
+        state[0] = sum(local(t).nbytes for t in tensors if hasattr(t, "nbytes")) / 2**20
+        return out
+
+    trainer.Trainer.train_step = measured
     code = main(argv)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"PEAK_RSS rank={os.environ.get('RANK', '0')} mb={peak:.0f}", flush=True)
+    print(
+        f"PEAK_RSS rank={os.environ.get('RANK', '0')} mb={peak:.0f} held={held[0]:.0f} state={state[0]:.0f}",
+        flush=True,
+    )
     sys.exit(code)
 
 
@@ -50,6 +74,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--pairs", type=int, default=64)
+    ap.add_argument("--max-prompt-length", type=int, default=None, help="truncate prompts (a small model)")
     ap.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
@@ -72,6 +97,7 @@ def main() -> None:
                 f"train.grad_accum={ga}",
                 f"train.max_steps={args.steps}",
                 f"train.sharding={shard}",
+                *([f"data.max_prompt_length={args.max_prompt_length}"] if args.max_prompt_length else []),
                 "train.progress=false",
                 "train.save_total_limit=1",
             ]
@@ -85,13 +111,18 @@ def main() -> None:
             wall = time.perf_counter() - t
             if proc.returncode != 0:
                 sys.exit(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-            peaks = {int(r): float(m) for r, m in re.findall(r"PEAK_RSS rank=(\d+) mb=(\d+)", proc.stdout)}
+            found = re.findall(r"PEAK_RSS rank=(\d+) mb=(\d+) held=(\d+) state=(\d+)", proc.stdout)
+            peaks = {int(r): float(m) for r, m, _, _ in found}
+            held = {int(r): float(h) for r, _, h, _ in found}
+            state = {int(r): float(x) for r, _, _, x in found}
             summary = json.loads((root / name / "summary.json").read_text())
             rows.append(
                 {
                     "processes": nproc,
                     "sharding": shard,
                     "peak_rss_mb": [peaks[r] for r in sorted(peaks)],
+                    "rss_after_step_mb": [held[r] for r in sorted(held)],
+                    "weights_and_optimizer_mb": [state[r] for r in sorted(state)],
                     "step_seconds": summary["seconds"] / summary["steps"],
                     "loss": summary["train_metrics"]["loss"],
                     "wall_seconds": wall,
@@ -100,11 +131,17 @@ def main() -> None:
     print(
         f"model {args.model}, DPO, global batch 4 pairs, max_length {args.max_length}, {args.steps} steps\n"
     )
-    print("| processes | train.sharding | peak RSS per process (MB) | s/step | last loss |")
-    print("|---|---|---|---|---|")
+    head = "| processes | train.sharding | peak RSS per process (MB) | RSS after the last step (MB) "
+    print(head + "| weights + optimizer state per process (MB) | s/step | last loss |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         rss = ", ".join(f"{x:.0f}" for x in r["peak_rss_mb"])
-        print(f"| {r['processes']} | {r['sharding']} | {rss} | {r['step_seconds']:.1f} | {r['loss']:.4f} |")
+        held = ", ".join(f"{x:.0f}" for x in r["rss_after_step_mb"])
+        state = ", ".join(f"{x:.0f}" for x in r["weights_and_optimizer_mb"])
+        print(
+            f"| {r['processes']} | {r['sharding']} | {rss} | {held} | {state} | {r['step_seconds']:.1f} "
+            f"| {r['loss']:.4f} |"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
 
