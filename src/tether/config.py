@@ -193,6 +193,10 @@ class TrainConfig:
     """With LoRA, also save the merged full model in ``final/merged``."""
     progress: bool = True
     """Show progress bars and the model-loading lines on stderr."""
+    sharding: Literal["none", "fsdp"] = "none"
+    """``fsdp``: parameters, gradients and optimizer state sharded across the processes with PyTorch's
+    FSDP2 (``fully_shard`` per decoder layer, then the whole model); checkpoints hold the full state and
+    resume on any process count. Works on CPU processes (gloo) and GPUs; a no-op on one process."""
 
 
 @dataclass
@@ -657,20 +661,60 @@ def _validate_live_reference(cfg: Config, method: Method) -> None:
 
 
 def check_launch(cfg: Config | None = None) -> None:
-    """The ``accelerate launch`` settings this machine or ``cfg`` cannot run, as one ConfigError (before
-    anything loads): FSDP (``--use_fsdp`` or ``distributed_type: FSDP`` in accelerate's config) needs CUDA
-    GPUs; a method with a batch plan (β-DPO) needs enough pairs per step for its batch statistics, counted
-    with the launch's processes (``WORLD_SIZE``, 1 without ``accelerate launch``)."""
+    """The launch settings this machine or ``cfg`` cannot run, as one ConfigError (before anything loads):
+    accelerate's FSDP (``--use_fsdp`` or ``distributed_type: FSDP`` in its config) and DeepSpeed need CUDA
+    GPUs (on CPU processes, ``train.sharding: fsdp`` shards with PyTorch's FSDP2 instead), and
+    ``train.sharding: fsdp`` does not combine with either (the model would be wrapped twice); a method with a
+    batch plan (β-DPO) needs enough pairs per step for its batch statistics, counted with the launch's
+    processes (``WORLD_SIZE``, 1 without a launcher); a live reference (TR-DPO) is not sharded."""
     import os
 
     import torch
 
-    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").strip().lower() in ("1", "true", "yes", "on")
-    if fsdp and not torch.cuda.is_available():
+    def on(var: str) -> bool:
+        return os.environ.get(var, "false").strip().lower() in ("1", "true", "yes", "on")
+
+    sharding = cfg.train.sharding if cfg is not None else "none"
+    cpu_command = "torchrun --nproc_per_node 2 -m tether train CONFIG train.sharding=fsdp"
+    if sharding == "fsdp" and cfg is not None and cfg.resolved_method()[0].live_reference:
         raise ConfigError(
-            "accelerate: FSDP was requested (ACCELERATE_USE_FSDP=true: accelerate launch --use_fsdp or "
-            "distributed_type: FSDP in its config) but this machine has no CUDA GPU; launch without FSDP"
+            f"train.sharding: method '{cfg.method.name}' mixes the policy into its reference after optimizer "
+            "steps, which tether does not do for sharded parameters; use train.sharding: none (data parallel)",
+            "train.sharding",
         )
+    if sharding == "fsdp":
+        try:
+            from torch.distributed.fsdp import fully_shard  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                f"train.sharding: fsdp needs PyTorch's FSDP2 (torch ≥ 2.6); this is torch {torch.__version__}",
+                "train.sharding",
+            ) from None
+    for var, name, how in (
+        (
+            "ACCELERATE_USE_FSDP",
+            "FSDP",
+            "accelerate launch --use_fsdp or distributed_type: FSDP in its config",
+        ),
+        (
+            "ACCELERATE_USE_DEEPSPEED",
+            "DeepSpeed",
+            "accelerate launch --use_deepspeed or distributed_type: DEEPSPEED",
+        ),
+    ):
+        if not on(var):
+            continue
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"accelerate: {name} was requested ({var}=true: {how}) but this machine has no CUDA GPU; "
+                f"to shard on CPU processes use train.sharding: fsdp, e.g. `{cpu_command}`"
+            )
+        if sharding != "none":
+            raise ConfigError(
+                f"train.sharding: {sharding} shards the model itself, but accelerate's {name} was requested too "
+                f"({var}=true); use one of them (train.sharding: none under accelerate's {name})",
+                "train.sharding",
+            )
 
     if cfg is not None:
         method, hparams = cfg.resolved_method()

@@ -434,6 +434,7 @@ RESUME_FREE = {
     "train.save_merged",
     "train.report_to",
     "train.resume_allowed_changes",
+    "train.sharding",  # how the state is laid out across processes, not what is computed
     "reference.cache_dir",
 }
 RESUME_EXTEND = {"train.max_steps", "train.epochs"}  # a longer run continues the same trajectory
@@ -493,6 +494,20 @@ def train(
         return _train(cfg, prepared=prepared, accelerator=accelerator, measure_gamma_ref=measure_gamma_ref)
 
 
+def _load_policy_model(cfg: Config, p: Prepared) -> torch.nn.Module:
+    """The policy's model as the run starts (LoRA applied, dropout off when asked), on the CPU."""
+    model = models.load_model(
+        p.model_dir,
+        dtype=cfg.model.dtype,
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+        lora=None if cfg.model.lora is None else vars(cfg.model.lora),
+        progress=cfg.train.progress,
+    )
+    if cfg.train.disable_dropout:
+        _disable_dropout(model)
+    return model
+
+
 def _train(cfg: Config, *, prepared: Prepared | None, accelerator, measure_gamma_ref: bool) -> RunResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -516,15 +531,7 @@ def _train(cfg: Config, *, prepared: Prepared | None, accelerator, measure_gamma
             print(f"note: {note}", file=sys.stderr)
     acc.wait_for_everyone()
     set_seed(cfg.train.seed)
-    model = models.load_model(
-        p.model_dir,
-        dtype=cfg.model.dtype,
-        gradient_checkpointing=cfg.model.gradient_checkpointing,
-        lora=None if cfg.model.lora is None else vars(cfg.model.lora),
-        progress=cfg.train.progress,
-    )
-    if cfg.train.disable_dropout:
-        _disable_dropout(model)
+    model = _load_policy_model(cfg, p)
     model.to(acc.device)
     policy = LogProbModel(model, cfg.train.logprob_chunk)
     mode = reference_mode(cfg, p.method)
@@ -561,8 +568,8 @@ def _train(cfg: Config, *, prepared: Prepared | None, accelerator, measure_gamma
         sink.close()
     final_dir = rd.final
     acc.wait_for_everyone()
-    if acc.is_main_process:
-        unwrapped = acc.unwrap_model(trainer.policy).model
+    unwrapped = trainer.full_policy(lambda: _load_policy_model(cfg, p))  # sharded: gathered
+    if unwrapped is not None:
         base = models.base_model_id(cfg.model.name, p.model_dir)
         models.save_model(unwrapped, p.tokenizer, final_dir, merged=cfg.train.save_merged, base_model=base)
     acc.wait_for_everyone()

@@ -33,6 +33,7 @@ from tether.engine.reference import Reference
 from tether.errors import TetherError
 from tether.methods.registry import Method
 from tether.rundir import CHECKPOINTS, METRICS, TRAINER_STATE, RunDir
+from tether.training import sharding
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.bin"
@@ -206,7 +207,7 @@ def _peak_rss_mb() -> float:
         return float("nan")
 
 
-def _adamw(params: list, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+def _adamw(params: list, cfg: TrainConfig, device: torch.device, fused: bool = True) -> torch.optim.Optimizer:
     """AdamW, fused (one kernel for all parameters) where this torch supports it on ``device``."""
     kw = {
         "lr": cfg.lr,
@@ -215,7 +216,7 @@ def _adamw(params: list, cfg: TrainConfig, device: torch.device) -> torch.optim.
         "weight_decay": cfg.weight_decay,
     }
     try:
-        return torch.optim.AdamW(params, fused=device.type in ("cpu", "cuda"), **kw)
+        return torch.optim.AdamW(params, fused=fused and device.type in ("cpu", "cuda"), **kw)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.AdamW(params, **kw)
 
@@ -246,7 +247,11 @@ def _check_files(d: Path, *, with_optimizer: bool, with_reference: bool = False)
     from accelerate.utils.other import load
     from safetensors import safe_open
 
-    names = [MODEL_FILE, *([OPTIMIZER_FILE] if with_optimizer else [])]
+    optimizer_files = [sharding.OPTIMIZER_TENSORS, sharding.OPTIMIZER_GROUPS]
+    names = [
+        MODEL_FILE,
+        *((optimizer_files if sharding.holds_full_state(d) else [OPTIMIZER_FILE]) if with_optimizer else []),
+    ]
     if any(p.is_dir() for p in d.iterdir()):  # FSDP / DeepSpeed: accelerate's sharded layout
         names = []
     names += [REFERENCE_FILE] if with_reference else []
@@ -370,12 +375,16 @@ class Trainer:
             "share_prompt": cfg.share_prompt and segments_ok,
             "packing": cfg.packing and segments_ok,
         }
+        self.sharded = self._shard(policy, reference)
         params = [p for p in policy.parameters() if p.requires_grad]
-        self.optimizer = _adamw(params, cfg, accelerator.device)
+        self.optimizer = _adamw(params, cfg, accelerator.device, fused=not self.sharded)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(cfg, self.schedule.total_steps)
         )
-        self.policy, self.optimizer = accelerator.prepare(policy, self.optimizer)
+        if self.sharded:
+            self.policy = policy  # FSDP2 in place: nothing for accelerate to wrap
+        else:
+            self.policy, self.optimizer = accelerator.prepare(policy, self.optimizer)
         if method.live_reference and accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
             raise TetherError(
                 f"method.name: '{method.name}' mixes the policy's parameters into its reference, which needs "
@@ -386,11 +395,60 @@ class Trainer:
         # checkpoint's JSON state file, and every other file of a checkpoint loads with weights_only=True.
         self.step = 0
         self.run_config = run_config
-        with torch.no_grad():
-            self.start_max_abs = max(
-                (p.detach().abs().max().item() for p in params if p.numel()), default=0.0
-            )
+        self.start_max_abs = sharding.max_abs(params)
         self.health: dict[int, dict[str, float]] = {}  # step → loss, grad norm (this process's steps)
+
+    # ---------------------------------------------------------------------------------------------
+    # Sharding (train.sharding: fsdp; see tether.training.sharding)
+    # ---------------------------------------------------------------------------------------------
+
+    def _shard(self, policy: LogProbModel, reference: Reference | None) -> bool:
+        """Shard the policy (and a frozen-copy reference) in place with FSDP2 when asked and there is more
+        than one process; whether it did."""
+        cfg, acc = self.cfg, self.acc
+        if not sharding.active(cfg, acc.num_processes):
+            if sharding.wanted(cfg) and acc.is_main_process:
+                print(
+                    "note: train.sharding fsdp on one process: nothing to shard (checkpoints hold the full state)"
+                )
+            return False
+        sharding.shard(policy, acc.device, acc.num_processes)
+        what = "policy"
+        if reference is not None and reference.mode == "copy" and reference.model is not None:
+            sharding.shard(reference.model, acc.device, acc.num_processes)
+            what = "policy and reference"
+        if acc.is_main_process:
+            print(f"sharding: {what} sharded across {acc.num_processes} processes (FSDP2)", flush=True)
+        return True
+
+    def _no_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """DDP: no gradient all-reduce before the step's last micro-batch. FSDP2 reduce-scatters every
+        micro-batch instead (the gradients stay sharded; the sum of the reductions is that of the sum)."""
+        if last or self.acc.num_processes == 1 or self.sharded:
+            return contextlib.nullcontext()
+        return self.acc.no_sync(self.policy)
+
+    def _clip_grad_norm(self) -> Tensor:
+        if self.sharded:
+            return sharding.clip_grad_norm_(list(self.policy.parameters()), self.cfg.max_grad_norm)
+        return self.acc.clip_grad_norm_(self.policy.parameters(), self.cfg.max_grad_norm)
+
+    def _bare(self) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        """The policy and optimizer without accelerate's wrappers (the full-state checkpoint's view)."""
+        return self.acc.unwrap_model(self.policy), getattr(self.optimizer, "optimizer", self.optimizer)
+
+    def full_policy(self, rebuild: Callable[[], torch.nn.Module]) -> torch.nn.Module | None:
+        """The trained model (the ``LogProbModel``'s inner model), unsharded, on the main process; None on the
+        others. Sharded: every process calls it; the main one fills ``rebuild()`` (the model as loaded at
+        the start) with the gathered weights."""
+        if not self.sharded:
+            return self.acc.unwrap_model(self.policy).model if self.acc.is_main_process else None
+        state = sharding.full_model_state(self.policy)
+        if not self.acc.is_main_process:
+            return None
+        model = rebuild()
+        LogProbModel(model).load_state_dict(state)
+        return model
 
     # ---------------------------------------------------------------------------------------------
     # One micro-batch: log-probs → loss inputs → method
@@ -498,8 +556,7 @@ class Trainer:
         for j, idx in enumerate(micro):
             batch = batches[j] if batches else self._batch(idx, self.train_examples)
             sync = j == len(micro) - 1
-            ctx = self.acc.no_sync(self.policy) if not sync and world > 1 else contextlib.nullcontext()
-            with ctx:
+            with self._no_sync(sync):
                 inp = self._inputs(batch, "train", refs[j] if refs else None)
                 if plan is not None and per_example is None:
                     hparams, per_example = self._plan([plan.statistic(inp)])
@@ -521,7 +578,7 @@ class Trainer:
         means["tokens"] = n_tokens
         grad_norm = None
         if self.cfg.max_grad_norm is not None:
-            grad_norm = self.acc.clip_grad_norm_(self.policy.parameters(), self.cfg.max_grad_norm)
+            grad_norm = self._clip_grad_norm()
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -565,9 +622,15 @@ class Trainer:
         sums: dict[str, Tensor] = {}
         count = torch.zeros((), dtype=torch.float64)
         bs = self.cfg.batch_size
-        for s in range(0, len(mine), bs):
+        n_batches = math.ceil(len(mine) / bs)
+        if self.sharded:  # every forward all-gathers: each process runs as many (a short one: a spare)
+            n_batches = math.ceil(math.ceil(len(self.eval_examples) / world) / bs)
+        for s in range(0, n_batches * bs, bs):
             idx = mine[s : s + bs]
-            self._accumulate(sums, self._forward(self._batch(idx, self.eval_examples), "eval"))
+            part: dict[str, Tensor] = {}
+            self._accumulate(part, self._forward(self._batch(idx or [0], self.eval_examples), "eval"))
+            for k, v in part.items():
+                sums[k] = sums.get(k, torch.zeros((), dtype=torch.float64)) + (v if idx else 0 * v)
             count += len(idx)
         if not sums:  # more processes than eval examples: keep the reduction shapes equal
             sums = {"loss": torch.zeros((), dtype=torch.float64)}
@@ -614,8 +677,7 @@ class Trainer:
         """Whether the weights just written are worth keeping as a "last good" checkpoint."""
         h = dict(self.health.get(self.step, {"loss": float("nan"), "grad_norm": float("nan")}))
         params = [p for p in self.acc.unwrap_model(self.policy).parameters() if p.requires_grad]
-        with torch.no_grad():
-            max_abs = max((p.detach().abs().max().item() for p in params if p.numel()), default=0.0)
+        max_abs = sharding.max_abs(params)
         h["max_abs_weight"] = max_abs
         why = _unhealthy(h, self._grad_norms(self.step)) if self.step in self.health else ""
         if not math.isfinite(max_abs):
@@ -638,7 +700,12 @@ class Trainer:
             root.mkdir(parents=True, exist_ok=True)
         self.acc.wait_for_everyone()
         with _quiet_shared_tensor_warning():
-            if self.cfg.save_optimizer:
+            if sharding.wanted(self.cfg):  # the full state, loadable on any process count
+                model, optimizer = self._bare()
+                sharding.save(
+                    tmp, model, optimizer if self.cfg.save_optimizer else None, self.acc.is_main_process
+                )
+            elif self.cfg.save_optimizer:
                 self.acc.save_state(str(tmp))
             else:
                 self.acc.save_model(self.policy, str(tmp))
@@ -723,7 +790,12 @@ class Trainer:
         if problem:
             return problem
         try:
-            if state.get("optimizer", True):
+            if sharding.holds_full_state(d) or (self.sharded and not state.get("optimizer", True)):
+                model, optimizer = self._bare()
+                sharding.load(d, model, optimizer if state.get("optimizer", True) else None)
+            elif self.sharded:
+                sharding.load_accelerate(d, *self._bare())
+            elif state.get("optimizer", True):
                 with tempfile.TemporaryDirectory() as view:
                     self.acc.load_state(
                         str(_loadable_view(d, Path(view))), load_kwargs={"weights_only": True}
