@@ -74,7 +74,7 @@ class DataConfig:
     split: str = "train"
     """The split of an ``hf:`` training dataset to read (e.g. ``train_prefs``)."""
     eval_split: str | None = None
-    """The split of an ``hf:`` eval dataset to read (null: ``split``); the training source and split as eval
+    """The split of an ``hf:`` eval dataset to read (null: ``split``); the training dataset and split as eval
     is refused."""
     max_length: int = 512
     """Token budget per row (prompt + response); longer responses are cut at their end and counted."""
@@ -611,7 +611,8 @@ def validate(cfg: Config) -> None:
             f"(data.max_length={d.max_length})",
             "data.max_prompt_length",
         )
-    if d.eval is not None and d.eval == d.train and (d.eval_split or d.split) == d.split:
+    hub = d.eval is not None and d.eval.startswith("hf:")
+    if hub and d.eval == d.train and (d.eval_split or d.split) == d.split:
         raise ConfigError(
             f"data.eval_split: data.eval is the training source and would read its training split "
             f"'{d.split}'; set data.eval_split (e.g. test) or use data.eval_fraction",
