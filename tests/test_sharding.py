@@ -26,8 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 # The methods whose 2-process sharded run must equal 1 process: (method, reference mode, the per-step
 # method state and its relative tolerance). DPO reads a precomputed reference; ε-DPO a frozen copy, sharded
-# like the policy, whose logits it needs. TR-DPO is refused under sharding (its reference update mixes
-# whole parameters): test_tr_dpo_under_sharding_is_one_line.
+# like the policy, whose logits it needs; TR-DPO a frozen copy sharded like the policy and mixed with it
+# shard by shard after every step (τ = 1), its gathered weights in every checkpoint.
 METHODS = {
     "dpo": ({"name": "dpo", "beta": 0.1}, "precomputed", {}),
     # ε-DPO's β moves in discrete steps: identical
@@ -39,6 +39,12 @@ METHODS = {
         {"name": "beta_dpo", "beta": 0.1},
         "precomputed",
         {"beta_dpo/beta": 1e-5, "beta_dpo/gap_mean": 1e-4, "beta_dpo/kept_fraction": 1e-12},
+    ),
+    # TR-DPO: the deviation of the mixed reference from the original on the step's chosen answers
+    "tr_dpo": (
+        {"name": "tr_dpo", "beta": 0.1, "alpha": 0.5, "tau": 1},
+        "copy",
+        {"tr_dpo/updates": 1e-12, "tr_dpo/ref_deviation": 1e-4},
     ),
 }
 
@@ -173,12 +179,15 @@ def test_two_sharded_processes_equal_one_and_resume_on_one(setup, method):
     two = root / f"two-{method}"
     assert_same_run(one, two, state=state)
     ckpt = two / "checkpoints" / "step-0000002"
-    assert sorted(p.name for p in ckpt.iterdir()) == [
-        "model.safetensors",
-        "optimizer.json",
-        "optimizer.safetensors",
-        "trainer_state.json",
-    ]  # the full state, no pickles
+    live = ["reference.safetensors"] if method == "tr_dpo" else []
+    assert sorted(p.name for p in ckpt.iterdir()) == sorted(
+        ["model.safetensors", "optimizer.json", "optimizer.safetensors", "trainer_state.json", *live]
+    )  # the full state, no pickles
+    for name in live:  # the sharded reference, gathered: equal to the 1-process run's
+        a, b = (load_file(str(r / "checkpoints" / "step-0000002" / name)) for r in (one, two))
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=0, msg=k)
     resumed = stop_after_checkpoint(two, root / f"resumed-{method}", step=2)
     raw = raw_cfg(
         root, model, pairs, f"resumed-{method}", spec, mode, batch_size=1, grad_accum=4, resume=True
@@ -322,13 +331,16 @@ def test_a_sharding_mode_the_machine_cannot_run_is_one_line(
     assert not (root / "bad").exists()
 
 
-def test_tr_dpo_under_sharding_is_one_line():
-    """TR-DPO mixes the policy into its reference; tether does not do that for sharded parameters yet."""
-    from tether.config import check_launch, from_dict
-    from tether.errors import ConfigError
-
-    cfg = from_dict(
-        {"data": {"train": "x.jsonl"}, "method": {"name": "tr_dpo"}, "train": {"sharding": "fsdp"}}
-    )
-    with pytest.raises(ConfigError, match=r"train\.sharding: method 'tr_dpo' mixes the policy"):
-        check_launch(cfg)
+@pytest.mark.slow
+def test_tr_dpo_one_process_checkpoint_resumes_sharded(setup):
+    """TR-DPO's checkpoint of a 1-process run (its reference in one file) resumes on 2 sharded processes:
+    the file is loaded into the sharded reference, and the run ends where the uninterrupted one does."""
+    root, model, pairs = setup
+    spec, mode, state = METHODS["tr_dpo"]
+    one = one_process(setup, "tr_dpo", spec, mode)
+    stop_after_checkpoint(one, root / "one-tr-resumed", step=2)
+    raw = raw_cfg(root, model, pairs, "one-tr-resumed", spec, mode, batch_size=1, grad_accum=2, resume=True)
+    raw["train"]["resume_allowed_changes"] = ["train.batch_size"]  # same global batch on 2 processes
+    proc = torchrun(write_cfg(root / "one-tr-resumed.yaml", raw))
+    assert "resuming from step 2" in proc.stdout
+    assert_same_run(one, root / "one-tr-resumed", state=state)

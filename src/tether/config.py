@@ -183,8 +183,9 @@ class TrainConfig:
     network)."""
     report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
     """Also log metrics to these sinks."""
-    logprob_chunk: int = 1024
-    """Response positions per chunk through the output head (peak memory of the logits)."""
+    logprob_chunk: int = 256
+    """Response positions per chunk through the output head: the peak memory of the logits is a few
+    ``[logprob_chunk, vocab]`` fp32 tensors (256 × 49152 × 4 B = 50 MB each for SmolLM2)."""
     share_prompt: bool = True
     """A pair runs as one sequence ``prompt | chosen | rejected`` (the prompt once; exact)."""
     packing: bool = True
@@ -667,7 +668,7 @@ def check_launch(cfg: Config | None = None) -> None:
     GPUs (on CPU processes, ``train.sharding: fsdp`` shards with PyTorch's FSDP2 instead), and
     ``train.sharding: fsdp`` does not combine with either (the model would be wrapped twice); a method with a
     batch plan (β-DPO) needs enough pairs per step for its batch statistics, counted with the launch's
-    processes (``WORLD_SIZE``, 1 without a launcher); a live reference (TR-DPO) is not sharded."""
+    processes (``WORLD_SIZE``, 1 without a launcher)."""
     import os
 
     import torch
@@ -677,12 +678,6 @@ def check_launch(cfg: Config | None = None) -> None:
 
     sharding = cfg.train.sharding if cfg is not None else "none"
     cpu_command = "torchrun --nproc_per_node 2 -m tether train CONFIG train.sharding=fsdp"
-    if sharding == "fsdp" and cfg is not None and cfg.resolved_method()[0].live_reference:
-        raise ConfigError(
-            f"train.sharding: method '{cfg.method.name}' mixes the policy into its reference after optimizer "
-            "steps, which tether does not do for sharded parameters; use train.sharding: none (data parallel)",
-            "train.sharding",
-        )
     if sharding == "fsdp":
         try:
             from torch.distributed.fsdp import fully_shard  # noqa: F401

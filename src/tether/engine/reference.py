@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -66,23 +65,10 @@ class Reference:
         return self.tables[split][batch.index, 0]
 
     def mix_from(self, policy: nn.Module, alpha: float) -> None:
-        """``ref ← (1 − α)·ref + α·θ`` with the policy's parameters (a live copy, e.g. TR-DPO)."""
+        """``ref ← (1 − α)·ref + α·θ`` with the policy's parameters (a live copy, e.g. TR-DPO); sharded
+        (FSDP2) policy and copy are mixed shard by shard."""
         assert self.mode == "copy" and self.model is not None
         mix_parameters(self.model, policy, alpha)
-
-    def save(self, path: Path) -> None:
-        """The copy's weights as safetensors (tied weights once)."""
-        from safetensors.torch import save_model
-
-        assert self.model is not None
-        save_model(self.model.model, str(path))
-
-    def load(self, path: Path) -> None:
-        """Weights saved by :meth:`save`; a file that does not match the model raises."""
-        from safetensors.torch import load_model
-
-        assert self.model is not None
-        load_model(self.model.model, str(path), strict=True, device=str(next(self.model.parameters()).device))
 
     def supports_segments(self) -> bool:
         """Whether batches in the segment layout can be given to this reference."""
@@ -130,16 +116,37 @@ def mix_parameters(target: nn.Module, source: nn.Module, alpha: float) -> None:
     TRL's ``SyncRefModelCallback._sync_target_model`` does ``target.mul_(1 − α).add_(source, alpha=α)`` in the
     parameters' own dtype (bf16 rounds twice there); on fp32 weights the two agree (tested to 1e-6). The
     modules must have the same parameter names and shapes (a frozen copy of the source's starting model).
+    Modules sharded with FSDP2 the same way (``train.sharding: fsdp``) are mixed shard by shard: each process
+    mixes its own shards, nothing is gathered.
     """
+    from torch.distributed.tensor import DTensor
+
+    for module in (target, source):  # FSDP2 may hold gathered parameters after a forward: back to shards
+        for m in module.modules():
+            if isinstance(m, _fsdp_module()):
+                m.reshard()
     src = dict(source.named_parameters())
     for name, t in target.named_parameters():
         s = src.get(name)
-        if s is None or s.shape != t.shape:
+        if s is None or s.shape != t.shape or isinstance(s, DTensor) != isinstance(t, DTensor):
             raise TetherError(
                 f"reference update: the policy has no parameter {name} of shape {tuple(t.shape)}"
+                + (", sharded as the reference is" if s is not None and s.shape == t.shape else "")
             )
+        if isinstance(t, DTensor):
+            if s.placements != t.placements:
+                raise TetherError(f"reference update: {name} is sharded differently in policy and reference")
+            t, s = t.to_local(), s.to_local()
         mixed = t.float().mul_(1.0 - alpha).add_(s.detach().to(t.device, torch.float32), alpha=alpha)
         t.copy_(mixed.to(t.dtype))
+
+
+def _fsdp_module() -> tuple[type, ...]:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch < 2.6: nothing is sharded with FSDP2
+        return ()
+    return (FSDPModule,)
 
 
 def frozen_copy(model: nn.Module, chunk: int) -> LogProbModel:

@@ -9,7 +9,9 @@ The log-prob engine calls the decoder and the head directly (chunked log-probs),
 the policy (``adapter``) or a sharded frozen copy (``copy``) runs the decoder outside the root's
 ``forward``: a pre-hook on the decoder gathers the root's parameters first. Gradient accumulation
 reduce-scatters every micro-batch (gradients stay sharded; the sum of the reductions is the reduction of
-the sum), and clipping reads the global norm of the sharded gradients.
+the sum), and clipping reads the global norm of the sharded gradients. A reference updated during training
+(TR-DPO) is a frozen copy sharded like the policy, so each process mixes its own shards
+(:func:`tether.engine.reference.mix_parameters`); its checkpoint file is gathered (:func:`save_weights`).
 
 A checkpoint of a run with ``train.sharding: fsdp`` (on any process count) holds the *full* state, written
 by the first process: ``model.safetensors`` (the same names as an unsharded checkpoint),
@@ -143,17 +145,15 @@ def save(d: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, is_
     from safetensors.torch import save_file
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    state = _dedup(full_model_state(model))
+    if is_main:
+        d.mkdir(parents=True, exist_ok=True)
+    save_weights(d / MODEL_FILE, model, is_main)
     osd = (
         None
         if optimizer is None
         else get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
     )
-    if not is_main:
-        return
-    d.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(d / MODEL_FILE), metadata={"format": "pt"})
-    if osd is None:
+    if not is_main or osd is None:
         return
     tensors, scalars = {}, {}
     for name, entries in osd["state"].items():
@@ -172,22 +172,36 @@ def holds_full_state(d: Path) -> bool:
     return (d / OPTIMIZER_GROUPS).exists() or (d / OPTIMIZER_TENSORS).exists()
 
 
-def _load_model(d: Path, model: nn.Module) -> None:
+def save_weights(path: Path, model: nn.Module, is_main: bool, prefix: str = "") -> None:
+    """``model``'s whole weights (sharded or not) as one safetensors file written by the first process: tied
+    weights once, names without ``prefix``. Every process calls it."""
+    from safetensors.torch import save_file
+
+    state = _dedup(full_model_state(model))
+    if is_main:
+        state = {k.removeprefix(prefix): v for k, v in state.items()}
+        save_file(state, str(path), metadata={"format": "pt"})
+
+
+def load_weights(path: Path, model: nn.Module, prefix: str = "") -> None:
+    """A file of :func:`save_weights` (or any safetensors file of the model's names, tied weights under any
+    one of their names) into ``model``, sharded or not. Raises on a mismatch."""
     from safetensors.torch import load_file
     from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
-    state = load_file(str(d / MODEL_FILE))
-    names = dict(model.named_parameters(remove_duplicate=False))
-    first: dict[int, str] = {}
-    for n, p in names.items():
-        first.setdefault(id(p), n)
-    for n, p in names.items():  # tied weights: the checkpoint holds the first name only
-        if n not in state and first[id(p)] in state:
-            state[n] = state[first[id(p)]]
+    state = {prefix + k: v for k, v in load_file(str(path)).items()}
+    tied: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        tied.setdefault(id(p), []).append(n)
+    for names in tied.values():  # tied weights: the file holds one of the names
+        have = next((n for n in names if n in state), None)
+        for n in names:
+            if have is not None and n not in state:
+                state[n] = state[have]
     result = set_model_state_dict(model, state, options=_options(strict=False))
     if result.missing_keys or result.unexpected_keys:
         raise TetherError(
-            f"{MODEL_FILE}: does not match the model ({len(result.missing_keys)} missing, "
+            f"{path.name}: does not match the model ({len(result.missing_keys)} missing, "
             f"{len(result.unexpected_keys)} unexpected tensors)"
         )
 
@@ -213,7 +227,7 @@ def load(d: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> 
     files (a shared file system, as for the rest of the run directory). Raises on any mismatch."""
     from safetensors.torch import load_file
 
-    _load_model(d, model)
+    load_weights(d / MODEL_FILE, model)
     if optimizer is None:
         return
     meta = json.loads((d / OPTIMIZER_GROUPS).read_text())
@@ -233,7 +247,7 @@ def load_accelerate(d: Path, model: nn.Module, optimizer: torch.optim.Optimizer)
     the trainable parameters in the model's order, as the trainer built the optimizer."""
     from accelerate.utils.other import load as torch_load
 
-    _load_model(d, model)
+    load_weights(d / MODEL_FILE, model)
     osd = torch_load(d / "optimizer.bin", map_location="cpu", weights_only=True)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     state = {names[int(i)]: v for i, v in osd["state"].items()}

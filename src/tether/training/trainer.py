@@ -709,12 +709,14 @@ class Trainer:
                 self.acc.save_state(str(tmp))
             else:
                 self.acc.save_model(self.policy, str(tmp))
+            if self.method.live_reference:  # gathered from the shards when sharded
+                assert self.reference is not None and self.reference.model is not None
+                sharding.save_weights(
+                    tmp / REFERENCE_FILE, self.reference.model, self.acc.is_main_process, prefix="model."
+                )
         health = self._health()
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
-            if self.method.live_reference:
-                assert self.reference is not None
-                self.reference.save(tmp / REFERENCE_FILE)
             state = {
                 "step": self.step,
                 "hparams": self.hparams,
@@ -803,8 +805,8 @@ class Trainer:
             else:
                 self._load_weights_only(d)
             if live:
-                assert self.reference is not None
-                self.reference.load(d / REFERENCE_FILE)
+                assert self.reference is not None and self.reference.model is not None
+                sharding.load_weights(d / REFERENCE_FILE, self.reference.model, prefix="model.")
                 self.reference_updates = int(state.get("reference_updates", 0))
             self.scheduler.load_state_dict(sched)
         except Exception as e:  # a foreign or damaged file: torch/safetensors raise many kinds
