@@ -20,6 +20,7 @@ from tether.cli import main as cli_main
 from tether.config import from_dict
 from tether.engine.logprobs import LogProbModel, collate
 from tether.evaluation.evaluate import evaluate, generate, text_metrics, win_rate
+from tether.evaluation.metrics import bootstrap_interval
 from tether.training.job import train
 
 import tiny
@@ -196,6 +197,9 @@ def test_generation_success_win_rate_and_text_metrics(env):
     m = res["metrics"]
     assert m["generation/success"] == pytest.approx(sum(model_ok) / 5)
     assert m["generation/success/arithmetic"] == m["generation/success"]
+    assert (m["generation/success/ci_low"], m["generation/success/ci_high"]) == bootstrap_interval(
+        [float(x) for x in model_ok]
+    )  # over prompts, seeded by the evaluation's seed (0)
     assert res["reference_metrics"]["generation/success"] == pytest.approx(sum(ref_ok) / 5)
     assert m["win_rate"] == win_rate(model_ok, ref_ok)["win_rate"]
     assert m["win/wins"] + m["win/ties"] + m["win/losses"] == 5
@@ -376,3 +380,11 @@ def test_kto_run_evaluates_pairwise_accuracy_of_its_implicit_reward(env):
     assert m["pairwise/kind"] == "reward"
     assert m["pairwise/accuracy"] == pytest.approx(float((margin > 0).float().mean()))
     assert m["pairwise/margin"] == pytest.approx(float(margin.mean()), abs=1e-5)
+
+
+def test_bootstrap_interval_of_a_mean():
+    """Constant values: the interval is the value; half ones: about ±1.96 standard errors (0.05 here)."""
+    assert bootstrap_interval([0.25] * 30) == (0.25, 0.25)
+    low, high = bootstrap_interval([0.0] * 50 + [1.0] * 50, seed=3, n_boot=4000)
+    assert low == pytest.approx(0.402, abs=0.015) and high == pytest.approx(0.598, abs=0.015)
+    assert bootstrap_interval([0.0, 1.0, 1.0], seed=5) == bootstrap_interval([0.0, 1.0, 1.0], seed=5)

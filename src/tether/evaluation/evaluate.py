@@ -17,7 +17,7 @@ group             what
                   answer) text, and ``win_rate``, against the reference model's generations, judged by
                   the reward model ``--judge`` (:mod:`tether.evaluation.judge`; also ``judge/reward``,
                   the mean reward) or else by the task checker (1 correct, 0 wrong); ties count ½, and
-                  ``/ci_low``, ``/ci_high`` are a 95% bootstrap interval over prompts (seeded by
+                  ``/ci_low``, ``/ci_high`` (also of the success) are a 95% bootstrap interval over prompts (seeded by
                   ``seed``); BLEU-4 (sacrebleu) and ROUGE-1/2/L F1 (rouge-score, stemmed) of the first
                   generation against the chosen/completion/answer text.
 ``kl``            KL(π‖π_ref) ≈ mean over completions y ~ π(·|x) (temperature 1, no top-k/top-p) of
@@ -70,6 +70,7 @@ from tether.evaluation.generation import decode, eos_ids, generate
 from tether.evaluation.groups import performance, select_metrics
 from tether.evaluation.lmeval import run_lm_eval
 from tether.evaluation.metrics import (
+    bootstrap_interval,
     deviation_metrics,
     logps_inputs,
     pairwise_metrics,
@@ -398,7 +399,10 @@ def _generation_metrics(
     if checkable:
         m["generation/n"] = len(checkable)
         for out_m, c in ((m, ok), (rm, rok)):
-            out_m["generation/success"] = sum(sum(v) / len(v) for v in c.values()) / len(c)
+            per_prompt = [sum(v) / len(v) for v in c.values()]
+            out_m["generation/success"] = sum(per_prompt) / len(per_prompt)
+            low, high = bootstrap_interval(per_prompt, seed=sampling.seed)
+            out_m["generation/success/ci_low"], out_m["generation/success/ci_high"] = low, high
             for fam in sorted({str(prompts[i].row.data["source"]) for i in checkable}):
                 fam_i = [i for i in checkable if str(prompts[i].row.data["source"]) == fam]
                 out_m[f"generation/success/{fam}"] = sum(sum(c[i]) / len(c[i]) for i in fam_i) / len(fam_i)

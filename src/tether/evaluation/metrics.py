@@ -26,6 +26,20 @@ def win_rate(model_correct: Sequence[bool], reference_correct: Sequence[bool]) -
     return {"win_rate": (wins + 0.5 * ties) / n if n else None, "wins": wins, "ties": ties, "losses": losses}
 
 
+def bootstrap_interval(
+    values: Sequence[float], *, seed: int = 0, n_boot: int = 1000, level: float = 0.95
+) -> tuple[float, float]:
+    """The ``level`` percentile interval of the mean of ``values`` (one per prompt) over ``n_boot``
+    resamplings with replacement (``numpy.random.default_rng(seed)``: a fixed seed, a fixed interval)."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    boot = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
+    alpha = (1.0 - level) / 2
+    return float(np.quantile(boot, alpha)), float(np.quantile(boot, 1.0 - alpha))
+
+
 def preference_rate(
     model: Sequence[Sequence[float]],
     other: Sequence[Sequence[float]],
@@ -60,14 +74,11 @@ def preference_rate(
         values.append((w + 0.5 * t) / len(pairs))
     if not values:
         return {"win_rate": None, "ci_low": None, "ci_high": None, "wins": 0, "ties": 0, "losses": 0}
-    v = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    boot = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
-    alpha = (1.0 - level) / 2
+    low, high = bootstrap_interval(values, seed=seed, n_boot=n_boot, level=level)
     return {
-        "win_rate": float(v.mean()),
-        "ci_low": float(np.quantile(boot, alpha)),
-        "ci_high": float(np.quantile(boot, 1.0 - alpha)),
+        "win_rate": float(np.mean(values)),
+        "ci_low": low,
+        "ci_high": high,
         "wins": int(wins),
         "ties": int(ties),
         "losses": int(losses),
