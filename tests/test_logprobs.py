@@ -57,23 +57,39 @@ def test_engine_gradient_matches_naive():
         torch.testing.assert_close(a, p.grad, atol=1e-5, rtol=1e-4)
 
 
-def test_perturbed_logps_match_naive_mixing():
-    """ε-mixture log-probs: log_softmax((1±ε)·z ∓ ε·z_ref) per token, summed over the response."""
+@pytest.mark.parametrize("grad", [False, True])
+def test_perturbed_logps_match_naive_mixing(grad):
+    """ε-mixture log-probs: log_softmax((1±ε)·z ∓ ε·z_ref) per token, summed over the response. With
+    gradients on, the mixture reads the policy's logits of each checkpointed chunk once: not again when
+    the backward pass recomputes the chunk."""
     policy, ref = tiny_model(0), tiny_model(1)
     ex = random_examples(4, paired=True, seed=3)
     batch = collate(ex, range(4), pad_id=0)
     eps = 0.3
+    calls = []
+
+    def mix_fn(z, z_ref, y):
+        calls.append(len(y))
+        return epsilon_mixtures(z, z_ref, y, {"epsilon": eps})
+
     with torch.no_grad():
         ref_w = LogProbModel(ref)
         ref_hidden = ref_w.hidden(batch.input_ids, batch.attention_mask)
+    with torch.set_grad_enabled(grad):
         rows = LogProbModel(policy, chunk=5)(
             batch.input_ids,
             batch.attention_mask,
             batch.response_mask,
             ref_hidden=ref_hidden,
             ref_head=ref_w.head,
-            mix=lambda z, z_ref, y: epsilon_mixtures(z, z_ref, y, {"epsilon": eps}),
+            mix=mix_fn,
         )
+    n_tokens = int(batch.response_mask[:, 1:].sum())
+    if grad:
+        rows.sum.sum().backward()
+        assert all(p.grad is not None for p in policy.parameters() if p.requires_grad)
+    assert sum(calls) == n_tokens and len(calls) == -(-n_tokens // 5)  # each chunk once
+    with torch.no_grad():
         z = policy(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,

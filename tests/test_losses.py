@@ -104,6 +104,7 @@ def test_minor_sft_value():
     w1, w2 = 2.0 / (1.0 + math.exp(0.5)), 2.0 / (1.0 + math.exp(-1.0))
     assert_close(out.losses, [w1 * 1.0, w2 * 2.0])
     assert_metric(out, "minor_sft/weight", [w1, w2])
+    assert_metric(out, "minor_sft/weight_sq", [w1**2, w2**2])  # the batch's spread of the weight
     assert_metric(out, "rewards/chosen", [0.5, -1.0])
 
 

@@ -222,10 +222,19 @@ def _collate_plain(examples, index, label_t, pad_id, padding_side, paired) -> Ba
     return Batch(input_ids, attention, response, index, paired, label_t)
 
 
-def _chunk_logps(hidden: Tensor, targets: Tensor, head: nn.Module, softcap: float | None) -> Tensor:
+def _chunk_logps(
+    hidden: Tensor,
+    targets: Tensor,
+    head: nn.Module,
+    softcap: float | None,
+    on_logits: Callable[[Tensor], None] | None = None,
+) -> Tensor:
     logits = head(hidden).float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
+    if on_logits is not None:  # the reference-logits function reads the same logits (no gradient)
+        with torch.no_grad():
+            on_logits(logits.detach())
     return logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
 
 
@@ -234,20 +243,23 @@ def _chunk_logps(hidden: Tensor, targets: Tensor, head: nn.Module, softcap: floa
 ReferenceLogitsFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
-def _chunk_mixed(
-    hidden: Tensor,
-    ref_hidden: Tensor,
-    targets: Tensor,
-    head: nn.Module,
-    ref_head: nn.Module,
-    mix: ReferenceLogitsFn,
-    softcap: float | None,
-) -> Tensor:
-    z = head(hidden).float()
-    z_ref = ref_head(ref_hidden).float()
-    if softcap:
-        z, z_ref = torch.tanh(z / softcap) * softcap, torch.tanh(z_ref / softcap) * softcap
-    return mix(z, z_ref, targets)
+class _MixOnce:
+    """A chunk's reference-logits values from the policy's logits, computed on the chunk's first pass only
+    (a checkpointed chunk runs again in the backward pass; the values are kept from the first)."""
+
+    def __init__(self, ref_hidden: Tensor, targets: Tensor, ref_head: nn.Module, mix: ReferenceLogitsFn,
+                 softcap: float | None, into: list[Tensor]):  # fmt: skip
+        self.args, self.into, self.done = (ref_hidden, targets, ref_head, mix, softcap), into, False
+
+    def __call__(self, z: Tensor) -> None:
+        if self.done:
+            return
+        ref_hidden, targets, ref_head, mix, softcap = self.args
+        z_ref = ref_head(ref_hidden).float()
+        if softcap:
+            z_ref = torch.tanh(z_ref / softcap) * softcap
+        self.into.append(mix(z, z_ref, targets))
+        self.done = True
 
 
 @dataclass
@@ -296,16 +308,23 @@ def response_logps(
     h = hidden[targets.src_row, targets.src_col]
     # targets are in row order, so the rows without gradient are the tail of h
     cut = h.shape[0] if no_grad_from is None else int((rows < no_grad_from).sum())
-    pieces = []
+    rh = None
+    if ref_hidden is not None:
+        if ref_head is None or mix is None:
+            raise ValueError("reference logits need ref_hidden, ref_head and mix together")
+        rh = ref_hidden if ref_hidden.dim() == 2 else ref_hidden[targets.src_row, targets.src_col]
+    pieces: list[Tensor] = []
+    mixed: list[Tensor] = []
     for s in [*range(0, cut, chunk), *range(cut, h.shape[0], chunk)]:
         e = min(s + chunk, cut) if s < cut else s + chunk
+        once = None if rh is None else _MixOnce(rh[s:e], y[s:e], ref_head, mix, softcap, mixed)  # type: ignore[arg-type]
         if s >= cut:
             with torch.no_grad():
-                pieces.append(_chunk_logps(h[s:e].detach(), y[s:e], head, softcap))
+                pieces.append(_chunk_logps(h[s:e].detach(), y[s:e], head, softcap, once))
         elif torch.is_grad_enabled() and h.requires_grad:
-            pieces.append(checkpoint(_chunk_logps, h[s:e], y[s:e], head, softcap, use_reentrant=False))
+            pieces.append(checkpoint(_chunk_logps, h[s:e], y[s:e], head, softcap, once, use_reentrant=False))
         else:
-            pieces.append(_chunk_logps(h[s:e], y[s:e], head, softcap))
+            pieces.append(_chunk_logps(h[s:e], y[s:e], head, softcap, once))
     tok = torch.cat(pieces) if pieces else h.new_zeros(0, dtype=torch.float32)
     n_rows = targets.n_rows
     sums = tok.new_zeros(n_rows).index_add(0, rows, tok)
@@ -326,28 +345,12 @@ def response_logps(
         mask = torch.zeros(n_rows, width, dtype=torch.bool, device=tok.device)
         mask[rows, targets.slot] = True
         out.tokens, out.mask = tokens, mask
-    if ref_hidden is not None:
-        if ref_head is None or mix is None:
-            raise ValueError("reference logits need ref_hidden, ref_head and mix together")
-        rh = ref_hidden if ref_hidden.dim() == 2 else ref_hidden[targets.src_row, targets.src_col]
-        with torch.no_grad():
-            parts = [
-                _chunk_mixed(
-                    h[s : s + chunk].detach(),
-                    rh[s : s + chunk],
-                    y[s : s + chunk],
-                    head,
-                    ref_head,
-                    mix,
-                    softcap,
-                )
-                for s in range(0, h.shape[0], chunk)
-            ]
-            if parts:
-                values = torch.cat(parts).float()
-                out.mixed = values.new_zeros(n_rows, values.shape[1]).index_add(0, rows, values)
-            else:
-                out.mixed = tok.new_zeros(n_rows, 0)
+    if rh is not None:
+        if mixed:
+            values = torch.cat(mixed).float()
+            out.mixed = values.new_zeros(n_rows, values.shape[1]).index_add(0, rows, values)
+        else:
+            out.mixed = tok.new_zeros(n_rows, 0)
     return out
 
 

@@ -111,6 +111,8 @@ def minor_sft(inp: LossInputs, *, beta: float) -> LossOutput:
     out = LossOutput(losses=-weight * inp.chosen.avg)
     out.add("rewards/chosen", beta * r)
     out.add("minor_sft/weight", weight)
+    # with the weight's mean, its spread over the step's batch: std = sqrt(mean(w²) − mean(w)²)
+    out.add("minor_sft/weight_sq", weight.square())
     _logp_metrics(out, inp)
     return out
 

@@ -1,0 +1,416 @@
+"""The four papers' comparisons at a scale that can separate the methods (issue 14), in resumable parts.
+
+    python benchmarks/papers_scale.py --parts sft          # part 1: the MinorSFT grid (also gives the SFT start)
+    python benchmarks/papers_scale.py --parts pairs        # part 2: every comparator from the SFT start
+    python benchmarks/papers_scale.py --parts frontier sdpo asft checkpoints   # part 3
+    python benchmarks/papers_scale.py --status             # what is done, what is left
+    python benchmarks/papers_scale.py --collect            # results.json from the run directories
+
+The seeds' pipeline: SFT on the task's SFT rows first (the ``sft`` sweep's point at ``--start-lr``), and
+that model is the reference and starting point of every preference method; ASFT is also run from the
+un-fine-tuned model (its paper says it needs no SFT stage). Every run is a point of a ``tether sweep``
+(:mod:`tether.training.sweep`): a killed part is resumed by running it again (finished runs and
+evaluations are kept, a half-trained run continues from its last checkpoint), so the parts can be cut
+anywhere, e.g. ``timeout 85m python benchmarks/papers_scale.py --parts pairs`` and again later.
+
+The held-out split is the bundled generator's (:func:`tether.data.tasks.write`, seed 0) grown to
+``--heldout`` tasks (default 400: 100 per family, one task = 0.25 % of success); the training rows are
+the bundled ones, byte for byte (checked). Success and win rate carry 95 % bootstrap intervals over prompts
+(``tether eval``). On a GPU the same script scales by its arguments (``--model``, ``--steps``,
+``--batch-size``, ``--dtype bfloat16``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLED = REPO / "data" / "tasks"
+
+# ε-DPO's Table 1 comparators (arXiv 2502.13177), split by whether they read a reference model, each at
+# its registry defaults (the papers' settings) over a small learning-rate grid.
+WITH_REFERENCE = ["dpo", "ipo", "r_dpo", "kto", "beta_dpo", "epsilon_dpo"]
+REFERENCE_FREE = ["cpo", "slic_hf", "rrhf", "orpo", "simpo", "asft"]
+# TR-DPO at a run of ~100 steps: the paper's soft (α) and hard (τ) variants with the update period scaled
+# to the run (TRL's α = 0.6, τ = 512 never updates in 100 steps)
+TR_DPO = {"soft": {"alpha": 0.6, "tau": 8}, "hard": {"alpha": 1.0, "tau": 32}}
+TR_DPO_LABEL = {"tr_dpo_soft": "tr_dpo (soft, α)", "tr_dpo_hard": "tr_dpo (hard, τ)"}
+FRONTIER_METHODS = ["dpo", "epsilon_dpo", "beta_dpo"]
+FRONTIER_BETAS = ["0.01", "0.05", "0.5"]  # with β = 0.1 from the comparator sweeps: the paper's grid
+
+
+@dataclass
+class Sweep:
+    """One ``tether sweep``: a base config, its grid, the held-out file it is evaluated on."""
+
+    name: str
+    part: str
+    base: dict[str, Any]
+    grid: list[tuple[str, list[str]]]
+    eval_data: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def base_config(args, *, model: str, data: Path, steps: int, batch: int, lr: float, method: dict) -> dict:
+    return {
+        "model": {"name": model, "dtype": args.dtype},
+        "data": {"train": str(data), "max_length": 256},
+        "method": method,
+        "train": {
+            "batch_size": batch,
+            "max_steps": steps,
+            "lr": lr,
+            "warmup_ratio": 0.1,
+            "scheduler": "cosine",
+            "seed": 0,
+            "save_every": max(1, steps // 4),  # resumable, and Figure 3's checkpoints
+            "save_total_limit": 4,
+            "progress": not args.quiet,
+        },
+    }
+
+
+def start_model(args) -> str:
+    """The SFT start of the preference methods: the ``sft`` sweep's SFT point at ``--start-lr``."""
+    return str(Path(args.runs) / "sft" / f"sft_lr={args.start_lr}" / "final")
+
+
+def plan(args, data: Path) -> list[Sweep]:
+    sft_rows, pairs = data / "sft.train.jsonl", data / "pairs.train.jsonl"
+    sft_eval, pair_eval = str(data / "sft.heldout.jsonl"), str(data / "pairs.heldout.jsonl")
+    lrs = args.sft_lrs
+    sft = base_config(
+        args, model=args.model, data=sft_rows, steps=args.sft_steps, batch=args.sft_batch, lr=1e-5,
+        method={"name": "sft"},
+    )  # fmt: skip
+    start = start_model(args)
+
+    def pair_base(method: dict, model: str = start, lr: float = 5e-6) -> dict:
+        return base_config(args, model=model, data=pairs, steps=args.steps, batch=args.batch_size, lr=lr,
+                           method=method)  # fmt: skip
+
+    out = [
+        Sweep(
+            "sft",
+            "sft",
+            sft,
+            [("method.name", ["sft", "minor_sft", "sft_dpo"]), ("train.lr", lrs)],
+            sft_eval,
+            {"mc": True},
+        ),
+        Sweep(
+            "sft_seed1",
+            "sft",
+            sft,
+            [("method.name", ["sft", "minor_sft"]), ("train.lr", [args.start_lr]), ("train.seed", ["1"])],
+            sft_eval,
+            {"mc": True},
+        ),
+        Sweep(
+            "with_reference",
+            "pairs",
+            pair_base({"name": "dpo"}),
+            [("method.name", WITH_REFERENCE), ("train.lr", args.ref_lrs)],
+            pair_eval,
+            {"checkpoints": [f"{m}_lr={args.ref_lrs[-1]}" for m in ("dpo", "epsilon_dpo")]},
+        ),
+        Sweep(
+            "reference_free",
+            "pairs",
+            pair_base({"name": "orpo"}),
+            [("method.name", REFERENCE_FREE), ("train.lr", args.free_lrs)],
+            pair_eval,
+        ),
+    ]
+    for variant, params in TR_DPO.items():
+        out.append(Sweep(f"tr_dpo_{variant}", "pairs", pair_base({"name": "tr_dpo", **params}),
+                         [("train.lr", args.ref_lrs)], pair_eval))  # fmt: skip
+    frontier_lr = args.ref_lrs[-1]
+    out += [
+        Sweep("frontier", "frontier", pair_base({"name": "dpo"}, lr=float(frontier_lr)),
+              [("method.name", FRONTIER_METHODS), ("method.beta", FRONTIER_BETAS)], pair_eval),
+        Sweep("frontier_tr_dpo", "frontier", pair_base({"name": "tr_dpo", **TR_DPO["soft"]}, lr=float(frontier_lr)),
+              [("method.beta", FRONTIER_BETAS)], pair_eval),
+        Sweep("pairs_seed1", "frontier", pair_base({"name": "dpo"}, lr=float(frontier_lr)),
+              [("method.name", ["dpo", "epsilon_dpo"]), ("train.seed", ["1"])], pair_eval),
+        Sweep("asft_from_instruct", "asft", pair_base({"name": "asft"}, model=args.model),
+              [("train.lr", args.free_lrs)], pair_eval),
+    ]  # fmt: skip
+    sdpo = pair_base({"name": "dpo"}, lr=float(frontier_lr))
+    sdpo["train"]["max_steps"] = max(1, args.steps // 4)  # per stage: the same total as one-shot DPO
+    sdpo["train"]["save_every"] = max(1, args.steps // 8)
+    out.append(Sweep("sdpo", "sdpo", sdpo, [("train.lr", [frontier_lr])], pair_eval, {"stages": True}))
+    return out
+
+
+def write_data(args) -> Path:
+    """The bundled tasks with the held-out split grown to ``--heldout`` tasks; training rows unchanged."""
+    from tether.data import tasks
+
+    out = Path(args.runs) / "data"
+    tasks.write(out, seed=0, n_train=400, n_heldout=args.heldout)
+    for name in ("sft.train.jsonl", "pairs.train.jsonl", "mc.train.jsonl"):
+        if (out / name).read_bytes() != (BUNDLED / name).read_bytes():
+            raise SystemExit(f"{name}: the generator no longer reproduces the bundled training rows")
+    return out
+
+
+def sdpo_order(args, data: Path) -> list[str]:
+    """Task families easy → hard, as sDPO orders its chunks: by the SFT start's held-out success per family
+    (the reference's accuracy; ties by name)."""
+    ev = json.loads((Path(start_model(args)).parent / "eval.json").read_text())["metrics"]
+    fams = ["arithmetic", "choice", "format", "reverse"]
+    return sorted(fams, key=lambda f: (-ev[f"generation/success/{f}"], f))
+
+
+def run_part(args, sweep: Sweep, data: Path) -> None:
+    from tether.evaluation.evaluate import EvalOptions, evaluate, evaluate_checkpoints
+    from tether.training.sweep import run_sweep
+
+    base = json.loads(json.dumps(sweep.base))
+    if sweep.extra.get("stages"):
+        order = sdpo_order(args, data)
+        base["stages"] = {"by": "column", "column": "source", "order": order}
+    cfg_dir = Path(args.runs) / "configs"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    cfg = cfg_dir / f"{sweep.name}.yaml"
+    cfg.write_text(yaml.safe_dump(base, sort_keys=False))
+    options = EvalOptions(
+        max_samples=args.heldout, max_new_tokens=args.max_new_tokens, batch_size=16, progress=not args.quiet
+    )
+    t0 = time.time()
+    result = run_sweep(
+        cfg, sweep.grid, out=Path(args.runs) / sweep.name, data_eval=sweep.eval_data, options=options
+    )
+    for p in result.points:
+        run = result.path / p.name
+        if sweep.extra.get("mc") and not (run / "eval_mc.json").exists():
+            evaluate(str(run), str(data / "mc.heldout.jsonl"), metrics=["mc"], progress=not args.quiet,
+                     out=run / "eval_mc.json")  # fmt: skip
+    for name in sweep.extra.get("checkpoints", []):  # Figure 3: KL and success along training
+        run = result.path / name
+        if not (run / "eval_checkpoints.json").exists():
+            evaluate_checkpoints(str(run), sweep.eval_data, options)
+    print(f"== {sweep.name}: {len(result.points)} runs, {time.time() - t0:.0f} s", flush=True)
+
+
+# ------------------------------------------------------------------------------------------ results
+
+SERIES = (  # per-step training series kept in results.json (plots: likelihood dynamics, β trajectory)
+    "loss", "logps/chosen", "logps/rejected", "minor_sft/weight", "minor_sft/weight_sq", "kl/beta",
+    "kl/p_epsilon_steps", "kl/n_epsilon_steps", "beta_dpo/beta", "tr_dpo/updates",
+)  # fmt: skip
+KEEP = ("generation/success", "win_rate", "kl", "deviation", "pairwise/accuracy", "pairwise/reward_accuracy",
+        "pairwise/likelihood_accuracy", "mc/accuracy")  # fmt: skip
+
+
+def _kept(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v for k, v in metrics.items() if k.split("/ci_")[0] in KEEP or k.startswith("generation/success/")
+    }
+
+
+def collect(args, sweeps: list[Sweep]) -> list[dict[str, Any]]:
+    """One record per finished run: grid values, evaluation (with intervals), per-step series, timing."""
+    from tether.rundir import RunDir
+
+    out = []
+    for sw in sweeps:
+        for run in sorted((Path(args.runs) / sw.name).glob("*/summary.json")):
+            rd = RunDir(run.parent)
+            manifest = json.loads((run.parent.parent / "sweep.json").read_text())
+            ev = rd.read_eval() or {}
+            train, _ = rd.read_metrics() if rd.metrics.exists() else ([], [])
+            if rd.is_staged():
+                train = [r for st in rd.stage_dirs() for r in st.read_metrics()[0]]
+            summary = rd.read_summary()
+            cfg = rd.read_config_mapping()
+            rec = {
+                "sweep": sw.name,
+                "run": run.parent.name,
+                "values": manifest["points"].get(run.parent.name, {}),
+                "method": summary.get("method"),
+                "lr": cfg["train"]["lr"],
+                "seed": cfg["train"]["seed"],
+                "beta": cfg["method"].get("beta"),
+                "metrics": _kept(ev.get("metrics", {})),
+                "reference_metrics": _kept(ev.get("reference_metrics", {})),
+                "series": {k: [r.get(k) for r in train] for k in SERIES if any(k in r for r in train)},
+                "seconds": summary.get("seconds"),
+                "step_seconds": sorted(r["step_seconds"] for r in train if "step_seconds" in r)[
+                    len(train) // 2
+                ]
+                if train
+                else None,
+                "peak_rss_mb": summary.get("peak_rss_mb"),
+            }
+            mc = run.parent / "eval_mc.json"
+            if mc.exists():
+                m = json.loads(mc.read_text())
+                rec["metrics"].update(_kept(m.get("metrics", {})))
+                rec["reference_metrics"].update(_kept(m.get("reference_metrics", {})))
+            if rd.eval_checkpoints.exists():
+                rec["checkpoints"] = [
+                    {"step": r["step"], **_kept(r.get("metrics", {}))}
+                    for r in json.loads(rd.eval_checkpoints.read_text())["rows"]
+                ]
+            if (run.parent / "stages.json").exists():
+                rec["stages"] = json.loads((run.parent / "stages.json").read_text())
+            out.append(rec)
+    return out
+
+
+def _ci(m: dict[str, Any], key: str) -> str:
+    """``0.412 [0.36, 0.46]``: a value and its 95 % bootstrap interval (``-`` when not measured)."""
+    v = m.get(key)
+    if v is None:
+        return "-"
+    lo, hi = m.get(f"{key}/ci_low"), m.get(f"{key}/ci_high")
+    return f"{v:.3f}" + ("" if lo is None else f" [{lo:.2f}, {hi:.2f}]")
+
+
+def _f(v: Any, fmt: str = "{:.3f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _md(header: list[str], lines: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(x) + " |" for x in lines
+    ]
+
+
+def weight_spread(series: dict[str, list]) -> float | None:
+    """MinorSFT's per-sample weight: the mean over steps of its standard deviation within the step's batch."""
+    w, w2 = series.get("minor_sft/weight"), series.get("minor_sft/weight_sq")
+    if not w or not w2:
+        return None
+    stds = [max(0.0, b - a * a) ** 0.5 for a, b in zip(w, w2, strict=True) if a is not None and b is not None]
+    return sum(stds) / len(stds) if stds else None
+
+
+def tables(rows: list[dict[str, Any]]) -> str:
+    """The comparisons as Markdown (``docs/results.md`` embeds exactly this)."""
+    by_sweep: dict[str, list[dict]] = {}
+    for r in rows:
+        by_sweep.setdefault(r["sweep"], []).append(r)
+    out: list[str] = []
+
+    def lr(r: dict) -> str:
+        return f"{r['lr']:g}"
+
+    sft = by_sweep.get("sft", []) + by_sweep.get("sft_seed1", [])
+    if sft:
+        start = sft[0]["reference_metrics"]
+        lines = [["starting model", "-", "-", _ci(start, "generation/success"), _f(start.get("mc/accuracy")),
+                  "0", "0", "-", "-"]]  # fmt: skip
+        for r in sorted(sft, key=lambda r: (r["method"], r["lr"], r["seed"])):
+            m = r["metrics"]
+            lines.append([r["method"], lr(r), str(r["seed"]), _ci(m, "generation/success"),
+                          _f(m.get("mc/accuracy")), _f(m.get("deviation")), _f(m.get("kl"), "{:.2f}"),
+                          _f(weight_spread(r["series"])), _f(r["step_seconds"], "{:.2f}")])  # fmt: skip
+        out += ["### MinorSFT vs SFT vs SFT-using-DPO (SFT rows, from the instruct model)", ""]
+        out += _md(["method", "lr", "seed", "task success [95% CI]", "MC accuracy", "deviation m_θ",
+                    "KL to start", "weight spread (std in batch)", "s/step"], lines)  # fmt: skip
+        out.append("")
+    comparators = [r for k in ("with_reference", "reference_free", "tr_dpo_soft", "tr_dpo_hard")
+                   for r in by_sweep.get(k, [])]  # fmt: skip
+    if comparators:
+        start = comparators[0]["reference_metrics"]
+        lines = [["SFT start", "-", _ci(start, "generation/success"), "0.5", "0", "-", "-"]]
+        groups: dict[str, list[dict]] = {}
+        for r in comparators:
+            name = TR_DPO_LABEL.get(r["sweep"], r["method"])
+            groups.setdefault(name, []).append(r)
+        for name, rs in groups.items():
+            best = max(
+                rs,
+                key=lambda r: (
+                    r["metrics"].get("generation/success") or 0,
+                    r["metrics"].get("win_rate") or 0,
+                ),
+            )
+            m = best["metrics"]
+            others = ", ".join(
+                f"{lr(r)}: {_f(r['metrics'].get('generation/success'))}" for r in rs if r is not best
+            )
+            lines.append([name, lr(best), _ci(m, "generation/success"), _ci(m, "win_rate"), _f(m.get("kl"), "{:.2f}"),
+                          _f(m.get("pairwise/accuracy")), others or "-"])  # fmt: skip
+        out += ["### Every comparator at its best learning rate (pairs, from the SFT start)", ""]
+        out += _md(["method", "best lr", "task success [95% CI]", "win rate vs start [95% CI]", "KL to start",
+                    "pairwise accuracy", "success at the other lr"], lines)  # fmt: skip
+        out.append("")
+    frontier = by_sweep.get("frontier", []) + by_sweep.get("frontier_tr_dpo", [])
+    if frontier:
+        flr = frontier[0]["lr"]
+        methods = {*FRONTIER_METHODS, "tr_dpo"}
+        at01 = [
+            r
+            for r in comparators
+            if r["method"] in methods and r["sweep"] != "tr_dpo_hard" and r["lr"] == flr
+        ]
+        lines = []
+        for r in sorted(frontier + at01, key=lambda r: (r["method"], r["beta"])):
+            m = r["metrics"]
+            final_beta = (r["series"].get("kl/beta") or r["series"].get("beta_dpo/beta") or [None])[-1]
+            lines.append([r["method"], f"{r['beta']:g}", _ci(m, "generation/success"),
+                          _ci(m, "win_rate"), _f(m.get("kl"), "{:.2f}"), _f(final_beta, "{:.4f}")])  # fmt: skip
+        out += ["### KL–performance frontier: DPO, ε-DPO, β-DPO, TR-DPO over β", ""]
+        out += _md(["method", "β", "task success [95% CI]", "win rate vs start [95% CI]", "KL to start",
+                    "final β (ε-DPO, β-DPO)"], lines)  # fmt: skip
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--parts", nargs="*", default=["sft", "pairs", "frontier", "asft", "sdpo"])
+    ap.add_argument("--runs", default="runs/papers_scale")
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--steps", type=int, default=100, help="optimizer steps of a preference run")
+    ap.add_argument("--batch-size", type=int, default=4, help="pairs per optimizer step")
+    ap.add_argument("--sft-steps", type=int, default=100)
+    ap.add_argument("--sft-batch", type=int, default=8)
+    ap.add_argument("--sft-lrs", nargs="+", default=["1e-05", "2e-05", "4e-05"])
+    ap.add_argument("--start-lr", default="2e-05", help="the SFT point that starts the preference methods")
+    ap.add_argument("--ref-lrs", nargs="+", default=["5e-06", "2e-05"])
+    ap.add_argument("--free-lrs", nargs="+", default=["1e-05", "4e-05"])
+    ap.add_argument("--heldout", type=int, default=400, help="held-out tasks (100 per family by default)")
+    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--status", action="store_true")
+    ap.add_argument("--collect", metavar="OUT", help="write the finished runs' results to OUT (results.json)")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args()
+    data = write_data(args)
+    sweeps = plan(args, data)
+    if args.status:
+        for s in sweeps:
+            d = Path(args.runs) / s.name
+            done = sorted(p.parent.name for p in d.glob("*/summary.json")) if d.exists() else []
+            print(f"{s.part:9s} {s.name:20s} finished: {len(done)}")
+        return
+    if args.collect:
+        rows = collect(args, sweeps)
+        Path(args.collect).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.collect).write_text(json.dumps(rows, indent=1, default=str).replace(f"{REPO}/", ""))
+        print(f"{args.collect}: {len(rows)} runs")
+        print(tables(rows))
+        return
+    unknown = set(args.parts) - {s.part for s in sweeps}
+    if unknown:
+        ap.error(f"--parts: unknown {sorted(unknown)} (parts: {sorted({s.part for s in sweeps})})")
+    for s in sweeps:
+        if s.part in args.parts:
+            run_part(args, s, data)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
