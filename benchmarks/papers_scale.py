@@ -44,7 +44,7 @@ REFERENCE_FREE = ["cpo", "slic_hf", "rrhf", "orpo", "simpo", "asft"]
 TR_DPO = {"soft": {"alpha": 0.6, "tau": 8}, "hard": {"alpha": 1.0, "tau": 32}}
 TR_DPO_LABEL = {"tr_dpo_soft": "tr_dpo (soft, α)", "tr_dpo_hard": "tr_dpo (hard, τ)"}
 FRONTIER_METHODS = ["dpo", "epsilon_dpo", "beta_dpo"]
-FRONTIER_BETAS = ["0.01", "0.05", "0.5"]  # with β = 0.1 from the comparator sweeps: the paper's grid
+FRONTIER_BETAS = ["0.01", "0.05", "0.1", "0.5"]  # the ε-DPO paper's grid (Figure 5)
 
 
 @dataclass
@@ -233,6 +233,7 @@ def collect(args, sweeps: list[Sweep]) -> list[dict[str, Any]]:
                 train = [r for st in rd.stage_dirs() for r in st.read_metrics()[0]]
             summary = rd.read_summary()
             cfg = rd.read_config_mapping()
+            hparams = rd.read_config().resolved_method()[1]  # with the method's defaults
             rec = {
                 "sweep": sw.name,
                 "run": run.parent.name,
@@ -240,7 +241,8 @@ def collect(args, sweeps: list[Sweep]) -> list[dict[str, Any]]:
                 "method": summary.get("method"),
                 "lr": cfg["train"]["lr"],
                 "seed": cfg["train"]["seed"],
-                "beta": cfg["method"].get("beta"),
+                "hparams": hparams,
+                "beta": hparams.get("beta"),
                 "metrics": _kept(ev.get("metrics", {})),
                 "reference_metrics": _kept(ev.get("reference_metrics", {})),
                 "series": {k: [r.get(k) for r in train] for k in SERIES if any(k in r for r in train)},
@@ -349,15 +351,8 @@ def tables(rows: list[dict[str, Any]]) -> str:
         out.append("")
     frontier = by_sweep.get("frontier", []) + by_sweep.get("frontier_tr_dpo", [])
     if frontier:
-        flr = frontier[0]["lr"]
-        methods = {*FRONTIER_METHODS, "tr_dpo"}
-        at01 = [
-            r
-            for r in comparators
-            if r["method"] in methods and r["sweep"] != "tr_dpo_hard" and r["lr"] == flr
-        ]
         lines = []
-        for r in sorted(frontier + at01, key=lambda r: (r["method"], r["beta"])):
+        for r in sorted(frontier, key=lambda r: (r["method"], r["beta"])):
             m = r["metrics"]
             final_beta = (r["series"].get("kl/beta") or r["series"].get("beta_dpo/beta") or [None])[-1]
             lines.append([r["method"], f"{r['beta']:g}", _ci(m, "generation/success"),
