@@ -35,7 +35,8 @@ from tether.engine.reference import (
 from tether.errors import DataError, Problem, TetherError
 from tether.methods.registry import Method
 from tether.rundir import RunDir, run_dir_lock
-from tether.training.trainer import MetricsSink, Trainer, TrainResult, make_schedule, newest_checkpoint_config
+from tether.training.checkpoints import newest_checkpoint_config
+from tether.training.trainer import MetricsSink, Trainer, TrainResult, make_schedule
 
 
 @dataclass
