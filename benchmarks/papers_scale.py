@@ -195,6 +195,15 @@ def run_part(args, sweep: Sweep, data: Path) -> None:
         if sweep.extra.get("mc") and not (run / "eval_mc.json").exists():
             evaluate(str(run), str(data / "mc.heldout.jsonl"), metrics=["mc"], progress=not args.quiet,
                      out=run / "eval_mc.json")  # fmt: skip
+    if sweep.extra.get("stages"):  # sDPO's claim: each stage's reference is better, on the same (last) chunk
+        from papers import gamma_by_reference
+
+        for p in result.points:
+            run = result.path / p.name
+            if not (run / "gamma_last_chunk.json").exists():
+                raw = {**base, "data": {**base["data"]}}
+                gammas = gamma_by_reference(run, base["model"]["name"], raw)
+                (run / "gamma_last_chunk.json").write_text(json.dumps(gammas, indent=1))
     for name in sweep.extra.get("checkpoints", []):  # Figure 3: KL and success along training
         run = result.path / name
         if not (run / "eval_checkpoints.json").exists():
@@ -224,20 +233,22 @@ def collect(args, sweeps: list[Sweep]) -> list[dict[str, Any]]:
 
     out = []
     for sw in sweeps:
-        for run in sorted((Path(args.runs) / sw.name).glob("*/summary.json")):
-            rd = RunDir(run.parent)
-            manifest = json.loads((run.parent.parent / "sweep.json").read_text())
+        root = Path(args.runs) / sw.name
+        for run_dir in sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []:
+            rd = RunDir(run_dir)
+            last = rd.stage_dirs()[-1] if rd.is_staged() and rd.stage_dirs() else rd  # sDPO: the last stage
+            if not last.is_finished() or not rd.eval.exists():
+                continue
+            manifest = json.loads((root / "sweep.json").read_text())
             ev = rd.read_eval() or {}
-            train, _ = rd.read_metrics() if rd.metrics.exists() else ([], [])
-            if rd.is_staged():
-                train = [r for st in rd.stage_dirs() for r in st.read_metrics()[0]]
-            summary = rd.read_summary()
-            cfg = rd.read_config_mapping()
-            hparams = rd.read_config().resolved_method()[1]  # with the method's defaults
+            train = [r for st in (rd.stage_dirs() if rd.is_staged() else [rd]) for r in st.read_metrics()[0]]
+            summary = last.read_summary()
+            cfg = last.read_config_mapping()
+            hparams = last.read_config().resolved_method()[1]  # with the method's defaults
             rec = {
                 "sweep": sw.name,
-                "run": run.parent.name,
-                "values": manifest["points"].get(run.parent.name, {}),
+                "run": run_dir.name,
+                "values": manifest["points"].get(run_dir.name, {}),
                 "method": summary.get("method"),
                 "lr": cfg["train"]["lr"],
                 "seed": cfg["train"]["seed"],
@@ -254,7 +265,7 @@ def collect(args, sweeps: list[Sweep]) -> list[dict[str, Any]]:
                 else None,
                 "peak_rss_mb": summary.get("peak_rss_mb"),
             }
-            mc = run.parent / "eval_mc.json"
+            mc = run_dir / "eval_mc.json"
             if mc.exists():
                 m = json.loads(mc.read_text())
                 rec["metrics"].update(_kept(m.get("metrics", {})))
@@ -264,8 +275,10 @@ def collect(args, sweeps: list[Sweep]) -> list[dict[str, Any]]:
                     {"step": r["step"], **_kept(r.get("metrics", {}))}
                     for r in json.loads(rd.eval_checkpoints.read_text())["rows"]
                 ]
-            if (run.parent / "stages.json").exists():
-                rec["stages"] = json.loads((run.parent / "stages.json").read_text())
+            if (run_dir / "gamma_last_chunk.json").exists():
+                rec["gamma_last_chunk"] = json.loads((run_dir / "gamma_last_chunk.json").read_text())
+            if (run_dir / "stages.json").exists():
+                rec["stages"] = json.loads((run_dir / "stages.json").read_text())
             out.append(rec)
     return out
 
@@ -361,7 +374,131 @@ def tables(rows: list[dict[str, Any]]) -> str:
         out += _md(["method", "β", "task success [95% CI]", "win rate vs start [95% CI]", "KL to start",
                     "final β (ε-DPO, β-DPO)"], lines)  # fmt: skip
         out.append("")
+    sdpo = by_sweep.get("sdpo", [])
+    if sdpo:
+        r = sdpo[0]
+        dpo = [d for d in by_sweep.get("with_reference", []) if d["method"] == "dpo" and d["lr"] == r["lr"]]
+        lines = []
+        for x in [*dpo, r]:
+            m = x["metrics"]
+            stages = " → ".join(f"{st['gamma_ref']:.2f}" for st in x.get("stages") or []) or "-"
+            last = " → ".join(f"{g['gamma_ref']:.2f}" for g in x.get("gamma_last_chunk") or []) or "-"
+            lines.append([x["run"] if x is not r else "sdpo", _ci(m, "generation/success"), _ci(m, "win_rate"),
+                          _f(m.get("kl"), "{:.2f}"), stages, last])  # fmt: skip
+        out += ["### sDPO vs one-shot DPO (the same pairs and steps)", ""]
+        out += _md(["run", "task success [95% CI]", "win rate vs start [95% CI]", "KL to start",
+                    "γ_ref per stage (own chunk)", "γ_ref of M_0..M_3 on the last chunk"], lines)  # fmt: skip
+        out.append("")
+    asft = [r for r in by_sweep.get("reference_free", []) + by_sweep.get("with_reference", [])
+            if r["method"] in ("asft", "orpo", "dpo")] + by_sweep.get("asft_from_instruct", [])  # fmt: skip
+    if asft:
+        lines = []
+        for r in asft:
+            m, series = r["metrics"], r["series"]
+            start = "instruct" if r["sweep"] == "asft_from_instruct" else "SFT"
+            lines.append([r["method"], start, f"{r['lr']:g}", _ci(m, "generation/success"),
+                          _f(m.get("pairwise/likelihood_accuracy")),
+                          _f((series.get("logps/chosen") or [None])[-1], "{:.2f}"),
+                          _f((series.get("logps/rejected") or [None])[-1], "{:.2f}")])  # fmt: skip
+        out += ["### ASFT vs DPO vs ORPO (pairs), and ASFT without the SFT stage", ""]
+        out += _md(["method", "start", "lr", "task success [95% CI]", "likelihood accuracy",
+                    "last step log p(chosen)", "last step log p(rejected)"], lines)  # fmt: skip
+        out.append("")
     return "\n".join(out)
+
+
+def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    """The papers' figures from ``results.json``: the KL–success frontier with 95 % intervals (ε-DPO
+    Figure 5), ε-DPO's β along training with its s = ±1 fractions (Figure 4), KL and success along training
+    from checkpoints (Figure 3), chosen/rejected log-probs along training (the ASFT paper's dynamics) and
+    MinorSFT's deviation against success (its claim: less drift at equal accuracy)."""
+    from tether.evaluation.report import _figure
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save(fig, name: str) -> None:
+        fig.savefig(out / name, dpi=120)
+        written.append(out / name)
+
+    frontier = [r for r in rows if r["sweep"] in ("frontier", "frontier_tr_dpo")]
+    if frontier:
+        fig = _figure((6.5, 4.5))
+        ax = fig.subplots()
+        for method in sorted({r["method"] for r in frontier}):
+            mine = sorted((r for r in frontier if r["method"] == method), key=lambda r: r["beta"])
+            pts = [(r["metrics"].get("kl"), r["metrics"], r["beta"]) for r in mine]
+            pts = [(k, m, b) for k, m, b in pts if k is not None and m.get("generation/success") is not None]
+            if not pts:
+                continue
+            xs = [k for k, _, _ in pts]
+            ys = [m["generation/success"] for _, m, _ in pts]
+            err = [[y - m.get("generation/success/ci_low", y) for y, (_, m, _) in zip(ys, pts, strict=True)],
+                   [m.get("generation/success/ci_high", y) - y for y, (_, m, _) in zip(ys, pts, strict=True)]]  # fmt: skip
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=method)
+            for x, y, (_, _, b) in zip(xs, ys, pts, strict=True):
+                ax.annotate(f"β={b:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("KL(π‖π_ref) on sampled completions")
+        ax.set_ylabel("held-out task success (95% CI)")
+        ax.set_title("Success against KL over β (ε-DPO Figure 5)")
+        ax.legend(fontsize=8)
+        save(fig, "frontier.png")
+    eps = [r for r in rows if r["method"] == "epsilon_dpo" and r["series"].get("kl/beta")]
+    if eps:
+        fig = _figure((9.0, 3.6))
+        a1, a2 = fig.subplots(1, 2)
+        for r in eps:
+            label = f"{r['sweep']}/{r['run']}"
+            a1.plot(range(1, len(r["series"]["kl/beta"]) + 1), r["series"]["kl/beta"], label=label)
+            for key, style in (("kl/p_epsilon_steps", "-"), ("kl/n_epsilon_steps", "--")):
+                if key in r["series"]:
+                    a2.plot(r["series"][key], style, label=f"{label} {'s=+1' if 'p_' in key else 's=-1'}")
+        a1.set(xlabel="step", ylabel="β", title="ε-DPO: β along training")
+        a2.set(xlabel="step", ylabel="fraction of pairs", title="ε-DPO: s = +1 / −1 per step")
+        a1.legend(fontsize=6)
+        save(fig, "epsilon_beta.png")
+    along = [r for r in rows if r.get("checkpoints")]
+    if along:
+        fig = _figure((9.0, 3.6))
+        a1, a2 = fig.subplots(1, 2)
+        for r in along:
+            steps = [c["step"] for c in r["checkpoints"]]
+            a1.plot(steps, [c.get("kl") for c in r["checkpoints"]], marker="o", label=r["run"])
+            a2.plot(
+                steps, [c.get("generation/success") for c in r["checkpoints"]], marker="o", label=r["run"]
+            )
+        a1.set(xlabel="step", ylabel="KL to the SFT start", title="KL along training (ε-DPO Figure 3)")
+        a2.set(xlabel="step", ylabel="held-out task success", title="Success along training")
+        a1.legend(fontsize=8)
+        save(fig, "along_training.png")
+    dyn = [
+        r
+        for r in rows
+        if r["sweep"] in ("with_reference", "reference_free") and r["method"] in ("dpo", "orpo", "asft")
+    ]
+    if dyn:
+        fig = _figure((6.5, 4.2))
+        ax = fig.subplots()
+        for r in dyn:
+            for key, style in (("logps/chosen", "-"), ("logps/rejected", "--")):
+                if r["series"].get(key):
+                    ax.plot(r["series"][key], style, label=f"{r['run']} {key.split('/')[1]}")
+        ax.set(xlabel="step", ylabel="summed log-prob (step batch)", title="Likelihood dynamics (ASFT paper)")
+        ax.legend(fontsize=6, ncol=2)
+        save(fig, "likelihood_dynamics.png")
+    sft = [r for r in rows if r["sweep"] in ("sft", "sft_seed1")]
+    if sft:
+        fig = _figure((6.0, 4.2))
+        ax = fig.subplots()
+        for method in sorted({r["method"] for r in sft}):
+            mine = [r for r in sft if r["method"] == method and r["metrics"].get("deviation") is not None]
+            ax.scatter([r["metrics"].get("generation/success") for r in mine],
+                       [r["metrics"]["deviation"] for r in mine], label=method)  # fmt: skip
+        ax.set(xlabel="held-out task success", ylabel="deviation m_θ (MinorSFT Eq. 8)",
+               title="Drift at equal accuracy (MinorSFT)")  # fmt: skip
+        ax.legend(fontsize=8)
+        save(fig, "minor_sft_deviation.png")
+    return written
 
 
 def main() -> None:
@@ -398,6 +535,8 @@ def main() -> None:
         Path(args.collect).write_text(json.dumps(rows, indent=1, default=str).replace(f"{REPO}/", ""))
         print(f"{args.collect}: {len(rows)} runs")
         print(tables(rows))
+        for path in plots(rows, Path(args.collect).parent):
+            print(f"plot: {path}")
         return
     unknown = set(args.parts) - {s.part for s in sweeps}
     if unknown:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tiny import tiny_model_dir
 
@@ -75,3 +76,64 @@ def test_papers_script_on_a_tiny_model(tmp_path):
     assert other.returncode == 0 and "warning: kept runs" in other.stderr  # mixed settings are flagged
     bad = papers(tmp_path, model, "--only", "asfd")
     assert bad.returncode == 2 and "unknown run(s) ['asfd']" in bad.stderr
+
+
+def scale(tmp: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "benchmarks" / "papers_scale.py"), "--model", str(model)]
+    cmd += ["--runs", str(tmp / "runs"), "--steps", "4", "--sft-steps", "4", "--heldout", "8", "--quiet"]
+    cmd += ["--sft-lrs", "1e-05", "--start-lr", "1e-05", "--ref-lrs", "5e-06", "--free-lrs", "1e-05", *extra]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "TETHER_CACHE": str(tmp / "c"),
+    }
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+
+
+@pytest.mark.slow
+def test_papers_scale_on_a_tiny_model(tmp_path):
+    """Issue 14's runner end to end: the SFT part gives the start of every preference part, a part run
+    again trains nothing again, and the results render to every table and plot."""
+    model = tiny_model_dir(tmp_path / "model")
+    first = scale(tmp_path, model, "--parts", "sft")
+    assert first.returncode == 0, first.stderr[-3000:]
+    runs = tmp_path / "runs"
+    heldout = (runs / "data" / "sft.heldout.jsonl").read_text().splitlines()
+    assert len(heldout) == 8  # the held-out split grown (here shrunk) by --heldout; training rows checked
+    before = (runs / "sft" / "sft_lr=1e-05" / "metrics.jsonl").stat().st_mtime
+    rest = scale(tmp_path, model, "--parts", "sft", "pairs", "frontier", "asft", "sdpo")
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    assert (runs / "sft" / "sft_lr=1e-05" / "metrics.jsonl").stat().st_mtime == before  # kept, not retrained
+    start = str(runs / "sft" / "sft_lr=1e-05" / "final")
+    for sweep in ("with_reference", "reference_free", "frontier", "sdpo"):
+        assert yaml.safe_load((runs / "configs" / f"{sweep}.yaml").read_text())["model"]["name"] == start
+    fams = json.loads((runs / "sft" / "sft_lr=1e-05" / "eval.json").read_text())["metrics"]
+    order = yaml.safe_load((runs / "configs" / "sdpo.yaml").read_text())["stages"]["order"]
+    assert order == sorted(order, key=lambda f: (-fams[f"generation/success/{f}"], f))  # easy → hard
+    out = tmp_path / "out" / "results.json"
+    done = scale(tmp_path, model, "--collect", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    count = {}
+    for r in rows:
+        count[r["sweep"]] = count.get(r["sweep"], 0) + 1
+        assert r["metrics"]["generation/success/ci_low"] <= r["metrics"]["generation/success"]
+    assert count == {
+        "sft": 3, "sft_seed1": 2, "with_reference": 6, "reference_free": 6, "tr_dpo_soft": 1, "tr_dpo_hard": 1,
+        "frontier": 12, "frontier_tr_dpo": 4, "pairs_seed1": 2, "asft_from_instruct": 1, "sdpo": 1,
+    }  # fmt: skip
+    assert {r["beta"] for r in rows if r["sweep"] == "frontier"} == {0.01, 0.05, 0.1, 0.5}
+    sdpo = next(r for r in rows if r["sweep"] == "sdpo")
+    assert len(sdpo["stages"]) == 4 and len(sdpo["gamma_last_chunk"]) == 4
+    assert any(r.get("checkpoints") for r in rows if r["method"] == "epsilon_dpo")
+    for title in (
+        "MinorSFT vs SFT",
+        "Every comparator",
+        "KL–performance frontier",
+        "sDPO vs one-shot",
+        "ASFT vs",
+    ):
+        assert f"### {title}" in done.stdout, title
+    for png in ("frontier", "epsilon_beta", "along_training", "likelihood_dynamics", "minor_sft_deviation"):
+        assert (tmp_path / "out" / f"{png}.png").stat().st_size > 1000, png
