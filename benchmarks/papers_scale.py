@@ -176,6 +176,10 @@ def run_part(args, sweep: Sweep, data: Path) -> None:
     from tether.training.sweep import run_sweep
 
     base = json.loads(json.dumps(sweep.base))
+    if base["model"]["name"] == start_model(args) and not Path(start_model(args)).is_dir():
+        raise SystemExit(
+            f"{sweep.name}: starts from the SFT model {start_model(args)}, not trained yet: run --parts sft first"
+        )
     if sweep.extra.get("stages"):
         order = sdpo_order(args, data)
         base["stages"] = {"by": "column", "column": "source", "order": order}
