@@ -410,3 +410,38 @@ def test_hub_splits_are_read_separately(tmp_path: Path) -> None:
     )
     p = prepare(load_config(cfg), convert=False)
     assert (len(p.train), len(p.eval)) == (3, 2)
+
+
+def test_eval_reads_the_turns_the_run_trained_on(tmp_path: Path, monkeypatch) -> None:
+    """A run trained with data.assistant_turns: last is evaluated on its last turns (its deviation m_θ
+    counts the tokens it was trained on), not on every assistant turn."""
+    import tether.data.rows as rows_mod
+    from tether.config import from_dict
+    from tether.evaluation.evaluate import evaluate
+    from tether.training.job import train
+
+    tok = make_tokenizer(chat=True)
+    model_dir = tmp_path / "model"
+    tiny_model(0, vocab=len(tok)).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    msgs = [user("hi"), assistant("hello"), user("how are you"), assistant("fine thanks")]
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"messages": msgs}) + "\n" for _ in range(4)))
+    cfg = {
+        "model": {"name": str(model_dir)},
+        "data": {"train": str(data), "max_length": 64, "assistant_turns": "last"},
+        "method": {"name": "sft"},
+        "train": {"output_dir": str(tmp_path / "run"), "max_steps": 1, "batch_size": 2, "progress": False},
+    }
+    train(from_dict(cfg))
+    seen = []
+    real = rows_mod.tokenize_rows
+
+    def spy(*a, **kw):
+        seen.append(kw.get("assistant_turns"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(rows_mod, "tokenize_rows", spy)
+    res = evaluate(str(tmp_path / "run"), str(data), metrics="deviation", progress=False, cache=False)
+    assert seen and set(seen) == {"last"}
+    assert "deviation" in res["metrics"]

@@ -588,6 +588,7 @@ def evaluate(
     max_length = max_length or (run_cfg.data.max_length if run_cfg else 512)
     chat_template = chat_template or (run_cfg.data.chat_template if run_cfg else "auto")
     max_prompt_length = run_cfg.data.max_prompt_length if run_cfg else None
+    assistant_turns = run_cfg.data.assistant_turns if run_cfg else "all"  # the turns the run trained on
     dtype = run_cfg.model.dtype if run_cfg else "float32"
     method_name, method_beta, ref_based = _method_info(target.run_cfg)
     beta = float(beta if beta is not None else method_beta if method_beta is not None else 0.1)
@@ -615,6 +616,7 @@ def evaluate(
             max_length=max_length,
             max_prompt_length=max_prompt_length,
             chat_template=chat_template,  # type: ignore[arg-type]
+            assistant_turns=assistant_turns,
         ).examples
 
     examples, prompts_all = _examples_and_prompts(rows, kind, tokenize)
