@@ -121,9 +121,10 @@ def mix_parameters(target: nn.Module, source: nn.Module, alpha: float) -> None:
     """
     from torch.distributed.tensor import DTensor
 
+    fsdp = _fsdp_module()
     for module in (target, source):  # FSDP2 may hold gathered parameters after a forward: back to shards
         for m in module.modules():
-            if isinstance(m, _fsdp_module()):
+            if isinstance(m, fsdp):
                 m.reshard()
     src = dict(source.named_parameters())
     for name, t in target.named_parameters():

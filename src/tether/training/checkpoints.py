@@ -25,7 +25,7 @@ from tether.errors import TetherError
 from tether.rundir import CHECKPOINTS, TRAINER_STATE, RunDir
 from tether.training import sharding
 
-MODEL_FILE = "model.safetensors"
+MODEL_FILE = sharding.MODEL_FILE  # the same name in both layouts
 OPTIMIZER_FILE = "optimizer.bin"
 REFERENCE_FILE = "reference.safetensors"  # a live reference's weights (TR-DPO)
 WEIGHT_GROWTH = 1e3  # a checkpoint whose largest weight grew this many times is not "good"
