@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from papers import _f, _table, gamma_by_reference, median, step_times
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "data" / "tasks"
@@ -200,13 +201,10 @@ def run_part(args, sweep: Sweep, data: Path) -> None:
             evaluate(str(run), str(data / "mc.heldout.jsonl"), metrics=["mc"], progress=not args.quiet,
                      out=run / "eval_mc.json")  # fmt: skip
     if sweep.extra.get("stages"):  # sDPO's claim: each stage's reference is better, on the same (last) chunk
-        from papers import gamma_by_reference
-
         for p in result.points:
             run = result.path / p.name
             if not (run / "gamma_last_chunk.json").exists():
-                raw = {**base, "data": {**base["data"]}}
-                gammas = gamma_by_reference(run, base["model"]["name"], raw)
+                gammas = gamma_by_reference(run, base["model"]["name"], base)
                 (run / "gamma_last_chunk.json").write_text(json.dumps(gammas, indent=1))
     for name in sweep.extra.get("checkpoints", []):  # Figure 3: KL and success along training
         run = result.path / name
@@ -262,11 +260,7 @@ def collect(args, sweeps: list[Sweep]) -> list[dict[str, Any]]:
                 "reference_metrics": _kept(ev.get("reference_metrics", {})),
                 "series": {k: [r.get(k) for r in train] for k in SERIES if any(k in r for r in train)},
                 "seconds": summary.get("seconds"),
-                "step_seconds": sorted(r["step_seconds"] for r in train if "step_seconds" in r)[
-                    len(train) // 2
-                ]
-                if train
-                else None,
+                "step_seconds": median(step_times(run_dir)),  # each stage's warm-up step left out
                 "peak_rss_mb": summary.get("peak_rss_mb"),
             }
             mc = run_dir / "eval_mc.json"
@@ -294,16 +288,6 @@ def _ci(m: dict[str, Any], key: str) -> str:
         return "-"
     lo, hi = m.get(f"{key}/ci_low"), m.get(f"{key}/ci_high")
     return f"{v:.3f}" + ("" if lo is None else f" [{lo:.2f}, {hi:.2f}]")
-
-
-def _f(v: Any, fmt: str = "{:.3f}") -> str:
-    return "-" if v is None else fmt.format(v)
-
-
-def _md(header: list[str], lines: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(x) + " |" for x in lines
-    ]
 
 
 def weight_spread(series: dict[str, list]) -> float | None:
@@ -336,9 +320,8 @@ def tables(rows: list[dict[str, Any]]) -> str:
                           _f(m.get("mc/accuracy")), _f(m.get("deviation")), _f(m.get("kl"), "{:.2f}"),
                           _f(weight_spread(r["series"])), _f(r["step_seconds"], "{:.2f}")])  # fmt: skip
         out += ["### MinorSFT vs SFT vs SFT-using-DPO (SFT rows, from the instruct model)", ""]
-        out += _md(["method", "lr", "seed", "task success [95% CI]", "MC accuracy", "deviation m_θ",
+        out += _table(["method", "lr", "seed", "task success [95% CI]", "MC accuracy", "deviation m_θ",
                     "KL to start", "weight spread (std in batch)", "s/step"], lines)  # fmt: skip
-        out.append("")
     comparators = [r for k in ("with_reference", "reference_free", "tr_dpo_soft", "tr_dpo_hard")
                    for r in by_sweep.get(k, [])]  # fmt: skip
     if comparators:
@@ -363,9 +346,8 @@ def tables(rows: list[dict[str, Any]]) -> str:
             lines.append([name, lr(best), _ci(m, "generation/success"), _ci(m, "win_rate"), _f(m.get("kl"), "{:.2f}"),
                           _f(m.get("pairwise/accuracy")), others or "-"])  # fmt: skip
         out += ["### Every comparator at its best learning rate (pairs, from the SFT start)", ""]
-        out += _md(["method", "best lr", "task success [95% CI]", "win rate vs start [95% CI]", "KL to start",
+        out += _table(["method", "best lr", "task success [95% CI]", "win rate vs start [95% CI]", "KL to start",
                     "pairwise accuracy", "success at the other lr"], lines)  # fmt: skip
-        out.append("")
     frontier = by_sweep.get("frontier", []) + by_sweep.get("frontier_tr_dpo", [])
     if frontier:
         lines = []
@@ -375,9 +357,8 @@ def tables(rows: list[dict[str, Any]]) -> str:
             lines.append([r["method"], f"{r['beta']:g}", _ci(m, "generation/success"),
                           _ci(m, "win_rate"), _f(m.get("kl"), "{:.2f}"), _f(final_beta, "{:.4f}")])  # fmt: skip
         out += ["### KL–performance frontier: DPO, ε-DPO, β-DPO, TR-DPO over β", ""]
-        out += _md(["method", "β", "task success [95% CI]", "win rate vs start [95% CI]", "KL to start",
+        out += _table(["method", "β", "task success [95% CI]", "win rate vs start [95% CI]", "KL to start",
                     "final β (ε-DPO, β-DPO)"], lines)  # fmt: skip
-        out.append("")
     sdpo = by_sweep.get("sdpo", [])
     if sdpo:
         r = sdpo[0]
@@ -390,9 +371,8 @@ def tables(rows: list[dict[str, Any]]) -> str:
             lines.append([x["run"] if x is not r else "sdpo", _ci(m, "generation/success"), _ci(m, "win_rate"),
                           _f(m.get("kl"), "{:.2f}"), stages, last])  # fmt: skip
         out += ["### sDPO vs one-shot DPO (the same pairs and steps)", ""]
-        out += _md(["run", "task success [95% CI]", "win rate vs start [95% CI]", "KL to start",
+        out += _table(["run", "task success [95% CI]", "win rate vs start [95% CI]", "KL to start",
                     "γ_ref per stage (own chunk)", "γ_ref of M_0..M_3 on the last chunk"], lines)  # fmt: skip
-        out.append("")
     asft = [r for r in by_sweep.get("reference_free", []) + by_sweep.get("with_reference", [])
             if r["method"] in ("asft", "orpo", "dpo")] + by_sweep.get("asft_from_instruct", [])  # fmt: skip
     if asft:
@@ -405,9 +385,8 @@ def tables(rows: list[dict[str, Any]]) -> str:
                           _f((series.get("logps/chosen") or [None])[-1], "{:.2f}"),
                           _f((series.get("logps/rejected") or [None])[-1], "{:.2f}")])  # fmt: skip
         out += ["### ASFT vs DPO vs ORPO (pairs), and ASFT without the SFT stage", ""]
-        out += _md(["method", "start", "lr", "task success [95% CI]", "likelihood accuracy",
+        out += _table(["method", "start", "lr", "task success [95% CI]", "likelihood accuracy",
                     "last step log p(chosen)", "last step log p(rejected)"], lines)  # fmt: skip
-        out.append("")
     return "\n".join(out)
 
 

@@ -21,7 +21,7 @@ from tether.data.rows import read_rows, tokenize_rows
 from tether.engine.logprobs import LogProbModel, collate
 from tether.errors import ConfigError, DataError
 
-from tiny import tiny_model
+from tiny import tiny_model, tiny_model_dir
 
 
 def rows_from(tmp_path: Path, *records: dict) -> list:
@@ -421,9 +421,7 @@ def test_eval_reads_the_turns_the_run_trained_on(tmp_path: Path, monkeypatch) ->
     from tether.training.job import train
 
     tok = make_tokenizer(chat=True)
-    model_dir = tmp_path / "model"
-    tiny_model(0, vocab=len(tok)).save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
+    model_dir = tiny_model_dir(tmp_path / "model", tok=tok)
     msgs = [user("hi"), assistant("hello"), user("how are you"), assistant("fine thanks")]
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps({"messages": msgs}) + "\n" for _ in range(4)))

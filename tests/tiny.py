@@ -81,9 +81,10 @@ def tiny_tokenizer():
     return tok
 
 
-def tiny_model_dir(path: Path, seed: int = 0) -> Path:
-    """Save a tiny random Llama with the char tokenizer to ``path`` (a loadable model directory)."""
-    tok = tiny_tokenizer()
+def tiny_model_dir(path: Path, seed: int = 0, tok=None) -> Path:
+    """Save a tiny random Llama with ``tok`` (default: the char tokenizer) to ``path`` (a loadable model
+    directory)."""
+    tok = tok if tok is not None else tiny_tokenizer()
     model = tiny_model(seed, vocab=VOCAB)
     assert len(tok) <= VOCAB
     model.save_pretrained(path)
