@@ -2,28 +2,39 @@
 
     python benchmarks/papers_scale.py --parts sft          # part 1: the MinorSFT grid (also gives the SFT start)
     python benchmarks/papers_scale.py --parts pairs        # part 2: every comparator from the SFT start
-    python benchmarks/papers_scale.py --parts frontier sdpo asft checkpoints   # part 3
+    python benchmarks/papers_scale.py --parts frontier asft sdpo   # part 3: the β frontier, ASFT, sDPO
     python benchmarks/papers_scale.py --status             # what is done, what is left
-    python benchmarks/papers_scale.py --collect            # results.json from the run directories
+    python benchmarks/papers_scale.py --collect docs/results/scale/results.json   # results, tables, plots
 
 The seeds' pipeline: SFT on the task's SFT rows first (the ``sft`` sweep's point at ``--start-lr``), and
 that model is the reference and starting point of every preference method; ASFT is also run from the
 un-fine-tuned model (its paper says it needs no SFT stage). Every run is a point of a ``tether sweep``
 (:mod:`tether.training.sweep`): a killed part is resumed by running it again (finished runs and
 evaluations are kept, a half-trained run continues from its last checkpoint), so the parts can be cut
-anywhere, e.g. ``timeout 85m python benchmarks/papers_scale.py --parts pairs`` and again later.
+anywhere, e.g. ``timeout 85m python benchmarks/papers_scale.py --parts pairs`` and again later. A first
+pass over every comparator at one learning rate is ``--ref-lrs 2e-05 --free-lrs 1e-05``; the default grid
+then adds only the missing points. A finished run's checkpoints are deleted once it is evaluated (Figure 3's
+runs after their checkpoints are; ``--keep-checkpoints`` keeps them): each is 1.6 GB.
 
-The held-out split is the bundled generator's (:func:`tether.data.tasks.write`, seed 0) grown to
-``--heldout`` tasks (default 400: 100 per family, one task = 0.25 % of success); the training rows are
-the bundled ones, byte for byte (checked). Success and win rate carry 95 % bootstrap intervals over prompts
+Sizes, and why: SmolLM2-135M-Instruct in fp32, full fine-tuning. SFT runs 100 steps × 8 rows (two epochs
+of the 400 SFT rows), preference runs 100 steps × 4 pairs (half an epoch of the 800 pairs): hundreds of
+rows per run, 2.5× the 40 steps of the earlier rerun (after which DPO had not moved a greedy output), and on
+2 cores a run's training takes 4–7 min. The held-out split is the bundled
+generator's (:func:`tether.data.tasks.write`, seed 0) grown to ``--heldout`` tasks (default 400, 100 per
+family); the log-prob metrics (m_θ, pairwise accuracy) read all of them, generation and KL the first
+``--eval-prompts`` (default 200, 50 per family: one task = 0.5 % of success, the 95 % interval ≈ ±6 points
+at 30 % success), because generating is most of an evaluation's ~3 min. The training rows are the bundled
+ones, byte for byte (checked). Success and win rate carry 95 % bootstrap intervals over prompts
 (``tether eval``). On a GPU the same script scales by its arguments (``--model``, ``--steps``,
-``--batch-size``, ``--dtype bfloat16``).
+``--batch-size``, ``--dtype bfloat16``, ``--eval-prompts 400``).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,6 +43,8 @@ from typing import Any
 
 import yaml
 from papers import _f, _table, gamma_by_reference, median, step_times
+
+from tether.methods.registry import METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "data" / "tasks"
@@ -44,8 +57,10 @@ REFERENCE_FREE = ["cpo", "slic_hf", "rrhf", "orpo", "simpo", "asft"]
 # to the run (TRL's α = 0.6, τ = 512 never updates in 100 steps)
 TR_DPO = {"soft": {"alpha": 0.6, "tau": 8}, "hard": {"alpha": 1.0, "tau": 32}}
 TR_DPO_LABEL = {"tr_dpo_soft": "tr_dpo (soft, α)", "tr_dpo_hard": "tr_dpo (hard, τ)"}
-FRONTIER_METHODS = ["dpo", "epsilon_dpo", "beta_dpo"]
-FRONTIER_BETAS = ["0.01", "0.05", "0.1", "0.5"]  # the ε-DPO paper's grid (Figure 5)
+# ε-DPO's Figure 5 over β: the paper's grid {0.01, 0.05, 0.1, 0.5} less 0.05 (the cost of a point is a run),
+# each method's point at its default β being its run of the comparators' table at the frontier lr
+FRONTIER_METHODS = ["dpo", "epsilon_dpo", "beta_dpo", "tr_dpo"]
+FRONTIER_BETAS = ["0.01", "0.1", "0.5"]
 
 
 @dataclass
@@ -121,7 +136,7 @@ def plan(args, data: Path) -> list[Sweep]:
             pair_base({"name": "dpo"}),
             [("method.name", WITH_REFERENCE), ("train.lr", args.ref_lrs)],
             pair_eval,
-            {"checkpoints": [f"{m}_lr={args.ref_lrs[-1]}" for m in ("dpo", "epsilon_dpo")]},
+            {"checkpoints": [f"{m}_lr={args.frontier_lr}" for m in ("dpo", "epsilon_dpo")]},
         ),
         Sweep(
             "reference_free",
@@ -134,12 +149,13 @@ def plan(args, data: Path) -> list[Sweep]:
     for variant, params in TR_DPO.items():
         out.append(Sweep(f"tr_dpo_{variant}", "pairs", pair_base({"name": "tr_dpo", **params}),
                          [("train.lr", args.ref_lrs)], pair_eval))  # fmt: skip
-    frontier_lr = args.ref_lrs[-1]
+    frontier_lr = args.frontier_lr
+    for m in FRONTIER_METHODS:
+        params = TR_DPO["soft"] if m == "tr_dpo" else {}
+        betas = [b for b in FRONTIER_BETAS if float(b) != METHODS[m].defaults["beta"]]
+        out.append(Sweep(f"frontier_{m}", "frontier", pair_base({"name": m, **params}, lr=float(frontier_lr)),
+                         [("method.beta", betas)], pair_eval))  # fmt: skip
     out += [
-        Sweep("frontier", "frontier", pair_base({"name": "dpo"}, lr=float(frontier_lr)),
-              [("method.name", FRONTIER_METHODS), ("method.beta", FRONTIER_BETAS)], pair_eval),
-        Sweep("frontier_tr_dpo", "frontier", pair_base({"name": "tr_dpo", **TR_DPO["soft"]}, lr=float(frontier_lr)),
-              [("method.beta", FRONTIER_BETAS)], pair_eval),
         Sweep("pairs_seed1", "frontier", pair_base({"name": "dpo"}, lr=float(frontier_lr)),
               [("method.name", ["dpo", "epsilon_dpo"]), ("train.seed", ["1"])], pair_eval),
         Sweep("asft_from_instruct", "asft", pair_base({"name": "asft"}, model=args.model),
@@ -189,27 +205,37 @@ def run_part(args, sweep: Sweep, data: Path) -> None:
     cfg = cfg_dir / f"{sweep.name}.yaml"
     cfg.write_text(yaml.safe_dump(base, sort_keys=False))
     options = EvalOptions(
-        max_samples=args.heldout, max_new_tokens=args.max_new_tokens, batch_size=16, progress=not args.quiet
+        max_samples=args.eval_prompts,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=32,
+        progress=not args.quiet,
     )
+    checkpoints = set(sweep.extra.get("checkpoints", []))
+
+    def after(p, rd) -> None:
+        """Per run, once trained and evaluated: the MC evaluation, Figure 3's evaluation of the checkpoints
+        (KL and success along training), then the checkpoints deleted (a finished run is never trained
+        again, and at 1.6 GB per checkpoint the whole plan would not fit on the disk)."""
+        if sweep.extra.get("mc") and not (rd.path / "eval_mc.json").exists():
+            evaluate(str(rd.path), str(data / "mc.heldout.jsonl"), metrics=["mc"], progress=not args.quiet,
+                     out=rd.path / "eval_mc.json")  # fmt: skip
+        if p.name in checkpoints and not rd.eval_checkpoints.exists():
+            evaluate_checkpoints(str(rd.path), sweep.eval_data, options)
+        if not args.keep_checkpoints:
+            for d in [rd, *rd.stage_dirs()]:
+                shutil.rmtree(d.checkpoints, ignore_errors=True)
+
     t0 = time.time()
     result = run_sweep(
-        cfg, sweep.grid, out=Path(args.runs) / sweep.name, data_eval=sweep.eval_data, options=options
-    )
-    for p in result.points:
-        run = result.path / p.name
-        if sweep.extra.get("mc") and not (run / "eval_mc.json").exists():
-            evaluate(str(run), str(data / "mc.heldout.jsonl"), metrics=["mc"], progress=not args.quiet,
-                     out=run / "eval_mc.json")  # fmt: skip
+        cfg, sweep.grid, out=Path(args.runs) / sweep.name, data_eval=sweep.eval_data, options=options,
+        after_point=after,
+    )  # fmt: skip
     if sweep.extra.get("stages"):  # sDPO's claim: each stage's reference is better, on the same (last) chunk
         for p in result.points:
             run = result.path / p.name
             if not (run / "gamma_last_chunk.json").exists():
                 gammas = gamma_by_reference(run, base["model"]["name"], base)
                 (run / "gamma_last_chunk.json").write_text(json.dumps(gammas, indent=1))
-    for name in sweep.extra.get("checkpoints", []):  # Figure 3: KL and success along training
-        run = result.path / name
-        if not (run / "eval_checkpoints.json").exists():
-            evaluate_checkpoints(str(run), sweep.eval_data, options)
     print(f"== {sweep.name}: {len(result.points)} runs, {time.time() - t0:.0f} s", flush=True)
 
 
@@ -299,6 +325,45 @@ def weight_spread(series: dict[str, list]) -> float | None:
     return sum(stds) / len(stds) if stds else None
 
 
+def frontier_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The β frontier: the ``frontier_*`` sweeps, with each method's point at its default β taken from the
+    comparators' runs at the frontier's lr (TR-DPO: the soft variant), and the seed-1 repeats."""
+    sweeps = {r["sweep"] for r in rows if r["sweep"].startswith("frontier_")}
+    lrs = {r["lr"] for r in rows if r["sweep"] in sweeps or r["sweep"] == "pairs_seed1"}
+    own = {"with_reference": set(FRONTIER_METHODS) - {"tr_dpo"}, "tr_dpo_soft": {"tr_dpo"}}
+    return [
+        r
+        for r in rows
+        if r["sweep"] in sweeps
+        or r["sweep"] == "pairs_seed1"
+        or (r["method"] in own.get(r["sweep"], ()) and r["lr"] in lrs)
+    ]
+
+
+def deviation_at(points: list[tuple[float, float]], success: float) -> float | None:
+    """m_θ at a task success by linear interpolation between a method's learning-rate points
+    ``(success, m_θ)``; None outside their range (no extrapolation)."""
+    pts = sorted(points)
+    for (s0, d0), (s1, d1) in itertools.pairwise(pts):
+        if s0 <= success <= s1:
+            return d0 if s1 == s0 else d0 + (d1 - d0) * (success - s0) / (s1 - s0)
+    return pts[0][1] if len(pts) == 1 and pts[0][0] == success else None
+
+
+def matched(sft: list[dict[str, Any]]) -> tuple[list[list[str]], list[str]]:
+    """MinorSFT's claim at equal accuracy: at each success level one of the methods reached (seed 0), every
+    method's deviation m_θ interpolated over its learning-rate grid (the table's lines, the methods)."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for r in sft:
+        m = r["metrics"]
+        if r["seed"] == 0 and m.get("generation/success") is not None and m.get("deviation") is not None:
+            curves.setdefault(r["method"], []).append((m["generation/success"], m["deviation"]))
+    levels = sorted({s for pts in curves.values() for s, _ in pts})
+    return [[f"{x:.3f}", *(_f(deviation_at(curves[k], x)) for k in sorted(curves))] for x in levels], sorted(
+        curves
+    )
+
+
 def tables(rows: list[dict[str, Any]]) -> str:
     """The comparisons as Markdown (``docs/results.md`` embeds exactly this)."""
     by_sweep: dict[str, list[dict]] = {}
@@ -322,6 +387,11 @@ def tables(rows: list[dict[str, Any]]) -> str:
         out += ["### MinorSFT vs SFT vs SFT-using-DPO (SFT rows, from the instruct model)", ""]
         out += _table(["method", "lr", "seed", "task success [95% CI]", "MC accuracy", "deviation m_θ",
                     "KL to start", "weight spread (std in batch)", "s/step"], lines)  # fmt: skip
+        levels, methods = matched(sft)
+        if len(methods) > 1:
+            out += ["Deviation m_θ at equal task success (each method interpolated over its learning rates; "
+                    "`-`: outside the success range it reached):", ""]  # fmt: skip
+            out += _table(["task success", *(f"m_θ {k}" for k in methods)], levels)
     comparators = [r for k in ("with_reference", "reference_free", "tr_dpo_soft", "tr_dpo_hard")
                    for r in by_sweep.get(k, [])]  # fmt: skip
     if comparators:
@@ -348,16 +418,19 @@ def tables(rows: list[dict[str, Any]]) -> str:
         out += ["### Every comparator at its best learning rate (pairs, from the SFT start)", ""]
         out += _table(["method", "best lr", "task success [95% CI]", "win rate vs start [95% CI]", "KL to start",
                     "pairwise accuracy", "success at the other lr"], lines)  # fmt: skip
-    frontier = by_sweep.get("frontier", []) + by_sweep.get("frontier_tr_dpo", [])
+    frontier = frontier_rows(rows)
     if frontier:
         lines = []
-        for r in sorted(frontier, key=lambda r: (r["method"], r["beta"])):
+        for r in sorted(frontier, key=lambda r: (r["method"], r["beta"], r["seed"])):
             m = r["metrics"]
             final_beta = (r["series"].get("kl/beta") or r["series"].get("beta_dpo/beta") or [None])[-1]
-            lines.append([r["method"], f"{r['beta']:g}", _ci(m, "generation/success"),
+            lines.append([r["method"], f"{r['beta']:g}", str(r["seed"]), _ci(m, "generation/success"),
                           _ci(m, "win_rate"), _f(m.get("kl"), "{:.2f}"), _f(final_beta, "{:.4f}")])  # fmt: skip
-        out += ["### KL–performance frontier: DPO, ε-DPO, β-DPO, TR-DPO over β", ""]
-        out += _table(["method", "β", "task success [95% CI]", "win rate vs start [95% CI]", "KL to start",
+        out += [
+            f"### KL–performance frontier: DPO, ε-DPO, β-DPO, TR-DPO over β (lr {frontier[0]['lr']:g})",
+            "",
+        ]
+        out += _table(["method", "β", "seed", "task success [95% CI]", "win rate vs start [95% CI]", "KL to start",
                     "final β (ε-DPO, β-DPO)"], lines)  # fmt: skip
     sdpo = by_sweep.get("sdpo", [])
     if sdpo:
@@ -404,7 +477,7 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         fig.savefig(out / name, dpi=120)
         written.append(out / name)
 
-    frontier = [r for r in rows if r["sweep"] in ("frontier", "frontier_tr_dpo")]
+    frontier = [r for r in frontier_rows(rows) if r["seed"] == 0]
     if frontier:
         fig = _figure((6.5, 4.5))
         ax = fig.subplots()
@@ -498,12 +571,26 @@ def main() -> None:
     ap.add_argument("--start-lr", default="2e-05", help="the SFT point that starts the preference methods")
     ap.add_argument("--ref-lrs", nargs="+", default=["5e-06", "2e-05"])
     ap.add_argument("--free-lrs", nargs="+", default=["1e-05", "4e-05"])
+    ap.add_argument(
+        "--frontier-lr",
+        default="2e-05",
+        help="the lr of the β frontier, the seed-1 repeats, sDPO and Figure 3 (one of --ref-lrs)",
+    )
     ap.add_argument("--heldout", type=int, default=400, help="held-out tasks (100 per family by default)")
+    ap.add_argument(
+        "--eval-prompts",
+        type=int,
+        default=200,
+        help="held-out prompts generated from (success, win rate, KL); the log-prob metrics use all",
+    )
     ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--keep-checkpoints", action="store_true", help="keep each finished run's checkpoints")
     ap.add_argument("--status", action="store_true")
     ap.add_argument("--collect", metavar="OUT", help="write the finished runs' results to OUT (results.json)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
+    if args.frontier_lr not in args.ref_lrs:
+        ap.error(f"--frontier-lr {args.frontier_lr}: not one of --ref-lrs {args.ref_lrs}")
     data = write_data(args)
     sweeps = plan(args, data)
     if args.status:

@@ -81,7 +81,8 @@ def test_papers_script_on_a_tiny_model(tmp_path):
 def scale(tmp: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(REPO / "benchmarks" / "papers_scale.py"), "--model", str(model)]
     cmd += ["--runs", str(tmp / "runs"), "--steps", "4", "--sft-steps", "4", "--heldout", "8", "--quiet"]
-    cmd += ["--sft-lrs", "1e-05", "--start-lr", "1e-05", "--ref-lrs", "5e-06", "--free-lrs", "1e-05", *extra]
+    cmd += ["--sft-lrs", "1e-05", "--start-lr", "1e-05", "--ref-lrs", "5e-06", "--frontier-lr", "5e-06"]
+    cmd += ["--free-lrs", "1e-05", *extra]
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -106,7 +107,7 @@ def test_papers_scale_on_a_tiny_model(tmp_path):
     assert rest.returncode == 0, rest.stderr[-3000:]
     assert (runs / "sft" / "sft_lr=1e-05" / "metrics.jsonl").stat().st_mtime == before  # kept, not retrained
     start = str(runs / "sft" / "sft_lr=1e-05" / "final")
-    for sweep in ("with_reference", "reference_free", "frontier", "sdpo"):
+    for sweep in ("with_reference", "reference_free", "frontier_dpo", "sdpo"):
         assert yaml.safe_load((runs / "configs" / f"{sweep}.yaml").read_text())["model"]["name"] == start
     fams = json.loads((runs / "sft" / "sft_lr=1e-05" / "eval.json").read_text())["metrics"]
     order = yaml.safe_load((runs / "configs" / "sdpo.yaml").read_text())["stages"]["order"]
@@ -121,12 +122,22 @@ def test_papers_scale_on_a_tiny_model(tmp_path):
         assert r["metrics"]["generation/success/ci_low"] <= r["metrics"]["generation/success"]
     assert count == {
         "sft": 3, "sft_seed1": 2, "with_reference": 6, "reference_free": 6, "tr_dpo_soft": 1, "tr_dpo_hard": 1,
-        "frontier": 12, "frontier_tr_dpo": 4, "pairs_seed1": 2, "asft_from_instruct": 1, "sdpo": 1,
+        "frontier_dpo": 2, "frontier_epsilon_dpo": 2, "frontier_beta_dpo": 2, "frontier_tr_dpo": 2,
+        "pairs_seed1": 2, "asft_from_instruct": 1, "sdpo": 1,
     }  # fmt: skip
-    assert {r["beta"] for r in rows if r["sweep"] == "frontier"} == {0.01, 0.05, 0.1, 0.5}
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import papers_scale
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    frontier = papers_scale.frontier_rows(rows)  # each method's default-β point is its comparator run
+    for method in ("dpo", "epsilon_dpo", "beta_dpo", "tr_dpo"):
+        betas = sorted(r["beta"] for r in frontier if r["method"] == method and r["seed"] == 0)
+        assert betas == [0.01, 0.1, 0.5], method
     sdpo = next(r for r in rows if r["sweep"] == "sdpo")
     assert len(sdpo["stages"]) == 4 and len(sdpo["gamma_last_chunk"]) == 4
-    assert any(r.get("checkpoints") for r in rows if r["method"] == "epsilon_dpo")
+    assert any(r.get("checkpoints") for r in rows if r["method"] == "epsilon_dpo")  # evaluated, then deleted
+    assert not list(runs.glob("**/checkpoints")), "a finished run's checkpoints are deleted"
     for title in (
         "MinorSFT vs SFT",
         "Every comparator",

@@ -12,8 +12,10 @@ import pytest
 import yaml
 
 from tether.cli import main as cli_main
+from tether.evaluation.evaluate import EvalOptions
 from tether.evaluation.report import pareto_front
 from tether.rundir import RunDir
+from tether.training.sweep import run_sweep
 
 from tiny import pair_rows, tiny_model_dir, train_then_kill, write_jsonl
 
@@ -115,6 +117,12 @@ def test_two_by_two_sweep_end_to_end_and_resume(env, capsys):
     assert cli_main(["sweep", str(config), *GRID, "--data-eval", heldout, *EVAL]) == 0
     out = capsys.readouterr().out
     assert out.count(" done ") + out.count(" done\n") >= 4 and "trained" not in out
+    # The API's per-point hook: each point once, after its evaluation.
+    seen = []
+    options = EvalOptions(max_samples=2, max_new_tokens=3, progress=False)
+    run_sweep(config, GRID, data_eval=heldout, options=options,
+              after_point=lambda p, rd: seen.append((p.name, p.status, rd.read_eval() is not None)))  # fmt: skip
+    assert sorted(seen) == sorted((n, "done", True) for n in NAMES)
 
 
 @pytest.mark.parametrize(

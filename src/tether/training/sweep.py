@@ -22,7 +22,7 @@ import itertools
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,8 +235,12 @@ def run_sweep(
     data_eval: str | None = None,
     options: EvalOptions | None = None,
     only_plan: bool = False,
+    after_point: Callable[[Point, RunDir], None] | None = None,
 ) -> SweepResult:
-    """Run (or resume) the sweep and write its table and frontier; see the module docstring."""
+    """Run (or resume) the sweep and write its table and frontier; see the module docstring.
+
+    ``after_point`` is called with each point and its run directory once it is trained and evaluated (for
+    work of the caller's own per run, e.g. evaluating its checkpoints and then deleting them)."""
     t0 = time.time()
     parsed = parse_grid(grid) if grid and isinstance(grid[0], str) else list(grid)  # type: ignore[arg-type]
     sweep, base, points = plan(config, parsed, out, overrides)  # type: ignore[arg-type]
@@ -260,6 +264,8 @@ def run_sweep(
             rd = sweep.run(p.name)
             _train(p, rd)
             _evaluate(p, rd, str(data), options)
+            if after_point is not None:
+                after_point(p, rd)
     key = performance_key([p.metrics for p in points])
     table = write_table(sweep, points, key)
     frontier = write_frontier(sweep, points, key)
