@@ -486,6 +486,9 @@ def run_shape(shape: str, args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=HERE.parent)
         wall = time.perf_counter() - t0
+        for d in workdir.iterdir():  # the configuration's model, checkpoints, caches: GBs, not read again
+            if d.is_dir():
+                shutil.rmtree(d, ignore_errors=True)
         if proc.returncode != 0 or not res_file.is_file():
             results[name] = {"config": name, "error": f"exit code {proc.returncode}", "wall_s": wall}
             print(f"   {name} FAILED (exit {proc.returncode}); see the traceback above", flush=True)
@@ -567,7 +570,10 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
     ap.add_argument("--shapes", nargs="+", choices=SHAPES, default=list(SHAPES), help="data shapes")
     ap.add_argument(
-        "--workdir", type=Path, default=None, help="data, runs and caches (default: a new temp dir)"
+        "--workdir",
+        type=Path,
+        default=None,
+        help="data, runs and caches (default: a new temp dir, deleted at the end)",
     )
     ap.add_argument("--out", default=None, help="write all results as JSON here")
     ap.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
@@ -589,9 +595,14 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    if args.workdir is None:
-        args.workdir = Path(tempfile.mkdtemp(prefix="tether-bench-"))
-    parent(args)
+    if args.workdir is not None:
+        parent(args)
+        return
+    args.workdir = Path(tempfile.mkdtemp(prefix="tether-bench-"))
+    try:
+        parent(args)
+    finally:
+        shutil.rmtree(args.workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
