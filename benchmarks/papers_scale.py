@@ -548,9 +548,17 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         ax = fig.subplots()
         for method in sorted({r["method"] for r in sft}):
             mine = [r for r in sft if r["method"] == method and r["metrics"].get("deviation") is not None]
-            ax.scatter([r["metrics"].get("generation/success") for r in mine],
-                       [r["metrics"]["deviation"] for r in mine], label=method)  # fmt: skip
-        ax.set(xlabel="held-out task success", ylabel="deviation m_θ (MinorSFT Eq. 8)",
+            xs = [r["metrics"].get("generation/success") for r in mine]
+            ys = [r["metrics"]["deviation"] for r in mine]
+            lo = [x - r["metrics"].get("generation/success/ci_low", x) for x, r in zip(xs, mine, strict=True)]
+            hi = [
+                r["metrics"].get("generation/success/ci_high", x) - x for x, r in zip(xs, mine, strict=True)
+            ]
+            ax.errorbar(xs, ys, xerr=[lo, hi], fmt="o", capsize=3, alpha=0.8, label=method)
+            for x, y, r in zip(xs, ys, mine, strict=True):
+                ax.annotate(f"{r['lr']:g}" + (f" s{r['seed']}" if r["seed"] else ""), (x, y), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")  # fmt: skip
+        ax.set(xlabel="held-out task success (95% CI), points labelled by lr", ylabel="deviation m_θ (MinorSFT Eq. 8)",
                title="Drift at equal accuracy (MinorSFT)")  # fmt: skip
         ax.legend(fontsize=8)
         save(fig, "minor_sft_deviation.png")

@@ -110,6 +110,30 @@ def test_task_checker_and_splits():
     assert {t["source"] for t in split["heldout"]} == set(tasks.FAMILIES)
 
 
+def _benchmark_module(name: str):
+    """A script of ``benchmarks/`` as a module (they import each other by name)."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
+def test_results_doc_scale_tables_are_the_committed_results():
+    """docs/results.md's issue-14 tables are what benchmarks/papers_scale.py renders from the committed
+    docs/results/scale/results.json, every run in it carries 95% intervals, and its plots exist."""
+    scale = _benchmark_module("papers_scale")
+    rows = json.loads((REPO / "docs" / "results" / "scale" / "results.json").read_text())
+    assert rows and all("generation/success/ci_low" in r["metrics"] for r in rows)
+    text = (REPO / "docs" / "results.md").read_text()
+    block = text.split("<!-- scale-tables -->\n")[1].split("<!-- /scale-tables -->")[0].strip()
+    assert block == scale.tables(rows).strip()
+    for image in re.findall(r"!\[[^\]]*\]\((results/scale/[^)]+\.png)\)", text):
+        assert (REPO / "docs" / image).is_file(), image
+
+
 def test_results_doc_is_the_committed_run():
     """docs/results.md's tables are what benchmarks/papers.py renders from the committed results.json, and
     every plot it embeds exists."""
