@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tiny import tiny_model_dir
+from tiny import benchmark_module, tiny_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = ["sft", "minor_sft", "minor_sft_same_lr", "sft_dpo", "dpo", "asft", "orpo", "epsilon_dpo", "sdpo"]
@@ -125,12 +125,8 @@ def test_papers_scale_on_a_tiny_model(tmp_path):
         "frontier_dpo": 2, "frontier_epsilon_dpo": 2, "frontier_beta_dpo": 2, "frontier_tr_dpo": 2,
         "pairs_seed1": 2, "asft_from_instruct": 1, "sdpo": 1,
     }  # fmt: skip
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import papers_scale
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    frontier = papers_scale.frontier_rows(rows)  # each method's default-β point is its comparator run
+    # each method's point at its default β is its comparator run
+    frontier = benchmark_module("papers_scale").frontier_rows(rows)
     for method in ("dpo", "epsilon_dpo", "beta_dpo", "tr_dpo"):
         betas = sorted(r["beta"] for r in frontier if r["method"] == method and r["seed"] == 0)
         assert betas == [0.01, 0.1, 0.5], method

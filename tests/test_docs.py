@@ -4,7 +4,6 @@ the generator writes."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import typing
@@ -15,6 +14,8 @@ import pytest
 import tether.data.tasks as tasks
 from tether.config import load_config
 from tether.methods.registry import METHODS, methods_markdown
+
+from tiny import benchmark_module
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -110,21 +111,10 @@ def test_task_checker_and_splits():
     assert {t["source"] for t in split["heldout"]} == set(tasks.FAMILIES)
 
 
-def _benchmark_module(name: str):
-    """A script of ``benchmarks/`` as a module (they import each other by name)."""
-    import sys
-
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-
-
 def test_results_doc_scale_tables_are_the_committed_results():
     """docs/results.md's issue-14 tables are what benchmarks/papers_scale.py renders from the committed
     docs/results/scale/results.json, every run in it carries 95% intervals, and its plots exist."""
-    scale = _benchmark_module("papers_scale")
+    scale = benchmark_module("papers_scale")
     rows = json.loads((REPO / "docs" / "results" / "scale" / "results.json").read_text())
     assert rows and all("generation/success/ci_low" in r["metrics"] for r in rows)
     text = (REPO / "docs" / "results.md").read_text()
@@ -137,9 +127,7 @@ def test_results_doc_scale_tables_are_the_committed_results():
 def test_results_doc_is_the_committed_run():
     """docs/results.md's tables are what benchmarks/papers.py renders from the committed results.json, and
     every plot it embeds exists."""
-    spec = importlib.util.spec_from_file_location("papers", REPO / "benchmarks" / "papers.py")
-    papers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(papers)
+    papers = benchmark_module("papers")
     rows = json.loads((REPO / "docs" / "results" / "results.json").read_text())
     assert [r["run"] for r in rows] == [
         "sft", "minor_sft", "minor_sft_same_lr", "sft_dpo", "dpo", "asft", "orpo", "epsilon_dpo", "sdpo"

@@ -162,3 +162,16 @@ def pair_table(model_dir: Path, pairs: Path, max_length: int = 64):
         progress=False,
     )
     return ex, table
+
+
+def benchmark_module(name: str):
+    """A script of ``benchmarks/`` imported as a module (the scripts import each other by name)."""
+    import importlib
+    import sys
+
+    here = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, here)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(here)
