@@ -456,10 +456,12 @@ def tables(rows: list[dict[str, Any]]) -> str:
             lines.append([r["method"], start, f"{r['lr']:g}", _ci(m, "generation/success"),
                           _f(m.get("pairwise/likelihood_accuracy")),
                           _f((series.get("logps/chosen") or [None])[-1], "{:.2f}"),
-                          _f((series.get("logps/rejected") or [None])[-1], "{:.2f}")])  # fmt: skip
+                          _f((series.get("logps/rejected") or [None])[-1], "{:.2f}"),
+                          _f(r["step_seconds"], "{:.2f}"), _f(r["peak_rss_mb"], "{:.0f}")])  # fmt: skip
         out += ["### ASFT vs DPO vs ORPO (pairs), and ASFT without the SFT stage", ""]
         out += _table(["method", "start", "lr", "task success [95% CI]", "likelihood accuracy",
-                    "last step log p(chosen)", "last step log p(rejected)"], lines)  # fmt: skip
+                    "last step log p(chosen)", "last step log p(rejected)", "s/step", "peak RSS (MB)"],
+                      lines)  # fmt: skip
     return "\n".join(out)
 
 
@@ -565,6 +567,15 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     return written
 
 
+def _lr(text: str) -> str:
+    """A learning rate, kept as written (the runs' names are made from it)."""
+    try:
+        float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--parts", nargs="*", default=["sft", "pairs", "frontier", "asft", "sdpo"])
@@ -575,12 +586,15 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4, help="pairs per optimizer step")
     ap.add_argument("--sft-steps", type=int, default=100)
     ap.add_argument("--sft-batch", type=int, default=8)
-    ap.add_argument("--sft-lrs", nargs="+", default=["1e-05", "2e-05", "4e-05"])
-    ap.add_argument("--start-lr", default="2e-05", help="the SFT point that starts the preference methods")
-    ap.add_argument("--ref-lrs", nargs="+", default=["5e-06", "2e-05"])
-    ap.add_argument("--free-lrs", nargs="+", default=["1e-05", "4e-05"])
+    ap.add_argument("--sft-lrs", nargs="+", type=_lr, default=["1e-05", "2e-05", "4e-05"])
+    ap.add_argument(
+        "--start-lr", type=_lr, default="2e-05", help="the SFT point that starts the preference methods"
+    )
+    ap.add_argument("--ref-lrs", nargs="+", type=_lr, default=["5e-06", "2e-05"])
+    ap.add_argument("--free-lrs", nargs="+", type=_lr, default=["1e-05", "4e-05"])
     ap.add_argument(
         "--frontier-lr",
+        type=_lr,
         default="2e-05",
         help="the lr of the β frontier, the seed-1 repeats, sDPO and Figure 3 (one of --ref-lrs)",
     )
@@ -597,8 +611,15 @@ def main() -> None:
     ap.add_argument("--collect", metavar="OUT", help="write the finished runs' results to OUT (results.json)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
-    if args.frontier_lr not in args.ref_lrs:
-        ap.error(f"--frontier-lr {args.frontier_lr}: not one of --ref-lrs {args.ref_lrs}")
+    for key, grid in (("frontier_lr", "ref_lrs"), ("start_lr", "sft_lrs")):
+        # one of its grid's values, and spelled as there (2e-5 is 2e-05): the runs' names are made from it
+        same = [x for x in getattr(args, grid) if float(x) == float(getattr(args, key))]
+        if not same:
+            flag = "--" + key.replace("_", "-")
+            ap.error(
+                f"{flag} {getattr(args, key)}: not one of --{grid.replace('_', '-')} {getattr(args, grid)}"
+            )
+        setattr(args, key, same[0])
     data = write_data(args)
     sweeps = plan(args, data)
     if args.status:

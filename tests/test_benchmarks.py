@@ -144,3 +144,16 @@ def test_papers_scale_on_a_tiny_model(tmp_path):
         assert f"### {title}" in done.stdout, title
     for png in ("frontier", "epsilon_beta", "along_training", "likelihood_dynamics", "minor_sft_deviation"):
         assert (tmp_path / "out" / f"{png}.png").stat().st_size > 1000, png
+
+
+def test_papers_scale_learning_rates_are_read_as_numbers(tmp_path):
+    """``--frontier-lr 5e-6`` is the grid's ``5e-06`` (the runs' names are spelled as in the grid); a value
+    outside its grid is one line and exit 2, before anything runs."""
+    model = tmp_path / "no-model"  # --status and the argument checks load no model
+    ok = scale(tmp_path, model, "--frontier-lr", "5e-6", "--start-lr", "0.00001", "--status")
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert "frontier_dpo" in ok.stdout
+    for flag, value, grid in (("--frontier-lr", "2e-05", "--ref-lrs"), ("--start-lr", "4e-05", "--sft-lrs")):
+        bad = scale(tmp_path, model, flag, value, "--status")
+        assert bad.returncode == 2 and f"{flag} {value}: not one of {grid}" in bad.stderr, bad.stderr
+        assert "Traceback" not in bad.stderr
