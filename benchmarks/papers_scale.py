@@ -12,7 +12,7 @@ un-fine-tuned model (its paper says it needs no SFT stage). Every run is a point
 (:mod:`tether.training.sweep`): a killed part is resumed by running it again (finished runs and
 evaluations are kept, a half-trained run continues from its last checkpoint), so the parts can be cut
 anywhere, e.g. ``timeout 85m python benchmarks/papers_scale.py --parts pairs`` and again later. A first
-pass over every comparator at one learning rate is ``--ref-lrs 2e-05 --free-lrs 1e-05``; the default grid
+pass over every comparator at one learning rate is ``--pair-lrs 5e-06``; the default grid
 then adds only the missing points. A finished run's checkpoints are deleted once it is evaluated (Figure 3's
 runs after their checkpoints are; ``--keep-checkpoints`` keeps them): each is 1.6 GB.
 
@@ -134,7 +134,7 @@ def plan(args, data: Path) -> list[Sweep]:
             "with_reference",
             "pairs",
             pair_base({"name": "dpo"}),
-            [("method.name", WITH_REFERENCE), ("train.lr", args.ref_lrs)],
+            [("method.name", WITH_REFERENCE), ("train.lr", args.pair_lrs)],
             pair_eval,
             {"checkpoints": [f"{m}_lr={args.frontier_lr}" for m in ("dpo", "epsilon_dpo")]},
         ),
@@ -142,13 +142,13 @@ def plan(args, data: Path) -> list[Sweep]:
             "reference_free",
             "pairs",
             pair_base({"name": "orpo"}),
-            [("method.name", REFERENCE_FREE), ("train.lr", args.free_lrs)],
+            [("method.name", REFERENCE_FREE), ("train.lr", args.pair_lrs)],
             pair_eval,
         ),
     ]
     for variant, params in TR_DPO.items():
         out.append(Sweep(f"tr_dpo_{variant}", "pairs", pair_base({"name": "tr_dpo", **params}),
-                         [("train.lr", args.ref_lrs)], pair_eval))  # fmt: skip
+                         [("train.lr", args.pair_lrs)], pair_eval))  # fmt: skip
     frontier_lr = args.frontier_lr
     for m in FRONTIER_METHODS:
         params = TR_DPO["soft"] if m == "tr_dpo" else {}
@@ -159,7 +159,7 @@ def plan(args, data: Path) -> list[Sweep]:
         Sweep("pairs_seed1", "frontier", pair_base({"name": "dpo"}, lr=float(frontier_lr)),
               [("method.name", ["dpo", "epsilon_dpo"]), ("train.seed", ["1"])], pair_eval),
         Sweep("asft_from_instruct", "asft", pair_base({"name": "asft"}, model=args.model),
-              [("train.lr", args.free_lrs)], pair_eval),
+              [("train.lr", args.pair_lrs)], pair_eval),
     ]  # fmt: skip
     sdpo = pair_base({"name": "dpo"}, lr=float(frontier_lr))
     sdpo["train"]["max_steps"] = max(1, args.steps // 4)  # per stage: the same total as one-shot DPO
@@ -590,13 +590,18 @@ def main() -> None:
     ap.add_argument(
         "--start-lr", type=_lr, default="2e-05", help="the SFT point that starts the preference methods"
     )
-    ap.add_argument("--ref-lrs", nargs="+", type=_lr, default=["5e-06", "2e-05"])
-    ap.add_argument("--free-lrs", nargs="+", type=_lr, default=["1e-05", "4e-05"])
+    ap.add_argument(
+        "--pair-lrs",
+        nargs="+",
+        type=_lr,
+        default=["5e-06", "2e-05"],
+        help="every preference method's lr grid",
+    )
     ap.add_argument(
         "--frontier-lr",
         type=_lr,
-        default="2e-05",
-        help="the lr of the β frontier, the seed-1 repeats, sDPO and Figure 3 (one of --ref-lrs)",
+        default="5e-06",
+        help="the lr of the β frontier, the seed-1 repeats, sDPO and Figure 3 (one of --pair-lrs)",
     )
     ap.add_argument("--heldout", type=int, default=400, help="held-out tasks (100 per family by default)")
     ap.add_argument(
@@ -611,7 +616,7 @@ def main() -> None:
     ap.add_argument("--collect", metavar="OUT", help="write the finished runs' results to OUT (results.json)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
-    for key, grid in (("frontier_lr", "ref_lrs"), ("start_lr", "sft_lrs")):
+    for key, grid in (("frontier_lr", "pair_lrs"), ("start_lr", "sft_lrs")):
         # one of its grid's values, and spelled as there (2e-5 is 2e-05): the runs' names are made from it
         same = [x for x in getattr(args, grid) if float(x) == float(getattr(args, key))]
         if not same:

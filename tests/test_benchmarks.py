@@ -81,8 +81,8 @@ def test_papers_script_on_a_tiny_model(tmp_path):
 def scale(tmp: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(REPO / "benchmarks" / "papers_scale.py"), "--model", str(model)]
     cmd += ["--runs", str(tmp / "runs"), "--steps", "4", "--sft-steps", "4", "--heldout", "8", "--quiet"]
-    cmd += ["--sft-lrs", "1e-05", "--start-lr", "1e-05", "--ref-lrs", "5e-06", "--frontier-lr", "5e-06"]
-    cmd += ["--free-lrs", "1e-05", *extra]
+    cmd += ["--sft-lrs", "1e-05", "--start-lr", "1e-05", "--pair-lrs", "5e-06", "--frontier-lr", "5e-06"]
+    cmd += [*extra]
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -153,7 +153,7 @@ def test_papers_scale_learning_rates_are_read_as_numbers(tmp_path):
     ok = scale(tmp_path, model, "--frontier-lr", "5e-6", "--start-lr", "0.00001", "--status")
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "frontier_dpo" in ok.stdout
-    for flag, value, grid in (("--frontier-lr", "2e-05", "--ref-lrs"), ("--start-lr", "4e-05", "--sft-lrs")):
+    for flag, value, grid in (("--frontier-lr", "2e-05", "--pair-lrs"), ("--start-lr", "4e-05", "--sft-lrs")):
         bad = scale(tmp_path, model, flag, value, "--status")
         assert bad.returncode == 2 and f"{flag} {value}: not one of {grid}" in bad.stderr, bad.stderr
         assert "Traceback" not in bad.stderr
