@@ -27,6 +27,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from papers_scale import _f, _table, gamma_by_reference, median, step_times
+
 from tether.config import from_dict
 from tether.evaluation.evaluate import evaluate
 from tether.training.job import train
@@ -117,42 +119,6 @@ def train_and_eval(args, name, raw, eval_data: str, mc: bool) -> dict[str, Any]:
     return row
 
 
-def gamma_by_reference(run_dir: Path, start: str, raw: dict[str, Any]) -> list[dict[str, Any]]:
-    """γ_ref of every sDPO stage's reference M_0..M_{T-1}, all on the LAST chunk D_T.
-
-    The per-stage ``gamma_ref`` of a run is each reference on its own chunk (METHODS.md), so it mixes the
-    model change with the data change; the paper's claim (γ_ref rises, −38.6 → −25.1 on UltraFeedback,
-    its last chunk) compares the references on the same data. This measures exactly that.
-    """
-    import torch
-
-    import tether.engine.models as models
-    from tether.data.rows import read_rows, tokenize_rows
-    from tether.engine.logprobs import LogProbModel
-    from tether.engine.reference import compute_table
-
-    order = raw["stages"]["order"]
-    column = raw["stages"]["column"]
-    rows = [r for r in read_rows(raw["data"]["train"]) if r.data.get(column) == order[-1]]
-    refs = [start] + [str(run_dir / f"stage-{t}" / "final") for t in range(1, len(order))]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    out = []
-    for t, ref in enumerate(refs):
-        path = models.resolve_model_dir(ref)
-        tok = models.load_tokenizer(path)
-        ex = tokenize_rows(rows, tok, kind="pairs", max_length=raw["data"]["max_length"]).examples
-        table = compute_table(
-            LogProbModel(models.load_model(path, dtype=raw["model"]["dtype"]).to(device).eval()),
-            ex,
-            batch_size=8,
-            pad_id=tok.pad_token_id,
-            device=device,
-            desc=f"gamma_ref of M_{t} on the last chunk",
-        )
-        out.append({"reference": f"M_{t}", "gamma_ref": float((table[:, 0] - table[:, 1]).mean())})
-    return out
-
-
 def run_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The command-line settings a run's numbers depend on (compared when ``--only`` keeps other runs)."""
     return {k: getattr(args, k) for k in ("model", "dtype", "steps", "batch_size", "eval_samples", "seed")}
@@ -173,34 +139,6 @@ def dump(rows: list[dict[str, Any]]) -> str:
 def _get(result: dict | None, key: str, who: str = "metrics") -> Any:
     """A metric of a ``tether.evaluate.evaluate`` result (``None`` when it was not measured)."""
     return ((result or {}).get(who) or {}).get(key)
-
-
-def _f(v: Any, fmt: str = "{:.3f}") -> str:
-    return "-" if v is None else fmt.format(v)
-
-
-def step_times(run_dir: Path) -> list[float]:
-    """Every optimizer-step time of a run (all stages), each stage's first (warm-up) step left out."""
-    times = []
-    for path in sorted(run_dir.rglob("metrics.jsonl")):
-        steps = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        times += [s["step_seconds"] for s in steps if "step_seconds" in s][1:]
-    return times
-
-
-def median(xs: list[float]) -> float | None:
-    """The median (robust to a step slowed by another process on a shared machine)."""
-    xs = sorted(xs)
-    return None if not xs else (xs[len(xs) // 2] + xs[(len(xs) - 1) // 2]) / 2
-
-
-def _table(header: list[str], lines: list[list[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(line) + " |" for line in lines),
-        "",
-    ]
 
 
 def tables(rows: list[dict[str, Any]]) -> str:
