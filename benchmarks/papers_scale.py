@@ -49,8 +49,9 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "data" / "tasks"
 
 # ε-DPO's Table 1 comparators (arXiv 2502.13177), split by whether they read a reference model, each at
-# its registry defaults (the papers' settings) over a small learning-rate grid.
-WITH_REFERENCE = ["dpo", "ipo", "r_dpo", "kto", "beta_dpo", "epsilon_dpo"]
+# its registry defaults (the papers' settings) over a small learning-rate grid; with MinorDPO (the MinorSFT
+# paper's DPO, whose claim is that the chosen answer's likelihood is not pushed below the reference's).
+WITH_REFERENCE = ["dpo", "ipo", "r_dpo", "kto", "beta_dpo", "epsilon_dpo", "minor_dpo"]
 REFERENCE_FREE = ["cpo", "slic_hf", "rrhf", "orpo", "simpo", "asft"]
 # TR-DPO at a run of ~100 steps: the paper's soft (α) and hard (τ) variants with the update period scaled
 # to the run (TRL's α = 0.6, τ = 512 never updates in 100 steps)

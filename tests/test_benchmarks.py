@@ -121,7 +121,7 @@ def test_papers_scale_on_a_tiny_model(tmp_path):
         count[r["sweep"]] = count.get(r["sweep"], 0) + 1
         assert r["metrics"]["generation/success/ci_low"] <= r["metrics"]["generation/success"]
     assert count == {
-        "sft": 3, "sft_seed1": 2, "with_reference": 6, "reference_free": 6, "tr_dpo_soft": 1, "tr_dpo_hard": 1,
+        "sft": 3, "sft_seed1": 2, "with_reference": 7, "reference_free": 6, "tr_dpo_soft": 1, "tr_dpo_hard": 1,
         "frontier_dpo": 2, "frontier_epsilon_dpo": 2, "frontier_beta_dpo": 2, "frontier_tr_dpo": 2,
         "pairs_seed1": 2, "asft_from_instruct": 1, "sdpo": 1,
     }  # fmt: skip
