@@ -460,7 +460,8 @@ def tables(rows: list[dict[str, Any]]) -> str:
                    for r in by_sweep.get(k, [])]  # fmt: skip
     if comparators:
         start = comparators[0]["reference_metrics"]
-        lines = [["SFT start", "-", _ci(start, "generation/success"), "0.5", "0", "-", "-"]]
+        lines = [["SFT start", "-", _ci(start, "generation/success"), "0.5", "0", "0",
+                  _f(start.get("pairwise/likelihood_accuracy")), "-"]]  # fmt: skip
         groups: dict[str, list[dict]] = {}
         for r in comparators:
             name = TR_DPO_LABEL.get(r["sweep"], r["method"])
@@ -478,10 +479,11 @@ def tables(rows: list[dict[str, Any]]) -> str:
                 f"{lr(r)}: {_f(r['metrics'].get('generation/success'))}" for r in rs if r is not best
             )
             lines.append([name, lr(best), _ci(m, "generation/success"), _ci(m, "win_rate"), _f(m.get("kl"), "{:.2f}"),
-                          _f(m.get("pairwise/accuracy")), others or "-"])  # fmt: skip
+                          _f(m.get("deviation")), _f(m.get("pairwise/likelihood_accuracy")),
+                          others or "-"])  # fmt: skip
         out += ["### Every comparator at its best learning rate (pairs, from the SFT start)", ""]
         out += _table(["method", "best lr", "task success [95% CI]", "win rate vs start [95% CI]", "KL to start",
-                    "pairwise accuracy", "success at the other lr"], lines)  # fmt: skip
+                    "deviation m_θ (chosen)", "likelihood accuracy", "success at the other lr"], lines)  # fmt: skip
     frontier = frontier_rows(rows)
     if frontier:
         lines = []
@@ -512,7 +514,7 @@ def tables(rows: list[dict[str, Any]]) -> str:
                     "γ_ref per stage (own chunk)", "γ_ref of M_0..M_3 on the last chunk"], lines)  # fmt: skip
     asft = [r for r in by_sweep.get("reference_free", []) + by_sweep.get("with_reference", [])
             if r["method"] in ("asft", "orpo", "dpo")] + by_sweep.get("asft_from_instruct", [])  # fmt: skip
-    if asft:
+    if any(r["method"] == "asft" for r in asft):
         lines = []
         for r in asft:
             m, series = r["metrics"], r["series"]
@@ -583,12 +585,12 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     if along:
         fig = _figure((9.0, 3.6))
         a1, a2 = fig.subplots(1, 2)
-        for r in along:
-            steps = [c["step"] for c in r["checkpoints"]]
-            a1.plot(steps, [c.get("kl") for c in r["checkpoints"]], marker="o", label=r["run"])
-            a2.plot(
-                steps, [c.get("generation/success") for c in r["checkpoints"]], marker="o", label=r["run"]
-            )
+        for r in along:  # step 0 is the start itself: KL 0, its own success
+            steps = [0] + [c["step"] for c in r["checkpoints"]]
+            a1.plot(steps, [0.0] + [c.get("kl") for c in r["checkpoints"]], marker="o", label=r["run"])
+            success = [r["reference_metrics"].get("generation/success")]
+            success += [c.get("generation/success") for c in r["checkpoints"]]
+            a2.plot(steps, success, marker="o", label=r["run"])
         a1.set(xlabel="step", ylabel="KL to the SFT start", title="KL along training (ε-DPO Figure 3)")
         a2.set(xlabel="step", ylabel="held-out task success", title="Success along training")
         a1.legend(fontsize=8)
@@ -598,7 +600,7 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         for r in rows
         if r["sweep"] in ("with_reference", "reference_free") and r["method"] in ("dpo", "orpo", "asft")
     ]
-    if dyn:
+    if any(r["method"] == "asft" for r in dyn):
         fig = _figure((6.5, 4.2))
         ax = fig.subplots()
         for r in dyn:
