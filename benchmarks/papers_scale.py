@@ -80,12 +80,10 @@ def _f(v: Any, fmt: str = "{:.3f}") -> str:
 
 
 def _table(header: list[str], lines: list[list[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(line) + " |" for line in lines),
-        "",
-    ]
+    """A Markdown table (tether's report renderer) and the blank line after it, as lines."""
+    from tether.evaluation.report import _md_table
+
+    return [*_md_table(header, lines).split("\n"), ""]
 
 
 def median(xs: list[float]) -> float | None:
