@@ -81,9 +81,9 @@ def _f(v: Any, fmt: str = "{:.3f}") -> str:
 
 def _table(header: list[str], lines: list[list[str]]) -> list[str]:
     """A Markdown table (tether's report renderer) and the blank line after it, as lines."""
-    from tether.evaluation.report import _md_table
+    from tether.evaluation.report import md_table
 
-    return [*_md_table(header, lines).split("\n"), ""]
+    return [*md_table(header, lines).split("\n"), ""]
 
 
 def median(xs: list[float]) -> float | None:

@@ -828,7 +828,8 @@ def summary_row(run: Run) -> dict[str, str]:
     }
 
 
-def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+def md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A Markdown table (``|`` in a cell escaped); the one renderer of tether's reports and sweep tables."""
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
@@ -849,7 +850,7 @@ def _run_section(run: Run) -> str:
         kv.append(
             ("eval.json", f"{len(flat) - MAX_EVAL_JSON_FIELDS} more fields in {run.path / 'eval.json'}")
         )
-    parts = [f"### {run.label}", "", _md_table(["", ""], kv)]
+    parts = [f"### {run.label}", "", md_table(["", ""], kv)]
     if run.stages:
         rows = [
             (
@@ -860,7 +861,7 @@ def _run_section(run: Run) -> str:
             )
             for s in run.stages
         ]
-        parts += ["", _md_table(["stage", "examples", "γ_ref", "final model"], rows)]
+        parts += ["", md_table(["stage", "examples", "γ_ref", "final model"], rows)]
     parts += [f"\n*Note: {n}*" for n in run.notes]
     return "\n".join(parts)
 
@@ -880,7 +881,7 @@ def render_markdown(
         "",
     ]
     shown = [LAST_BATCH.get(h, h) for h in header]
-    out += [_md_table(shown, [[row[h] for h in header] for row in rows]), "", "## Plots", ""]
+    out += [md_table(shown, [[row[h] for h in header] for row in rows]), "", "## Plots", ""]
     methods = {r.method for r in runs}
     others = {  # a state plot of a method none of the runs used is not worth a note
         spec.name for spec in state_plots() if not any(m in methods for m in _plotted_by(spec))

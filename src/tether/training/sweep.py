@@ -312,6 +312,8 @@ def _finite(v: Any) -> bool:
 
 
 def write_table(sweep: SweepDir, points: Sequence[Point], key: str | None) -> Path:
+    from tether.evaluation.report import md_table
+
     table = rows(points, key)
     header = list(dict.fromkeys(k for r in table for k in r))
     fmt = lambda v: "–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
@@ -321,10 +323,8 @@ def write_table(sweep: SweepDir, points: Sequence[Point], key: str | None) -> Pa
         f"Performance: `{key or 'none'}`; KL: `kl` (KL(π‖π_ref) on sampled completions, `tether eval`). "
         "`frontier`: not dominated by a point of the same method with lower KL and higher performance.",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
+        md_table(header, [[fmt(r.get(h)) for h in header] for r in table]),
     ]
-    lines += ["| " + " | ".join(fmt(r.get(h)) for h in header) + " |" for r in table]
     sweep.table.write_text("\n".join(lines) + "\n")
     return sweep.table
 
