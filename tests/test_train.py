@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,6 +62,17 @@ def test_every_method_trains(setup, method):
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed, "no parameter changed"
     assert (result.run_dir / "config.yaml").exists() and (result.run_dir / "summary.json").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux only: the peak is reset")
+def test_peak_rss_is_the_runs_own_after_a_larger_peak_in_the_same_process(setup):
+    """A sweep trains its runs in one process: each summary's peak RSS is that run's, not the process's."""
+    root, model, pairs, *_ = setup
+    big = b"\x01" * (3 << 30)  # a 3 GiB resident peak before the run
+    del big
+    result = train(config(root, model, pairs, "dpo", output_dir=str(root / "runs" / "rss")))
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert 0 < summary["peak_rss_mb"] < 3 * 1024
 
 
 def test_an_unpaired_method_needs_only_its_loss_and_registry_entry(setup, monkeypatch):

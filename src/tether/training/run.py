@@ -36,7 +36,7 @@ from tether.errors import DataError, Problem, TetherError
 from tether.methods.registry import Method
 from tether.rundir import RunDir, run_dir_lock
 from tether.training.checkpoints import newest_checkpoint_config
-from tether.training.trainer import MetricsSink, Trainer, TrainResult, make_schedule
+from tether.training.trainer import MetricsSink, Trainer, TrainResult, make_schedule, reset_peak_rss
 
 
 @dataclass
@@ -515,6 +515,7 @@ def _train(cfg: Config, *, prepared: Prepared | None, accelerator, measure_gamma
 
     if cfg.stages is not None:
         raise TetherError("stages: a single run has no stages; train sDPO with tether.training.job.train")
+    reset_peak_rss()  # the summary's peak RSS is this run's, also after another run in this process
     rd = _prepare_run_dir(cfg)
     run_dir = rd.path
     p = prepared or prepare(cfg)
