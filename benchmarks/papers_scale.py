@@ -349,7 +349,6 @@ def collect(args, sweeps: list[Sweep]) -> list[dict[str, Any]]:
                 "series": {k: [r.get(k) for r in train] for k in SERIES if any(k in r for r in train)},
                 "seconds": summary.get("seconds"),
                 "step_seconds": median(step_times(run_dir)),  # each stage's warm-up step left out
-                "peak_rss_mb": summary.get("peak_rss_mb"),
             }
             mc = run_dir / "eval_mc.json"
             if mc.exists():
@@ -385,6 +384,12 @@ def weight_spread(series: dict[str, list]) -> float | None:
         return None
     stds = [max(0.0, b - a * a) ** 0.5 for a, b in zip(w, w2, strict=True) if a is not None and b is not None]
     return sum(stds) / len(stds) if stds else None
+
+
+def tail_mean(series: list | None, n: int = 10) -> float | None:
+    """The mean of a per-step series over its last ``n`` logged steps (one step's batch is a few pairs)."""
+    xs = [x for x in series or [] if x is not None][-n:]
+    return sum(xs) / len(xs) if xs else None
 
 
 def frontier_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -519,12 +524,12 @@ def tables(rows: list[dict[str, Any]]) -> str:
             start = "instruct" if r["sweep"] == "asft_from_instruct" else "SFT"
             lines.append([r["method"], start, f"{r['lr']:g}", _ci(m, "generation/success"),
                           _f(m.get("pairwise/likelihood_accuracy")),
-                          _f((series.get("logps/chosen") or [None])[-1], "{:.2f}"),
-                          _f((series.get("logps/rejected") or [None])[-1], "{:.2f}"),
-                          _f(r["step_seconds"], "{:.2f}"), _f(r["peak_rss_mb"], "{:.0f}")])  # fmt: skip
+                          _f(tail_mean(series.get("logps/chosen")), "{:.2f}"),
+                          _f(tail_mean(series.get("logps/rejected")), "{:.2f}"),
+                          _f(r["step_seconds"], "{:.2f}")])  # fmt: skip
         out += ["### ASFT vs DPO vs ORPO (pairs), and ASFT without the SFT stage", ""]
         out += _table(["method", "start", "lr", "task success [95% CI]", "likelihood accuracy",
-                    "last step log p(chosen)", "last step log p(rejected)", "s/step", "peak RSS (MB)"],
+                    "log p(chosen), last 10 steps", "log p(rejected), last 10 steps", "s/step"],
                       lines)  # fmt: skip
     return "\n".join(out)
 
@@ -601,11 +606,18 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     if any(r["method"] == "asft" for r in dyn):
         fig = _figure((6.5, 4.2))
         ax = fig.subplots()
-        for r in dyn:
+        for i, r in enumerate(dyn):
             for key, style in (("logps/chosen", "-"), ("logps/rejected", "--")):
-                if r["series"].get(key):
-                    ax.plot(r["series"][key], style, label=f"{r['run']} {key.split('/')[1]}")
-        ax.set(xlabel="step", ylabel="summed log-prob (step batch)", title="Likelihood dynamics (ASFT paper)")
+                ys = [y for y in r["series"].get(key) or [] if y is not None]
+                if ys:  # a 10-step moving mean: one step's batch is 4 pairs
+                    smooth = [
+                        sum(ys[max(0, j - 9) : j + 1]) / len(ys[max(0, j - 9) : j + 1])
+                        for j in range(len(ys))
+                    ]
+                    ax.plot(range(1, len(ys) + 1), smooth, style, color=f"C{i}",
+                            label=f"{r['run']} {key.split('/')[1]}")  # fmt: skip
+        ax.set(xlabel="step", ylabel="summed log-prob per pair, 10-step mean",
+               title="Likelihood dynamics (ASFT paper)")  # fmt: skip
         ax.legend(fontsize=6, ncol=2)
         save(fig, "likelihood_dynamics.png")
     sft = [r for r in rows if r["sweep"] in ("sft", "sft_seed1")]
