@@ -610,10 +610,7 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
             for key, style in (("logps/chosen", "-"), ("logps/rejected", "--")):
                 ys = [y for y in r["series"].get(key) or [] if y is not None]
                 if ys:  # a 10-step moving mean: one step's batch is 4 pairs
-                    smooth = [
-                        sum(ys[max(0, j - 9) : j + 1]) / len(ys[max(0, j - 9) : j + 1])
-                        for j in range(len(ys))
-                    ]
+                    smooth = [tail_mean(ys[: j + 1]) for j in range(len(ys))]
                     ax.plot(range(1, len(ys) + 1), smooth, style, color=f"C{i}",
                             label=f"{r['run']} {key.split('/')[1]}")  # fmt: skip
         ax.set(xlabel="step", ylabel="summed log-prob per pair, 10-step mean",
