@@ -32,6 +32,7 @@ ones, byte for byte (checked). Success and win rate carry 95 % bootstrap interva
 from __future__ import annotations
 
 import argparse
+import difflib
 import itertools
 import json
 import shutil
@@ -317,6 +318,15 @@ def _kept(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def finished(run_dir: Path) -> bool:
+    """Trained to the end (sDPO: its last stage) and evaluated."""
+    from tether.rundir import RunDir
+
+    rd = RunDir(run_dir)
+    last = rd.stage_dirs()[-1] if rd.is_staged() and rd.stage_dirs() else rd
+    return last.is_finished() and rd.eval.exists()
+
+
 def collect(args, sweeps: list[Sweep]) -> list[dict[str, Any]]:
     """One record per finished run: grid values, evaluation (with intervals), per-step series, timing."""
     from tether.rundir import RunDir
@@ -325,10 +335,10 @@ def collect(args, sweeps: list[Sweep]) -> list[dict[str, Any]]:
     for sw in sweeps:
         root = Path(args.runs) / sw.name
         for run_dir in sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []:
-            rd = RunDir(run_dir)
-            last = rd.stage_dirs()[-1] if rd.is_staged() and rd.stage_dirs() else rd  # sDPO: the last stage
-            if not last.is_finished() or not rd.eval.exists():
+            if not finished(run_dir):
                 continue
+            rd = RunDir(run_dir)
+            last = rd.stage_dirs()[-1] if rd.is_staged() else rd  # sDPO: the last stage
             manifest = json.loads((root / "sweep.json").read_text())
             ev = rd.read_eval() or {}
             train = [r for st in (rd.stage_dirs() if rd.is_staged() else [rd]) for r in st.read_metrics()[0]]
@@ -685,6 +695,7 @@ def main() -> None:
     )
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--keep-checkpoints", action="store_true", help="keep each finished run's checkpoints")
+    ap.add_argument("--sweeps", nargs="*", help="only these sweeps of the parts (names as --status lists)")
     ap.add_argument("--status", action="store_true")
     ap.add_argument("--collect", metavar="OUT", help="write the finished runs' results to OUT (results.json)")
     ap.add_argument("--quiet", action="store_true")
@@ -703,7 +714,7 @@ def main() -> None:
     if args.status:
         for s in sweeps:
             d = Path(args.runs) / s.name
-            done = sorted(p.parent.name for p in d.glob("*/summary.json")) if d.exists() else []
+            done = [r for r in d.iterdir() if r.is_dir() and finished(r)] if d.is_dir() else []
             print(f"{s.part:9s} {s.name:20s} finished: {len(done)}")
         return
     if args.collect:
@@ -715,11 +726,17 @@ def main() -> None:
         for path in plots(rows, Path(args.collect).parent):
             print(f"plot: {path}")
         return
-    unknown = set(args.parts) - {s.part for s in sweeps}
-    if unknown:
-        ap.error(f"--parts: unknown {sorted(unknown)} (parts: {sorted({s.part for s in sweeps})})")
+    for flag, chosen, known in (
+        ("--parts", args.parts, {s.part for s in sweeps}),
+        ("--sweeps", args.sweeps or [], {s.name for s in sweeps}),
+    ):
+        for name in chosen:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                ap.error(f"{flag}: unknown {name!r} ({hint}choices: {', '.join(sorted(known))})")
     for s in sweeps:
-        if s.part in args.parts:
+        if s.part in args.parts and (not args.sweeps or s.name in args.sweeps):
             run_part(args, s, data)
 
 

@@ -83,6 +83,12 @@ def test_papers_scale_on_a_tiny_model(tmp_path):
         assert f"### {title}" in done.stdout, title
     for png in ("frontier", "epsilon_beta", "along_training", "likelihood_dynamics", "minor_sft_deviation"):
         assert (tmp_path / "out" / f"{png}.png").stat().st_size > 1000, png
+    status = scale(tmp_path, model, "--status")
+    for name, n in count.items():  # sDPO's run counts though its summaries are its stages'
+        assert any(
+            line.split() == [line.split()[0], name, "finished:", str(n)]
+            for line in status.stdout.splitlines()
+        ), name
 
 
 def test_papers_scale_learning_rates_are_read_as_numbers(tmp_path):
@@ -96,3 +102,8 @@ def test_papers_scale_learning_rates_are_read_as_numbers(tmp_path):
         bad = scale(tmp_path, model, flag, value, "--status")
         assert bad.returncode == 2 and f"{flag} {value}: not one of {grid}" in bad.stderr, bad.stderr
         assert "Traceback" not in bad.stderr
+    bad = scale(tmp_path, model, "--sweeps", "reference_fre")
+    assert (
+        bad.returncode == 2
+        and "--sweeps: unknown 'reference_fre' (did you mean 'reference_free'?" in bad.stderr
+    ), bad.stderr
