@@ -62,6 +62,9 @@ TR_DPO_LABEL = {"tr_dpo_soft": "tr_dpo (soft, α)", "tr_dpo_hard": "tr_dpo (hard
 # each method's point at its default β being its run of the comparators' table at the frontier lr
 FRONTIER_METHODS = ["dpo", "epsilon_dpo", "beta_dpo", "tr_dpo"]
 FRONTIER_BETAS = ["0.01", "0.1", "0.5"]
+# The headline rows repeated at seed 1 (each paper's claim compares them): DPO and ε-DPO (the frontier at
+# its default β), MinorDPO, ASFT and ORPO at the frontier lr; SFT and MinorSFT at the start lr; sDPO
+SEED1_PAIRS = ["dpo", "epsilon_dpo", "minor_dpo", "asft", "orpo"]
 
 
 @dataclass
@@ -220,7 +223,7 @@ def plan(args, data: Path) -> list[Sweep]:
                          [("method.beta", betas)], pair_eval))  # fmt: skip
     out += [
         Sweep("pairs_seed1", "frontier", pair_base({"name": "dpo"}, lr=float(frontier_lr)),
-              [("method.name", ["dpo", "epsilon_dpo"]), ("train.seed", ["1"])], pair_eval),
+              [("method.name", SEED1_PAIRS), ("train.seed", ["1"])], pair_eval),
         Sweep("asft_from_instruct", "asft", pair_base({"name": "asft"}, model=args.model),
               [("train.lr", args.pair_lrs)], pair_eval),
     ]  # fmt: skip
@@ -228,6 +231,7 @@ def plan(args, data: Path) -> list[Sweep]:
     sdpo["train"]["max_steps"] = max(1, args.steps // 4)  # per stage: the same total as one-shot DPO
     sdpo["train"]["save_every"] = max(1, args.steps // 8)
     out.append(Sweep("sdpo", "sdpo", sdpo, [("train.lr", [frontier_lr])], pair_eval, {"stages": True}))
+    out.append(Sweep("sdpo_seed1", "sdpo", sdpo, [("train.seed", ["1"])], pair_eval, {"stages": True}))
     return out
 
 
@@ -412,9 +416,24 @@ def frontier_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         r
         for r in rows
         if r["sweep"] in sweeps
-        or r["sweep"] == "pairs_seed1"
+        or (r["sweep"] == "pairs_seed1" and r["method"] in FRONTIER_METHODS)
         or (r["method"] in own.get(r["sweep"], ()) and r["lr"] in lrs)
     ]
+
+
+def seed_rows(rows: list[dict[str, Any]]) -> list[tuple[str, str, dict[int, dict[str, Any]]]]:
+    """The headline rows and their runs by seed: ``(label, lr, {seed: run})`` for SFT and MinorSFT at the
+    start lr, the seed-1 pair methods at theirs, and sDPO; a row is listed once its seed-1 run is finished,
+    with its seed-0 run from the grids."""
+    by_key: dict[tuple[str, float], dict[int, dict[str, Any]]] = {}
+    seed1 = [r for r in rows if r["sweep"] in ("sft_seed1", "pairs_seed1", "sdpo_seed1")]
+    keys = {("sdpo" if r["sweep"] == "sdpo_seed1" else r["method"], r["lr"]) for r in seed1}
+    grids = ("sft", "with_reference", "reference_free", "sdpo", "sft_seed1", "pairs_seed1", "sdpo_seed1")
+    for r in rows:
+        key = ("sdpo" if r["sweep"].startswith("sdpo") else r["method"], r["lr"])
+        if r["sweep"] in grids and key in keys:
+            by_key.setdefault(key, {})[r["seed"]] = r
+    return [(k, f"{lr:g}", runs) for (k, lr), runs in sorted(by_key.items())]
 
 
 def deviation_at(points: list[tuple[float, float]], success: float) -> float | None:
@@ -525,6 +544,18 @@ def tables(rows: list[dict[str, Any]]) -> str:
         out += ["### sDPO vs one-shot DPO (the same pairs and steps)", ""]
         out += _table(["run", "task success [95% CI]", "win rate vs start [95% CI]", "KL to start",
                     "γ_ref per stage (own chunk)", "γ_ref of M_0..M_3 on the last chunk"], lines)  # fmt: skip
+    seeds = seed_rows(rows)
+    if seeds:
+        lines = []
+        for label, lr_, runs in seeds:
+            succ = [runs[s]["metrics"].get("generation/success") for s in sorted(runs)]
+            lines.append([label, lr_, *(_ci(runs[s]["metrics"], "generation/success") if s in runs else "-"
+                                        for s in (0, 1)),
+                          _f(sum(succ) / len(succ)) if len(succ) > 1 and None not in succ else "-",
+                          *(_f(runs[s]["metrics"].get("kl"), "{:.2f}") if s in runs else "-" for s in (0, 1))])  # fmt: skip
+        out += ["### The headline rows at two seeds", ""]
+        out += _table(["method", "lr", "success, seed 0 [95% CI]", "success, seed 1 [95% CI]", "mean",
+                    "KL, seed 0", "KL, seed 1"], lines)  # fmt: skip
     asft = [r for r in by_sweep.get("reference_free", []) + by_sweep.get("with_reference", [])
             if r["method"] in ("asft", "orpo", "dpo")] + by_sweep.get("asft_from_instruct", [])  # fmt: skip
     if any(r["method"] == "asft" for r in asft):

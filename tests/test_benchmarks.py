@@ -62,13 +62,17 @@ def test_papers_scale_on_a_tiny_model(tmp_path):
     assert count == {
         "sft": 3, "sft_seed1": 2, "with_reference": 7, "reference_free": 6, "tr_dpo_soft": 1, "tr_dpo_hard": 1,
         "frontier_dpo": 2, "frontier_epsilon_dpo": 2, "frontier_beta_dpo": 2, "frontier_tr_dpo": 2,
-        "pairs_seed1": 2, "asft_from_instruct": 1, "sdpo": 1,
+        "pairs_seed1": 5, "asft_from_instruct": 1, "sdpo": 1, "sdpo_seed1": 1,
     }  # fmt: skip
     # each method's point at its default β is its comparator run
     frontier = benchmark_module("papers_scale").frontier_rows(rows)
     for method in ("dpo", "epsilon_dpo", "beta_dpo", "tr_dpo"):
         betas = sorted(r["beta"] for r in frontier if r["method"] == method and r["seed"] == 0)
         assert betas == [0.01, 0.1, 0.5], method
+    seeds = benchmark_module("papers_scale").seed_rows(rows)
+    assert [(label, sorted(runs)) for label, _, runs in seeds] == [
+        (m, [0, 1]) for m in ("asft", "dpo", "epsilon_dpo", "minor_dpo", "minor_sft", "orpo", "sdpo", "sft")
+    ]
     sdpo = next(r for r in rows if r["sweep"] == "sdpo")
     assert len(sdpo["stages"]) == 4 and len(sdpo["gamma_last_chunk"]) == 4
     assert any(r.get("checkpoints") for r in rows if r["method"] == "epsilon_dpo")  # evaluated, then deleted
@@ -79,6 +83,7 @@ def test_papers_scale_on_a_tiny_model(tmp_path):
         "KL–performance frontier",
         "sDPO vs one-shot",
         "ASFT vs",
+        "The headline rows at two seeds",
     ):
         assert f"### {title}" in done.stdout, title
     for png in ("frontier", "epsilon_beta", "along_training", "likelihood_dynamics", "minor_sft_deviation"):
