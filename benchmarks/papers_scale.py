@@ -428,6 +428,7 @@ def seed_rows(rows: list[dict[str, Any]]) -> list[tuple[str, str, dict[int, dict
     by_key: dict[tuple[str, float], dict[int, dict[str, Any]]] = {}
     seed1 = [r for r in rows if r["sweep"] in ("sft_seed1", "pairs_seed1", "sdpo_seed1")]
     keys = {("sdpo" if r["sweep"] == "sdpo_seed1" else r["method"], r["lr"]) for r in seed1}
+    # the runs at the default β (the frontier sweeps hold the same method and lr at other βs)
     grids = ("sft", "with_reference", "reference_free", "sdpo", "sft_seed1", "pairs_seed1", "sdpo_seed1")
     for r in rows:
         key = ("sdpo" if r["sweep"].startswith("sdpo") else r["method"], r["lr"])
