@@ -32,7 +32,6 @@ ones, byte for byte (checked). Success and win rate carry 95 % bootstrap interva
 from __future__ import annotations
 
 import argparse
-import difflib
 import itertools
 import json
 import shutil
@@ -44,6 +43,7 @@ from typing import Any
 
 import yaml
 
+from tether.errors import closest
 from tether.methods.registry import METHODS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -322,13 +322,18 @@ def _kept(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def last_stage(rd):
+    """The run directory that ends training: sDPO's last stage, else the run itself."""
+    stages = rd.stage_dirs() if rd.is_staged() else []
+    return stages[-1] if stages else rd
+
+
 def finished(run_dir: Path) -> bool:
     """Trained to the end (sDPO: its last stage) and evaluated."""
     from tether.rundir import RunDir
 
     rd = RunDir(run_dir)
-    last = rd.stage_dirs()[-1] if rd.is_staged() and rd.stage_dirs() else rd
-    return last.is_finished() and rd.eval.exists()
+    return last_stage(rd).is_finished() and rd.eval.exists()
 
 
 def collect(args, sweeps: list[Sweep]) -> list[dict[str, Any]]:
@@ -342,7 +347,7 @@ def collect(args, sweeps: list[Sweep]) -> list[dict[str, Any]]:
             if not finished(run_dir):
                 continue
             rd = RunDir(run_dir)
-            last = rd.stage_dirs()[-1] if rd.is_staged() else rd  # sDPO: the last stage
+            last = last_stage(rd)
             manifest = json.loads((root / "sweep.json").read_text())
             ev = rd.read_eval() or {}
             train = [r for st in (rd.stage_dirs() if rd.is_staged() else [rd]) for r in st.read_metrics()[0]]
@@ -765,9 +770,9 @@ def main() -> None:
     ):
         for name in chosen:
             if name not in known:
-                close = difflib.get_close_matches(name, known, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                ap.error(f"{flag}: unknown {name!r} ({hint}choices: {', '.join(sorted(known))})")
+                ap.error(
+                    f"{flag}: unknown {name!r}{closest(name, known)}; choices: {', '.join(sorted(known))}"
+                )
     for s in sweeps:
         if s.part in args.parts and (not args.sweeps or s.name in args.sweeps):
             run_part(args, s, data)
