@@ -537,19 +537,20 @@ def tables(rows: list[dict[str, Any]]) -> str:
         ]
         out += _table(["method", "β", "seed", "task success [95% CI]", "win rate vs start [95% CI]", "KL to start",
                     "β, last 10 steps (ε-DPO, β-DPO)"], lines)  # fmt: skip
-    sdpo = by_sweep.get("sdpo", [])
+    sdpo = by_sweep.get("sdpo", []) + by_sweep.get("sdpo_seed1", [])
     if sdpo:
-        r = sdpo[0]
-        dpo = [d for d in by_sweep.get("with_reference", []) if d["method"] == "dpo" and d["lr"] == r["lr"]]
+        lr = sdpo[0]["lr"]
+        dpo = [d for w in ("with_reference", "pairs_seed1") for d in by_sweep.get(w, [])
+               if d["method"] == "dpo" and d["lr"] == lr]  # fmt: skip
         lines = []
-        for x in [*dpo, r]:
+        for x in sorted(dpo, key=lambda d: d["seed"]) + sorted(sdpo, key=lambda d: d["seed"]):
             m = x["metrics"]
             stages = " → ".join(f"{st['gamma_ref']:.2f}" for st in x.get("stages") or []) or "-"
             last = " → ".join(f"{g['gamma_ref']:.2f}" for g in x.get("gamma_last_chunk") or []) or "-"
-            lines.append([x["run"] if x is not r else "sdpo", _ci(m, "generation/success"), _ci(m, "win_rate"),
-                          _f(m.get("kl"), "{:.2f}"), stages, last])  # fmt: skip
-        out += ["### sDPO vs one-shot DPO (the same pairs and steps)", ""]
-        out += _table(["run", "task success [95% CI]", "win rate vs start [95% CI]", "KL to start",
+            lines.append(["sdpo" if x in sdpo else "dpo", str(x["seed"]), _ci(m, "generation/success"),
+                          _ci(m, "win_rate"), _f(m.get("kl"), "{:.2f}"), stages, last])  # fmt: skip
+        out += [f"### sDPO vs one-shot DPO (the same pairs and steps, lr {lr:g})", ""]
+        out += _table(["method", "seed", "task success [95% CI]", "win rate vs start [95% CI]", "KL to start",
                     "γ_ref per stage (own chunk)", "γ_ref of M_0..M_3 on the last chunk"], lines)  # fmt: skip
     seeds = seed_rows(rows)
     if seeds:
