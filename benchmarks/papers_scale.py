@@ -52,7 +52,8 @@ BUNDLED = REPO / "data" / "tasks"
 # ε-DPO's Table 1 comparators (arXiv 2502.13177), split by whether they read a reference model, each at
 # its registry defaults (the papers' settings) over a small learning-rate grid; with MinorDPO (the MinorSFT
 # paper's DPO, whose claim is that the chosen answer's likelihood is not pushed below the reference's).
-WITH_REFERENCE = ["dpo", "ipo", "r_dpo", "kto", "beta_dpo", "epsilon_dpo", "minor_dpo"]
+# The papers' own methods first, so that a call cut short by its timeout has trained them.
+WITH_REFERENCE = ["dpo", "epsilon_dpo", "minor_dpo", "ipo", "r_dpo", "kto", "beta_dpo"]
 REFERENCE_FREE = ["cpo", "slic_hf", "rrhf", "orpo", "simpo", "asft"]
 # TR-DPO at a run of ~100 steps: the paper's soft (α) and hard (τ) variants with the update period scaled
 # to the run (TRL's α = 0.6, τ = 512 never updates in 100 steps)
