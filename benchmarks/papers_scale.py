@@ -52,9 +52,9 @@ BUNDLED = REPO / "data" / "tasks"
 # ε-DPO's Table 1 comparators (arXiv 2502.13177), split by whether they read a reference model, each at
 # its registry defaults (the papers' settings) over a small learning-rate grid; with MinorDPO (the MinorSFT
 # paper's DPO, whose claim is that the chosen answer's likelihood is not pushed below the reference's).
-# The papers' own methods first, so that a call cut short by its timeout has trained them.
+# The papers' own methods (and ASFT's rival ORPO) first, so that a call cut short by its timeout has them.
 WITH_REFERENCE = ["dpo", "epsilon_dpo", "minor_dpo", "ipo", "r_dpo", "kto", "beta_dpo"]
-REFERENCE_FREE = ["cpo", "slic_hf", "rrhf", "orpo", "simpo", "asft"]
+REFERENCE_FREE = ["asft", "orpo", "cpo", "slic_hf", "rrhf", "simpo"]
 # TR-DPO at a run of ~100 steps: the paper's soft (α) and hard (τ) variants with the update period scaled
 # to the run (TRL's α = 0.6, τ = 512 never updates in 100 steps)
 TR_DPO = {"soft": {"alpha": 0.6, "tau": 8}, "hard": {"alpha": 1.0, "tau": 32}}
