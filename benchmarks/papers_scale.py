@@ -548,7 +548,7 @@ def tables(rows: list[dict[str, Any]]) -> str:
             m = x["metrics"]
             stages = " → ".join(f"{st['gamma_ref']:.2f}" for st in x.get("stages") or []) or "-"
             last = " → ".join(f"{g['gamma_ref']:.2f}" for g in x.get("gamma_last_chunk") or []) or "-"
-            lines.append(["sdpo" if x in sdpo else "dpo", str(x["seed"]), _ci(m, "generation/success"),
+            lines.append(["sdpo" if x["sweep"].startswith("sdpo") else "dpo", str(x["seed"]), _ci(m, "generation/success"),
                           _ci(m, "win_rate"), _f(m.get("kl"), "{:.2f}"), stages, last])  # fmt: skip
         out += [f"### sDPO vs one-shot DPO (the same pairs and steps, lr {lr:g})", ""]
         out += _table(["method", "seed", "task success [95% CI]", "win rate vs start [95% CI]", "KL to start",
