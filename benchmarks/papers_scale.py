@@ -39,12 +39,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from tether.errors import closest
 from tether.methods.registry import METHODS
+
+if TYPE_CHECKING:
+    from tether.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "data" / "tasks"
@@ -323,7 +326,7 @@ def _kept(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def last_stage(rd):
+def last_stage(rd: RunDir) -> RunDir:
     """The run directory that ends training: sDPO's last stage, else the run itself."""
     stages = rd.stage_dirs() if rd.is_staged() else []
     return stages[-1] if stages else rd
@@ -427,17 +430,22 @@ def frontier_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def method_label(row: dict[str, Any]) -> str:
+    """A run's method as the tables name it: ``sdpo`` for sDPO's runs (they train with DPO's loss)."""
+    return "sdpo" if row["sweep"].startswith("sdpo") else row["method"]
+
+
 def seed_rows(rows: list[dict[str, Any]]) -> list[tuple[str, str, dict[int, dict[str, Any]]]]:
     """The headline rows and their runs by seed: ``(label, lr, {seed: run})`` for SFT and MinorSFT at the
     start lr, the seed-1 pair methods at theirs, and sDPO; a row is listed once its seed-1 run is finished,
     with its seed-0 run from the grids."""
     by_key: dict[tuple[str, float], dict[int, dict[str, Any]]] = {}
     seed1 = [r for r in rows if r["sweep"] in ("sft_seed1", "pairs_seed1", "sdpo_seed1")]
-    keys = {("sdpo" if r["sweep"] == "sdpo_seed1" else r["method"], r["lr"]) for r in seed1}
+    keys = {(method_label(r), r["lr"]) for r in seed1}
     # the runs at the default β (the frontier sweeps hold the same method and lr at other βs)
     grids = ("sft", "with_reference", "reference_free", "sdpo", "sft_seed1", "pairs_seed1", "sdpo_seed1")
     for r in rows:
-        key = ("sdpo" if r["sweep"].startswith("sdpo") else r["method"], r["lr"])
+        key = (method_label(r), r["lr"])
         if r["sweep"] in grids and key in keys:
             by_key.setdefault(key, {})[r["seed"]] = r
     return [(k, f"{lr:g}", runs) for (k, lr), runs in sorted(by_key.items())]
@@ -548,7 +556,7 @@ def tables(rows: list[dict[str, Any]]) -> str:
             m = x["metrics"]
             stages = " → ".join(f"{st['gamma_ref']:.2f}" for st in x.get("stages") or []) or "-"
             last = " → ".join(f"{g['gamma_ref']:.2f}" for g in x.get("gamma_last_chunk") or []) or "-"
-            lines.append(["sdpo" if x["sweep"].startswith("sdpo") else "dpo", str(x["seed"]), _ci(m, "generation/success"),
+            lines.append([method_label(x), str(x["seed"]), _ci(m, "generation/success"),
                           _ci(m, "win_rate"), _f(m.get("kl"), "{:.2f}"), stages, last])  # fmt: skip
         out += [f"### sDPO vs one-shot DPO (the same pairs and steps, lr {lr:g})", ""]
         out += _table(["method", "seed", "task success [95% CI]", "win rate vs start [95% CI]", "KL to start",
