@@ -13,7 +13,8 @@ un-fine-tuned model (its paper says it needs no SFT stage). Every run is a point
 evaluations are kept, a half-trained run continues from its last checkpoint), so the parts can be cut
 anywhere, e.g. ``timeout 85m python benchmarks/papers_scale.py --parts pairs`` and again later. A first
 pass over every comparator at one learning rate is ``--pair-lrs 5e-06``; the default grid
-then adds only the missing points. A finished run's checkpoints are deleted once it is evaluated (Figure 3's
+then adds only the missing points; ``--methods kto simpo`` cuts the sweeps to those methods. ``--collect``
+keeps the rows already in its file whose runs are no longer on this disk. A finished run's checkpoints are deleted once it is evaluated (Figure 3's
 runs after their checkpoints are; ``--keep-checkpoints`` keeps them): each is 1.6 GB.
 
 Sizes, and why: SmolLM2-135M-Instruct in fp32, full fine-tuning. SFT runs 100 steps × 8 rows (two epochs
@@ -37,7 +38,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -239,6 +240,18 @@ def plan(args, data: Path) -> list[Sweep]:
     return out
 
 
+def only_methods(sweep: Sweep, methods: list[str]) -> Sweep | None:
+    """The sweep with its method grid cut to ``methods`` (None when none of its runs is of them)."""
+    grid = dict(sweep.grid)
+    names = grid.get("method.name", [sweep.base["method"]["name"]])
+    kept = [m for m in names if m in methods]
+    if not kept:
+        return None
+    if "method.name" in grid:
+        grid["method.name"] = kept
+    return replace(sweep, grid=list(grid.items()))
+
+
 def write_data(args) -> Path:
     """The bundled tasks with the held-out split grown to ``--heldout`` tasks; training rows unchanged."""
     from tether.data import tasks
@@ -389,6 +402,16 @@ def collect(args, sweeps: list[Sweep]) -> list[dict[str, Any]]:
                 rec["stages"] = json.loads((run_dir / "stages.json").read_text())
             out.append(rec)
     return out
+
+
+def merged(rows: list[dict[str, Any]], out: Path, sweeps: list[Sweep]) -> list[dict[str, Any]]:
+    """``rows`` with the rows already in ``out`` whose runs are not on this disk (deleted for space, or
+    trained on another machine): a run collected again replaces its old row. In the plan's order."""
+    old = json.loads(out.read_text()) if out.exists() else []
+    new = {(r["sweep"], r["run"]) for r in rows}
+    order = {s.name: i for i, s in enumerate(sweeps)}
+    keep = [r for r in old if (r["sweep"], r["run"]) not in new and r["sweep"] in order]
+    return sorted(keep + rows, key=lambda r: (order[r["sweep"]], r["run"]))
 
 
 def _ci(m: dict[str, Any], key: str) -> str:
@@ -744,6 +767,9 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--keep-checkpoints", action="store_true", help="keep each finished run's checkpoints")
     ap.add_argument("--sweeps", nargs="*", help="only these sweeps of the parts (names as --status lists)")
+    ap.add_argument(
+        "--methods", nargs="*", help="only these methods of the sweeps (e.g. to rerun a few points of a grid)"
+    )
     ap.add_argument("--status", action="store_true")
     ap.add_argument("--collect", metavar="OUT", help="write the finished runs' results to OUT (results.json)")
     ap.add_argument("--quiet", action="store_true")
@@ -766,7 +792,7 @@ def main() -> None:
             print(f"{s.part:9s} {s.name:20s} finished: {len(done)}")
         return
     if args.collect:
-        rows = collect(args, sweeps)
+        rows = merged(collect(args, sweeps), Path(args.collect), sweeps)
         Path(args.collect).parent.mkdir(parents=True, exist_ok=True)
         Path(args.collect).write_text(json.dumps(rows, indent=1, default=str).replace(f"{REPO}/", ""))
         print(f"{args.collect}: {len(rows)} runs")
@@ -783,6 +809,11 @@ def main() -> None:
                 ap.error(
                     f"{flag}: unknown {name!r}{closest(name, known)}; choices: {', '.join(sorted(known))}"
                 )
+    if args.methods:
+        for name in args.methods:
+            if name not in METHODS:
+                ap.error(f"--methods: unknown {name!r}{closest(name, METHODS)}")
+        sweeps = [s for s in (only_methods(s, args.methods) for s in sweeps) if s is not None]
     for s in sweeps:
         if s.part in args.parts and (not args.sweeps or s.name in args.sweeps):
             run_part(args, s, data)

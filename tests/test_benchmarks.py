@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,19 @@ def test_papers_scale_on_a_tiny_model(tmp_path):
             line.split() == [line.split()[0], name, "finished:", str(n)]
             for line in status.stdout.splitlines()
         ), name
+    # runs deleted from the disk: --methods trains one of them again, --collect keeps the others' rows
+    kept = (runs / "with_reference" / "dpo_lr=5e-06" / "metrics.jsonl").stat().st_mtime
+    shutil.rmtree(runs / "with_reference" / "kto_lr=5e-06")
+    shutil.rmtree(runs / "sdpo")
+    again = scale(tmp_path, model, "--parts", "pairs", "--methods", "kto")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (runs / "with_reference" / "kto_lr=5e-06" / "eval.json").exists()
+    assert (runs / "with_reference" / "dpo_lr=5e-06" / "metrics.jsonl").stat().st_mtime == kept
+    redone = scale(tmp_path, model, "--collect", str(out))
+    assert redone.returncode == 0, redone.stderr[-3000:]
+    rows2 = json.loads(out.read_text())
+    assert [(r["sweep"], r["run"]) for r in rows2] == [(r["sweep"], r["run"]) for r in rows]
+    assert next(r for r in rows2 if r["sweep"] == "sdpo") == sdpo  # its run is gone: the old row kept
 
 
 def test_papers_scale_learning_rates_are_read_as_numbers(tmp_path):
@@ -107,6 +121,8 @@ def test_papers_scale_learning_rates_are_read_as_numbers(tmp_path):
         bad = scale(tmp_path, model, flag, value, "--status")
         assert bad.returncode == 2 and f"{flag} {value}: not one of {grid}" in bad.stderr, bad.stderr
         assert "Traceback" not in bad.stderr
+    bad = scale(tmp_path, model, "--methods", "ktoo")
+    assert bad.returncode == 2 and "--methods: unknown 'ktoo' (did you mean 'kto'?" in bad.stderr, bad.stderr
     bad = scale(tmp_path, model, "--sweeps", "reference_fre")
     assert (
         bad.returncode == 2
