@@ -14,8 +14,9 @@ evaluations are kept, a half-trained run continues from its last checkpoint), so
 anywhere, e.g. ``timeout 85m python benchmarks/papers_scale.py --parts pairs`` and again later. A first
 pass over every comparator at one learning rate is ``--pair-lrs 5e-06``; the default grid
 then adds only the missing points; ``--methods kto simpo`` cuts the sweeps to those methods. ``--collect``
-keeps the rows already in its file whose runs are no longer on this disk. A finished run's checkpoints are deleted once it is evaluated (Figure 3's
-runs after their checkpoints are; ``--keep-checkpoints`` keeps them): each is 1.6 GB.
+keeps the rows already in its file whose runs are no longer on this disk. A finished run's checkpoints
+are deleted once it is evaluated (Figure 3's runs after their checkpoints are; ``--keep-checkpoints``
+keeps them): each is 1.6 GB.
 
 Sizes, and why: SmolLM2-135M-Instruct in fp32, full fine-tuning. SFT runs 100 steps × 8 rows (two epochs
 of the 400 SFT rows), preference runs 100 steps × 4 pairs (half an epoch of the 800 pairs): hundreds of
