@@ -42,7 +42,7 @@ def _time(fn, reps: int) -> float:
 def _examples(n: int, max_length: int, seed: int):
     from make_pairs import write_pairs
 
-    from tether.data.rows import read_rows, tokenize_rows
+    from tether.data import read_rows, tokenize_rows
     from tether.engine.models import load_tokenizer, resolve_model_dir
 
     tok = load_tokenizer(resolve_model_dir("smollm2"))

@@ -397,7 +397,7 @@ def write_data(shape: str, path: Path, n: int, seed: int) -> Path:
 def work_fractions(data: Path, args: argparse.Namespace) -> dict:
     """Per step, token positions computed: padded rows (before) vs shared prompts + packing (after); the
     fraction of them that is padding or a repeated prompt; tokens counted as TRL counts them."""
-    from tether.data.rows import read_rows, tokenize_rows
+    from tether.data import read_rows, tokenize_rows
     from tether.engine.logprobs import collate
     from tether.engine.models import load_tokenizer, resolve_model_dir
 

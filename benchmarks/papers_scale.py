@@ -121,7 +121,7 @@ def gamma_by_reference(run_dir: Path, start: str, raw: dict[str, Any]) -> list[d
     import torch
 
     import tether.engine.models as models
-    from tether.data.rows import read_rows, tokenize_rows
+    from tether.data import read_rows, tokenize_rows
     from tether.engine.logprobs import LogProbModel
     from tether.engine.reference import compute_table
 

@@ -127,4 +127,4 @@ def test_the_graph_is_read() -> None:
     """The parser sees real edges (guards the tests above against reading nothing)."""
     assert "tether.training.run" in GRAPH["tether.training.stages"]
     assert "tether.contract" in GRAPH["tether.engine.logprobs"]
-    assert "tether.errors" in GRAPH["tether.data.rows"]
+    assert "tether.errors" in GRAPH["tether.data.read"]

@@ -460,7 +460,7 @@ def _bpe_tokenizer():
 
 
 def _tokenize(rows, tok, **kw):
-    from tether.data.rows import tokenize_rows
+    from tether.data import tokenize_rows
 
     return tokenize_rows(rows, tok, kind="pairs", max_length=64, chat_template="never", **kw)
 
@@ -471,8 +471,8 @@ def test_long_rows_are_cut_before_tokenizing_with_the_same_result(monkeypatch, w
 
     import test_data
 
-    import tether.data.rows as data_mod
-    from tether.data.rows import Row
+    import tether.data.tokenize as data_mod
+    from tether.data import Row
 
     import tiny
 
@@ -504,7 +504,7 @@ def test_long_rows_are_cut_before_tokenizing_with_the_same_result(monkeypatch, w
 
 
 def test_a_prompt_cut_before_tokenizing_is_reported_as_at_least_n_tokens():
-    from tether.data.rows import Row
+    from tether.data import Row
     from tether.errors import DataError
 
     import tiny

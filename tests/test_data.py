@@ -1,4 +1,4 @@
-"""Tests for tether.data.rows: reading, validating, rendering, tokenizing, truncating and splitting data."""
+"""Tests for tether.data: reading, validating, rendering, tokenizing, truncating and splitting data."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from tether.data.rows import (
+from tether.data import (
     Example,
     Row,
     check_rows,
@@ -582,7 +582,7 @@ def test_split_pairs_and_mismatched_completions() -> None:
     """A pair → (chosen, desirable), (rejected, undesirable). Each row's mismatched completion is the next
     row's (cyclically) whose prompt differs, cut to fit max_length after this row's prompt; the same for
     the same order; a seeded shuffle is the same for the same seed."""
-    from tether.data.rows import Example, shuffled, split_pairs, with_mismatched_completions
+    from tether.data import Example, shuffled, split_pairs, with_mismatched_completions
 
     pairs = [
         Example([1, p], [10 + i] * (i + 1), [20 + i], "f", i + 1, {"k": i})

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import tether.data.rows as data_mod
+import tether.data as data_mod
 import tether.data.tasks as tasks
 import tether.engine.models as models
 from tether.cli import main as cli_main

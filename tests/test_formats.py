@@ -17,7 +17,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from tether.config import load_config
-from tether.data.rows import read_rows, tokenize_rows
+from tether.data import read_rows, tokenize_rows
 from tether.engine.logprobs import LogProbModel, collate
 from tether.errors import ConfigError, DataError
 
@@ -415,8 +415,8 @@ def test_hub_splits_are_read_separately(tmp_path: Path) -> None:
 def test_eval_reads_the_turns_the_run_trained_on(tmp_path: Path, monkeypatch) -> None:
     """A run trained with data.assistant_turns: last is evaluated on its last turns (its deviation m_θ
     counts the tokens it was trained on), not on every assistant turn."""
-    import tether.data.rows as rows_mod
     from tether.config import from_dict
+    from tether.data import Tokenization
     from tether.evaluation.evaluate import evaluate
     from tether.training.job import train
 
@@ -433,13 +433,13 @@ def test_eval_reads_the_turns_the_run_trained_on(tmp_path: Path, monkeypatch) ->
     }
     train(from_dict(cfg))
     seen = []
-    real = rows_mod.tokenize_rows
+    real = Tokenization.tokenize_rows
 
-    def spy(*a, **kw):
-        seen.append(kw.get("assistant_turns"))
-        return real(*a, **kw)
+    def spy(self, *a, **kw):
+        seen.append(self.assistant_turns)
+        return real(self, *a, **kw)
 
-    monkeypatch.setattr(rows_mod, "tokenize_rows", spy)
+    monkeypatch.setattr(Tokenization, "tokenize_rows", spy)
     res = evaluate(str(tmp_path / "run"), str(data), metrics="deviation", progress=False, cache=False)
     assert seen and set(seen) == {"last"}
     assert "deviation" in res["metrics"]

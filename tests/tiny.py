@@ -147,7 +147,7 @@ def train_then_kill(config: Path, log: Path, after_lines: int) -> list[str]:
 def pair_table(model_dir: Path, pairs: Path, max_length: int = 64):
     """(examples, [n, 2] summed log-probs of chosen and rejected) of a pairs file under ``model_dir``."""
     import tether.engine.models as models
-    from tether.data.rows import read_rows, tokenize_rows
+    from tether.data import read_rows, tokenize_rows
     from tether.engine.logprobs import LogProbModel
     from tether.engine.reference import compute_table
 

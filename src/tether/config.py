@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import yaml
 
+from tether.data.tokenize import Tokenization
 from tether.errors import ConfigError, closest
 from tether.methods.registry import ANY, HYPERPARAMETERS, METHODS, Bound, Method, get_method
 
@@ -93,6 +94,17 @@ class DataConfig:
     """Use only the first this-many training rows (null: all)."""
     eval_limit: int | None = None
     """Use only the first this-many eval rows (null: all)."""
+
+    def tokenization(self) -> Tokenization:
+        """How these rows become token ids: the one value training, evaluation and ``tether generate``
+        tokenize with (a plain model, with no run config, gets ``DataConfig()``'s)."""
+        return Tokenization(
+            self.max_length,
+            self.max_prompt_length,
+            self.chat_template,
+            self.drop_long_prompts,
+            self.assistant_turns,
+        )
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The public dataset formats tether reads, rewritten into its own row fields when a file is read.
 
-tether's rows (see :mod:`tether.data.rows`) are TRL's: ``prompt``/``completion``, ``messages``,
+tether's rows (see :mod:`tether.data.check`) are TRL's: ``prompt``/``completion``, ``messages``,
 ``prompt``/``chosen``/``rejected`` (+ ``label``). Rows in the other formats people have are recognised by
 their keys and rewritten once, in :func:`canonical`, so that everything after reading sees one shape:
 

@@ -59,9 +59,9 @@ from typing import Any
 
 import torch
 
-import tether.data.rows as data_mod
+import tether.data as data_mod
 import tether.engine.models as models
-from tether.config import Config
+from tether.config import Config, DataConfig
 from tether.data import kinds
 from tether.engine.cache import cache_key, cached_json, default_cache_dir, hash_key, load_or_fill
 from tether.engine.reference import compute_table
@@ -585,10 +585,12 @@ def evaluate(
 
     # Settings from the run config (its defaults included), then the arguments.
     run_cfg = target.run_cfg
-    max_length = max_length or (run_cfg.data.max_length if run_cfg else 512)
-    chat_template = chat_template or (run_cfg.data.chat_template if run_cfg else "auto")
-    max_prompt_length = run_cfg.data.max_prompt_length if run_cfg else None
-    assistant_turns = run_cfg.data.assistant_turns if run_cfg else "all"  # the turns the run trained on
+    run_data = run_cfg.data if run_cfg else DataConfig()  # a plain model: the config's defaults
+    max_length = max_length or run_data.max_length
+    chat_template = chat_template or run_data.chat_template
+    tokenization = dataclasses.replace(
+        run_data.tokenization(), max_length=max_length, chat_template=chat_template, drop_long_prompts=False
+    )  # the turns and prompt cut the run trained with; every row evaluated
     dtype = run_cfg.model.dtype if run_cfg else "float32"
     method_name, method_beta, ref_based = _method_info(target.run_cfg)
     beta = float(beta if beta is not None else method_beta if method_beta is not None else 0.1)
@@ -609,15 +611,7 @@ def evaluate(
         )
 
     def tokenize(rs: list[data_mod.Row], k: str) -> list[data_mod.Example]:
-        return data_mod.tokenize_rows(
-            rs,
-            tokenizer,
-            kind=k,  # type: ignore[arg-type]
-            max_length=max_length,
-            max_prompt_length=max_prompt_length,
-            chat_template=chat_template,  # type: ignore[arg-type]
-            assistant_turns=assistant_turns,
-        ).examples
+        return tokenization.tokenize_rows(rs, tokenizer, kind=k).examples  # type: ignore[arg-type]
 
     examples, prompts_all = _examples_and_prompts(rows, kind, tokenize)
     prompts = prompts_all[:max_samples] if max_samples else prompts_all

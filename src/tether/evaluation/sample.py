@@ -1,9 +1,11 @@
 """``tether generate``: sample from a trained run (or any model) on prompts given on the command line or in a
-file, rendered exactly as training renders a prompt (the chat template applied as ``data.chat_template``
-says: ``auto`` uses it when the tokenizer has one)."""
+file, rendered exactly as training renders a prompt (the run's ``data`` settings, or the config's defaults
+for a plain model: the chat template applied as ``data.chat_template`` says, ``auto`` using it when the
+tokenizer has one; the prompt cut to ``data.max_prompt_length`` and fitting ``data.max_length``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,8 +13,9 @@ from typing import Any
 
 import torch
 
-import tether.data.rows as data_mod
+import tether.data as data_mod
 import tether.engine.models as models
+from tether.config import DataConfig
 from tether.errors import DataError, Problem, TetherError
 from tether.evaluation.generation import decode, eos_ids, generate
 from tether.evaluation.target import load, resolve_target
@@ -31,24 +34,6 @@ def read_prompts(path: str) -> list[Any]:
     if missing:
         raise DataError(missing)
     return [r.data["prompt"] for r in rows]
-
-
-def prompt_ids(
-    tokenizer: Any, prompts: Sequence[Any], chat_template: str, max_length: int
-) -> list[list[int]]:
-    """Token ids of each prompt as training renders it (``tether.data.rows.tokenize_rows``)."""
-    rows = []
-    for i, p in enumerate(prompts):
-        completion: Any = [{"role": "assistant", "content": "x"}] if isinstance(p, list) else "x"
-        rows.append(data_mod.Row("prompt", i + 1, {"prompt": p, "completion": completion}))
-    tok = data_mod.tokenize_rows(
-        rows,
-        tokenizer,
-        kind="sft",
-        max_length=max_length,
-        chat_template=chat_template,  # type: ignore[arg-type]
-    )
-    return [e.prompt_ids for e in tok.examples]
 
 
 def generate_texts(
@@ -75,11 +60,12 @@ def generate_texts(
     t0 = time.time()
     target = resolve_target(spec)
     cfg = target.run_cfg
-    template = chat_template or (cfg.data.chat_template if cfg else "auto")
-    max_length = cfg.data.max_length if cfg else 2048
+    run_data = cfg.data if cfg else DataConfig()  # a plain model: the config's defaults
+    template = chat_template or run_data.chat_template
+    tokenization = dataclasses.replace(run_data.tokenization(), chat_template=template)
     path = models.resolve_model_dir(target.model_path, progress=progress)
     tokenizer = models.load_tokenizer(target.tokenizer_path or path)
-    ids = prompt_ids(tokenizer, prompts, template, max_length)
+    ids = tokenization.tokenize_prompts(prompts, tokenizer)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load(str(path), target.adapter, cfg.model.dtype if cfg else "float32", device, progress)
     sample = temperature > 0

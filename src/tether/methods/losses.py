@@ -449,7 +449,7 @@ def kto(inp: LossInputs, *, beta: float, lambda_d: float, lambda_u: float) -> Lo
     the mismatched completion of a row is fixed when the data is prepared: the rows (a pairs file split
     into a desirable chosen and an undesirable rejected row) are shuffled with ``train.seed`` and row i's
     is the completion of the next row with another prompt
-    (:func:`tether.data.rows.with_mismatched_completions`); TRL rotates completions by one within blocks of ``per_device_train_batch_size`` of the
+    (:func:`tether.data.split.with_mismatched_completions`); TRL rotates completions by one within blocks of ``per_device_train_batch_size`` of the
     unshuffled data and samples sequentially, so its micro-batch's y' are the micro-batch's own
     completions and a split pairs file gives nearly single-label micro-batches. Fixing y' per row lets a
     ``precomputed`` reference hold logp_ref(x, y') in its table, like a pair's rejected answer, and makes

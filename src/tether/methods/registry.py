@@ -16,7 +16,7 @@ from torch import Tensor
 
 import tether.methods.losses as losses
 from tether.contract import LossInputs, LossOutput
-from tether.data.rows import Kind
+from tether.data.kinds import Kind
 from tether.errors import ConfigError, closest
 
 
@@ -116,7 +116,7 @@ class Method:
     state_plot: StatePlot | None = None
     #: Unpaired data only: each row also carries another row's completion after its own prompt
     #: (``LossInputs.kl``/``ref_kl``; KTO's KL estimate), fixed when the data is prepared after a shuffle
-    #: with the run's seed (:func:`tether.data.rows.with_mismatched_completions`).
+    #: with the run's seed (:func:`tether.data.split.with_mismatched_completions`).
     mismatched_completion: bool = False
     #: Unpaired data only: a pairs file is accepted too, each pair split into a desirable (chosen) and an
     #: undesirable (rejected) row.

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-import tether.data.rows as data_mod
+import tether.data as data_mod
 import tether.engine.models as models
 from tether.config import Config, check_launch
 from tether.data.kinds import describe
@@ -110,17 +110,10 @@ def prepare(cfg: Config, train_specs: Sequence[str] | None = None, *, convert: b
                 f"reference.model: {cfg.reference.model} has a different tokenizer than {cfg.model.name}"
             )
 
+    tokenization = d.tokenization()
+
     def tokenize(key: tuple[str, str]) -> data_mod.TokenizedData:
-        return data_mod.tokenize_rows(
-            rows[key],
-            tokenizer,
-            kind=kinds[key],  # type: ignore[arg-type]
-            max_length=d.max_length,
-            max_prompt_length=d.max_prompt_length,
-            chat_template=d.chat_template,
-            drop_long_prompts=d.drop_long_prompts,
-            assistant_turns=d.assistant_turns,
-        )
+        return tokenization.tokenize_rows(rows[key], tokenizer, kind=kinds[key])  # type: ignore[arg-type]
 
     def method_rows(key: tuple[str, str], examples: list[data_mod.Example]) -> list[data_mod.Example]:
         """The file's examples as the method's rows: pairs split for an unpaired method that takes them."""
