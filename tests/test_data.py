@@ -545,6 +545,62 @@ def test_bad_arguments() -> None:
         tokenize_rows(rows, tok, kind="sft", max_length=8, chat_template="yes")  # type: ignore[arg-type]
 
 
+def test_prompts_alone_are_tokenized_as_a_rows_prompt() -> None:
+    """``tokenize_prompts`` (what ``tether generate`` feeds the model) gives the prompt ids that
+    ``tokenize_rows`` gives the same prompt in a row, with the template, BOS and prompt cut applied."""
+    from tether.data import Tokenization
+
+    tok = make_tokenizer(chat=True, adds_bos=True)
+    prompts = [
+        "what is two plus two",
+        [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+    ]
+    rows = rows_of(
+        {"prompt": prompts[0], "completion": "four"},
+        {"prompt": prompts[1], "completion": [{"role": "assistant", "content": "hello"}]},
+    )
+    for template in ("auto", "never"):
+        for cut in (None, 3):
+            settings = Tokenization(16, cut, template, False, "all")
+            if template == "never":  # raw text takes string prompts only
+                want = [
+                    tokenize_rows(
+                        rows[:1],
+                        tok,
+                        kind="sft",
+                        max_length=16,
+                        max_prompt_length=cut,
+                        chat_template=template,
+                    )
+                    .examples[0]
+                    .prompt_ids
+                ]
+                assert settings.tokenize_prompts(prompts[:1], tok) == want
+                continue
+            want = [e.prompt_ids for e in settings.tokenize_rows(rows, tok, kind="sft").examples]
+            assert settings.tokenize_prompts(prompts, tok) == want
+    with pytest.raises(DataError) as err:
+        Tokenization(4, None, "never", True, "all").tokenize_prompts(["hi", "a a a a", ""], tok)
+    assert [str(p).split(" allows")[0] for p in err.value.problems] == [
+        "prompt:2: field 'prompt': prompt is 5 tokens, longer than max_length=4",
+        "prompt:3: field 'prompt': is empty",
+    ]
+
+
+def test_one_tokenization_default() -> None:
+    """Training, evaluation and generation take their settings from ``DataConfig.tokenization()``: a plain
+    model (no run config) gets the config's defaults."""
+    from tether.config import DataConfig
+    from tether.data import Tokenization
+    from tether.errors import ConfigError
+
+    assert DataConfig().tokenization() == Tokenization(512, None, "auto", False, "all")
+    d = DataConfig(max_length=64, max_prompt_length=8, chat_template="never", drop_long_prompts=True)
+    assert d.tokenization() == Tokenization(64, 8, "never", True, "all")
+    with pytest.raises(ConfigError, match="max_prompt_length must be a positive integer"):
+        Tokenization(64, 0, "auto", False, "all")
+
+
 # ------------------------------------------------------------------------------------------------
 # split_train_eval
 # ------------------------------------------------------------------------------------------------

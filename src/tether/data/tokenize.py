@@ -54,7 +54,7 @@ Nothing stops at the first problem: every row is checked and all problems are ra
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -77,7 +77,7 @@ class Example:
     For SFT and unpaired rows ``chosen_ids`` holds the completion and ``rejected_ids`` is ``None``;
     ``label`` is an unpaired row's label (True: desirable), else ``None``. An unpaired row of a method
     that declares ``mismatched_completion`` (KTO) carries in ``rejected_ids`` another row's completion, to
-    be scored after this row's prompt (:func:`with_mismatched_completions`): the engine lays it out and
+    be scored after this row's prompt (:func:`tether.data.split.with_mismatched_completions`): the engine lays it out and
     the reference scores it exactly as a pair's second answer. ``meta`` holds the row's other scalar
     columns verbatim (e.g. ``source``, used to split sDPO stages).
     """
@@ -159,11 +159,7 @@ class Tokenization:
         examples: list[Example] = []
         n_truncated = n_prompt_truncated = n_dropped = 0
         for item, prompt_ids, (response_ids, mask) in zip(rendered.items, prompts, responses, strict=True):
-            empty = [
-                Problem(item.row.file, item.row.line, name, "response is empty after tokenization")
-                for name, ids in zip(item.response_fields, response_ids, strict=True)
-                if not ids
-            ]
+            empty = _empty_responses(item, response_ids)
             if empty:
                 problems.extend(empty)
                 continue
@@ -264,7 +260,15 @@ def _example(
     )
 
 
-def _raise_problems(rows: Sequence[Row], file_problems: Any, problems: list[Problem]) -> None:
+def _empty_responses(item: Rendered, response_ids: list[list[int]]) -> list[Problem]:
+    return [
+        Problem(item.row.file, item.row.line, name, "response is empty after tokenization")
+        for name, ids in zip(item.response_fields, response_ids, strict=True)
+        if not ids
+    ]
+
+
+def _raise_problems(rows: Sequence[Row], file_problems: Iterable[Problem], problems: list[Problem]) -> None:
     """One :class:`DataError`: the file-wide problems first, then the row problems in file order (stable:
     a row's fields keep their order)."""
     file_problems = list(file_problems)
