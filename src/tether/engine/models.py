@@ -38,6 +38,7 @@ from transformers import (
 )
 
 from tether.engine.cache import default_cache_dir, file_digest
+from tether.engine.gguf_check import check_gguf
 from tether.errors import TetherError, closest
 
 __all__ = [
@@ -210,6 +211,7 @@ def _is_complete(model_dir: Path) -> bool:
 
 def _load_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (and dequantize) a GGUF with transformers. The model is flagged as quantized."""
+    check_gguf(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(
@@ -362,13 +364,18 @@ def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
     An unconverted GGUF's tokenizer is read from its metadata (no weights load, nothing is written)."""
     src = resolve_model_dir(str(model_dir), convert=False) if _is_gguf_spec(model_dir) else str(model_dir)
     gguf = Path(src) if str(src).lower().endswith(".gguf") else None
+    if gguf is not None:
+        check_gguf(gguf)
     try:
         if gguf is not None:
             tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         else:
             tokenizer = AutoTokenizer.from_pretrained(str(src))
-    except (OSError, ValueError) as exc:
-        raise TetherError(f"{model_dir}: cannot load tokenizer ({str(exc).strip().splitlines()[0]})") from exc
+    except Exception as exc:  # OSError, ValueError; a GGUF reader also struct.error, KeyError, ...
+        if gguf is None and not isinstance(exc, (OSError, ValueError)):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TetherError(f"{model_dir}: cannot load tokenizer ({first})") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
