@@ -25,12 +25,14 @@ import re
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     PreTrainedModel,
@@ -45,7 +47,9 @@ __all__ = [
     "DEFAULT_HUB_ID",
     "DEFAULT_MODEL",
     "base_model_id",
+    "check_generation_length",
     "check_model_spec",
+    "context_length",
     "default_cache_dir",
     "is_hub_id",
     "is_lora",
@@ -566,6 +570,51 @@ def _hub_revision(repo_id: str) -> str:
         return ref.read_text().strip() if ref.is_file() else "unknown"
     except (ImportError, OSError):
         return "unknown"
+
+
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def context_length(spec: str | Path) -> int | None:
+    """The longest sequence the model ``spec`` (directory, GGUF, ``smollm2``, hub id in the local cache)
+    was built for, read from its config or GGUF metadata without loading weights; ``None`` when it does
+    not say (or a hub id is not cached)."""
+    try:
+        src = resolve_model_dir(str(spec), convert=False, progress=False)
+    except TetherError:
+        return None
+    if isinstance(src, Path) and src.suffix.lower() == ".gguf":
+        from gguf import GGUFReader
+
+        check_gguf(src)
+        fields = GGUFReader(src).fields
+        arch = fields.get("general.architecture")
+        name = bytes(arch.parts[arch.data[0]]).decode() if arch is not None else ""
+        field = fields.get(f"{name}.context_length")
+        return int(field.parts[field.data[0]][0]) if field is not None else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config = AutoConfig.from_pretrained(str(src))
+    except Exception:  # no config here (a hub id not in the local cache): nothing to check against
+        return None
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in _CONTEXT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_generation_length(max_new_tokens: int, spec: str | Path, option: str = "--max-new-tokens") -> None:
+    """Refuse (one line) generating more new tokens than the model ``spec`` has positions, before any
+    weights load: past its context a model's output is meaningless and the work unbounded."""
+    limit = context_length(spec)
+    if limit is not None and max_new_tokens > limit:
+        raise TetherError(
+            f"{option} {max_new_tokens}: more than the model's context of {limit} tokens ({spec}); "
+            f"choose at most {limit}"
+        )
 
 
 def model_fingerprint(model_dir_or_id: str | Path) -> str:
