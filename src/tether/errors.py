@@ -120,7 +120,11 @@ def shown(value: object, limit: int = SHOWN_CHARS) -> str:
     """``repr(value)`` cut to ``limit`` characters, for echoing a user's value in a one-line error: a huge
     value (an alias bomb's list, a 20 MB field) never floods the line, and only a bounded part of it is ever
     turned into text (through ``reprlib``; small values read as their plain ``repr``)."""
-    text = repr(value) if _small(value) >= 0 else _BOUNDED.repr(value)
+    return shown_text(repr(value) if _small(value) >= 0 else _BOUNDED.repr(value), limit)
+
+
+def shown_text(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (``…`` marks the cut), for echoing what a user typed."""
     return text if len(text) <= limit else f"{text[: limit - 1]}…"
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tether.errors import ConfigError, TetherError, environment_fault
+from tether.safe_yaml import load_yaml
 
 if TYPE_CHECKING:
     from tether.config import Config
@@ -193,7 +194,7 @@ class RunDir:
         import yaml
 
         try:
-            raw = yaml.safe_load(self.config.read_text())
+            raw = load_yaml(self.config.read_text(), str(self.config))
         except (OSError, UnicodeDecodeError) as e:
             raise TetherError(f"{self.config}: cannot read the run config ({e})") from None
         except yaml.YAMLError as e:
