@@ -11,8 +11,10 @@ import dataclasses
 import importlib.util
 import json
 import math
+import struct
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -70,6 +72,18 @@ def _duplicate(text: str, key: str, first: int, second: int) -> BadCase:
 def _not_utf8(e: Env, name: str) -> tuple[list[str], list[str]]:
     args, at = _yaml_text(e, name, b"# caf\xe9 au lait\n")
     return args, [f"{args[0]}:{at}: not UTF-8 text", "0xe9"]
+
+
+#: A "billion laughs" flow list: ten levels of nine aliases, 9**10 values once expanded, in 300 bytes.
+BOMB = "[" + ", ".join(f"&l{i} [{', '.join([f'*l{i - 1}' if i else '0'] * 9)}]" for i in range(10)) + "]"
+
+
+def _gguf(e: Env, name: str, *, tensors: int = 0, key_length: int = 4) -> Path:
+    """A GGUF (version 3) whose header declares ``tensors`` tensors and one metadata key of ``key_length``
+    bytes, followed by 64 bytes: what a crafted or truncated model file looks like to a reader."""
+    path = e.root / f"{name}.gguf"
+    path.write_bytes(b"GGUF" + struct.pack("<IQQQ", 3, tensors, 1, key_length) + b"name" + b"\0" * 64)
+    return path
 
 
 CONFIG_CASES: dict[str, BadCase] = {
@@ -161,6 +175,35 @@ CONFIG_CASES: dict[str, BadCase] = {
     "tr_dpo_alpha_above_one": _tr_dpo_case({"method": {"alpha": 1.5}}, "method.alpha", "outside [0, 1]"),
     "tr_dpo_tau_zero": _tr_dpo_case({"method": {"tau": 0}}, "method.tau", "outside the integers in [1"),
     "tr_dpo_tau_fraction": _tr_dpo_case({"method": {"tau": 2.5}}, "method.tau", "must be a whole number"),
+    # issue 30: bounded input (an alias bomb, a huge file, a crafted model file) refused in one short line
+    "alias_bomb_yaml": lambda e, name: (
+        _yaml_text(e, name, f"extra: {BOMB}\n")[0],
+        ["more than 100000 values once its aliases are expanded"],
+    ),
+    "alias_bomb_in_a_known_key": lambda e, name: (
+        _yaml_text(e, name, f"stages: {{by: {BOMB}}}\n")[0],
+        ["more than 100000 values"],
+    ),
+    "alias_bomb_override": lambda e, name: (
+        _config(e, name, {}, f"data.train={BOMB}"),
+        ["override 'data.train=", "more than 100000 values"],
+    ),
+    "huge_config_file": lambda e, name: (
+        _yaml_text(e, name, "#" + "x" * (2 << 20) + "\n")[0],
+        ["characters; a config is at most 1048576 (1 MiB)"],
+    ),
+    "alias_cycle_yaml": lambda e, name: (
+        _yaml_text(e, name, "extra: &a [*a]\n")[0],
+        ["nested more than 64 levels deep (or an alias refers to itself)"],
+    ),
+    "crafted_gguf_tensor_count": lambda e, name: (
+        _config(e, name, {"model": {"name": str(_gguf(e, name, tensors=2**62))}}),
+        ["cannot load GGUF", "declares 4611686018427387904 tensors", "more than the file can hold"],
+    ),
+    "crafted_gguf_string_length": lambda e, name: (
+        _config(e, name, {"model": {"name": str(_gguf(e, name, key_length=2**60))}}),
+        ["cannot load GGUF", "declares 1152921504606846976 bytes", "past the end of the file"],
+    ),
 }
 
 GOOD_ROW = '{"prompt": "what is 1+1?", "chosen": "2", "rejected": "3"}'

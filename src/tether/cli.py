@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from tether.errors import DataError, TetherError
+from tether.errors import ENVIRONMENT_ERRNOS, DataError, TetherError, environment_fault
 from tether.evaluation.groups import METRIC_GROUPS
 from tether.methods.registry import METHODS, methods_markdown, methods_table
 from tether.rundir import EVAL
@@ -595,10 +595,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             _error(problem)
         return 2
     except TetherError as e:
-        from tether.training.trainer import TrainingDiverged
-
         _error(e)
-        return 3 if isinstance(e, TrainingDiverged) else 2
+        return e.exit_code
+    except OSError as e:  # a fault of the machine no layer turned into its own line: still one line
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        fault = environment_fault(e, f"tether {args.command}")
+        _error(fault)
+        return fault.exit_code
     except KeyboardInterrupt:
         print("interrupted; resume with train.resume=true", file=sys.stderr)
         return 130

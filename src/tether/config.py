@@ -25,8 +25,9 @@ from typing import Any, Literal
 import yaml
 
 from tether.data.tokenize import Tokenization
-from tether.errors import ConfigError, closest
+from tether.errors import ConfigError, closest, shown, shown_text
 from tether.methods.registry import ANY, HYPERPARAMETERS, METHODS, Bound, Method, get_method
+from tether.safe_yaml import load_yaml
 
 
 @dataclass
@@ -347,31 +348,33 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} has the wrong type", where)
+        raise ConfigError(
+            errors[0] if len(errors) == 1 else f"{where}: {shown(value)} has the wrong type", where
+        )
     if origin is Literal:
         if value not in args:
             raise ConfigError(
-                f"{where}: {value!r} is not one of {', '.join(map(str, args))}{closest(str(value), map(str, args))}",
+                f"{where}: {shown(value)} is not one of {', '.join(map(str, args))}{closest(str(value), map(str, args))}",
                 where,
             )
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}", where)
+            raise ConfigError(f"{where}: expected a list, got {shown(value)}", where)
         return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}", where)
+            raise ConfigError(f"{where}: expected a mapping, got {shown(value)}", where)
         return dict(value)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, where)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}", where)
+            raise ConfigError(f"{where}: expected true or false, got {shown(value)}", where)
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}", where)
+            raise ConfigError(f"{where}: expected an integer, got {shown(value)}", where)
         _check_range(where, value)
         return value
     if tp is float:
@@ -381,7 +384,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}", where)
+            raise ConfigError(f"{where}: expected a number, got {shown(value)}", where)
         try:
             value = float(value)
         except OverflowError:  # an int too large for a float
@@ -392,7 +395,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}", where)
+            raise ConfigError(f"{where}: expected a string, got {shown(value)}", where)
         return value
     raise ConfigError(f"{where}: unsupported type {_type_name(tp)}", where)
 
@@ -401,7 +404,7 @@ def _build(cls: Any, raw: Any, where: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+        raise ConfigError(f"{where}: expected a mapping, got {shown(raw)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -448,18 +451,24 @@ def _unknown_keys(cls: Any, raw: Any, where: str) -> list[tuple[str, str, str, l
     return found
 
 
+def _listed(items: list[str], most: int = 10) -> str:
+    more = f" and {len(items) - most} more" if len(items) > most else ""
+    return ", ".join(items[:most]) + more
+
+
 def _raise_unknown(found: list[tuple[str, str, str, list[str]]], origin: Callable[[str | None], str]) -> None:
     """One line for all unknown keys, grouped by where each was given (the file or an override)."""
     if not found:
         return
     if len(found) == 1:
         key, what, hint, valid = found[0]
-        raise ConfigError(_at(origin(key), f"{key}: {what}{hint}; valid: {', '.join(valid) or 'none'}"), key)
+        text = f"{shown_text(key)}: {what}{hint}; valid: {', '.join(valid) or 'none'}"
+        raise ConfigError(_at(origin(key), text), key)
     groups: dict[str, list[str]] = {}
     for key, _, hint, _ in found:
-        groups.setdefault(origin(key), []).append(f"{key}{hint}")
+        groups.setdefault(origin(key), []).append(f"{shown_text(key)}{hint}")
     parts = [
-        _at(where, f"unknown key{'s' * (len(keys) > 1)} {', '.join(keys)}") for where, keys in groups.items()
+        _at(where, f"unknown key{'s' * (len(keys) > 1)} {_listed(keys)}") for where, keys in groups.items()
     ]
     raise ConfigError("; ".join(parts), found[0][0])
 
@@ -472,7 +481,7 @@ def _split_method(raw: dict[str, Any]) -> dict[str, Any]:
     if method is None:
         return raw
     if not isinstance(method, dict):
-        raise ConfigError(f"method: expected a mapping like {{name: dpo, beta: 0.1}}, got {method!r}")
+        raise ConfigError(f"method: expected a mapping like {{name: dpo, beta: 0.1}}, got {shown(method)}")
     method = dict(method)
     if "params" in method and set(method) <= {"name", "params"}:
         return raw  # already split
@@ -508,10 +517,10 @@ def _at(where: str, problem: object) -> str:
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
-        raise ConfigError(f"override '{item}': expected key=value, e.g. train.lr=1e-5")
+        raise ConfigError(f"override '{shown_text(item)}': expected key=value, e.g. train.lr=1e-5")
     key, _, text = item.partition("=")
     try:
-        value = yaml.safe_load(text) if text != "" else ""
+        value = load_yaml(text, f"override '{shown_text(item)}'") if text != "" else ""
     except yaml.YAMLError:
         value = text
     return key.strip().split("."), value
@@ -530,29 +539,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if child is None:
                 child = {}
             elif not isinstance(child, dict):
-                raise ConfigError(f"override '{item}': '{k}' is not a section")
+                raise ConfigError(f"override '{shown_text(item)}': '{k}' is not a section")
             node[k] = child = dict(child)
             node = child
         node[keys[-1]] = value
     return raw
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML keeps the last silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        first: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node)
-            line = key_node.start_mark.line + 1
-            if key in first:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key '{key}' appears twice (first at line {first[key]})", key_node.start_mark
-                )
-            first[key] = line
-        return super().construct_mapping(node, deep=deep)
 
 
 def _read_yaml(path: str | Path) -> dict[str, Any]:
@@ -569,7 +560,7 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
         line = data[: e.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: not UTF-8 text ({e.reason}: byte 0x{data[e.start]:02x})") from None
     try:
-        raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader
+        raw = load_yaml(text, str(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -598,7 +589,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     def origin(key: str | None) -> str:
         for k, item in reversed(given):  # the last override of a key is the one that counts
             if key is not None and (key == k or key.startswith((f"{k}.", f"{k}["))):
-                return f"override '{item}'"
+                return f"override '{shown_text(item)}'"
         return str(path)
 
     return _from_dict(raw, origin)

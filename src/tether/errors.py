@@ -1,14 +1,62 @@
-"""User-facing errors. The CLI prints each as one line and exits with code 2, never a traceback."""
+"""User-facing errors. The CLI prints each as one line, never a traceback, and exits with the error's
+``exit_code``: 2 for bad input (config, data, model path: the user fixes the input), 1 for a fault of the
+machine (:class:`EnvironmentFault`: a full disk, a directory that cannot be written; the input was fine),
+3 for a run whose loss diverged."""
 
 from __future__ import annotations
 
 import difflib
+import errno
+import reprlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 
 class TetherError(Exception):
     """A problem with the user's input (config, data, model path). ``str(err)`` is the message shown."""
+
+    exit_code = 2
+
+
+class EnvironmentFault(TetherError):
+    """The machine, not the input: no space left, a directory that cannot be written, a file that vanished
+    while it was read. Exit code 1; what was written before is kept, nothing half-written is left."""
+
+    exit_code = 1
+
+
+#: errno values that are faults of the machine (the disk, the mount, permissions), not of tether or the input.
+ENVIRONMENT_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.ENAMETOOLONG,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.EIO,
+        errno.ENOENT,
+        errno.ESTALE,
+    }
+)
+
+
+def environment_fault(exc: OSError, doing: str) -> EnvironmentFault:
+    """One line for an ``OSError`` met while ``doing`` something (``"writing checkpoint-40 in runs/x"``),
+    with what to do about it."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = f" ({exc.filename})" if exc.filename and str(exc.filename) not in doing else ""
+    hint = {
+        errno.ENOSPC: "free space on that disk (or set train.save_total_limit / TETHER_CACHE elsewhere)",
+        errno.EDQUOT: "free space within your quota",
+        errno.EROFS: "choose a directory on a writable file system",
+        errno.EACCES: "choose a directory you may write, or fix its permissions",
+        errno.EPERM: "choose a directory you may write, or fix its permissions",
+        errno.ENAMETOOLONG: "choose a shorter name",
+    }.get(exc.errno or 0, "")
+    return EnvironmentFault(f"{doing}: {reason.lower()}{where}" + (f"; {hint}" if hint else ""))
 
 
 @dataclass(frozen=True)
@@ -41,6 +89,43 @@ class ConfigError(TetherError):
     def __init__(self, message: str, key: str | None = None):
         super().__init__(message)
         self.key = key
+
+
+#: The most characters of a user's value an error message echoes.
+SHOWN_CHARS = 80
+
+_BOUNDED = reprlib.Repr()
+_BOUNDED.maxlevel, _BOUNDED.maxstring, _BOUNDED.maxother = 4, SHOWN_CHARS, SHOWN_CHARS
+_BOUNDED.maxlist = _BOUNDED.maxtuple = _BOUNDED.maxdict = _BOUNDED.maxset = 10
+
+
+def _small(value: object, budget: int = 1000) -> int:
+    """What is left of ``budget`` after counting ``value``'s items and characters (negative: too large to
+    ``repr`` whole); stops counting as soon as the budget is spent."""
+    if isinstance(value, (str, bytes)):
+        return budget - len(value)
+    if isinstance(value, dict):
+        value = [x for kv in value.items() for x in kv] if len(value) < budget else range(budget)
+    if isinstance(value, (list, tuple, set, frozenset, range)):
+        budget -= 1
+        for item in value:
+            budget = _small(item, budget)
+            if budget < 0:
+                break
+        return budget
+    return budget - 1
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for echoing a user's value in a one-line error: a huge
+    value (an alias bomb's list, a 20 MB field) never floods the line, and only a bounded part of it is ever
+    turned into text (through ``reprlib``; small values read as their plain ``repr``)."""
+    return shown_text(repr(value) if _small(value) >= 0 else _BOUNDED.repr(value), limit)
+
+
+def shown_text(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (``…`` marks the cut), for echoing what a user typed."""
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
 
 
 def closest(name: str, choices: Iterable[str]) -> str:

@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tether.errors import ConfigError, TetherError
+from tether.errors import ConfigError, TetherError, environment_fault
+from tether.safe_yaml import load_yaml
 
 if TYPE_CHECKING:
     from tether.config import Config
@@ -193,7 +194,7 @@ class RunDir:
         import yaml
 
         try:
-            raw = yaml.safe_load(self.config.read_text())
+            raw = load_yaml(self.config.read_text(), str(self.config))
         except (OSError, UnicodeDecodeError) as e:
             raise TetherError(f"{self.config}: cannot read the run config ({e})") from None
         except yaml.YAMLError as e:
@@ -309,6 +310,14 @@ def _holder(text: str) -> str:
         return "an unknown process"
 
 
+def _check_writable(directory: Path) -> None:
+    """Raise the ``OSError`` a write into ``directory`` would (read-only mount, no permission), before a run
+    starts rather than at its first checkpoint."""
+    probe = directory / f".tether-write-test-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
 @contextlib.contextmanager
 def run_dir_lock(run_dir: Path, *, enabled: bool = True) -> Iterator[None]:
     """Hold the run directory's lock for the block; raises :class:`RunDirLocked` naming the holder.
@@ -321,10 +330,17 @@ def run_dir_lock(run_dir: Path, *, enabled: bool = True) -> Iterator[None]:
     created = not run_dir.exists()
     if run_dir.exists() and not run_dir.is_dir():
         raise TetherError(f"train.output_dir: {run_dir} is not a directory")
-    run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_FILE
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _check_writable(run_dir)
+    except OSError as e:
+        raise environment_fault(e, f"train.output_dir: {run_dir}") from None
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise environment_fault(e, f"train.output_dir: {run_dir}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -25,12 +25,14 @@ import re
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     PreTrainedModel,
@@ -38,13 +40,16 @@ from transformers import (
 )
 
 from tether.engine.cache import default_cache_dir, file_digest
+from tether.engine.gguf_check import check_gguf
 from tether.errors import TetherError, closest
 
 __all__ = [
     "DEFAULT_HUB_ID",
     "DEFAULT_MODEL",
     "base_model_id",
+    "check_generation_length",
     "check_model_spec",
+    "context_length",
     "default_cache_dir",
     "is_hub_id",
     "is_lora",
@@ -210,6 +215,7 @@ def _is_complete(model_dir: Path) -> bool:
 
 def _load_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (and dequantize) a GGUF with transformers. The model is flagged as quantized."""
+    check_gguf(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(
@@ -362,13 +368,18 @@ def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
     An unconverted GGUF's tokenizer is read from its metadata (no weights load, nothing is written)."""
     src = resolve_model_dir(str(model_dir), convert=False) if _is_gguf_spec(model_dir) else str(model_dir)
     gguf = Path(src) if str(src).lower().endswith(".gguf") else None
+    if gguf is not None:
+        check_gguf(gguf)
     try:
         if gguf is not None:
             tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         else:
             tokenizer = AutoTokenizer.from_pretrained(str(src))
-    except (OSError, ValueError) as exc:
-        raise TetherError(f"{model_dir}: cannot load tokenizer ({str(exc).strip().splitlines()[0]})") from exc
+    except Exception as exc:  # OSError, ValueError; a GGUF reader also struct.error, KeyError, ...
+        if gguf is None and not isinstance(exc, (OSError, ValueError)):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TetherError(f"{model_dir}: cannot load tokenizer ({first})") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
@@ -559,6 +570,51 @@ def _hub_revision(repo_id: str) -> str:
         return ref.read_text().strip() if ref.is_file() else "unknown"
     except (ImportError, OSError):
         return "unknown"
+
+
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def context_length(spec: str | Path) -> int | None:
+    """The longest sequence the model ``spec`` (directory, GGUF, ``smollm2``, hub id in the local cache)
+    was built for, read from its config or GGUF metadata without loading weights; ``None`` when it does
+    not say (or a hub id is not cached)."""
+    try:
+        src = resolve_model_dir(str(spec), convert=False, progress=False)
+    except TetherError:
+        return None
+    if isinstance(src, Path) and src.suffix.lower() == ".gguf":
+        from gguf import GGUFReader
+
+        check_gguf(src)
+        fields = GGUFReader(src).fields
+        arch = fields.get("general.architecture")
+        name = bytes(arch.parts[arch.data[0]]).decode() if arch is not None else ""
+        field = fields.get(f"{name}.context_length")
+        return int(field.parts[field.data[0]][0]) if field is not None else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config = AutoConfig.from_pretrained(str(src))
+    except Exception:  # no config here (a hub id not in the local cache): nothing to check against
+        return None
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in _CONTEXT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_generation_length(max_new_tokens: int, spec: str | Path, option: str = "--max-new-tokens") -> None:
+    """Refuse (one line) generating more new tokens than the model ``spec`` has positions, before any
+    weights load: past its context a model's output is meaningless and the work unbounded."""
+    limit = context_length(spec)
+    if limit is not None and max_new_tokens > limit:
+        raise TetherError(
+            f"{option} {max_new_tokens}: more than the model's context of {limit} tokens ({spec}); "
+            f"choose at most {limit}"
+        )
 
 
 def model_fingerprint(model_dir_or_id: str | Path) -> str:

@@ -17,7 +17,7 @@ from torch import Tensor
 import tether.methods.losses as losses
 from tether.contract import LossInputs, LossOutput
 from tether.data.kinds import Kind
-from tether.errors import ConfigError, closest
+from tether.errors import ConfigError, closest, shown
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ class Method:
                 except ValueError:
                     pass
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{where}.{key}: must be a number, got {value!r}", f"{where}.{key}")
+                raise ConfigError(f"{where}.{key}: must be a number, got {shown(value)}", f"{where}.{key}")
             bound = self.bounds.get(key, ANY)
             if bound.integer and math.isfinite(value) and not float(value).is_integer():
                 raise ConfigError(

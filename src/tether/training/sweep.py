@@ -18,6 +18,7 @@ the first evaluation and read from the cache (:mod:`tether.engine.cache`) by the
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import re
@@ -89,7 +90,17 @@ def parse_grid(items: Sequence[str]) -> list[tuple[str, list[str]]]:
 def _point_name(values: dict[str, str]) -> str:
     """``dpo_beta=0.1``: the method name bare, other keys by their last part."""
     parts = [v if k == "method.name" else f"{k.rsplit('.', 1)[-1]}={v}" for k, v in values.items()]
-    return "_".join(p.replace("/", "-").replace(" ", "") for p in parts)
+    name = "_".join(p.replace("/", "-").replace(" ", "") for p in parts)
+    if len(name.encode()) <= _MAX_NAME_BYTES:
+        return name
+    # a file system takes 255 bytes a name: keep a readable head and tell points apart by a hash of the whole
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    head = name.encode()[: _MAX_NAME_BYTES - 13].decode(errors="ignore")
+    return f"{head}-{digest}"
+
+
+#: The longest point directory name (bytes): under the 255 most file systems allow, with room for suffixes.
+_MAX_NAME_BYTES = 200
 
 
 def _base_mapping(config: str | Path, overrides: Sequence[str], out: Path) -> dict[str, Any]:

@@ -36,6 +36,8 @@ from tether.training.checkpoints import Checkpointing
 class TrainingDiverged(TetherError):
     """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
 
+    exit_code = 3
+
 
 @dataclass
 class Schedule:
