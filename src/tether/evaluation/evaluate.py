@@ -69,7 +69,7 @@ from tether.config import Config
 from tether.engine.cache import default_cache_dir
 from tether.errors import TetherError
 from tether.eval_result import EvalResult, EvalSettings, Win
-from tether.evaluation.context import GroupInputs, GroupResult, Loaded, Sampling
+from tether.evaluation.context import GroupInputs, GroupResult, Loaded, Prompt, Sampling
 from tether.evaluation.generation import generate
 from tether.evaluation.groups import METRIC_GROUPS, compute_order, performance
 from tether.evaluation.inputs import examples_and_prompts, read_data
@@ -189,7 +189,7 @@ class _Prepared:
     same: bool
     tokenizer: Any
     examples: list[data_mod.Example]
-    prompts_all: list[Any]
+    prompts_all: list[Prompt]
     notes: list[str]
 
 
@@ -264,9 +264,23 @@ def _prepare(model_spec: str | Target, data: str, o: EvalOptions) -> _Prepared:
         cache=o.cache,
     )
     return _Prepared(
-        target, ref_spec, rows, kind, groups, sampling, settings, method_name, ref_based,
-        model_path, ref_path, same, tokenizer, examples, prompts_all, notes,
-    )  # fmt: skip
+        target=target,
+        ref_spec=ref_spec,
+        rows=rows,
+        kind=kind,
+        groups=groups,
+        sampling=sampling,
+        settings=settings,
+        method=method_name,
+        ref_based=ref_based,
+        model_path=model_path,
+        ref_path=ref_path,
+        same=same,
+        tokenizer=tokenizer,
+        examples=examples,
+        prompts_all=prompts_all,
+        notes=notes,
+    )
 
 
 def _load(p: _Prepared, o: EvalOptions) -> Loaded:
@@ -339,9 +353,19 @@ def run_eval(
 
         judge = load_judge(o.judge, ld.device, p.settings.dtype)
     inputs = GroupInputs(
-        ld, p.rows, p.kind, p.groups, p.examples, prompts, p.settings.beta, p.ref_based, p.sampling,
-        o.max_new_tokens, o.kl_samples, judge,
-    )  # fmt: skip
+        loaded=ld,
+        rows=p.rows,
+        kind=p.kind,
+        groups=p.groups,
+        examples=p.examples,
+        prompts=prompts,
+        beta=p.settings.beta,
+        ref_based=p.ref_based,
+        sampling=p.sampling,
+        max_new_tokens=o.max_new_tokens,
+        kl_samples=o.kl_samples,
+        judge=judge,
+    )
     got = _compute(inputs)
     metrics, notes = got.metrics, p.notes + got.notes
     if o.lm_eval_tasks:
