@@ -13,10 +13,11 @@ from typing import Any
 import torch
 
 import tether.data.rows as data_mod
+import tether.evaluation.generation as generation
 from tether.engine.cache import cache_key, cached_json, hash_key, load_or_fill
 from tether.engine.reference import compute_table
 from tether.eval_result import Sample
-from tether.evaluation.generation import decode, eos_ids, generate
+from tether.evaluation.generation import decode, eos_ids
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class Sampling:
 
 @dataclass
 class Prompt:
+    """A distinct prompt of the data: its token ids, its row and the answer text generations are
+    compared with."""
+
     ids: list[int]
     row: data_mod.Row
     reference_text: str
@@ -124,7 +128,7 @@ class Loaded:
             torch.manual_seed(sampling.seed)
             if self.device.type == "cuda":
                 torch.cuda.manual_seed_all(sampling.seed)
-        raw = generate(
+        raw = generation.generate(
             model,
             self.tokenizer,
             ids,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
+import tether.evaluation.generation as generation
 from tether.evaluation.context import GroupInputs, GroupResult, Seq
-from tether.evaluation.generation import generate
 
 
 def compute(inp: GroupInputs) -> GroupResult:
@@ -17,7 +17,7 @@ def compute(inp: GroupInputs) -> GroupResult:
     torch.manual_seed(seed)
     if ld.device.type == "cuda":
         torch.cuda.manual_seed_all(seed)
-    drawn = generate(
+    drawn = generation.generate(
         ld.model,
         ld.tokenizer,
         [p.ids for p in inp.prompts],
