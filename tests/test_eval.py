@@ -252,7 +252,7 @@ def test_run_dir_defaults_and_lora_run(env):
 
 
 def test_reference_cache_reuses_logps_and_generations(env, monkeypatch, tmp_path):
-    import tether.evaluation.evaluate as ev_mod
+    import tether.evaluation.generation as ev_mod  # what generates, for both models
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("TETHER_CACHE", str(cache))

@@ -7,12 +7,15 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether.errors import ENVIRONMENT_ERRNOS, DataError, TetherError, environment_fault
 from tether.evaluation.groups import METRIC_GROUPS
 from tether.methods.registry import METHODS, methods_markdown, methods_table
 from tether.rundir import EVAL
+
+if TYPE_CHECKING:
+    from tether.eval_result import EvalResult
 
 
 def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
@@ -150,15 +153,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``tether eval``: evaluate, print the table, write the JSON."""
-    from tether.evaluation.evaluate import evaluate
+    from pathlib import Path
+
+    from tether.evaluation.evaluate import run_eval
     from tether.evaluation.target import resolve_target
+    from tether.rundir import RunDir
 
     if args.checkpoints is not None:
         return _eval_checkpoints(args)
     target_dir = resolve_target(args.model).run_dir
     out = args.out or (str(target_dir / EVAL) if target_dir is not None else EVAL)
     options = _eval_options(args)
-    result = evaluate(args.model, args.data, options, out=out)
+    result = run_eval(args.model, args.data, options)
+    RunDir(Path(out).parent).write_eval(result, Path(out))
     _print_eval(result)
     print(f"\nwrote {out}")
     sys.stdout.flush()
@@ -216,24 +223,24 @@ def _eval_options(args: argparse.Namespace) -> Any:
     )
 
 
-def _print_eval(result: dict[str, Any]) -> None:
+def _print_eval(result: EvalResult) -> None:
     print(
-        f"model: {result['model']}  reference: {result['reference']}"
-        f"{' (the model itself)' if result['reference_is_model'] else ''}  judge: {result['judge']}"
+        f"model: {result.model}  reference: {result.reference}"
+        f"{' (the model itself)' if result.reference_is_model else ''}  judge: {result.judge}"
     )
     print(
-        f"data: {result['data']} ({result['kind']}, {result['n_rows']} rows, "
-        f"{result['n_generation_prompts']} prompts generated)  time: {result['seconds']:.1f} s"
+        f"data: {result.data} ({result.kind}, {result.n_rows} rows, "
+        f"{result.n_generation_prompts} prompts generated)  time: {result.seconds:.1f} s"
     )
     print()
-    m, rm = result["metrics"], result["reference_metrics"]
+    m, rm = result.metrics, result.reference_metrics
     print(
         _table(
             [[k, _fmt(v), _fmt(rm[k]) if k in rm else ""] for k, v in m.items()],
             ["metric", "model", "reference"],
         )
     )
-    for note in result["notes"]:
+    for note in result.notes:
         print(f"note: {note}")
 
 

@@ -42,6 +42,7 @@ from tether.safe_yaml import load_yaml
 
 if TYPE_CHECKING:
     from tether.config import Config
+    from tether.eval_result import EvalResult
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -279,13 +280,27 @@ class RunDir:
         return data
 
     def read_eval(self) -> dict[str, Any] | None:
-        """``eval.json`` (None when absent); an unreadable one raises :class:`TetherError`."""
+        """``eval.json`` as a JSON object, whoever wrote it (None when absent); an unreadable one raises
+        :class:`TetherError`. :meth:`read_eval_result` reads it as the result ``tether eval`` wrote."""
         if not self.eval.exists():
             return None
         data = read_json(self.eval)
         if not isinstance(data, dict):
             raise TetherError(f"{self.eval}: not a JSON object")
         return data
+
+    def read_eval_result(self) -> EvalResult | None:
+        """``eval.json`` as :class:`tether.eval_result.EvalResult` (None when absent); an unreadable one
+        raises :class:`TetherError`, one ``tether eval`` did not write
+        :class:`tether.eval_result.NotAnEvalResult` (holding the JSON object)."""
+        from tether.eval_result import EvalResult
+
+        data = self.read_eval()
+        return None if data is None else EvalResult.from_dict(data, str(self.eval))
+
+    def write_eval(self, result: EvalResult, path: Path | None = None) -> None:
+        """``result`` as ``eval.json`` (or at ``path``), written atomically."""
+        self.write_json(path if path is not None else self.eval, result.to_dict())
 
 
 # ------------------------------------------------------------------------------------------ the lock

@@ -1,0 +1,40 @@
+"""``kl``: KL(π‖π_ref) ≈ the mean over completions y ~ π(·|x) (temperature 1, no top-k/top-p) of
+Σ_t log π(y_t) − log π_ref(y_t), both scored by the log-prob engine."""
+
+from __future__ import annotations
+
+import torch
+
+import tether.evaluation.generation as generation
+from tether.evaluation.context import GroupInputs, GroupResult, Seq
+
+
+def compute(inp: GroupInputs) -> GroupResult:
+    """KL on ``kl_samples`` completions per prompt sampled from π (0 when the reference is π)."""
+    ld, seed = inp.loaded, inp.sampling.seed
+    if ld.same:
+        return GroupResult({"kl": 0.0, "kl/per_token": 0.0, "kl/samples": 0})  # 0 by construction
+    torch.manual_seed(seed)
+    if ld.device.type == "cuda":
+        torch.cuda.manual_seed_all(seed)
+    drawn = generation.generate(
+        ld.model,
+        ld.tokenizer,
+        [p.ids for p in inp.prompts],
+        max_new_tokens=inp.max_new_tokens,
+        batch_size=ld.batch_size,
+        sample=True,
+        num_samples=inp.kl_samples,
+        desc="sampling for KL",
+        progress=ld.progress,
+    )
+    seqs = [Seq(list(p.ids), y) for p, ys in zip(inp.prompts, drawn, strict=True) for y in ys]
+    lp, lr = (t[:, 0] for t in ld.both(seqs, "KL", cache=False))  # the model's own samples: never reused
+    n_tok = sum(len(s.chosen_ids) for s in seqs)
+    return GroupResult(
+        {
+            "kl": float((lp - lr).mean()),
+            "kl/per_token": float((lp - lr).sum() / n_tok),
+            "kl/samples": len(seqs),
+        }
+    )
