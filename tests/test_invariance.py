@@ -16,17 +16,12 @@ from safetensors.torch import load_file
 from tether.config import from_dict
 from tether.training.job import train
 
-from tiny import pair_rows, tiny_model_dir, train_then_kill, write_jsonl
+from tiny import train_then_kill
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("inv")
-    model = tiny_model_dir(root / "model")
-    pairs = write_jsonl(root / "pairs.jsonl", pair_rows(24))
-    return root, model, pairs
+PAIRS = 24  # the rows of the shared ``setup`` fixture (conftest.py)
 
 
 def raw_cfg(root, model, pairs, name, method="dpo", **train_kw):

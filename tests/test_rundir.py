@@ -25,17 +25,12 @@ from safetensors.torch import load_file
 
 from tether.cli import main
 
-from tiny import pair_rows, tiny_model_dir, write_jsonl
+from tiny import tiny_model_dir
 
 CKPT = "checkpoints"
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rundir")
-    model = tiny_model_dir(root / "model")
-    pairs = write_jsonl(root / "pairs.jsonl", pair_rows(24))
-    return root, model, pairs
+PAIRS = 24  # the rows of the shared ``setup`` fixture (conftest.py)
 
 
 def config(root: Path, model: Path, pairs: Path, name: str, **train) -> Path:

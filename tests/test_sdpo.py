@@ -10,15 +10,7 @@ from tether.config import from_dict
 from tether.errors import ConfigError
 from tether.training.job import train
 
-from tiny import pair_rows, pair_table, tiny_model_dir, train_then_kill, write_jsonl
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sdpo")
-    model = tiny_model_dir(root / "model")
-    pairs = write_jsonl(root / "pairs.jsonl", pair_rows(16))
-    return root, model, pairs
+from tiny import pair_table, train_then_kill
 
 
 def cfg(root, model, pairs, name, stages=None, **train_kw):

@@ -18,7 +18,7 @@ from tether.engine.logprobs import LogProbModel, collate, loss_inputs
 from tether.methods.registry import METHODS
 from tether.training.job import train
 
-from tiny import VOCAB, pair_rows, tiny_model, tiny_model_dir, write_jsonl
+from tiny import VOCAB, tiny_model
 
 LAYOUTS = [
     {"share_prompt": True, "packing": True},
@@ -195,12 +195,6 @@ def test_unsupported_attention_feature_fails_the_probe(monkeypatch, capsys):
 # -------------------------------------------------------------------------------------------------
 # ε-DPO: precomputed reference hidden states vs the frozen copy
 # -------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("seg")
-    return root, tiny_model_dir(root / "model"), write_jsonl(root / "pairs.jsonl", pair_rows(16))
 
 
 def _cfg(root, model, pairs, name, mode, **kw):

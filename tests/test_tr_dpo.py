@@ -22,15 +22,7 @@ from tether.engine.reference import mix_parameters
 from tether.errors import ConfigError
 from tether.training.job import train
 
-from tiny import pair_rows, tiny_model, tiny_model_dir, write_jsonl
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trdpo")
-    model = tiny_model_dir(root / "model")
-    pairs = write_jsonl(root / "pairs.jsonl", pair_rows(16))
-    return root, model, pairs
+from tiny import tiny_model
 
 
 def raw_cfg(root, model, pairs, name, method, **train_kw) -> dict:
