@@ -18,6 +18,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tether.contract import LossInputs, LossOutput, Perturbed, SequenceLogps, require
+from tether.methods.metrics import (  # the noqa ones: also read as losses.* (registry, evaluation)
+    add_logp_metrics,
+    add_reference_metrics,  # noqa: F401
+    add_reward_metrics,
+    reference_metrics,  # noqa: F401
+    reward_metrics,  # noqa: F401
+)
 
 #: ASFT guard: avg(y_l) is clamped to at most ``-ASFT_LOG1MEXP_EPS`` inside log(1 − exp(·)), so the term
 #: stays ≤ −log(ASFT_LOG1MEXP_EPS)·β ≈ 13.8·β. Beyond the clamp the gradient is the (finite) gradient at
@@ -50,28 +57,6 @@ def _ratios(inp: LossInputs) -> tuple[Tensor, Tensor]:
     return r_w, r_l
 
 
-def reward_metrics(beta: Tensor | float, r_w: Tensor, r_l: Tensor) -> dict[str, Tensor]:
-    """The implicit-reward metrics β·r of a pair (TRL's names), per example; training and held-out
-    evaluation both use these."""
-    return {
-        "rewards/chosen": beta * r_w,
-        "rewards/rejected": beta * r_l,
-        "rewards/accuracies": (r_w > r_l).float(),
-        "rewards/margins": beta * (r_w - r_l),
-    }
-
-
-def _reward_metrics(out: LossOutput, beta: Tensor | float, r_w: Tensor, r_l: Tensor) -> None:
-    for name, value in reward_metrics(beta, r_w, r_l).items():
-        out.add(name, value)
-
-
-def _logp_metrics(out: LossOutput, inp: LossInputs) -> None:
-    out.add("logps/chosen", inp.chosen.sum)
-    if inp.rejected is not None:
-        out.add("logps/rejected", inp.rejected.sum)
-
-
 # --------------------------------------------------------------------------------------------------
 # Supervised family: data = prompt + completion (``inp.chosen`` is the completion)
 # --------------------------------------------------------------------------------------------------
@@ -83,7 +68,7 @@ def sft(inp: LossInputs) -> LossOutput:
     Xie et al. 2024, arXiv:2408.10642, Eq. 5 (the raw SFT gradient ``−(1/m)·∇log π(y|x)``).
     """
     out = LossOutput(losses=-inp.chosen.avg)
-    _logp_metrics(out, inp)
+    add_logp_metrics(out, inp)
     out.add("nll", -inp.chosen.avg)
     return out
 
@@ -96,7 +81,7 @@ def sft_dpo(inp: LossInputs, *, beta: float) -> LossOutput:
     r = inp.chosen.sum - require(inp.ref_chosen, "ref_chosen")
     out = LossOutput(losses=-F.logsigmoid(beta * r))
     out.add("rewards/chosen", beta * r)
-    _logp_metrics(out, inp)
+    add_logp_metrics(out, inp)
     return out
 
 
@@ -113,7 +98,7 @@ def minor_sft(inp: LossInputs, *, beta: float) -> LossOutput:
     out.add("minor_sft/weight", weight)
     # with the weight's mean, its spread over the step's batch: std = sqrt(mean(w²) − mean(w)²)
     out.add("minor_sft/weight_sq", weight.square())
-    _logp_metrics(out, inp)
+    add_logp_metrics(out, inp)
     return out
 
 
@@ -126,8 +111,8 @@ def dpo(inp: LossInputs, *, beta: float) -> LossOutput:
     """DPO (Rafailov et al. 2023, arXiv:2305.18290, Eq. 7): ``−log σ(β·Δ)``, ``Δ = r_w − r_l``."""
     r_w, r_l = _ratios(inp)
     out = LossOutput(losses=-F.logsigmoid(beta * (r_w - r_l)))
-    _reward_metrics(out, beta, r_w, r_l)
-    _logp_metrics(out, inp)
+    add_reward_metrics(out, beta, r_w, r_l)
+    add_logp_metrics(out, inp)
     return out
 
 
@@ -139,9 +124,9 @@ def minor_dpo(inp: LossInputs, *, beta: float) -> LossOutput:
     """
     r_w, r_l = _ratios(inp)
     out = LossOutput(losses=-F.logsigmoid(beta * r_w - beta * torch.clamp(r_l, min=0.0)))
-    _reward_metrics(out, beta, r_w, r_l)
+    add_reward_metrics(out, beta, r_w, r_l)
     out.add("minor_dpo/clamped", (r_l < 0).float())
-    _logp_metrics(out, inp)
+    add_logp_metrics(out, inp)
     return out
 
 
@@ -152,8 +137,8 @@ def ipo(inp: LossInputs, *, beta: float) -> LossOutput:
     r_w, r_l = _ratios(inp)
     h = r_w / chosen.n_tokens - r_l / rejected.n_tokens
     out = LossOutput(losses=(h - 1.0 / (2.0 * beta)) ** 2)
-    _reward_metrics(out, beta, r_w, r_l)
-    _logp_metrics(out, inp)
+    add_reward_metrics(out, beta, r_w, r_l)
+    add_logp_metrics(out, inp)
     return out
 
 
@@ -207,12 +192,12 @@ def epsilon_dpo(inp: LossInputs, *, beta: float, epsilon: float) -> LossOutput:
     s = epsilon_criterion(inp)
     beta_i = beta / (1.0 + epsilon * s)
     out = LossOutput(losses=-F.logsigmoid(beta_i * (r_w - r_l)))
-    _reward_metrics(out, beta_i, r_w, r_l)
+    add_reward_metrics(out, beta_i, r_w, r_l)
     out.add("kl/s", s)
     out.add("kl/p_epsilon_steps", (s > 0).float())
     out.add("kl/n_epsilon_steps", (s < 0).float())
     out.add("kl/beta_i", beta_i)
-    _logp_metrics(out, inp)
+    add_logp_metrics(out, inp)
     return out
 
 
@@ -287,9 +272,9 @@ def r_dpo(inp: LossInputs, *, beta: float, alpha: float) -> LossOutput:
     r_w, r_l = _ratios(inp)
     length_term = alpha * (chosen.n_tokens - rejected.n_tokens)
     out = LossOutput(losses=-F.logsigmoid(beta * (r_w - r_l) + length_term))
-    _reward_metrics(out, beta, r_w, r_l)
+    add_reward_metrics(out, beta, r_w, r_l)
     out.add("r_dpo/length_term", length_term)
-    _logp_metrics(out, inp)
+    add_logp_metrics(out, inp)
     return out
 
 
@@ -335,9 +320,9 @@ def beta_dpo(
     if weight is not None:
         losses = losses * weight.to(losses)
     out = LossOutput(losses=losses)
-    _reward_metrics(out, beta, r_w, r_l)
+    add_reward_metrics(out, beta, r_w, r_l)
     out.add("beta_dpo/kept_fraction", kept)
-    _logp_metrics(out, inp)
+    add_logp_metrics(out, inp)
     return out
 
 
@@ -534,7 +519,7 @@ def asft(inp: LossInputs, *, beta: float) -> LossOutput:
     out.add("logps/rejected_avg", avg_l)
     out.add("likelihood/margin", avg_w - avg_l)
     out.add("asft/guarded", (avg_l > -ASFT_LOG1MEXP_EPS).float())
-    _logp_metrics(out, inp)
+    add_logp_metrics(out, inp)
     return out
 
 
@@ -550,7 +535,7 @@ def orpo(inp: LossInputs, *, beta: float) -> LossOutput:
     out.add("orpo/nll", -avg_w)
     out.add("likelihood/margin", avg_w - avg_l)
     out.add("rewards/accuracies", (avg_w > avg_l).float())
-    _logp_metrics(out, inp)
+    add_logp_metrics(out, inp)
     return out
 
 
@@ -564,7 +549,7 @@ def simpo(inp: LossInputs, *, beta: float, gamma: float) -> LossOutput:
     out.add("rewards/accuracies", (avg_w > avg_l).float())
     out.add("rewards/margins", beta * (avg_w - avg_l))
     out.add("likelihood/margin", avg_w - avg_l)
-    _logp_metrics(out, inp)
+    add_logp_metrics(out, inp)
     return out
 
 
@@ -597,10 +582,10 @@ def cpo(inp: LossInputs, *, beta: float, lambda_nll: float, lambda_nll_avg: floa
     chosen, rejected = _pair(inp)
     margin = chosen.sum - rejected.sum
     out = LossOutput(losses=-F.logsigmoid(beta * margin) + _nll(chosen, lambda_nll, lambda_nll_avg))
-    _reward_metrics(out, beta, chosen.sum, rejected.sum)
+    add_reward_metrics(out, beta, chosen.sum, rejected.sum)
     out.add("nll", -chosen.avg)
     out.add("likelihood/margin", chosen.avg - rejected.avg)
-    _logp_metrics(out, inp)
+    add_logp_metrics(out, inp)
     return out
 
 
@@ -630,7 +615,7 @@ def slic_hf(inp: LossInputs, *, delta: float, lambda_nll: float, lambda_nll_avg:
     out.add("slic_hf/hinge_active", (margin < delta).float())
     out.add("nll", -chosen.avg)
     out.add("likelihood/margin", chosen.avg - rejected.avg)
-    _logp_metrics(out, inp)
+    add_logp_metrics(out, inp)
     return out
 
 
@@ -659,39 +644,5 @@ def rrhf(inp: LossInputs, *, lambda_nll: float, lambda_nll_avg: float = 0.0) -> 
     out.add("likelihood/margin", avg_w - avg_l)
     out.add("rrhf/rank_active", (avg_l > avg_w).float())
     out.add("nll", -avg_w)
-    _logp_metrics(out, inp)
-    return out
-
-
-def add_reference_metrics(out: LossOutput, inp: LossInputs) -> None:
-    """:func:`reference_metrics` into ``out``; for unpaired rows (``inp.label``) ``deviation`` and
-    ``logps/ref_chosen`` are over the desirable rows, ``deviation/rejected`` and ``logps/ref_rejected``
-    over the undesirable ones (as a pair's chosen and rejected answers)."""
-    if inp.label is None or inp.ref_chosen is None:
-        for name, value in reference_metrics(inp).items():
-            out.add(name, value)
-        return
-    dev = (inp.chosen.sum - inp.ref_chosen) / inp.chosen.n_tokens
-    out.add("deviation", dev, where=inp.label)
-    out.add("deviation/rejected", dev, where=~inp.label)
-    out.add("logps/ref_chosen", inp.ref_chosen, where=inp.label)
-    out.add("logps/ref_rejected", inp.ref_chosen, where=~inp.label)
-
-
-def reference_metrics(inp: LossInputs) -> dict[str, Tensor]:
-    """Metrics every run with reference log-probs logs, whatever its loss.
-
-    ``deviation`` is MinorSFT's m_θ (arXiv:2408.10642, Eq. 8): per example ``r(y)/n(y)`` on the chosen
-    (or SFT) response; its batch mean is the paper's metric. ``deviation/rejected`` likewise.
-    """
-    out: dict[str, Tensor] = {}
-    if inp.ref_chosen is not None:
-        out["deviation"] = ((inp.chosen.sum - inp.ref_chosen) / inp.chosen.n_tokens).detach().float()
-        out["logps/ref_chosen"] = inp.ref_chosen.detach().float()
-    if inp.ref_rejected is not None and inp.rejected is not None:
-        out["deviation/rejected"] = (
-            ((inp.rejected.sum - inp.ref_rejected) / inp.rejected.n_tokens).detach().float()
-        )
-        out["logps/ref_rejected"] = inp.ref_rejected.detach().float()
-        out["gamma_ref"] = (inp.ref_chosen - inp.ref_rejected).detach().float()  # type: ignore[operator]
+    add_logp_metrics(out, inp)
     return out
