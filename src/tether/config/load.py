@@ -480,3 +480,6 @@ def _validate_stages(cfg: Config, method: Method) -> None:
     elif s.by == "files":
         if len(s.files) < 1:
             raise ConfigError("stages.files: list one data file per stage")
+    n = len({"column": s.order, "random": s.fractions, "files": s.files}[s.by])
+    if s.stage is not None and s.stage > n:
+        raise ConfigError(f"stages.stage: {s.stage}, but there are {n} stages", "stages.stage")

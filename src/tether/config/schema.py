@@ -201,6 +201,10 @@ class StagesConfig:
     """``by: random``: one fraction of the rows per stage, summing to 1."""
     files: list[str] = field(default_factory=list)
     """``by: files``: one data file per stage, in training order."""
+    stage: int | None = None
+    """Train only this stage (1-based) of the split, from ``model.name`` as the previous stage's model and
+    reference, into ``train.output_dir`` itself; each stage's own ``config.yaml`` records it (null: every
+    stage)."""
 
 
 @dataclass
@@ -266,6 +270,7 @@ RANGES: dict[str, Bound] = {
     "train.save_total_limit": _at_least(1),
     "train.logprob_chunk": _at_least(1),
     "stages.fractions": _POSITIVE,
+    "stages.stage": _at_least(1),
     "reference.max_cache_gb": _POSITIVE,
 }
 """The allowed range of every number in the config (``null`` stays allowed where the type has it), checked
