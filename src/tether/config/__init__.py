@@ -38,10 +38,12 @@ from tether.config.schema import (
     TrainConfig,
     range_text,
 )
+from tether.errors import ConfigError
 
 __all__ = [
     "RANGES",
     "Config",
+    "ConfigError",
     "DataConfig",
     "KeyDoc",
     "LoraConfig",
