@@ -117,6 +117,7 @@ class Payload:
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_planted_pickle_never_runs_and_resume_stays_exact(setup, full, capsys):
     """A run directory received from someone else: pickles planted where accelerate's scheduler pickle
     used to be and in place of the newest checkpoint's optimizer state. Resume runs none of them: the
@@ -196,6 +197,7 @@ def snapshot(*dirs: Path) -> dict[str, tuple[int, int]]:
     }
 
 
+@pytest.mark.slow
 def test_validate_changes_nothing(setup, tmp_path, capsys, monkeypatch):
     """``tether validate`` on the default GGUF model reads its tokenizer and converts nothing: the tether
     cache stays as it was (here: absent) and no package is installed."""
@@ -268,6 +270,7 @@ def test_a_finished_run_is_extended(setup, full, capsys):
     assert rc == 0 and "resuming from step 8" in out and steps(run) == list(range(1, 9))
 
 
+@pytest.mark.slow
 def test_resume_without_checkpoint_starts_fresh_once(setup, capsys):
     """A run killed before its first checkpoint left metrics lines: resume says so and logs each step once."""
     root, model, pairs = setup
@@ -349,6 +352,7 @@ def test_second_writer_is_refused_and_a_stale_lock_taken_over(setup, capsys):
     assert not (run / ".tether.lock").exists() and steps(run) == [1, 2]
 
 
+@pytest.mark.slow
 def test_two_concurrent_trains_one_refused(setup):
     """The real CLI twice at once into one directory (the second even with overwrite=true): the first run
     trains undisturbed, the second exits 2 naming it."""
@@ -383,6 +387,7 @@ def test_only_the_newest_checkpoints_are_kept(setup, capsys):
     assert checkpoints(root / "keep") == ["step-0000004", "step-0000005"]
 
 
+@pytest.mark.slow
 def test_weights_only_checkpoints_and_no_shared_tensor_warning(setup, tmp_path, capfd):
     """``save_optimizer: false`` writes weights only; a tied-embedding model saves without accelerate's
     "Removed shared tensor" warning; resuming such a checkpoint says the optimizer restarts."""
@@ -430,6 +435,7 @@ def test_exploding_run_names_no_bad_checkpoint_as_good(setup, capsys):
     assert "no good checkpoint (step-0000001: weights grew from" in err, err
 
 
+@pytest.mark.slow
 def test_a_healthy_checkpoint_is_named_good(setup, capsys):
     """A run that diverges later names its newest checkpoint whose weights, loss and grad norm were fine."""
     root, model, pairs = setup

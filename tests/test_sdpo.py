@@ -34,6 +34,7 @@ def cfg(root, model, pairs, name, stages=None, **train_kw):
     return from_dict(raw)
 
 
+@pytest.mark.slow
 def test_one_stage_is_exactly_dpo(setup):
     root, model, pairs = setup
     staged = train(cfg(root, model, pairs, "one-stage", {"by": "random", "fractions": [1.0]}))
@@ -43,6 +44,7 @@ def test_one_stage_is_exactly_dpo(setup):
     assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_stage_two_reference_is_stage_one_model(setup):
     root, model, pairs = setup
     result = train(
@@ -82,6 +84,7 @@ def test_bad_stages(setup, stages, match):
         train(cfg(root, model, pairs, "bad", stages))
 
 
+@pytest.mark.slow
 def test_sdpo_kill_and_resume_continues_at_the_right_stage(setup):
     """SIGKILL during stage 2, resume: stage 1 is not retrained, stage 2 continues from its checkpoint, and
     every stage's metrics equal those of an uninterrupted staged run."""
@@ -110,6 +113,7 @@ def test_sdpo_kill_and_resume_continues_at_the_right_stage(setup):
     assert [s["stage"] for s in stages_json] == [1, 2]
 
 
+@pytest.mark.slow
 def test_a_stage_config_retrains_that_stage_alone(setup):
     """``tether train stage-2/config.yaml`` with a fresh output_dir: stage 2 alone (its rows of the seeded
     split, stage 1's model as start and reference) retrains to the same weights."""

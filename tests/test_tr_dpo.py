@@ -180,6 +180,7 @@ def test_reference_is_the_update_rule_applied_to_saved_policies(setup, alpha, ta
     assert all(abs(x["tr_dpo/ref_deviation"]) > 1e-4 for x in m[tau:])
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_the_uninterrupted_one(setup):
     """Stopped after step 3 (one update behind it, at step 2) and resumed to step 6: every step's metrics,
     the final weights and the final reference equal the uninterrupted run's. TRL does not save the
@@ -200,6 +201,7 @@ def test_resumed_run_equals_the_uninterrupted_one(setup):
     assert_same(policy_at(full.run_dir, 6), policy_at(resumed.run_dir, 6), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_reproduces_the_run_reference_included(setup):
     """SIGKILL mid-run (``tether train`` in a subprocess), resume from the last checkpoint: every step's
     metrics, the final weights and the final reference equal the uninterrupted run's."""
@@ -266,6 +268,7 @@ def test_a_checkpoint_without_its_reference_is_not_resumed(setup, capsys):
     assert "step-0000002 is unusable (reference.safetensors: missing)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_sdpo_stages_restart_the_reference_at_each_stage(setup):
     """With stages, stage 2's reference starts as stage 1's final model and its updates (hard, τ = 2)
     restart from there: step 1's reference is stage 1's final model, step 2's update copies stage 2's
