@@ -254,6 +254,7 @@ def test_resume_refuses_a_changed_config(setup, full, capsys):
     assert "note: resuming with train.lr changed (0.01 → 0.1)" in out and "resuming from step 4" in out
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_extended(setup, full, capsys):
     """The final step is checkpointed, so a larger max_steps continues a finished run from its end."""
     root, model, pairs = setup
@@ -296,6 +297,7 @@ DAMAGE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_a_damaged_checkpoint_falls_back_to_the_previous_one(setup, full, capsys, damage):
     """The newest checkpoint damaged (and a torn last metrics line): resume says what is wrong, continues
@@ -379,6 +381,7 @@ def test_two_concurrent_trains_one_refused(setup):
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_only_the_newest_checkpoints_are_kept(setup, capsys):
     root, model, pairs = setup
     cfg = config(root, model, pairs, "keep", max_steps=5, save_every=1, save_total_limit=2)

@@ -220,6 +220,7 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_epsilon_dpo_precomputed_reference_equals_copy(setup, monkeypatch):
     """Same β trajectory and losses; the precomputed run runs no reference forward."""
     root, model, pairs = setup
@@ -265,6 +266,7 @@ def test_switched_off_run_equals_default_run(setup):
         assert x["tokens"] == y["tokens"]  # counted as TRL counts them in both layouts
 
 
+@pytest.mark.slow
 def test_layout_survives_gradient_checkpointing():
     """Recomputed layers see the same segments (the layout travels as a keyword argument)."""
     model = tiny_model()

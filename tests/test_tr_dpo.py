@@ -132,6 +132,7 @@ def test_mixing_is_fp32_and_mixes_a_tied_weight_once():
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_alpha_zero_and_tau_beyond_the_run_are_dpo(setup):
     """Step 0's loss is ln 2; α = 0 (updates that change nothing) and τ > max_steps give exactly the
     weights and losses of DPO with a frozen-copy reference."""
@@ -257,6 +258,7 @@ def test_two_processes_equal_one(setup):
     assert_same(policy_at(one.run_dir, 3), policy_at(two, 3), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_its_reference_is_not_resumed(setup, capsys):
     method = {"name": "tr_dpo", "alpha": 0.5, "tau": 1}
     r = run(setup, "noref", method, max_steps=2, save_every=1)

@@ -64,6 +64,7 @@ def test_every_method_trains(setup, method):
     assert (result.run_dir / "config.yaml").exists() and (result.run_dir / "summary.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux only: the peak is reset")
 def test_peak_rss_is_the_runs_own_after_a_larger_peak_in_the_same_process(setup):
     """A sweep trains its runs in one process: each summary's peak RSS is that run's, not the process's."""
