@@ -114,9 +114,9 @@ def step_times(run_dir: Path) -> list[float]:
 def gamma_by_reference(run_dir: Path, start: str, raw: dict[str, Any]) -> list[dict[str, Any]]:
     """γ_ref of every sDPO stage's reference M_0..M_{T-1}, all on the LAST chunk D_T.
 
-    The per-stage ``gamma_ref`` of a run is each reference on its own chunk (METHODS.md), so it mixes the
-    model change with the data change; the paper's claim (γ_ref rises, −38.6 → −25.1 on UltraFeedback,
-    its last chunk) compares the references on the same data. This measures exactly that.
+    The per-stage ``gamma_ref`` of a run is each reference on its own chunk, so it mixes the model change
+    with the data change; the paper's claim (arXiv:2403.19270: γ_ref rises, −38.6 → −25.1 on
+    UltraFeedback, its last chunk) compares the references on the same data. This measures exactly that.
     """
     import torch
 

@@ -456,7 +456,7 @@ def _numbers(cls: Any, where: str) -> list[str]:
     for f in dataclasses.fields(cls):
         tp = typing.get_type_hints(cls)[f.name]
         key = f"{where}.{f.name}" if where else f.name
-        sub = config_mod._section_class(tp)
+        sub = config_mod.schema.section_class(tp)
         if sub is not None:
             out += _numbers(sub, key)
         elif {int, float} & {tp, *typing.get_args(tp), *(typing.get_args(a) for a in typing.get_args(tp))}:

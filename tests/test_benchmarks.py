@@ -110,6 +110,7 @@ def test_papers_scale_on_a_tiny_model(tmp_path):
     assert next(r for r in rows2 if r["sweep"] == "sdpo") == sdpo  # its run is gone: the old row kept
 
 
+@pytest.mark.slow
 def test_papers_scale_learning_rates_are_read_as_numbers(tmp_path):
     """``--frontier-lr 5e-6`` is the grid's ``5e-06`` (the runs' names are spelled as in the grid); a value
     outside its grid is one line and exit 2, before anything runs."""

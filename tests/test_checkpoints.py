@@ -47,6 +47,7 @@ def env(tmp_path_factory):
     return {"root": root, "heldout": heldout, "a": run("a", 3, 1), "b": run("b", 2, None)}
 
 
+@pytest.mark.slow
 def test_three_rows_final_row_is_final_and_a_checkpoint_is_its_step(env, monkeypatch, tmp_path):
     monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
     data = str(env["heldout"])
@@ -82,6 +83,7 @@ def test_three_rows_final_row_is_final_and_a_checkpoint_is_its_step(env, monkeyp
     assert [r["step"] for r in every2["rows"]] == [2, 3]
 
 
+@pytest.mark.slow
 def test_cli_checkpoints_and_incomplete_checkpoint(env, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
     args = ["--data", str(env["heldout"]), "--max-samples", "2", "--max-new-tokens", "3", "--no-progress"]

@@ -55,7 +55,9 @@ def test_config_reference_is_the_dataclasses():
         classes.append(cls)
         hints = typing.get_type_hints(cls)
         todo += [
-            c for f in dataclasses.fields(cls) if (c := config._section_class(hints[f.name])) is not None
+            c
+            for f in dataclasses.fields(cls)
+            if (c := config.schema.section_class(hints[f.name])) is not None
         ]
     assert len(classes) >= 8
     for cls in classes:

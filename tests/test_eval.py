@@ -108,6 +108,7 @@ def _engine_sums(model_dir: Path, examples) -> torch.Tensor:
     return torch.stack(out)  # [n, 1 or 2]
 
 
+@pytest.mark.slow
 def test_pairwise_accuracy_and_deviation_match_the_engine(env):
     beta = 0.3
     res = evaluate(
@@ -134,6 +135,7 @@ def test_pairwise_accuracy_and_deviation_match_the_engine(env):
     assert m["deviation/rejected"] == pytest.approx(float(((pol[:, 1] - ref[:, 1]) / n_l).mean()), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_mc_accuracy_matches_option_loglikelihoods(env):
     res = evaluate(
         str(env["model"]), str(env["mc"]), reference=str(env["model2"]), metrics="mc", progress=False
@@ -251,6 +253,7 @@ def test_run_dir_defaults_and_lora_run(env):
     assert lora["model_path"] == str(env["model"]) and abs(lora["metrics"]["deviation"]) > 0
 
 
+@pytest.mark.slow
 def test_reference_cache_reuses_logps_and_generations(env, monkeypatch, tmp_path):
     import tether.evaluation.generation as ev_mod  # what generates, for both models
 
@@ -300,6 +303,7 @@ def test_reference_cache_reuses_logps_and_generations(env, monkeypatch, tmp_path
 FLAGS = ["--max-samples", "3", "--max-new-tokens", "4", "--no-progress", "--lm-eval-tasks", "arc_easy"]
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(env):
     proc = subprocess.run(
         [sys.executable, "-m", "tether.cli", "eval", str(env["run"]), "--data", str(env["pairs"]), *FLAGS],
@@ -354,6 +358,7 @@ def test_bad_input_one_line_exit_2(env, case, capsys):
     assert err.startswith("error: ") and words in err, err
 
 
+@pytest.mark.slow
 def test_kto_run_evaluates_pairwise_accuracy_of_its_implicit_reward(env):
     """A KTO run (trained on pairs, split, with held-out pairs evaluated during training): ``tether eval``
     on held-out pairs measures the accuracy and margin of β·(r_w − r_l) with the run's β, r against the

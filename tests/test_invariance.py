@@ -16,17 +16,12 @@ from safetensors.torch import load_file
 from tether.config import from_dict
 from tether.training.job import train
 
-from tiny import pair_rows, tiny_model_dir, train_then_kill, write_jsonl
+from tiny import train_then_kill
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("inv")
-    model = tiny_model_dir(root / "model")
-    pairs = write_jsonl(root / "pairs.jsonl", pair_rows(24))
-    return root, model, pairs
+PAIRS = 24  # the rows of the shared ``setup`` fixture (conftest.py)
 
 
 def raw_cfg(root, model, pairs, name, method="dpo", **train_kw):
@@ -65,6 +60,7 @@ def assert_same_weights(a, b, atol):
         torch.testing.assert_close(wa[k], wb[k], atol=atol, rtol=0, msg=k)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_unsplit_batch(setup):
     """4 pairs at once, 2×2 and 4×1 micro-batches: same loss per step and same final weights."""
     root, model, pairs = setup
@@ -79,6 +75,7 @@ def test_gradient_accumulation_equals_unsplit_batch(setup):
         assert_same_weights(runs[0], other, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lora", [False, True])
 def test_reference_modes_agree(setup, lora):
     """Precomputed, frozen-copy and (with LoRA) adapter-disabled references give the same reference
@@ -100,6 +97,7 @@ def test_reference_modes_agree(setup, lora):
             assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_precomputed_cache_reused_and_rebuilt(setup):
     root, model, pairs = setup
     raw = raw_cfg(root, model, pairs, "cache-a", max_steps=1)
@@ -176,6 +174,7 @@ STATEFUL = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(STATEFUL))
 def test_kill_and_resume_reproduces_run(setup, name):
     """SIGKILL mid-run, resume from the last checkpoint: the metrics of every step equal the
@@ -203,6 +202,7 @@ def test_kill_and_resume_reproduces_run(setup, name):
     assert_same_weights(full.run_dir, root / f"killed-{name}", atol=1e-6)
 
 
+@pytest.mark.slow
 def test_epsilon_beta_update_independent_of_micro_batching(setup):
     """β after each step is the harmonic mean of that step's β_i over the global batch: identical for
     1×4 pairs and 2 micro-batches × 2 pairs."""
@@ -238,6 +238,7 @@ def _assert_same_beta_dpo_run(a: list[dict], b: list[dict]) -> None:
         assert x["loss"] == pytest.approx(y["loss"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_beta_dpo_statistics_independent_of_micro_batching(setup):
     """β-DPO's statistics are over the step's global batch: 1 micro-batch × 4 pairs (Δ from the step's own
     forward) and 2 micro-batches × 2 pairs (Δ from a no-grad pre-pass) give the same β_b, moving averages,

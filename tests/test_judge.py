@@ -91,6 +91,7 @@ def _hand_rate(a: list[float], b: list[float]) -> float:
     return sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b, strict=True)) / len(a)
 
 
+@pytest.mark.slow
 def test_judge_win_rates_equal_hand_computed_values_with_ties(env, monkeypatch, tmp_path):
     monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
     kw = {"reference": str(env["ref"]), "max_new_tokens": 4, "batch_size": 2, "progress": False}
@@ -119,6 +120,7 @@ def test_judge_win_rates_equal_hand_computed_values_with_ties(env, monkeypatch, 
     assert res["judge"] == str(env["judge"])
 
 
+@pytest.mark.slow
 def test_judge_cache_hit_and_misses(env, monkeypatch, tmp_path):
     monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
     kw = {"reference": str(env["ref"]), "max_new_tokens": 4, "progress": False}
@@ -136,6 +138,7 @@ def test_judge_cache_hit_and_misses(env, monkeypatch, tmp_path):
     assert changed["judge_cache"] == {"model": "hit", "reference": "hit", "chosen": "miss"}
 
 
+@pytest.mark.slow
 def test_checker_reports_the_same_win_rate_columns(env, tmp_path, monkeypatch):
     monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
     res = evaluate(
@@ -148,6 +151,7 @@ def test_checker_reports_the_same_win_rate_columns(env, tmp_path, monkeypatch):
     assert res["metrics"]["win_rate/chosen"] == sum(0.5 if c else 0.0 for c in ok) / 5  # chosen is right
 
 
+@pytest.mark.slow
 def test_sampled_generations_per_prompt(env, tmp_path, monkeypatch):
     monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
     kw = {"reference": str(env["ref"]), "max_new_tokens": 4, "progress": False, "judge": str(env["judge"])}
@@ -195,6 +199,7 @@ def test_bad_judge_is_one_line_exit_2(env, case, message, capsys, tmp_path):
     assert not (tmp_path / "e.json").exists()
 
 
+@pytest.mark.slow
 def test_cli_eval_with_judge(env, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "e.json"

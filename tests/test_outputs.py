@@ -67,6 +67,7 @@ def test_base_model_id_of_a_local_directory(setup):
     assert models.base_model_id(str(root / "local-name")) == str(root / "local-name")  # a path: not a hub id
 
 
+@pytest.mark.slow
 def test_lora_adapter_names_the_hub_id_and_has_a_card(setup, capsys):
     root, _, named, pairs, held_out = setup
     cfg = _config(
@@ -93,6 +94,7 @@ def test_lora_adapter_names_the_hub_id_and_has_a_card(setup, capsys):
     assert f"loading model {named} (float32) ..." in err
 
 
+@pytest.mark.slow
 def test_full_model_card(setup, capsys):
     root, model, _, pairs, held_out = setup
     cfg = _config(root, model, pairs, "full", data={"eval": str(held_out)})

@@ -73,6 +73,7 @@ def test_minor_sft_equals_sft_at_step_zero(setup):
     assert metrics(a)[0]["deviation"] == pytest.approx(0.0, abs=1e-5)  # SFT logs m_θ too
 
 
+@pytest.mark.slow
 def test_minor_sft_weight_shrinks_as_the_model_drifts(setup):
     """MinorSFT's per-sample weight 2σ(−β r) starts at 1 and falls as the summed log-ratio r grows.
 
@@ -85,6 +86,7 @@ def test_minor_sft_weight_shrinks_as_the_model_drifts(setup):
     assert weights[-1] < 0.5 and b[-1]["deviation"] > 0
 
 
+@pytest.mark.slow
 def test_minor_dpo_logs_clamped_fraction(setup):
     root, model, pairs, _ = setup
     m = metrics(run(root, model, pairs, "minor-dpo", {"name": "minor_dpo"}, max_steps=8))
@@ -133,6 +135,7 @@ def _mean_logps(model_dir, pairs) -> tuple[float, float]:
     return t[:, 0].mean().item(), t[:, 1].mean().item()
 
 
+@pytest.mark.slow
 def test_asft_raises_chosen_and_lowers_rejected_dpo_mostly_lowers_rejected(tmp_path):
     """The ASFT paper's observation, on the same pairs before and after training: ASFT (absolute
     likelihood) raises the chosen likelihood and lowers the rejected one; DPO (Bradley-Terry, relative)
@@ -225,6 +228,7 @@ def test_epsilon_dpo_logs_its_measurements(setup):
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sdpo_lora_stage_two_reference_is_merged_stage_one(setup):
     root, model, pairs, _ = setup
     raw = {

@@ -381,6 +381,7 @@ def test_cli_end_to_end(runs, tmp_path):
     assert not (tmp_path / "bad-out").exists()
 
 
+@pytest.mark.slow
 def test_real_tiny_run(tmp_path):
     """A real ``tether.training.job.train`` run directory (with eval lines) is read and plotted."""
     from tether.config import from_dict

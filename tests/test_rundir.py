@@ -25,17 +25,12 @@ from safetensors.torch import load_file
 
 from tether.cli import main
 
-from tiny import pair_rows, tiny_model_dir, write_jsonl
+from tiny import tiny_model_dir
 
 CKPT = "checkpoints"
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rundir")
-    model = tiny_model_dir(root / "model")
-    pairs = write_jsonl(root / "pairs.jsonl", pair_rows(24))
-    return root, model, pairs
+PAIRS = 24  # the rows of the shared ``setup`` fixture (conftest.py)
 
 
 def config(root: Path, model: Path, pairs: Path, name: str, **train) -> Path:
@@ -122,6 +117,7 @@ class Payload:
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_planted_pickle_never_runs_and_resume_stays_exact(setup, full, capsys):
     """A run directory received from someone else: pickles planted where accelerate's scheduler pickle
     used to be and in place of the newest checkpoint's optimizer state. Resume runs none of them: the
@@ -201,6 +197,7 @@ def snapshot(*dirs: Path) -> dict[str, tuple[int, int]]:
     }
 
 
+@pytest.mark.slow
 def test_validate_changes_nothing(setup, tmp_path, capsys, monkeypatch):
     """``tether validate`` on the default GGUF model reads its tokenizer and converts nothing: the tether
     cache stays as it was (here: absent) and no package is installed."""
@@ -257,6 +254,7 @@ def test_resume_refuses_a_changed_config(setup, full, capsys):
     assert "note: resuming with train.lr changed (0.01 → 0.1)" in out and "resuming from step 4" in out
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_extended(setup, full, capsys):
     """The final step is checkpointed, so a larger max_steps continues a finished run from its end."""
     root, model, pairs = setup
@@ -273,6 +271,7 @@ def test_a_finished_run_is_extended(setup, full, capsys):
     assert rc == 0 and "resuming from step 8" in out and steps(run) == list(range(1, 9))
 
 
+@pytest.mark.slow
 def test_resume_without_checkpoint_starts_fresh_once(setup, capsys):
     """A run killed before its first checkpoint left metrics lines: resume says so and logs each step once."""
     root, model, pairs = setup
@@ -298,6 +297,7 @@ DAMAGE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_a_damaged_checkpoint_falls_back_to_the_previous_one(setup, full, capsys, damage):
     """The newest checkpoint damaged (and a torn last metrics line): resume says what is wrong, continues
@@ -354,6 +354,7 @@ def test_second_writer_is_refused_and_a_stale_lock_taken_over(setup, capsys):
     assert not (run / ".tether.lock").exists() and steps(run) == [1, 2]
 
 
+@pytest.mark.slow
 def test_two_concurrent_trains_one_refused(setup):
     """The real CLI twice at once into one directory (the second even with overwrite=true): the first run
     trains undisturbed, the second exits 2 naming it."""
@@ -380,6 +381,7 @@ def test_two_concurrent_trains_one_refused(setup):
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_only_the_newest_checkpoints_are_kept(setup, capsys):
     root, model, pairs = setup
     cfg = config(root, model, pairs, "keep", max_steps=5, save_every=1, save_total_limit=2)
@@ -388,6 +390,7 @@ def test_only_the_newest_checkpoints_are_kept(setup, capsys):
     assert checkpoints(root / "keep") == ["step-0000004", "step-0000005"]
 
 
+@pytest.mark.slow
 def test_weights_only_checkpoints_and_no_shared_tensor_warning(setup, tmp_path, capfd):
     """``save_optimizer: false`` writes weights only; a tied-embedding model saves without accelerate's
     "Removed shared tensor" warning; resuming such a checkpoint says the optimizer restarts."""
@@ -435,6 +438,7 @@ def test_exploding_run_names_no_bad_checkpoint_as_good(setup, capsys):
     assert "no good checkpoint (step-0000001: weights grew from" in err, err
 
 
+@pytest.mark.slow
 def test_a_healthy_checkpoint_is_named_good(setup, capsys):
     """A run that diverges later names its newest checkpoint whose weights, loss and grad norm were fine."""
     root, model, pairs = setup

@@ -5,20 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from tether.config import from_dict
 from tether.errors import ConfigError
 from tether.training.job import train
 
-from tiny import pair_rows, pair_table, tiny_model_dir, train_then_kill, write_jsonl
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sdpo")
-    model = tiny_model_dir(root / "model")
-    pairs = write_jsonl(root / "pairs.jsonl", pair_rows(16))
-    return root, model, pairs
+from tiny import pair_table, train_then_kill
 
 
 def cfg(root, model, pairs, name, stages=None, **train_kw):
@@ -41,6 +34,7 @@ def cfg(root, model, pairs, name, stages=None, **train_kw):
     return from_dict(raw)
 
 
+@pytest.mark.slow
 def test_one_stage_is_exactly_dpo(setup):
     root, model, pairs = setup
     staged = train(cfg(root, model, pairs, "one-stage", {"by": "random", "fractions": [1.0]}))
@@ -50,6 +44,7 @@ def test_one_stage_is_exactly_dpo(setup):
     assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_stage_two_reference_is_stage_one_model(setup):
     root, model, pairs = setup
     result = train(
@@ -80,6 +75,7 @@ def test_stage_two_reference_is_stage_one_model(setup):
         ({"by": "column", "column": "source", "order": ["easy"]}, "not listed"),
         ({"by": "column", "column": "nope", "order": ["easy"]}, "has no column 'nope'"),
         ({"by": "random", "fractions": [0.99, 0.01]}, "stage 2 gets no examples"),
+        ({"by": "random", "fractions": [0.5, 0.5], "stage": 3}, "stages.stage: 3, but there are 2 stages"),
     ],
 )
 def test_bad_stages(setup, stages, match):
@@ -88,6 +84,7 @@ def test_bad_stages(setup, stages, match):
         train(cfg(root, model, pairs, "bad", stages))
 
 
+@pytest.mark.slow
 def test_sdpo_kill_and_resume_continues_at_the_right_stage(setup):
     """SIGKILL during stage 2, resume: stage 1 is not retrained, stage 2 continues from its checkpoint, and
     every stage's metrics equal those of an uninterrupted staged run."""
@@ -114,3 +111,28 @@ def test_sdpo_kill_and_resume_continues_at_the_right_stage(setup):
         assert [x["loss"] for x in a] == pytest.approx([x["loss"] for x in b], abs=1e-6)
     stages_json = json.loads((root / "sdpo-killed" / "stages.json").read_text())
     assert [s["stage"] for s in stages_json] == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_stage_config_retrains_that_stage_alone(setup):
+    """``tether train stage-2/config.yaml`` with a fresh output_dir: stage 2 alone (its rows of the seeded
+    split, stage 1's model as start and reference) retrains to the same weights."""
+    import yaml
+    from safetensors.torch import load_file
+
+    from tether.config import load_config
+
+    root, model, pairs = setup
+    staged = train(cfg(root, model, pairs, "stage-alone", {"by": "random", "fractions": [0.5, 0.5]}))
+    stage2 = staged.run_dir / "stage-2"
+    recorded = yaml.safe_load((stage2 / "config.yaml").read_text())
+    assert recorded["stages"]["stage"] == 2
+    assert recorded["model"]["name"] == str(staged.run_dir / "stage-1" / "final")
+    again = train(load_config(stage2 / "config.yaml", [f"train.output_dir={root / 'stage-2-again'}"]))
+    assert again.run_dir == root / "stage-2-again" and again.stages is None
+    a = load_file(stage2 / "final" / "model.safetensors")
+    b = load_file(root / "stage-2-again" / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert again.gamma_ref == staged.stages[1]["gamma_ref"]
+    summary = json.loads((root / "stage-2-again" / "summary.json").read_text())
+    assert summary["data"]["train_examples"] == staged.stages[1]["examples"]

@@ -18,7 +18,7 @@ from tether.engine.logprobs import LogProbModel, collate, loss_inputs
 from tether.methods.registry import METHODS
 from tether.training.job import train
 
-from tiny import VOCAB, pair_rows, tiny_model, tiny_model_dir, write_jsonl
+from tiny import VOCAB, tiny_model
 
 LAYOUTS = [
     {"share_prompt": True, "packing": True},
@@ -197,12 +197,6 @@ def test_unsupported_attention_feature_fails_the_probe(monkeypatch, capsys):
 # -------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("seg")
-    return root, tiny_model_dir(root / "model"), write_jsonl(root / "pairs.jsonl", pair_rows(16))
-
-
 def _cfg(root, model, pairs, name, mode, **kw):
     return from_dict(
         {
@@ -226,6 +220,7 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_epsilon_dpo_precomputed_reference_equals_copy(setup, monkeypatch):
     """Same β trajectory and losses; the precomputed run runs no reference forward."""
     root, model, pairs = setup
@@ -271,6 +266,7 @@ def test_switched_off_run_equals_default_run(setup):
         assert x["tokens"] == y["tokens"]  # counted as TRL counts them in both layouts
 
 
+@pytest.mark.slow
 def test_layout_survives_gradient_checkpointing():
     """Recomputed layers see the same segments (the layout travels as a keyword argument)."""
     model = tiny_model()

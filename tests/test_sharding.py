@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from tether.config import from_dict
 from tether.training.job import train
 
-from tiny import pair_rows, tiny_model_dir, write_jsonl
+from tiny import pair_rows, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,12 +49,7 @@ METHODS = {
 }
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shard")
-    model = tiny_model_dir(root / "model")
-    pairs = write_jsonl(root / "pairs.jsonl", pair_rows(24))
-    return root, model, pairs
+PAIRS = 24  # the rows of the shared ``setup`` fixture (conftest.py)
 
 
 def raw_cfg(

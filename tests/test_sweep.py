@@ -59,6 +59,7 @@ def test_pareto_front_by_hand():
     assert pareto_front(pts) == [False, True, True, True, False]
 
 
+@pytest.mark.slow
 def test_two_by_two_sweep_end_to_end_and_resume(env, capsys):
     root, config, heldout = env["root"], env["config"], str(env["heldout"])
     sweep = root / "sweep"
@@ -149,6 +150,7 @@ def test_bad_grid_is_one_line_before_any_run(env, tmp_path, grid, message, capsy
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_sweep_dir_of_another_base_config_is_refused(env, tmp_path, capsys):
     out = tmp_path / "sw"
     args = ["sweep", str(env["config"]), "--grid", "method.beta=0.1", "--data-eval", str(env["heldout"])]
@@ -160,6 +162,7 @@ def test_sweep_dir_of_another_base_config_is_refused(env, tmp_path, capsys):
     assert "holds runs of a different base config (train.lr: 0.01 there, 0.5 now)" in err[0], err
 
 
+@pytest.mark.slow
 def test_cli_subprocess_prints_the_table(env, tmp_path):
     """The console entry point, as a user runs it (exit 0, the table and the plot path on stdout)."""
     out = tmp_path / "sw"

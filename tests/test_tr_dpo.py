@@ -22,15 +22,7 @@ from tether.engine.reference import mix_parameters
 from tether.errors import ConfigError
 from tether.training.job import train
 
-from tiny import pair_rows, tiny_model, tiny_model_dir, write_jsonl
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trdpo")
-    model = tiny_model_dir(root / "model")
-    pairs = write_jsonl(root / "pairs.jsonl", pair_rows(16))
-    return root, model, pairs
+from tiny import tiny_model
 
 
 def raw_cfg(root, model, pairs, name, method, **train_kw) -> dict:
@@ -140,6 +132,7 @@ def test_mixing_is_fp32_and_mixes_a_tied_weight_once():
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_alpha_zero_and_tau_beyond_the_run_are_dpo(setup):
     """Step 0's loss is ln 2; α = 0 (updates that change nothing) and τ > max_steps give exactly the
     weights and losses of DPO with a frozen-copy reference."""
@@ -188,6 +181,7 @@ def test_reference_is_the_update_rule_applied_to_saved_policies(setup, alpha, ta
     assert all(abs(x["tr_dpo/ref_deviation"]) > 1e-4 for x in m[tau:])
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_the_uninterrupted_one(setup):
     """Stopped after step 3 (one update behind it, at step 2) and resumed to step 6: every step's metrics,
     the final weights and the final reference equal the uninterrupted run's. TRL does not save the
@@ -208,6 +202,7 @@ def test_resumed_run_equals_the_uninterrupted_one(setup):
     assert_same(policy_at(full.run_dir, 6), policy_at(resumed.run_dir, 6), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_reproduces_the_run_reference_included(setup):
     """SIGKILL mid-run (``tether train`` in a subprocess), resume from the last checkpoint: every step's
     metrics, the final weights and the final reference equal the uninterrupted run's."""
@@ -263,6 +258,7 @@ def test_two_processes_equal_one(setup):
     assert_same(policy_at(one.run_dir, 3), policy_at(two, 3), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_its_reference_is_not_resumed(setup, capsys):
     method = {"name": "tr_dpo", "alpha": 0.5, "tau": 1}
     r = run(setup, "noref", method, max_steps=2, save_every=1)
@@ -274,6 +270,7 @@ def test_a_checkpoint_without_its_reference_is_not_resumed(setup, capsys):
     assert "step-0000002 is unusable (reference.safetensors: missing)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_sdpo_stages_restart_the_reference_at_each_stage(setup):
     """With stages, stage 2's reference starts as stage 1's final model and its updates (hard, τ = 2)
     restart from there: step 1's reference is stage 1's final model, step 2's update copies stage 2's

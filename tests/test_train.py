@@ -64,6 +64,7 @@ def test_every_method_trains(setup, method):
     assert (result.run_dir / "config.yaml").exists() and (result.run_dir / "summary.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux only: the peak is reset")
 def test_peak_rss_is_the_runs_own_after_a_larger_peak_in_the_same_process(setup):
     """A sweep trains its runs in one process: each summary's peak RSS is that run's, not the process's."""
@@ -75,6 +76,7 @@ def test_peak_rss_is_the_runs_own_after_a_larger_peak_in_the_same_process(setup)
     assert 0 < summary["peak_rss_mb"] < 3 * 1024
 
 
+@pytest.mark.slow
 def test_an_unpaired_method_needs_only_its_loss_and_registry_entry(setup, monkeypatch):
     """The extension point of the data model: a loss on unpaired rows (prompt, completion, boolean label)
     registered in METHODS trains end to end, its loss seeing each row's label and reference log-probs."""
@@ -181,6 +183,7 @@ def test_kto_only_desirable_rows_is_one_note(setup, capsys):
                 "(as in TRL), but with no undesirable rows there is no balance to check"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_kto_precomputed_and_copy_reference_agree(setup):
     """kto on a pairs file: step 1 (π = π_ref) has z = 0 and loss λ/2 = 0.5 exactly; a precomputed reference
     (whose table holds the mismatched completions' log-probs too) and a frozen copy give the same steps."""
@@ -198,6 +201,7 @@ def test_kto_precomputed_and_copy_reference_agree(setup):
             assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-5), k
 
 
+@pytest.mark.slow
 def test_kto_resume_is_exact(setup):
     """Stop a kto run after 2 steps and extend it to 4: the same rows, mismatched completions and steps."""
     root, model, pairs, *_ = setup
@@ -216,6 +220,7 @@ def test_kto_resume_is_exact(setup):
             assert x[k] == pytest.approx(y[k], abs=1e-6), k
 
 
+@pytest.mark.slow
 def test_beta_dpo_logs_its_state_saves_it_and_plots_it(setup):
     """β-DPO (2 micro-batches × 2 pairs: the pre-pass path) logs β_b, the kept fraction and the moving
     averages every step, saves them in the checkpoint's hparams, and its run draws ``beta_dpo.png``;
@@ -249,6 +254,7 @@ def test_beta_dpo_logs_its_state_saves_it_and_plots_it(setup):
     assert "beta_dpo.png" in {p.name for p in result.plots}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["precomputed", "copy"])
 @pytest.mark.parametrize("grad_accum", [1, 2])
 def test_beta_dpo_extra_work_is_one_no_grad_forward_per_micro_batch_only_with_accumulation(

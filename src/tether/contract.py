@@ -17,14 +17,10 @@ class SequenceLogps:
     """Log-probs of one response per example, over response tokens only.
 
     ``sum``: [B] summed log π(y|x). ``n_tokens``: [B] number of response tokens (float).
-    ``tokens``/``mask``: [B, T] per-token log-probs (0 where ``mask`` is False), when the engine was
-    asked for them (methods that declare ``needs_token_logps``).
     """
 
     sum: Tensor
     n_tokens: Tensor
-    tokens: Tensor | None = None
-    mask: Tensor | None = None
 
     @property
     def avg(self) -> Tensor:
@@ -112,7 +108,3 @@ def require(
     if value is None:
         raise ValueError(f"loss input {what!r} is missing: the method's declared capabilities are wrong")
     return value
-
-
-def as_float(x: Tensor) -> Tensor:
-    return x.float() if x.dtype != torch.float64 else x

@@ -26,14 +26,13 @@ from tether.errors import TetherError
 @dataclass
 class Targets:
     """The response tokens of a batch, in row order (row 0's tokens first): which hidden state predicts
-    each (``src_row``, ``src_col``), the token (``token``), its output row (``owner``) and its index in
-    that row's per-token values (``slot``). ``n_rows`` output rows."""
+    each (``src_row``, ``src_col``), the token (``token``) and its output row (``owner``). ``n_rows``
+    output rows."""
 
     src_row: Tensor
     src_col: Tensor
     token: Tensor
     owner: Tensor
-    slot: Tensor
     n_rows: int
 
     @staticmethod
@@ -41,10 +40,10 @@ class Targets:
         """Padded rows: position t predicts token t+1."""
         target_mask = response_mask[:, 1:]
         rows, cols = target_mask.nonzero(as_tuple=True)
-        return Targets(rows, cols, input_ids[:, 1:][rows, cols], rows, cols, int(input_ids.shape[0]))
+        return Targets(rows, cols, input_ids[:, 1:][rows, cols], rows, int(input_ids.shape[0]))
 
     def to(self, device: torch.device | str) -> Targets:
-        t = (self.src_row, self.src_col, self.token, self.owner, self.slot)
+        t = (self.src_row, self.src_col, self.token, self.owner)
         return Targets(*(x.to(device) for x in t), self.n_rows)
 
 
@@ -176,14 +175,10 @@ def collate(
         for owner, toks in preds:
             by_owner[owner] = [(row, start + o, tok) for o, tok in toks]
     out_rows = 2 * b if paired else b
-    flat = [
-        (row, col, tok, owner, k)
-        for owner in range(out_rows)
-        for k, (row, col, tok) in enumerate(by_owner[owner])
-    ]
-    cols = list(zip(*flat, strict=True)) if flat else [()] * 5
+    flat = [(row, col, tok, owner) for owner in range(out_rows) for row, col, tok in by_owner[owner]]
+    cols = list(zip(*flat, strict=True)) if flat else [()] * 4
     t = [torch.tensor(c, dtype=torch.long) for c in cols]
-    targets = Targets(t[0], t[1], t[2], t[3], t[4], out_rows)
+    targets = Targets(t[0], t[1], t[2], t[3], out_rows)
     n_logical = sum(len(e.prompt_ids) + len(e.chosen_ids) for e in examples)
     if paired:
         n_logical += sum(len(e.prompt_ids) + len(e.rejected_ids) for e in examples)
@@ -264,13 +259,11 @@ class _MixOnce:
 
 @dataclass
 class RowLogps:
-    """Engine output per row: summed log-probs, token counts, optional per-token values and, for a method
-    with a reference-logits function, its per-row sums ``mixed`` ([rows, k])."""
+    """Engine output per row: summed log-probs, token counts and, for a method with a reference-logits
+    function, its per-row sums ``mixed`` ([rows, k])."""
 
     sum: Tensor
     n_tokens: Tensor
-    tokens: Tensor | None = None
-    mask: Tensor | None = None
     mixed: Tensor | None = None
 
 
@@ -283,7 +276,6 @@ def response_logps(
     targets: Targets | None = None,
     chunk: int = 1024,
     softcap: float | None = None,
-    want_tokens: bool = False,
     ref_hidden: Tensor | None = None,
     ref_head: nn.Module | None = None,
     mix: ReferenceLogitsFn | None = None,
@@ -332,19 +324,6 @@ def response_logps(
         0, rows, torch.ones_like(tok, dtype=tok.dtype)
     )
     out = RowLogps(sum=sums, n_tokens=counts.detach())
-    if want_tokens:
-        width = (
-            input_ids.shape[1] - 1
-            if response_mask is not None
-            else int(targets.slot.max()) + 1
-            if len(tok)
-            else 0
-        )
-        tokens = tok.new_zeros(n_rows, width)
-        tokens = tokens.index_put((rows, targets.slot), tok)
-        mask = torch.zeros(n_rows, width, dtype=torch.bool, device=tok.device)
-        mask[rows, targets.slot] = True
-        out.tokens, out.mask = tokens, mask
     if rh is not None:
         if mixed:
             values = torch.cat(mixed).float()
@@ -432,7 +411,6 @@ class LogProbModel(nn.Module):
         input_ids: Tensor | Batch,
         attention_mask: Tensor | None = None,
         response_mask: Tensor | None = None,
-        want_tokens: bool = False,
         ref_hidden: Tensor | None = None,
         ref_head: nn.Module | None = None,
         mix: ReferenceLogitsFn | None = None,
@@ -443,9 +421,7 @@ class LogProbModel(nn.Module):
             assert attention_mask is not None and response_mask is not None
             batch = Batch(input_ids, attention_mask, response_mask, input_ids.new_zeros(0), False)
         hidden = self.hidden(batch)
-        return self.from_hidden(
-            hidden, batch, want_tokens=want_tokens, ref_hidden=ref_hidden, ref_head=ref_head, mix=mix
-        )
+        return self.from_hidden(hidden, batch, ref_hidden=ref_hidden, ref_head=ref_head, mix=mix)
 
     @staticmethod
     def _no_grad_from(batch: Batch) -> int | None:
@@ -457,8 +433,6 @@ class LogProbModel(nn.Module):
         if isinstance(batch, Batch):
             kw["targets"] = batch.targets
             kw.setdefault("no_grad_from", self._no_grad_from(batch))
-            if batch.response_mask is not None:  # plain layout: per-token values keep the row layout
-                kw.update(input_ids=batch.input_ids, response_mask=batch.response_mask)
         else:
             kw.update(input_ids=batch, response_mask=response_mask)
         return response_logps(hidden, head, chunk=self.chunk, softcap=softcap, **kw)
@@ -556,12 +530,7 @@ def loss_inputs(
     two = batch.paired and not batch.mismatched
 
     def seq(sl: slice) -> SequenceLogps:
-        return SequenceLogps(
-            sum=rows.sum[sl],
-            n_tokens=rows.n_tokens[sl],
-            tokens=None if rows.tokens is None else rows.tokens[sl],
-            mask=None if rows.mask is None else rows.mask[sl],
-        )
+        return SequenceLogps(sum=rows.sum[sl], n_tokens=rows.n_tokens[sl])
 
     def pert(sl: slice) -> Perturbed | None:
         if rows.mixed is None or rows.mixed.shape[1] != 2:

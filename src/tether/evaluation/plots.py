@@ -239,7 +239,7 @@ def plot_training(runs: Sequence[Run], smooth: float | None = None) -> Plot | No
 
 
 def plot_deviation(runs: Sequence[Run], smooth: float | None = None) -> Plot | None:
-    """MinorSFT's deviation m_θ per step, all runs on one axis (minor-sft.txt, Fig. 1)."""
+    """MinorSFT's deviation m_θ per step, all runs on one axis (arXiv:2408.10642, Fig. 1)."""
     missing = [r.label for r in runs if not r.has("deviation")]
     caption = "Deviation m_θ from the reference per step, all runs on one axis (as MinorSFT's Figure 1)"
     caption += f"; no deviation logged by {', '.join(missing)}." if missing else "."

@@ -8,9 +8,9 @@ Plots (each skipped, with a note in the Markdown, when no run logged its metrics
 only gets the note when one of the runs used that method):
 
 - ``training.png``: loss, reward margin and reward accuracy per step (eval dashed);
-- ``deviation.png``: MinorSFT's m_θ per step, every run on one axis (minor-sft.txt, Fig. 1);
+- ``deviation.png``: MinorSFT's m_θ per step, every run on one axis (arXiv:2408.10642, Fig. 1);
 - a method's declared state plot (``Method.state_plot``), e.g. ``epsilon_dpo.png``: ε-DPO's β and the
-  fractions of pairs with s = +1 / s = −1 (epsilon-dpo.txt, Alg. 1);
+  fractions of pairs with s = +1 / s = −1 (arXiv:2502.13177, Alg. 1);
 - ``gamma_ref.png``: sDPO's γ_ref per stage (arXiv:2403.19270, §2);
 - ``frontier.png``: task success against KL to the reference across runs (from ``eval.json``), the
   ε-DPO paper's KL/performance frontier;

@@ -4,7 +4,7 @@ Each function takes a :class:`~tether.contract.LossInputs` plus its hyper-parame
 as in the paper: β → ``beta``, ε → ``epsilon``, γ → ``gamma``) and returns per-example losses and
 per-example detached metrics. No reduction, no trainer state, no distributed calls.
 
-Notation (``shared/METHODS.md``): ``logp(y)`` summed over response tokens, ``avg(y) = logp(y)/n(y)``,
+Notation (docs/paper_index.md): ``logp(y)`` summed over response tokens, ``avg(y) = logp(y)/n(y)``,
 ``r(y) = logp(y) − logp_ref(y)``, ``Δ = r_w − r_l``, ``sg`` = stop-gradient.
 """
 
@@ -18,6 +18,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tether.contract import LossInputs, LossOutput, Perturbed, SequenceLogps, require
+from tether.methods.metrics import (  # the noqa ones: also read as losses.* (registry, evaluation)
+    add_logp_metrics,
+    add_reference_metrics,  # noqa: F401
+    add_reward_metrics,
+    reference_metrics,  # noqa: F401
+    reward_metrics,  # noqa: F401
+)
 
 #: ASFT guard: avg(y_l) is clamped to at most ``-ASFT_LOG1MEXP_EPS`` inside log(1 − exp(·)), so the term
 #: stays ≤ −log(ASFT_LOG1MEXP_EPS)·β ≈ 13.8·β. Beyond the clamp the gradient is the (finite) gradient at
@@ -50,28 +57,6 @@ def _ratios(inp: LossInputs) -> tuple[Tensor, Tensor]:
     return r_w, r_l
 
 
-def reward_metrics(beta: Tensor | float, r_w: Tensor, r_l: Tensor) -> dict[str, Tensor]:
-    """The implicit-reward metrics β·r of a pair (TRL's names), per example; training and held-out
-    evaluation both use these."""
-    return {
-        "rewards/chosen": beta * r_w,
-        "rewards/rejected": beta * r_l,
-        "rewards/accuracies": (r_w > r_l).float(),
-        "rewards/margins": beta * (r_w - r_l),
-    }
-
-
-def _reward_metrics(out: LossOutput, beta: Tensor | float, r_w: Tensor, r_l: Tensor) -> None:
-    for name, value in reward_metrics(beta, r_w, r_l).items():
-        out.add(name, value)
-
-
-def _logp_metrics(out: LossOutput, inp: LossInputs) -> None:
-    out.add("logps/chosen", inp.chosen.sum)
-    if inp.rejected is not None:
-        out.add("logps/rejected", inp.rejected.sum)
-
-
 # --------------------------------------------------------------------------------------------------
 # Supervised family: data = prompt + completion (``inp.chosen`` is the completion)
 # --------------------------------------------------------------------------------------------------
@@ -80,28 +65,28 @@ def _logp_metrics(out: LossOutput, inp: LossInputs) -> None:
 def sft(inp: LossInputs) -> LossOutput:
     """Plain SFT: ``−avg(y)``, the token-averaged negative log-likelihood of the completion.
 
-    minor-sft.txt Eq. 5 (the raw SFT gradient ``−(1/m)·∇log π(y|x)``).
+    Xie et al. 2024, arXiv:2408.10642, Eq. 5 (the raw SFT gradient ``−(1/m)·∇log π(y|x)``).
     """
     out = LossOutput(losses=-inp.chosen.avg)
-    _logp_metrics(out, inp)
+    add_logp_metrics(out, inp)
     out.add("nll", -inp.chosen.avg)
     return out
 
 
 def sft_dpo(inp: LossInputs, *, beta: float) -> LossOutput:
-    """SFT using DPO (Xie et al. 2024, "Minor SFT", minor-sft.txt Eq. 3): ``−log σ(β·r(y))``.
+    """SFT using DPO (Xie et al. 2024, "Minor SFT", arXiv:2408.10642, Eq. 3): ``−log σ(β·r(y))``.
 
     Its gradient is ``−β·σ(−β·r)·∇log π(y|x)`` (Eq. 4): the summed log-ratio, no 1/m.
     """
     r = inp.chosen.sum - require(inp.ref_chosen, "ref_chosen")
     out = LossOutput(losses=-F.logsigmoid(beta * r))
     out.add("rewards/chosen", beta * r)
-    _logp_metrics(out, inp)
+    add_logp_metrics(out, inp)
     return out
 
 
 def minor_sft(inp: LossInputs, *, beta: float) -> LossOutput:
-    """MinorSFT (minor-sft.txt Eq. 7): ``−2·sg[σ(−β·r(y))]·avg(y)``.
+    """MinorSFT (arXiv:2408.10642, Eq. 7): ``−2·sg[σ(−β·r(y))]·avg(y)``.
 
     Gradient ``−(2/m)·σ(−β·r)·∇log π(y|x)``. ``r`` is the *summed* log-ratio inside σ and the 1/m is
     outside. At step 0, r = 0 and σ(0) = ½, so the loss equals plain SFT's ``−avg(y)``.
@@ -113,7 +98,7 @@ def minor_sft(inp: LossInputs, *, beta: float) -> LossOutput:
     out.add("minor_sft/weight", weight)
     # with the weight's mean, its spread over the step's batch: std = sqrt(mean(w²) − mean(w)²)
     out.add("minor_sft/weight_sq", weight.square())
-    _logp_metrics(out, inp)
+    add_logp_metrics(out, inp)
     return out
 
 
@@ -126,22 +111,22 @@ def dpo(inp: LossInputs, *, beta: float) -> LossOutput:
     """DPO (Rafailov et al. 2023, arXiv:2305.18290, Eq. 7): ``−log σ(β·Δ)``, ``Δ = r_w − r_l``."""
     r_w, r_l = _ratios(inp)
     out = LossOutput(losses=-F.logsigmoid(beta * (r_w - r_l)))
-    _reward_metrics(out, beta, r_w, r_l)
-    _logp_metrics(out, inp)
+    add_reward_metrics(out, beta, r_w, r_l)
+    add_logp_metrics(out, inp)
     return out
 
 
 def minor_dpo(inp: LossInputs, *, beta: float) -> LossOutput:
-    """MinorDPO (Xie et al. 2024, minor-sft.txt Eq. 2): ``−log σ(β·r_w − β·max(0, r_l))``.
+    """MinorDPO (Xie et al. 2024, arXiv:2408.10642, Eq. 2): ``−log σ(β·r_w − β·max(0, r_l))``.
 
     Once π(y_l) < π_ref(y_l) (r_l < 0) the rejected side is clamped and gets no gradient; while
     r_l > 0 it is exactly DPO. ``minor_dpo/clamped`` is the fraction of pairs with r_l < 0.
     """
     r_w, r_l = _ratios(inp)
     out = LossOutput(losses=-F.logsigmoid(beta * r_w - beta * torch.clamp(r_l, min=0.0)))
-    _reward_metrics(out, beta, r_w, r_l)
+    add_reward_metrics(out, beta, r_w, r_l)
     out.add("minor_dpo/clamped", (r_l < 0).float())
-    _logp_metrics(out, inp)
+    add_logp_metrics(out, inp)
     return out
 
 
@@ -152,13 +137,14 @@ def ipo(inp: LossInputs, *, beta: float) -> LossOutput:
     r_w, r_l = _ratios(inp)
     h = r_w / chosen.n_tokens - r_l / rejected.n_tokens
     out = LossOutput(losses=(h - 1.0 / (2.0 * beta)) ** 2)
-    _reward_metrics(out, beta, r_w, r_l)
-    _logp_metrics(out, inp)
+    add_reward_metrics(out, beta, r_w, r_l)
+    add_logp_metrics(out, inp)
     return out
 
 
 def epsilon_criterion(inp: LossInputs) -> Tensor:
-    """ε-DPO's per-pair direction s ∈ {−1, 0, +1} (epsilon-dpo.txt §3.2-3.3, Eq. 1-5; authors' ``trainer.py``).
+    """ε-DPO's per-pair direction s ∈ {−1, 0, +1} (arXiv:2502.13177, §3.2-3.3, Eq. 1-5; as the authors'
+    code).
 
     With ``LR = logp(y_w) − logp(y_l)`` and ``LR⁺``/``LR⁻`` the same with the per-token mixed logits
     ``(1±ε)·z ∓ ε·z_ref`` (log-softmax renormalised): s = +1 if LR⁺ > LR > LR⁻, −1 if LR⁻ > LR > LR⁺,
@@ -179,7 +165,7 @@ def epsilon_criterion(inp: LossInputs) -> Tensor:
 
 
 def epsilon_mixtures(z: Tensor, z_ref: Tensor, targets: Tensor, hparams: Mapping[str, float]) -> Tensor:
-    """ε-DPO's per-token log-probs under the mixed logits (epsilon-dpo.txt Eq. 4-5), ``[n, 2]``:
+    """ε-DPO's per-token log-probs under the mixed logits (arXiv:2502.13177, Eq. 4-5), ``[n, 2]``:
     ``log_softmax((1+ε)·z − ε·z_ref)[y]`` and ``log_softmax((1−ε)·z + ε·z_ref)[y]``.
 
     ``z``/``z_ref``: [n, V] policy and reference logits at n response positions (fp32, soft-capped by the
@@ -195,7 +181,8 @@ def epsilon_mixtures(z: Tensor, z_ref: Tensor, targets: Tensor, hparams: Mapping
 
 
 def epsilon_dpo(inp: LossInputs, *, beta: float, epsilon: float) -> LossOutput:
-    """ε-DPO (Lee et al. 2025, "KL Penalty Control via Perturbation for DPO", epsilon-dpo.txt Eq. 3-6, Alg. 1).
+    """ε-DPO (Lee et al. 2025, "KL Penalty Control via Perturbation for DPO", arXiv:2502.13177, Eq. 3-6,
+    Alg. 1).
 
     Per-pair ``β_i = β/(1 + ε·s_i)`` with s from :func:`epsilon_criterion`; loss ``−log σ(β_i·Δ_i)``.
     ``beta`` here is the *current* β; the trainer re-centres it after every optimizer step with
@@ -205,17 +192,18 @@ def epsilon_dpo(inp: LossInputs, *, beta: float, epsilon: float) -> LossOutput:
     s = epsilon_criterion(inp)
     beta_i = beta / (1.0 + epsilon * s)
     out = LossOutput(losses=-F.logsigmoid(beta_i * (r_w - r_l)))
-    _reward_metrics(out, beta_i, r_w, r_l)
+    add_reward_metrics(out, beta_i, r_w, r_l)
     out.add("kl/s", s)
     out.add("kl/p_epsilon_steps", (s > 0).float())
     out.add("kl/n_epsilon_steps", (s < 0).float())
     out.add("kl/beta_i", beta_i)
-    _logp_metrics(out, inp)
+    add_logp_metrics(out, inp)
     return out
 
 
 def epsilon_dpo_update(hparams: dict[str, float], window_means: dict[str, float]) -> dict[str, float]:
-    """ε-DPO's β re-centring after an optimizer step (epsilon-dpo.txt Eq. 6): ``β ← β / (1 + ε·mean(s))``.
+    """ε-DPO's β re-centring after an optimizer step (arXiv:2502.13177, Eq. 6):
+    ``β ← β / (1 + ε·mean(s))``.
 
     ``mean(s)`` is over the whole global batch of the step (all micro-batches, all processes); the new β
     equals the harmonic mean of that step's β_i.
@@ -231,11 +219,12 @@ def tr_dpo(inp: LossInputs, *, beta: float, alpha: float, tau: float) -> LossOut
     the *current* reference, which :func:`tr_dpo_update` moves towards the policy every τ optimizer steps
     (soft/hard reference update every τ steps; loss: DPO Eq. 7). α and τ act between steps, not here.
 
-    ``tr_dpo/ref_deviation``: how far the updated reference has moved from the original one, minor-sft.txt
-    Eq. 8's deviation with the current reference in the policy's place and the original (step-0) reference
-    as the reference, per example ``(logp_ref_t(y_w) − logp_ref_0(y_w))/n(y_w)`` (0, up to float noise,
-    until the first update). A cheap, per-token stand-in for the KL of the updated reference to the original on the data's
-    chosen answers (not a KL: it is measured on dataset answers, not on samples of the reference).
+    ``tr_dpo/ref_deviation``: how far the updated reference has moved from the original one, MinorSFT's
+    Eq. 8 deviation (arXiv:2408.10642) with the current reference in the policy's place and the original
+    (step-0) reference as the reference, per example ``(logp_ref_t(y_w) − logp_ref_0(y_w))/n(y_w)`` (0, up
+    to float noise, until the first update). A cheap, per-token stand-in for the KL of the updated
+    reference to the original on the data's chosen answers (not a KL: it is measured on dataset answers,
+    not on samples of the reference).
     """
     out = dpo(inp, beta=beta)
     if inp.ref_origin_chosen is not None and inp.ref_chosen is not None:
@@ -283,9 +272,9 @@ def r_dpo(inp: LossInputs, *, beta: float, alpha: float) -> LossOutput:
     r_w, r_l = _ratios(inp)
     length_term = alpha * (chosen.n_tokens - rejected.n_tokens)
     out = LossOutput(losses=-F.logsigmoid(beta * (r_w - r_l) + length_term))
-    _reward_metrics(out, beta, r_w, r_l)
+    add_reward_metrics(out, beta, r_w, r_l)
     out.add("r_dpo/length_term", length_term)
-    _logp_metrics(out, inp)
+    add_logp_metrics(out, inp)
     return out
 
 
@@ -320,9 +309,9 @@ def beta_dpo(
 
     Without a plan (held-out evaluation, or a direct call) this is DPO at the base β with every pair
     kept: evaluation neither updates nor uses the training state. With ``a = 0`` and ``ρ = 0`` the plan
-    gives ``β_b = β`` (for β ≥ 1e-3) and weights 1, so this is :func:`dpo` exactly (tested). The paper is
-    not in ``shared/papers`` and its equation numbers could not be checked here; the formulas are
-    ``shared/METHODS.md``'s, checked against the authors' ``trainers.py`` (``preference_loss``).
+    gives ``β_b = β`` (for β ≥ 1e-3) and weights 1, so this is :func:`dpo` exactly (tested). The paper's
+    equation numbers were not checked; the formulas are checked against the authors' code
+    (``preference_loss``).
     """
     r_w, r_l = _ratios(inp)
     b: Tensor | float = beta if beta_b is None else beta_b.detach().to(r_w)
@@ -331,16 +320,16 @@ def beta_dpo(
     if weight is not None:
         losses = losses * weight.to(losses)
     out = LossOutput(losses=losses)
-    _reward_metrics(out, beta, r_w, r_l)
+    add_reward_metrics(out, beta, r_w, r_l)
     out.add("beta_dpo/kept_fraction", kept)
-    _logp_metrics(out, inp)
+    add_logp_metrics(out, inp)
     return out
 
 
 def beta_dpo_plan(
     hparams: Mapping[str, float], margin: Tensor, generator: torch.Generator, groups: int = 1
 ) -> tuple[dict[str, float], dict[str, Tensor]]:
-    """β-DPO's batch β and data filter (arXiv:2407.08639; authors' ``trainers.py``,
+    """β-DPO's batch β and data filter (arXiv:2407.08639; the authors' code,
     ``update_and_sync_tensor_mean`` and ``preference_loss``), from the margins ``Δ`` ([n], float) of every
     pair of one optimizer step's global batch, in the global batch's order.
 
@@ -356,7 +345,7 @@ def beta_dpo_plan(
     per-pair loss inputs ``{"beta_b": [n], "weight": [n]}`` of :func:`beta_dpo` (``weight`` = n/K for a
     kept pair, 0 otherwise, so the mean over the n pairs is the mean over the kept ones).
 
-    **Decisions** (``shared/METHODS.md``): the batch is the whole global batch of the optimizer step (all
+    **Decisions** (docs/paper_index.md): the batch is the whole global batch of the optimizer step (all
     accumulation micro-batches, all processes), so β_b does not depend on how the step is split; the
     authors compute all of this per micro-batch (over processes, not over accumulation steps), which
     ``per_micro_batch = 1`` reproduces: then the n pairs are ``groups`` consecutive micro-batch groups of
@@ -530,7 +519,7 @@ def asft(inp: LossInputs, *, beta: float) -> LossOutput:
     out.add("logps/rejected_avg", avg_l)
     out.add("likelihood/margin", avg_w - avg_l)
     out.add("asft/guarded", (avg_l > -ASFT_LOG1MEXP_EPS).float())
-    _logp_metrics(out, inp)
+    add_logp_metrics(out, inp)
     return out
 
 
@@ -546,7 +535,7 @@ def orpo(inp: LossInputs, *, beta: float) -> LossOutput:
     out.add("orpo/nll", -avg_w)
     out.add("likelihood/margin", avg_w - avg_l)
     out.add("rewards/accuracies", (avg_w > avg_l).float())
-    _logp_metrics(out, inp)
+    add_logp_metrics(out, inp)
     return out
 
 
@@ -560,7 +549,7 @@ def simpo(inp: LossInputs, *, beta: float, gamma: float) -> LossOutput:
     out.add("rewards/accuracies", (avg_w > avg_l).float())
     out.add("rewards/margins", beta * (avg_w - avg_l))
     out.add("likelihood/margin", avg_w - avg_l)
-    _logp_metrics(out, inp)
+    add_logp_metrics(out, inp)
     return out
 
 
@@ -584,7 +573,7 @@ def cpo(inp: LossInputs, *, beta: float, lambda_nll: float, lambda_nll_avg: floa
     The preference term is DPO with a uniform reference (Eq. 3, the upper bound L(π_θ; U)) on *summed*
     log-likelihoods; the paper adds ``L_NLL = −E[log π_θ(y_w|x)]`` with weight 1 (the SimPO table's λ).
     Symbols: β → ``beta``, λ → ``lambda_nll`` (summed form) or ``lambda_nll_avg`` (per-token form, see
-    :func:`_nll`). **Decision** (``shared/METHODS.md``): the paper's summed NLL by default; TRL's
+    :func:`_nll`). **Decision** (docs/paper_index.md): the paper's summed NLL by default; TRL's
     ``CPOTrainer`` (``loss_type="sigmoid"``, ``cpo_alpha`` = λ) uses the micro-batch token mean, which
     ``lambda_nll_avg`` reproduces for equal-length chosen answers (tested against TRL 1.16). The
     preference term equals TRL's ``cpo_loss`` per pair. No reference model. Metrics as TRL's CPO:
@@ -593,10 +582,10 @@ def cpo(inp: LossInputs, *, beta: float, lambda_nll: float, lambda_nll_avg: floa
     chosen, rejected = _pair(inp)
     margin = chosen.sum - rejected.sum
     out = LossOutput(losses=-F.logsigmoid(beta * margin) + _nll(chosen, lambda_nll, lambda_nll_avg))
-    _reward_metrics(out, beta, chosen.sum, rejected.sum)
+    add_reward_metrics(out, beta, chosen.sum, rejected.sum)
     out.add("nll", -chosen.avg)
     out.add("likelihood/margin", chosen.avg - rejected.avg)
-    _logp_metrics(out, inp)
+    add_logp_metrics(out, inp)
     return out
 
 
@@ -626,7 +615,7 @@ def slic_hf(inp: LossInputs, *, delta: float, lambda_nll: float, lambda_nll_avg:
     out.add("slic_hf/hinge_active", (margin < delta).float())
     out.add("nll", -chosen.avg)
     out.add("likelihood/margin", chosen.avg - rejected.avg)
-    _logp_metrics(out, inp)
+    add_logp_metrics(out, inp)
     return out
 
 
@@ -639,7 +628,7 @@ def rrhf(inp: LossInputs, *, lambda_nll: float, lambda_nll_avg: float = 0.0) -> 
     Eq. 3 is the cross-entropy on the best response (here the chosen one) and Eq. 4 their sum (λ = 1; the
     SimPO table makes λ a hyper-parameter). Symbols: λ → ``lambda_nll``.
 
-    **Decisions:** the paper, not the released code (``GanjinZero/RRHF`` ``train.py``), whose SFT term is a
+    **Decisions:** the paper, not the authors' released code, whose SFT term is a
     ``.mean()`` over the padded row, i.e. divided by the padded row length (its issue #37); the NLL is the
     paper's summed form by default (``lambda_nll``), per token with ``lambda_nll_avg`` (see :func:`_nll`).
     The released code's ``length_penalty`` exponent on n(y) (default 1: the paper's normalisation) and its
@@ -655,39 +644,5 @@ def rrhf(inp: LossInputs, *, lambda_nll: float, lambda_nll_avg: float = 0.0) -> 
     out.add("likelihood/margin", avg_w - avg_l)
     out.add("rrhf/rank_active", (avg_l > avg_w).float())
     out.add("nll", -avg_w)
-    _logp_metrics(out, inp)
-    return out
-
-
-def add_reference_metrics(out: LossOutput, inp: LossInputs) -> None:
-    """:func:`reference_metrics` into ``out``; for unpaired rows (``inp.label``) ``deviation`` and
-    ``logps/ref_chosen`` are over the desirable rows, ``deviation/rejected`` and ``logps/ref_rejected``
-    over the undesirable ones (as a pair's chosen and rejected answers)."""
-    if inp.label is None or inp.ref_chosen is None:
-        for name, value in reference_metrics(inp).items():
-            out.add(name, value)
-        return
-    dev = (inp.chosen.sum - inp.ref_chosen) / inp.chosen.n_tokens
-    out.add("deviation", dev, where=inp.label)
-    out.add("deviation/rejected", dev, where=~inp.label)
-    out.add("logps/ref_chosen", inp.ref_chosen, where=inp.label)
-    out.add("logps/ref_rejected", inp.ref_chosen, where=~inp.label)
-
-
-def reference_metrics(inp: LossInputs) -> dict[str, Tensor]:
-    """Metrics every run with reference log-probs logs, whatever its loss.
-
-    ``deviation`` is MinorSFT's m_θ (minor-sft.txt Eq. 8): per example ``r(y)/n(y)`` on the chosen
-    (or SFT) response; its batch mean is the paper's metric. ``deviation/rejected`` likewise.
-    """
-    out: dict[str, Tensor] = {}
-    if inp.ref_chosen is not None:
-        out["deviation"] = ((inp.chosen.sum - inp.ref_chosen) / inp.chosen.n_tokens).detach().float()
-        out["logps/ref_chosen"] = inp.ref_chosen.detach().float()
-    if inp.ref_rejected is not None and inp.rejected is not None:
-        out["deviation/rejected"] = (
-            ((inp.rejected.sum - inp.ref_rejected) / inp.rejected.n_tokens).detach().float()
-        )
-        out["logps/ref_rejected"] = inp.ref_rejected.detach().float()
-        out["gamma_ref"] = (inp.ref_chosen - inp.ref_rejected).detach().float()  # type: ignore[operator]
+    add_logp_metrics(out, inp)
     return out

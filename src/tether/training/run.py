@@ -506,7 +506,7 @@ def _train(cfg: Config, *, prepared: Prepared | None, accelerator, measure_gamma
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    if cfg.stages is not None:
+    if cfg.stages is not None and cfg.stages.stage is None:
         raise TetherError("stages: a single run has no stages; train sDPO with tether.training.job.train")
     reset_peak_rss()  # the summary's peak RSS is this run's, also after another run in this process
     rd = _prepare_run_dir(cfg)

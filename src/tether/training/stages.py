@@ -8,11 +8,16 @@ adapter is trained on top, so the adapter-disabled reference is M_{t-1}, not the
 Each stage writes a full run directory ``<output_dir>/stage-<t>``; ``gamma_ref`` (mean over D_t of
 log π_ref(y_w) − log π_ref(y_l)) is measured at the stage's start with that stage's reference.
 A resumed run skips finished stages and resumes the unfinished one at its last checkpoint.
+
+A stage's own ``config.yaml`` reproduces that stage alone: it keeps the split (``stages``) with
+``stages.stage: t`` and has M_{t-1} as ``model.name`` (so also as the reference), so ``tether train
+stage-<t>/config.yaml train.output_dir=...`` trains D_t from M_{t-1} again, into that directory.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -85,9 +90,31 @@ def split_examples(cfg: Config, p: Prepared) -> list[list]:
     return [[examples[i] for i in sorted(c)] for c in chunks]  # file order within a stage
 
 
+def _chunks(cfg: Config) -> list[list] | None:
+    """D_1..D_T for ``column``/``random`` (None for ``files``: each stage reads its own file)."""
+    assert cfg.stages is not None
+    return None if cfg.stages.by == "files" else split_examples(cfg, prepare(cfg))
+
+
+def _prepare_stage(cfg: Config, t: int, chunks: list[list] | None) -> Prepared:
+    """Stage ``t``'s prepared run: ``cfg``'s data (held-out rows included) with D_t as the training rows."""
+    s = cfg.stages
+    assert s is not None
+    p = prepare(cfg, train_specs=[s.files[t - 1]] if chunks is None else None)
+    if chunks is not None:
+        p.train = chunks[t - 1]
+        p.report = {**p.report, "train_examples": len(p.train)}
+    if not p.train:
+        raise ConfigError(f"stages: stage {t} has no examples")
+    return p
+
+
 def _stage_config(cfg: Config, t: int, start_model: str) -> Config:
+    """Stage ``t`` of ``cfg`` as a config of its own (what its ``config.yaml`` records): the split with
+    ``stages.stage: t``, ``start_model`` (M_{t-1}) as the model and so as the reference."""
+    assert cfg.stages is not None
     c = copy.deepcopy(cfg)
-    c.stages = None
+    c.stages = dataclasses.replace(cfg.stages, stage=t)
     c.model.name = start_model
     c.train.output_dir = str(RunDir(cfg.train.output_dir).stage(t).path)
     if cfg.model.lora is not None:
@@ -100,16 +127,15 @@ def _final_model(stage: RunDir, lora: bool) -> str:
 
 
 def train_stages(cfg: Config) -> RunResult:
-    """Run every sDPO stage in order; returns the last stage's result with ``stages`` filled in."""
+    """Run every sDPO stage in order; returns the last stage's result with ``stages`` filled in. With
+    ``stages.stage`` set, only that stage, from ``model.name``, as a plain run in ``train.output_dir``."""
     s = cfg.stages
     assert s is not None
+    chunks = _chunks(cfg)
+    if s.stage is not None:
+        return train(cfg, prepared=_prepare_stage(cfg, s.stage, chunks), measure_gamma_ref=True)
     root = RunDir(cfg.train.output_dir)
-    if s.by == "files":
-        n_stages = len(s.files)
-        chunks = None
-    else:
-        chunks = split_examples(cfg, prepare(cfg))
-        n_stages = len(chunks)
+    n_stages = len(s.files) if chunks is None else len(chunks)
     start = cfg.model.name
     results: list[dict] = []
     last: RunResult | None = None
@@ -127,12 +153,7 @@ def train_stages(cfg: Config) -> RunResult:
                 }
             )
         else:
-            p = prepare(stage_cfg, train_specs=[s.files[t - 1]] if chunks is None else None)
-            if chunks is not None:
-                p.train = chunks[t - 1]
-                p.report = {**p.report, "train_examples": len(p.train)}
-            if not p.train:
-                raise ConfigError(f"stages: stage {t} has no examples")
+            p = _prepare_stage(stage_cfg, t, chunks)
             last = train(stage_cfg, prepared=p, measure_gamma_ref=True)
             results.append(
                 {
