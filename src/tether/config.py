@@ -27,7 +27,7 @@ import yaml
 from tether.data.tokenize import Tokenization
 from tether.errors import ConfigError, closest, shown, shown_text
 from tether.methods.registry import ANY, HYPERPARAMETERS, METHODS, Bound, Method, get_method
-from tether.safe_yaml import load_yaml
+from tether.safe_yaml import check_size, load_yaml
 
 
 @dataclass
@@ -551,6 +551,7 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
+        check_size(p.stat().st_size, str(path))
         data = p.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file ({e.strerror or e})") from None
