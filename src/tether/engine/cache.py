@@ -86,6 +86,25 @@ def cache_key(model_fingerprint: str, examples: Sequence, extra: dict) -> str:
     return h.hexdigest()
 
 
+def reference_table_path(
+    root: Path, fingerprint: str, examples: Sequence, *, dtype: str, device: str
+) -> Path:
+    """Where the reference's log-prob table of ``examples`` is cached under ``root``: keyed by what
+    determines its numbers (the reference's weights fingerprint, the token ids, the dtype and the device
+    type) and nothing about who asks, so that a table training computed is found by ``tether eval`` on the
+    same data and reference, and the other way round."""
+    return root / "reflogps" / f"{cache_key(fingerprint, examples, {'dtype': dtype, 'device': device})}.pt"
+
+
+def reference_states_path(
+    root: Path, fingerprint: str, examples: Sequence, *, dtype: str, device: str
+) -> Path:
+    """Where the reference's hidden states at the response tokens of ``examples`` are cached (keyed as
+    :func:`reference_table_path`)."""
+    extra = {"dtype": dtype, "device": device, "states": 1}
+    return root / "refstates" / f"{cache_key(fingerprint, examples, extra)}.pt"
+
+
 def _read_table(path: Path, n: int, key: str) -> Tensor | None:
     """The cached table at ``path``; None when absent, unreadable (e.g. truncated by a kill), of the
     wrong shape or made for another key (the key is stored inside), so that it is recomputed and
