@@ -5,8 +5,9 @@ Everything tether caches sits under :func:`default_cache_dir` (``$TETHER_CACHE``
 (``reflogps/``, written by training and by ``tether eval``), the reference's hidden states at response
 tokens for reference logits (``refstates/``), the reference's generations (``generations/``) and a
 reward-model judge's scores (``judge/``). An entry's name is a hash of everything that determines its
-content; an entry that
-cannot be read (a torn write, a foreign file) is a miss and is recomputed, never an error. Writes are
+content; a reference's tables and hidden states are named here (:func:`reference_table_path`,
+:func:`reference_states_path`), so that training and ``tether eval`` find each other's tables. An entry
+that cannot be read (a torn write, a foreign file) is a miss and is recomputed, never an error. Writes are
 atomic (a temporary file, then ``os.replace``).
 """
 

@@ -9,7 +9,7 @@ health. Nothing in it is unpickled: a file that would build anything but tensors
 
 What a checkpoint saves and restores is one explicit value, :class:`TrainState`; :class:`Checkpoints`
 (the run's ``checkpoints/`` directory and its settings) saves it, finds the last good checkpoint and
-resumes into it.
+resumes into it; :func:`check_resume_config` refuses to resume with a config that changes what is computed.
 """
 
 from __future__ import annotations
