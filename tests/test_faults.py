@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from test_invariance import assert_same_weights, metrics, raw_cfg
 
 from tether.cli import main as cli_main
 from tether.training.sweep import _point_name
@@ -167,3 +170,133 @@ def test_a_sweep_point_name_stays_within_the_file_system_limit() -> None:
     b = _point_name({"data.train": "/data/" + "a" * 400 + "/y.jsonl"})
     assert len(a.encode()) <= 200 and len(b.encode()) <= 200 and a != b
     assert a.startswith("train=-data-aaaa")
+
+
+# ------------------------------------------------------------------------------------------------
+# Preemption (SIGTERM), data changed under resume, a full disk: a run that stops keeps its work
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("faults")
+    return root, tiny_model_dir(root / "model"), write_jsonl(root / "pairs.jsonl", pair_rows(16))
+
+
+def _run_cfg(root: Path, model: Path, pairs: Path, out: Path, **train: object) -> Path:
+    raw = raw_cfg(root, model, pairs, out.name, batch_size=2, lr=3e-3, **train)
+    raw["train"]["output_dir"] = str(out)
+    path = root / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _train_cli(config: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tether.cli", "train", str(config), *overrides],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_sigterm_checkpoints_and_exits_143_and_resume_equals_the_uninterrupted_run(setup) -> None:
+    root, model, pairs = setup
+    full = _run_cfg(root, model, pairs, root / "term-full", max_steps=24, save_every=100)
+    assert _train_cli(full).returncode == 0
+    cfg = _run_cfg(root, model, pairs, root / "term", max_steps=24, save_every=100)
+    log = root / "term" / "metrics.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tether.cli", "train", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= 5:
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.005)
+    _, err = proc.communicate(timeout=300)
+    err = err.decode()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "SIGTERM: finishing this step" in err
+    (line,) = [x for x in err.splitlines() if x.startswith("error: ")]
+    step = int(line.split("after step ")[1].split()[0])
+    assert 5 <= step < 24 and "train.resume=true" in line
+    assert (root / "term" / "checkpoints" / f"step-{step:07d}").is_dir()  # save_every 100: the signal's
+    assert not (root / "term" / "final").exists()
+    resumed = _train_cli(cfg, "train.resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = metrics(root / "term-full"), metrics(root / "term")
+    assert [x["step"] for x in b] == list(range(1, 25))
+    for x, y in zip(a, b, strict=True):
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-6)
+    assert_same_weights(root / "term-full", root / "term", atol=1e-6)
+
+
+def test_a_second_sigterm_stops_at_once(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import os, signal, time
+        from tether.training.preempt import StopOnSignal
+        with StopOnSignal() as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.received
+            print("first: noted", flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+            print("second: ignored")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGTERM, proc.stderr
+    assert proc.stdout == "first: noted\n"
+
+
+def test_resume_on_changed_data_refuses_unless_allowed(setup, capsys: pytest.CaptureFixture) -> None:
+    root, model, _ = setup
+    pairs = write_jsonl(root / "changing.jsonl", pair_rows(16))
+    cfg = _run_cfg(root, model, pairs, root / "changed", max_steps=4, save_every=2)
+    assert cli_main(["train", str(cfg)]) == 0
+    assert cli_main(["train", str(cfg), "train.resume=true", "train.max_steps=6"]) == 0  # unchanged: resumes
+    rows = pair_rows(16)
+    rows[3] = {**rows[3], "chosen": rows[3]["chosen"] + " and more"}
+    write_jsonl(pairs, rows)
+    capsys.readouterr()
+    got = cli_main(["train", str(cfg), "train.resume=true", "train.max_steps=8"])
+    _one_line(
+        capsys.readouterr().err,
+        2,
+        got,
+        f"train.resume: data.train ({pairs}) changed since",
+        "rows as tokenized differ",
+        "train.resume_allowed_changes",
+    )
+    allowed = ["train.resume=true", "train.max_steps=8", "train.resume_allowed_changes=[data.train]"]
+    assert cli_main(["train", str(cfg), *allowed]) == 0
+    assert metrics(root / "changed")[-1]["step"] == 8
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_resume_after_freeing_is_exact(setup) -> None:
+    root, model, pairs = setup
+    full = _run_cfg(root, model, pairs, root / "disk-full", max_steps=12, save_every=3, save_total_limit=None)
+    assert _train_cli(full).returncode == 0
+    one = sum(f.stat().st_size for f in (root / "disk-full" / "checkpoints" / "step-0000003").iterdir())
+    with _mount(root / "small", f"size={int(one * 2.5)}") as small:
+        cfg = _run_cfg(root, model, pairs, small / "run", max_steps=12, save_every=3, save_total_limit=None)
+        proc = _train_cli(cfg)
+        err = proc.stderr
+        assert proc.returncode == 1, err[-2000:]
+        assert "Traceback" not in err
+        (line,) = [x for x in err.splitlines() if x.startswith("error: ")]
+        assert "no space left on the disk of" in line and "train.save_total_limit" in line, line
+        ckpts = small / "run" / "checkpoints"
+        assert sorted(p.name for p in ckpts.iterdir()) == ["step-0000003", "step-0000006"]  # nothing half-written
+        subprocess.run(["mount", "-o", f"remount,size={one * 20}", str(small)], check=True)
+        resumed = _train_cli(cfg, "train.resume=true")
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        a, b = metrics(root / "disk-full"), metrics(small / "run")
+        for x, y in zip(a, b, strict=True):
+            assert x["loss"] == pytest.approx(y["loss"], abs=1e-6)
+        assert_same_weights(root / "disk-full", small / "run", atol=1e-6)

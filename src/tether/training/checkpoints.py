@@ -15,6 +15,7 @@ resumes into it; :func:`check_resume_config` refuses to resume with a config tha
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 
 from tether.config import Config, TrainConfig
-from tether.errors import TetherError
+from tether.errors import EnvironmentFault, TetherError, shown_text
 from tether.rundir import CHECKPOINTS, TRAINER_STATE, RunDir
 from tether.training import sharding
 from tether.training.schedule import apply_optimizer_config
@@ -143,18 +144,24 @@ def _quiet_shared_tensor_warning():
         logger.removeFilter(flt)
 
 
-def newest_checkpoint_config(run_dir: Path) -> tuple[Path, dict] | None:
-    """(checkpoint, the config it was made with) of the newest checkpoint that records one."""
+def _newest_state(run_dir: Path) -> tuple[Path, dict] | None:
+    """(checkpoint, its ``trainer_state.json``) of the newest checkpoint that records the config."""
     root = run_dir / CHECKPOINTS
     dirs = sorted(root.glob("step-*"), key=lambda p: p.name, reverse=True) if root.is_dir() else []
     for d in dirs:
         try:
-            config = json.loads((d / TRAINER_STATE).read_text()).get("config")
-        except (OSError, ValueError, AttributeError):
+            saved = json.loads((d / TRAINER_STATE).read_text())
+        except (OSError, ValueError):
             continue
-        if isinstance(config, dict):
-            return d, config
+        if isinstance(saved, dict) and isinstance(saved.get("config"), dict):
+            return d, saved
     return None
+
+
+def newest_checkpoint_config(run_dir: Path) -> tuple[Path, dict] | None:
+    """(checkpoint, the config it was made with) of the newest checkpoint that records one."""
+    found = _newest_state(run_dir)
+    return (found[0], found[1]["config"]) if found else None
 
 
 # Keys that change how a run is logged or saved, not what it computes: a resume may change them freely.
@@ -169,6 +176,7 @@ RESUME_FREE = {
     "train.save_every",
     "train.save_total_limit",
     "train.save_optimizer",
+    "train.save_on_signal",
     "train.save_merged",
     "train.report_to",
     "train.resume_allowed_changes",
@@ -184,14 +192,18 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
-def check_resume_config(cfg: Config, run_dir: Path) -> None:
+def check_resume_config(cfg: Config, run_dir: Path, data: dict[str, str] | None = None) -> None:
     """Refuse to resume a checkpoint made with another config, naming the keys that differ, unless they
     are listed in ``train.resume_allowed_changes``. Run length (``max_steps``, ``epochs``) may change: the
-    run is extended (or shortened down to the checkpoint's step) with the LR schedule of the new length."""
-    found = newest_checkpoint_config(run_dir)
+    run is extended (or shortened down to the checkpoint's step) with the LR schedule of the new length.
+    ``data``: the fingerprints of the data as tokenized now (``data.train``/``data.eval`` →
+    :func:`tether.data.fingerprint`); a file changed in place since the checkpoint is refused the same way."""
+    found = _newest_state(run_dir)
     if found is None:
         return
-    where, old = found
+    where, saved = found
+    old = saved["config"]
+    _check_resume_data(cfg, where, saved.get("data") or {}, data or {})
     new, before = _flat(cfg.to_dict()), _flat(old)
     allowed = set(cfg.train.resume_allowed_changes)
     # A key only one side has is a config field added or removed by another tether version (compared
@@ -207,6 +219,18 @@ def check_resume_config(cfg: Config, run_dir: Path) -> None:
         )
     for k in changed:
         print(f"note: resuming with {k} changed ({before.get(k)!r} → {new.get(k)!r})")
+
+
+def _check_resume_data(cfg: Config, where: Path, before: dict, now: dict[str, str]) -> None:
+    allowed = set(cfg.train.resume_allowed_changes)
+    for key, fp in now.items():
+        if before.get(key) not in (None, fp) and key not in allowed:
+            files = (cfg.data.eval if key == "data.eval" else None) or cfg.data.train
+            raise TetherError(
+                f"train.resume: {key} ({shown_text(str(files))}) changed since {where} was made: its rows as "
+                "tokenized differ, so the run would continue on other data; resume with the data it was made "
+                f"with, or add '{key}' to train.resume_allowed_changes to continue on the new data"
+            )
 
 
 @dataclass
@@ -252,10 +276,14 @@ class Checkpoints:
     ``cfg`` says how (``save_optimizer``, ``save_total_limit``, ``sharding``, the LR schedule re-applied on
     resume); ``config`` is the run's whole config, recorded in each checkpoint."""
 
-    def __init__(self, run_dir: Path, cfg: TrainConfig, config: dict | None = None):
+    def __init__(
+        self, run_dir: Path, cfg: TrainConfig, config: dict | None = None, data: dict[str, str] | None = None
+    ):
         self.run_dir = run_dir
         self.cfg = cfg
         self.config = config
+        self.data = data
+        """The fingerprints of the data as tokenized (``data.train``, ``data.eval``), checked on resume."""
 
     def dirs(self) -> list[Path]:
         return RunDir(self.run_dir).checkpoint_dirs(complete=True)
@@ -294,39 +322,49 @@ class Checkpoints:
         root = self.run_dir / CHECKPOINTS
         final = root / f"step-{state.step:07d}"
         tmp = root / f".tmp-step-{state.step:07d}"
-        if acc.is_main_process:
+        try:
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+                root.mkdir(parents=True, exist_ok=True)
+            acc.wait_for_everyone()
+            with _quiet_shared_tensor_warning():
+                if sharding.wanted(cfg):  # the full state, loadable on any process count
+                    model, optimizer = state.bare()
+                    sharding.save(tmp, model, optimizer if cfg.save_optimizer else None, acc.is_main_process)
+                elif cfg.save_optimizer:
+                    acc.save_state(str(tmp))
+                else:
+                    acc.save_model(state.policy, str(tmp))
+                if state.live_reference is not None:  # gathered from the shards when sharded
+                    sharding.save_weights(
+                        tmp / REFERENCE_FILE, state.live_reference, acc.is_main_process, prefix="model."
+                    )
+            health = _health(state)
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                saved = {
+                    "step": state.step,
+                    "hparams": state.hparams,
+                    "reference_updates": state.reference_updates,
+                    "total_steps": state.total_steps,
+                    "scheduler": state.scheduler.state_dict(),
+                    "optimizer": cfg.save_optimizer,
+                    "health": health,
+                    "config": self.config,
+                    "data": self.data,
+                }
+                (tmp / TRAINER_STATE).write_text(json.dumps(saved, indent=1))
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(tmp, final)
+                self._rotate()
+        except (OSError, RuntimeError) as e:  # torch.save says a full disk as RuntimeError
+            if not out_of_space(e, root):
+                raise
             shutil.rmtree(tmp, ignore_errors=True)
-            root.mkdir(parents=True, exist_ok=True)
-        acc.wait_for_everyone()
-        with _quiet_shared_tensor_warning():
-            if sharding.wanted(cfg):  # the full state, loadable on any process count
-                model, optimizer = state.bare()
-                sharding.save(tmp, model, optimizer if cfg.save_optimizer else None, acc.is_main_process)
-            elif cfg.save_optimizer:
-                acc.save_state(str(tmp))
-            else:
-                acc.save_model(state.policy, str(tmp))
-            if state.live_reference is not None:  # gathered from the shards when sharded
-                sharding.save_weights(
-                    tmp / REFERENCE_FILE, state.live_reference, acc.is_main_process, prefix="model."
-                )
-        health = _health(state)
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            saved = {
-                "step": state.step,
-                "hparams": state.hparams,
-                "reference_updates": state.reference_updates,
-                "total_steps": state.total_steps,
-                "scheduler": state.scheduler.state_dict(),
-                "optimizer": cfg.save_optimizer,
-                "health": health,
-                "config": self.config,
-            }
-            (tmp / TRAINER_STATE).write_text(json.dumps(saved, indent=1))
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            self._rotate()
+            last = self.dirs()
+            raise space_fault(
+                root, f"writing checkpoint step-{state.step}", _dir_bytes(last[-1]) if last else 0
+            ) from None
         acc.wait_for_everyone()
         return final
 
@@ -409,6 +447,38 @@ class Checkpoints:
             print(f"note: {d} holds weights only (train.save_optimizer=false): optimizer moments restart")
         state.step, state.hparams = step, hparams
         return None
+
+
+def out_of_space(e: BaseException, where: Path) -> bool:
+    """Whether ``e``, raised while writing under ``where``, means the disk (or quota) is full: an
+    ``OSError`` saying so, or (torch's serializer says it as ``RuntimeError: ... unexpected pos``) a
+    file system with less than 1 MB left."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if "No space left" in str(e):
+        return True
+    try:
+        return shutil.disk_usage(where).free < 2**20
+    except OSError:
+        return False
+
+
+def space_fault(where: Path, doing: str, need: int) -> EnvironmentFault:
+    """The one line for a full disk while ``doing`` under ``where`` (``need``: about what it takes)."""
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        free = 0
+    size = f"free about {max(need - free, 0) / 2**20:.0f} MB" if need else "free space"
+    return EnvironmentFault(
+        f"no space left on the disk of {where} while {doing}: {size}, or set train.save_total_limit lower "
+        "(checkpoints kept) or train.save_optimizer=false (smaller checkpoints); nothing earlier was lost: "
+        "train.resume=true continues from the last checkpoint"
+    )
+
+
+def _dir_bytes(d: Path) -> int:
+    return sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
 
 
 def _health(state: TrainState) -> dict:

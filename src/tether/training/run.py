@@ -27,7 +27,7 @@ from tether.engine.reference_build import CacheTooLarge, ReferenceSpec, build_re
 from tether.errors import DataError, Problem, TetherError
 from tether.methods.registry import Method
 from tether.rundir import RunDir, run_dir_lock
-from tether.training.checkpoints import check_resume_config
+from tether.training.checkpoints import check_resume_config, out_of_space, space_fault
 from tether.training.schedule import make_schedule
 from tether.training.sink import MetricsSink
 from tether.training.trainer import Trainer, TrainResult, reset_peak_rss
@@ -313,8 +313,11 @@ def _train(cfg: Config, *, prepared: Prepared | None, accelerator, measure_gamma
     rd = _prepare_run_dir(cfg)
     run_dir = rd.path
     p = prepared or prepare(cfg)
+    fingerprints = {"data.train": data_mod.fingerprint(p.train)}
+    if p.eval:
+        fingerprints["data.eval"] = data_mod.fingerprint(p.eval)
     if cfg.train.resume:
-        check_resume_config(cfg, run_dir)
+        check_resume_config(cfg, run_dir, fingerprints)
     acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -358,6 +361,7 @@ def _train(cfg: Config, *, prepared: Prepared | None, accelerator, measure_gamma
         pad_id=p.tokenizer.pad_token_id,
         sink=sink,
         run_config=cfg.to_dict(),
+        data_fingerprint=fingerprints,
     )
     resumed = trainer.step if cfg.train.resume and trainer.resume() else None
     try:
@@ -369,7 +373,7 @@ def _train(cfg: Config, *, prepared: Prepared | None, accelerator, measure_gamma
     unwrapped = trainer.full_policy(lambda: _load_policy_model(cfg, p))  # sharded: gathered
     if unwrapped is not None:
         base = models.base_model_id(cfg.model.name, p.model_dir)
-        models.save_model(unwrapped, p.tokenizer, final_dir, merged=cfg.train.save_merged, base_model=base)
+        _save_final(unwrapped, p.tokenizer, final_dir, merged=cfg.train.save_merged, base_model=base)
     acc.wait_for_everyone()
     tps = result.tokens / result.seconds if result.seconds > 0 else 0.0
     out = RunResult(
@@ -394,6 +398,22 @@ def _train(cfg: Config, *, prepared: Prepared | None, accelerator, measure_gamma
         rd.write_summary(_jsonable(vars(out)))
         write_model_cards(rd, cfg, p)
     return out
+
+
+def _save_final(model: torch.nn.Module, tokenizer: Any, final_dir: Path, **kw: Any) -> None:
+    """``final/`` written whole or not at all: into a sibling first, then renamed; a full disk is one line
+    (the last checkpoint holds the same weights: a resume writes ``final/`` again)."""
+    tmp = final_dir.with_name(f".tmp-{final_dir.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        models.save_model(model, tokenizer, tmp, **kw)
+        shutil.rmtree(final_dir, ignore_errors=True)
+        os.replace(tmp, final_dir)
+    except (OSError, RuntimeError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not out_of_space(e, final_dir.parent):
+            raise
+        raise space_fault(final_dir.parent, "writing the final model", 0) from None
 
 
 def write_model_cards(rd: RunDir, cfg: Config, p: Prepared) -> None:

@@ -29,6 +29,7 @@ from tether.errors import TetherError
 from tether.methods.registry import Method
 from tether.training import sharding
 from tether.training.checkpoints import Checkpoints, TrainState
+from tether.training.preempt import Preempted, StopOnSignal
 from tether.training.schedule import lr_scheduler, make_schedule
 from tether.training.sink import MetricsSink
 
@@ -109,6 +110,7 @@ class Trainer:
         pad_id: int,
         sink: MetricsSink,
         run_config: dict | None = None,
+        data_fingerprint: dict[str, str] | None = None,
     ):
         self.acc = accelerator
         self.method = method
@@ -152,7 +154,7 @@ class Trainer:
             live_reference=live,
             start_max_abs=sharding.max_abs(params),
         )
-        self.checkpoints = Checkpoints(run_dir, cfg, run_config)
+        self.checkpoints = Checkpoints(run_dir, cfg, run_config, data_fingerprint)
 
     @property
     def step(self) -> int:
@@ -413,25 +415,33 @@ class Trainer:
         eval_metrics: dict[str, float] = {}
         if self.step == 0 and self.eval_examples and cfg.eval_at_start is not False:
             self.sink.log({"step": 0, **self.evaluate()})  # eval curves start at the reference
-        while self.step < total:
-            t0 = time.perf_counter()
-            means = self.train_step()
-            dt = time.perf_counter() - t0
-            tokens += int(means["tokens"])
-            means["step_seconds"] = dt
-            means["tokens_per_second"] = means["tokens"] / dt
-            last = means
-            if self.step % cfg.log_every == 0 or self.step == total:
-                self.sink.log(
-                    {"step": self.step, "epoch": self.step / self.schedule.steps_per_epoch, **means}
-                )
-            bar.update(1)
-            bar.set_postfix(loss=f"{means['loss']:.4f}", tok_s=f"{means['tokens_per_second']:.0f}")
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < total:
-                eval_metrics = self.evaluate()
-                self.sink.log({"step": self.step, **eval_metrics})
-            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == total:
-                self.checkpoints.save(self.state)  # the final step always: a finished run can be extended
+        with StopOnSignal(cfg.save_on_signal) as stop:
+            while self.step < total:
+                t0 = time.perf_counter()
+                means = self.train_step()
+                dt = time.perf_counter() - t0
+                tokens += int(means["tokens"])
+                means["step_seconds"] = dt
+                means["tokens_per_second"] = means["tokens"] / dt
+                last = means
+                if self.step % cfg.log_every == 0 or self.step == total:
+                    self.sink.log(
+                        {"step": self.step, "epoch": self.step / self.schedule.steps_per_epoch, **means}
+                    )
+                bar.update(1)
+                bar.set_postfix(loss=f"{means['loss']:.4f}", tok_s=f"{means['tokens_per_second']:.0f}")
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < total:
+                    eval_metrics = self.evaluate()
+                    self.sink.log({"step": self.step, **eval_metrics})
+                stopping = stop.requested(self.acc) and self.step < total
+                if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == total or stopping:
+                    saved = self.checkpoints.save(self.state)  # the final step always: it can be extended
+                if stopping:
+                    bar.close()
+                    raise Preempted(
+                        f"stopped by SIGTERM after step {self.step} of {total}; checkpoint {saved} written: "
+                        "run the same command with train.resume=true to continue"
+                    )
         bar.close()
         if self.eval_examples:
             eval_metrics = self.evaluate()
