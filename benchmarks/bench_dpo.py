@@ -92,7 +92,7 @@ def _peak_rss_mb() -> float:
 
 def _step_order(n_examples: int, args: argparse.Namespace) -> list[int]:
     """The example order tether's schedule uses (seed, batch size, grad_accum 1, one process)."""
-    from tether.training.trainer import Schedule
+    from tether.training.schedule import Schedule
 
     sched = Schedule(n_examples, args.batch_size, args.seed, args.steps)
     return [i for s in range(args.steps) for i in sched.step_indices(s)]
@@ -206,11 +206,12 @@ def run_trl(args: argparse.Namespace, model_dir: Path, gradient_checkpointing: b
 
 
 def run_tether(args: argparse.Namespace, model_dir: Path, mode: str) -> dict:
+    import tether.engine.reference_build as build_mod
     import tether.training.run as run_mod
     from tether.config import from_dict
 
     precompute: list[float] = []
-    compute_table = run_mod.compute_table
+    compute_table = build_mod.compute_table
 
     def timed_compute_table(*a, **kw):  # the one-time reference precompute (reference.mode=precomputed)
         t = time.perf_counter()
@@ -219,8 +220,8 @@ def run_tether(args: argparse.Namespace, model_dir: Path, mode: str) -> dict:
         finally:
             precompute.append(time.perf_counter() - t)
 
-    run_mod.compute_table = timed_compute_table
-    compute_states = run_mod.compute_states
+    build_mod.compute_table = timed_compute_table
+    compute_states = build_mod.compute_states
 
     def timed_compute_states(*a, **kw):  # ε-DPO's reference hidden states (precomputed)
         t = time.perf_counter()
@@ -229,7 +230,7 @@ def run_tether(args: argparse.Namespace, model_dir: Path, mode: str) -> dict:
         finally:
             precompute.append(time.perf_counter() - t)
 
-    run_mod.compute_states = timed_compute_states
+    build_mod.compute_states = timed_compute_states
     out_dir = args.workdir / f"tether-{mode}"
     name, ref_mode, gc, segments = TETHER[mode]
     method = {"name": name, "beta": BETA}

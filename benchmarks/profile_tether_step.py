@@ -42,8 +42,10 @@ def main() -> None:
     import tether.engine.models as models
     from tether.config import from_dict
     from tether.engine.logprobs import LogProbModel, loss_inputs
-    from tether.training.run import _disable_dropout, build_reference, prepare
-    from tether.training.trainer import MetricsSink, Trainer
+    from tether.engine.reference_build import build_reference
+    from tether.training.run import _disable_dropout, prepare, reference_spec
+    from tether.training.sink import MetricsSink
+    from tether.training.trainer import Trainer
 
     work = Path(tempfile.mkdtemp(prefix="tether-prof-"))
     data = write_pairs(work / "pairs.jsonl", args.pairs, 0)
@@ -67,7 +69,7 @@ def main() -> None:
     _disable_dropout(model)
     policy = LogProbModel(model, cfg.train.logprob_chunk)
     t = time.perf_counter()
-    reference = build_reference(p, args.mode, policy, acc)
+    reference = build_reference(reference_spec(cfg, p, args.mode), policy, p.train, p.eval, acc)
     print(f"build_reference({args.mode}): {time.perf_counter() - t:.1f} s")
     (work / "run").mkdir(parents=True, exist_ok=True)
     trainer = Trainer(
@@ -119,7 +121,7 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(tr.policy.parameters(), 1.0)
         tr.optimizer.step()
         tr.optimizer.zero_grad(set_to_none=True)
-        tr.step += 1
+        tr.state.step += 1
         marks.append(time.perf_counter())
         if record:
             names = [

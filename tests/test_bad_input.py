@@ -190,7 +190,7 @@ CONFIG_CASES: dict[str, BadCase] = {
     ),
     "huge_config_file": lambda e, name: (
         _yaml_text(e, name, "#" + "x" * (2 << 20) + "\n")[0],
-        ["characters; a config is at most 1048576 (1 MiB)"],
+        ["bytes; a config is at most 1048576 (1 MiB)"],
     ),
     "alias_cycle_yaml": lambda e, name: (
         _yaml_text(e, name, "extra: &a [*a]\n")[0],

@@ -104,14 +104,14 @@ def test_asft_has_no_reference_anywhere(setup, monkeypatch):
     from transformers.models.llama import modeling_llama
 
     import tether.engine.reference as reference
-    import tether.training.run as run_mod
+    import tether.engine.reference_build as build_mod
 
     def forbidden(*a, **k):
         raise AssertionError("ASFT touched a reference")
 
     monkeypatch.setattr(reference, "frozen_copy", forbidden)
-    monkeypatch.setattr(run_mod, "frozen_copy", forbidden)
-    monkeypatch.setattr(run_mod, "compute_table", forbidden)
+    monkeypatch.setattr(build_mod, "frozen_copy", forbidden)
+    monkeypatch.setattr(build_mod, "compute_table", forbidden)
     assert LogProbModel(tiny_model()).supports_segments()  # the layout probe runs here, not counted below
     calls = []
     original = modeling_llama.LlamaModel.forward

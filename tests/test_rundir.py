@@ -465,7 +465,7 @@ def test_config_fields_of_another_tether_version_do_not_block_resume(setup, tmp_
     method hyper-parameter given on one side only is a change."""
     from tether.config import load_config
     from tether.errors import TetherError
-    from tether.training.run import check_resume_config
+    from tether.training.checkpoints import check_resume_config
 
     root, model, pairs = setup
     cfg = load_config(config(root, model, pairs, "versions"))

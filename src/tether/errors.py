@@ -47,7 +47,7 @@ def environment_fault(exc: OSError, doing: str) -> EnvironmentFault:
     """One line for an ``OSError`` met while ``doing`` something (``"writing checkpoint-40 in runs/x"``),
     with what to do about it."""
     reason = exc.strerror or str(exc) or type(exc).__name__
-    where = f" ({exc.filename})" if exc.filename and str(exc.filename) not in doing else ""
+    where = f" ({shown_text(str(exc.filename))})" if exc.filename and str(exc.filename) not in doing else ""
     hint = {
         errno.ENOSPC: "free space on that disk (or set train.save_total_limit / TETHER_CACHE elsewhere)",
         errno.EDQUOT: "free space within your quota",

@@ -80,13 +80,18 @@ def _check_size(root: yaml.Node, where: str) -> None:
     size(root, 0)
 
 
+def check_size(size: int, where: str) -> None:
+    """Refuse a config text of ``size`` bytes or characters past :data:`MAX_BYTES` (before reading a file)."""
+    if size > MAX_BYTES:
+        raise ConfigError(f"{where}: {size} bytes; a config is at most {MAX_BYTES} (1 MiB)")
+
+
 def load_yaml(text: str, where: str) -> Any:
     """Parse one YAML document within the bounds above; ``where`` names it in errors (a path, or
     ``override 'key=value'``). Raises :class:`ConfigError` past a bound; YAML syntax errors, a key given
     twice and Python's own limits (an integer of more than 4300 digits) raise as ``yaml`` and Python do,
     for the caller to place."""
-    if len(text) > MAX_BYTES:
-        raise ConfigError(f"{where}: {len(text)} characters; a config is at most {MAX_BYTES} (1 MiB)")
+    check_size(len(text), where)
     loader = _StrictLoader(text)
     try:
         node = loader.get_single_node()

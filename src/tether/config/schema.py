@@ -170,6 +170,9 @@ class TrainConfig:
     save_optimizer: bool = True
     """Checkpoints hold optimizer and scheduler state (false: weights only, smaller; a resume restarts the
     optimizer moments)."""
+    save_on_signal: bool = True
+    """On SIGTERM (a cluster preempting the job), finish the current step, write a checkpoint and exit with
+    code 143; a second SIGTERM stops at once (false: stop at once, losing the steps since the last save)."""
     resume: bool = False
     """Continue from the newest checkpoint in ``output_dir`` (the config must match)."""
     resume_allowed_changes: list[str] = field(default_factory=list)

@@ -10,7 +10,7 @@ from tether.data.check import check_rows
 from tether.data.kinds import Kind, detect_kind
 from tether.data.read import Row, read_rows
 from tether.data.split import shuffled, split_pairs, split_train_eval, with_mismatched_completions
-from tether.data.tokenize import Example, Tokenization, TokenizedData, tokenize_rows
+from tether.data.tokenize import Example, Tokenization, TokenizedData, fingerprint, tokenize_rows
 
 __all__ = [
     "Example",
@@ -20,6 +20,7 @@ __all__ = [
     "TokenizedData",
     "check_rows",
     "detect_kind",
+    "fingerprint",
     "read_rows",
     "shuffled",
     "split_pairs",

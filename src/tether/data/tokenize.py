@@ -54,6 +54,8 @@ Nothing stops at the first problem: every row is checked and all problems are ra
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -92,6 +94,16 @@ class Example:
     #: per token of ``chosen_ids``, whether it is scored (a conversation trained on several assistant turns:
     #: the user turns between them are not); None: every token is
     chosen_mask: tuple[bool, ...] | None = None
+
+
+def fingerprint(examples: Sequence[Example]) -> str:
+    """A content hash of ``examples`` as tokenized (token ids, scored-token masks and labels, in order): a
+    checkpoint records it, so a resume on a data file changed in place is noticed."""
+    h = hashlib.sha256()
+    for e in examples:
+        row = [e.prompt_ids, e.chosen_ids, e.rejected_ids, e.label, e.chosen_mask]
+        h.update(json.dumps(row, separators=(",", ":")).encode())
+    return h.hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ Everything tether caches sits under :func:`default_cache_dir` (``$TETHER_CACHE``
 (``reflogps/``, written by training and by ``tether eval``), the reference's hidden states at response
 tokens for reference logits (``refstates/``), the reference's generations (``generations/``) and a
 reward-model judge's scores (``judge/``). An entry's name is a hash of everything that determines its
-content; an entry that
-cannot be read (a torn write, a foreign file) is a miss and is recomputed, never an error. Writes are
+content; a reference's tables and hidden states are named here (:func:`reference_table_path`,
+:func:`reference_states_path`), so that training and ``tether eval`` find each other's tables. An entry
+that cannot be read (a torn write, a foreign file) is a miss and is recomputed, never an error. Writes are
 atomic (a temporary file, then ``os.replace``).
 """
 
@@ -84,6 +85,25 @@ def cache_key(model_fingerprint: str, examples: Sequence, extra: dict) -> str:
         mask = getattr(e, "chosen_mask", None)  # part of the key only when set: old keys stay valid
         h.update(json.dumps([e.prompt_ids, e.chosen_ids, e.rejected_ids, *([mask] if mask else [])]).encode())
     return h.hexdigest()
+
+
+def reference_table_path(
+    root: Path, fingerprint: str, examples: Sequence, *, dtype: str, device: str
+) -> Path:
+    """Where the reference's log-prob table of ``examples`` is cached under ``root``: keyed by what
+    determines its numbers (the reference's weights fingerprint, the token ids, the dtype and the device
+    type) and nothing about who asks, so that a table training computed is found by ``tether eval`` on the
+    same data and reference, and the other way round."""
+    return root / "reflogps" / f"{cache_key(fingerprint, examples, {'dtype': dtype, 'device': device})}.pt"
+
+
+def reference_states_path(
+    root: Path, fingerprint: str, examples: Sequence, *, dtype: str, device: str
+) -> Path:
+    """Where the reference's hidden states at the response tokens of ``examples`` are cached (keyed as
+    :func:`reference_table_path`)."""
+    extra = {"dtype": dtype, "device": device, "states": 1}
+    return root / "refstates" / f"{cache_key(fingerprint, examples, extra)}.pt"
 
 
 def _read_table(path: Path, n: int, key: str) -> Tensor | None:

@@ -14,7 +14,7 @@ import torch
 
 import tether.data as data_mod
 import tether.evaluation.generation as generation
-from tether.engine.cache import cache_key, cached_json, hash_key, load_or_fill
+from tether.engine.cache import cached_json, hash_key, load_or_fill, reference_table_path
 from tether.engine.reference import compute_table
 from tether.eval_result import Sample
 from tether.evaluation.generation import decode, eos_ids
@@ -104,9 +104,10 @@ class Loaded:
             return pol, pol
         if not cache or self.ref_fingerprint is None or self.cache_root is None:
             return pol, self.sums(examples, desc, reference=True)
-        key = cache_key(self.ref_fingerprint, examples, {"dtype": self.dtype, "device": self.device.type})
         table, status = load_or_fill(
-            self.cache_root / "reflogps" / f"{key}.pt",
+            reference_table_path(
+                self.cache_root, self.ref_fingerprint, examples, dtype=self.dtype, device=self.device.type
+            ),
             range(len(examples)),
             lambda rows: self.sums(examples, desc, reference=True, indices=rows),
             n=len(examples),

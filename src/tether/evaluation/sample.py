@@ -59,6 +59,7 @@ def generate_texts(
         raise TetherError("--num-samples: greedy decoding gives one generation; set --temperature > 0")
     t0 = time.time()
     target = resolve_target(spec)
+    models.check_generation_length(max_new_tokens, target.model_path)
     cfg = target.run_cfg
     run_data = cfg.data if cfg else DataConfig()  # a plain model: the config's defaults
     template = chat_template or run_data.chat_template

@@ -1,8 +1,8 @@
 """The one registry of training methods.
 
 CLI choices, ``tether losses``, error messages, docs tables and test parametrisation all read
-:data:`METHODS`. Capabilities are declared here, next to the loss; the trainer branches on them, never on
-method names.
+:data:`METHODS`. Capabilities are declared here, next to the loss; the trainer reads them, never method
+names, and what they do after an optimizer step is :meth:`Method.after_optimizer_step`.
 """
 
 from __future__ import annotations
@@ -150,6 +150,29 @@ class Method:
     @property
     def uses_reference(self) -> bool:
         return self.needs_reference or self.reference_for_metrics
+
+    def after_optimizer_step(
+        self,
+        step: int,
+        hparams: dict[str, float],
+        means: dict[str, float],
+        mix_reference: Callable[[float], None],
+    ) -> dict[str, float]:
+        """The method's hyper-parameters after optimizer step ``step`` (1-based): ``on_optimizer_step``
+        applied to the step's global-batch means, then, for a live reference, ``mix_reference(α)`` when
+        ``reference_update`` says so (the caller mixes and counts the update)."""
+        if self.on_optimizer_step is not None:
+            hparams = self.on_optimizer_step(hparams, means)
+        if self.reference_update is not None:
+            alpha = self.reference_update(step, hparams)
+            if alpha is not None:
+                mix_reference(alpha)
+        return hparams
+
+    def state_values(self, hparams: Mapping[str, float], reference_updates: int) -> dict[str, float]:
+        """The training state logged after a step, under the ``state_metrics`` names."""
+        state = {**hparams, "reference_updates": float(reference_updates)}
+        return {name: state[key] for key, name in self.state_metrics.items()}
 
     def hparams(self, given: Mapping[str, object], where: str = "method") -> dict[str, float]:
         """Defaults overlaid with ``given``; unknown names and out-of-range values raise ConfigError."""

@@ -7,7 +7,7 @@ found before a weight loads.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import os
 import shutil
 import sys
@@ -22,21 +22,15 @@ import tether.data as data_mod
 import tether.engine.models as models
 from tether.config import Config, check_launch
 from tether.data.kinds import describe
-from tether.engine.cache import cache_key, default_cache_dir, load_or_fill, load_or_fill_states
 from tether.engine.logprobs import LogProbModel
-from tether.engine.reference import (
-    Reference,
-    ResponseStates,
-    compute_states,
-    compute_table,
-    frozen_copy,
-    response_counts,
-)
+from tether.engine.reference_build import CacheTooLarge, ReferenceSpec, build_reference, gamma_ref
 from tether.errors import DataError, Problem, TetherError
 from tether.methods.registry import Method
 from tether.rundir import RunDir, run_dir_lock
-from tether.training.checkpoints import newest_checkpoint_config
-from tether.training.trainer import MetricsSink, Trainer, TrainResult, make_schedule, reset_peak_rss
+from tether.training.checkpoints import check_resume_config, out_of_space, space_fault
+from tether.training.schedule import make_schedule
+from tether.training.sink import MetricsSink
+from tether.training.trainer import Trainer, TrainResult, reset_peak_rss
 
 
 @dataclass
@@ -193,153 +187,24 @@ def _disable_dropout(model: torch.nn.Module) -> None:
             m.p = 0.0
 
 
-def _table(p: Prepared, model: LogProbModel, examples: list, acc, **kw) -> torch.Tensor:
-    """Reference log-prob table of ``examples`` under ``model``, split across this run's processes."""
-    return compute_table(
-        model,
-        examples,
-        batch_size=p.cfg.train.batch_size * 2,
+def reference_spec(cfg: Config, p: Prepared, mode: str) -> ReferenceSpec:
+    """The run's reference in the engine's plain values (:func:`tether.engine.reference_build.build_reference`)."""
+    return ReferenceSpec(
+        mode=mode,
+        policy_dir=p.model_dir,
+        other=cfg.reference.model,
+        dtype=cfg.model.dtype,
+        logprob_chunk=cfg.train.logprob_chunk,
+        live=p.method.live_reference,
+        needs_logits=p.method.needs_reference_logits,
+        cache_dir=Path(cfg.reference.cache_dir) if cfg.reference.cache_dir else None,
+        max_cache_gb=cfg.reference.max_cache_gb,
+        batch_size=cfg.train.batch_size * 2,
         pad_id=p.tokenizer.pad_token_id,
-        device=acc.device,
-        rank=acc.process_index,
-        world=acc.num_processes,
-        reduce_sum=lambda t: acc.reduce(t, "sum"),
-        progress=p.cfg.train.progress,
-        share_prompt=p.cfg.train.share_prompt,
-        packing=p.cfg.train.packing,
-        **kw,
+        share_prompt=cfg.train.share_prompt,
+        packing=cfg.train.packing,
+        progress=cfg.train.progress,
     )
-
-
-def _states(
-    p: Prepared, model: LogProbModel, split: str, examples: list, needed, key: str, acc
-) -> ResponseStates:
-    """The reference's hidden states at the response tokens of ``examples`` (ε-DPO's reference logits),
-    cached on disk; the size is printed first and refused above ``reference.max_cache_gb``."""
-    cfg = p.cfg
-    counts = response_counts(examples)
-    width = model.head.in_features if hasattr(model.head, "in_features") else model.head.weight.shape[1]
-    dtype = next(model.parameters()).dtype
-    size = ResponseStates.nbytes(counts, width, dtype)
-    limit = cfg.reference.max_cache_gb
-    line = (
-        f"reference hidden states ({split}): {int(counts.sum())} response tokens × {width} × "
-        f"{torch.finfo(dtype).bits // 8} B = {size / 1e9:.3g} GB (reference.max_cache_gb {limit:g})"
-    )
-    if acc.is_main_process:
-        print(line)
-    if size > limit * 1e9:
-        raise CacheTooLarge(f"{line}: too large; raise reference.max_cache_gb or use reference.mode copy")
-
-    def compute(states: torch.Tensor, rows: list[int]) -> torch.Tensor:
-        return compute_states(
-            model,
-            examples,
-            ResponseStates(states, counts),
-            rows,
-            batch_size=cfg.train.batch_size * 2,
-            pad_id=p.tokenizer.pad_token_id,
-            device=acc.device,
-            rank=acc.process_index,
-            world=acc.num_processes,
-            reduce_sum=lambda t: acc.reduce(t, "sum"),
-            progress=cfg.train.progress,
-            share_prompt=cfg.train.share_prompt,
-            packing=cfg.train.packing,
-        ).states
-
-    cache_root = Path(cfg.reference.cache_dir) if cfg.reference.cache_dir else default_cache_dir()
-    states, _ = load_or_fill_states(
-        cache_root / "refstates" / f"{key}.pt",
-        needed if needed is not None else range(len(examples)),
-        compute,
-        n=len(examples),
-        shape=(int(counts.sum()), width),
-        dtype=dtype,
-        is_main=acc.is_main_process,
-        barrier=acc.wait_for_everyone,
-    )
-    return ResponseStates(states, counts)
-
-
-class CacheTooLarge(TetherError):
-    """A precomputed reference cache would exceed ``reference.max_cache_gb``."""
-
-
-def build_reference(
-    p: Prepared, mode: str, policy: LogProbModel, accelerator, needed_train: list[int] | None = None
-) -> Reference | None:
-    """The reference for ``mode``, built from the *starting* weights (before any resume).
-
-    ``precomputed`` computes only the training rows the run will use (``needed_train``; all by default)
-    and every eval row, and adds them to the on-disk cache, which later runs reuse.
-    """
-    cfg = p.cfg
-    if mode == "none":
-        return None
-    if mode == "adapter":
-        return Reference("adapter", policy)
-    ref_model = None
-    ref_spec = cfg.reference.model or cfg.model.name
-    ref_dir = (
-        models.resolve_model_dir(ref_spec, progress=cfg.train.progress)
-        if cfg.reference.model
-        else p.model_dir
-    )
-    if cfg.reference.model is not None:
-        ref_model = models.load_model(ref_dir, dtype=cfg.model.dtype, progress=cfg.train.progress)
-        ref_model = ref_model.to(accelerator.device)
-    if mode == "copy":
-        base = ref_model if ref_model is not None else models.merge_lora(policy.model)
-        live = frozen_copy(base, cfg.train.logprob_chunk)
-        if not p.method.live_reference:
-            return Reference("copy", live)
-        # a live reference (TR-DPO) also gets the starting reference's table: how far it moves from it
-        tables, status = _tables(p, policy, models.model_fingerprint(ref_dir), accelerator, needed_train)
-        return Reference("copy", live, tables=tables, cache_status=f"original {status}")
-    # precomputed: the policy at step 0 *is* the reference unless another model was named
-    source = LogProbModel(ref_model, cfg.train.logprob_chunk) if ref_model is not None else policy
-    fingerprint = models.model_fingerprint(ref_dir)
-    states: dict[str, ResponseStates] = {}
-    head = None
-    if p.method.needs_reference_logits:  # ε-DPO: hidden states at response tokens + a frozen head
-        for split, examples, needed in (("train", p.train, needed_train), ("eval", p.eval, None)):
-            if examples:
-                key = cache_key(fingerprint, examples, {"dtype": cfg.model.dtype, "states": 1})
-                states[split] = _states(p, source, split, examples, needed, key, accelerator)
-        head = copy.deepcopy(source.head).requires_grad_(False)
-    tables, status = _tables(p, source, fingerprint, accelerator, needed_train)
-    del ref_model
-    return Reference("precomputed", tables=tables, cache_status=status, states=states, head=head)
-
-
-def _tables(
-    p: Prepared, source: LogProbModel, fingerprint: str, acc, needed_train: list[int] | None
-) -> tuple[dict[str, torch.Tensor], str]:
-    """The reference log-prob table of each split (the training rows in ``needed_train``, all eval rows),
-    from the on-disk cache where it has them; and the cache status."""
-    cfg = p.cfg
-    cache_root = Path(cfg.reference.cache_dir) if cfg.reference.cache_dir else default_cache_dir()
-    tables, statuses = {}, []
-    for split, examples, needed in (("train", p.train, needed_train), ("eval", p.eval, None)):
-        if not examples:
-            continue
-
-        def compute(rows: list[int], ex=examples, s=split) -> torch.Tensor:
-            return _table(p, source, ex, acc, indices=rows, desc=f"reference log-probs ({s})")
-
-        key = cache_key(fingerprint, examples, {"dtype": cfg.model.dtype, "v": 2})
-        table, status = load_or_fill(
-            cache_root / "reflogps" / f"{key}.pt",
-            needed if needed is not None else range(len(examples)),
-            compute,
-            n=len(examples),
-            is_main=acc.is_main_process,
-            barrier=acc.wait_for_everyone,
-        )
-        tables[split] = table
-        statuses.append(f"{split}:{status}")
-    return tables, ",".join(statuses)
 
 
 @dataclass
@@ -413,70 +278,6 @@ def _prepare_run_dir(cfg: Config) -> RunDir:
     return rd
 
 
-# Keys that change how a run is logged or saved, not what it computes: a resume may change them freely.
-RESUME_FREE = {
-    "train.output_dir",
-    "train.resume",
-    "train.overwrite",
-    "train.progress",
-    "train.log_every",
-    "train.eval_every",
-    "train.eval_at_start",
-    "train.save_every",
-    "train.save_total_limit",
-    "train.save_optimizer",
-    "train.save_merged",
-    "train.report_to",
-    "train.resume_allowed_changes",
-    "train.sharding",  # how the state is laid out across processes, not what is computed
-    "reference.cache_dir",
-}
-RESUME_EXTEND = {"train.max_steps", "train.epochs"}  # a longer run continues the same trajectory
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        return {k: v for key, sub in d.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: d}
-
-
-def check_resume_config(cfg: Config, run_dir: Path) -> None:
-    """Refuse to resume a checkpoint made with another config, naming the keys that differ, unless they
-    are listed in ``train.resume_allowed_changes``. Run length (``max_steps``, ``epochs``) may change: the
-    run is extended (or shortened down to the checkpoint's step) with the LR schedule of the new length."""
-    found = newest_checkpoint_config(run_dir)
-    if found is None:
-        return
-    where, old = found
-    new, before = _flat(cfg.to_dict()), _flat(old)
-    allowed = set(cfg.train.resume_allowed_changes)
-    # A key only one side has is a config field added or removed by another tether version (compared
-    # when it is a method hyper-parameter: a default and an explicit value may differ).
-    keys = (set(new) & set(before)) | {k for k in set(new) ^ set(before) if k.startswith("method.")}
-    changed = sorted(k for k in keys if new.get(k) != before.get(k) and k not in RESUME_FREE)
-    refused = [k for k in changed if k not in allowed and k not in RESUME_EXTEND]
-    if refused:
-        diffs = ", ".join(f"{k} ({before.get(k)!r} → {new.get(k)!r})" for k in refused)
-        raise TetherError(
-            f"train.resume: the config differs from the one {where} was made with: {diffs}; "
-            "resume with the same config, or list the keys in train.resume_allowed_changes if you mean it"
-        )
-    for k in changed:
-        print(f"note: resuming with {k} changed ({before.get(k)!r} → {new.get(k)!r})")
-
-
-def gamma_ref(reference: Reference | None, p: Prepared, policy: LogProbModel, acc) -> float | None:
-    """sDPO's γ_ref: mean over the training pairs of log π_ref(y_w) − log π_ref(y_l)."""
-    if reference is None or not p.method.data == "pairs":
-        return None
-    table = reference.tables.get("train")
-    if table is None:
-        ctx = policy.adapter_disabled() if reference.mode == "adapter" else None
-        model = reference.model if reference.mode == "copy" else policy
-        table = _table(p, model, p.train, acc, context=ctx, desc="gamma_ref")
-    return float((table[:, 0] - table[:, 1]).nanmean())  # over the rows the run computed
-
-
 def train(
     cfg: Config, *, prepared: Prepared | None = None, accelerator=None, measure_gamma_ref: bool = False
 ) -> RunResult:
@@ -512,8 +313,11 @@ def _train(cfg: Config, *, prepared: Prepared | None, accelerator, measure_gamma
     rd = _prepare_run_dir(cfg)
     run_dir = rd.path
     p = prepared or prepare(cfg)
+    fingerprints = {"data.train": data_mod.fingerprint(p.train)}
+    if p.eval:
+        fingerprints["data.eval"] = data_mod.fingerprint(p.eval)
     if cfg.train.resume:
-        check_resume_config(cfg, run_dir)
+        check_resume_config(cfg, run_dir, fingerprints)
     acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -529,18 +333,20 @@ def _train(cfg: Config, *, prepared: Prepared | None, accelerator, measure_gamma
     model = _load_policy_model(cfg, p)
     model.to(acc.device)
     policy = LogProbModel(model, cfg.train.logprob_chunk)
-    mode = reference_mode(cfg, p.method)
+    spec = reference_spec(cfg, p, reference_mode(cfg, p.method))
     schedule = make_schedule(len(p.train), cfg.train, acc.num_processes)
     needed = None if measure_gamma_ref else schedule.used_indices()
     try:
-        reference = build_reference(p, mode, policy, acc, needed_train=needed)
+        reference = build_reference(spec, policy, p.train, p.eval, acc, needed_train=needed)
     except CacheTooLarge as e:
         if cfg.reference.mode != "auto":
             raise
         print(f"note: {e}; reference.mode auto: using a frozen copy instead")
-        mode = "copy"
-        reference = build_reference(p, mode, policy, acc, needed_train=needed)
-    gref = gamma_ref(reference, p, policy, acc) if measure_gamma_ref or mode == "precomputed" else None
+        spec = dataclasses.replace(spec, mode="copy")
+        reference = build_reference(spec, policy, p.train, p.eval, acc, needed_train=needed)
+    gref = None
+    if p.method.data == "pairs" and (measure_gamma_ref or spec.mode == "precomputed"):
+        gref = gamma_ref(spec, reference, policy, p.train, acc)
     sink = MetricsSink(run_dir, cfg.train.report_to, cfg.to_dict(), enabled=acc.is_main_process)
     trainer = Trainer(
         accelerator=acc,
@@ -555,6 +361,7 @@ def _train(cfg: Config, *, prepared: Prepared | None, accelerator, measure_gamma
         pad_id=p.tokenizer.pad_token_id,
         sink=sink,
         run_config=cfg.to_dict(),
+        data_fingerprint=fingerprints,
     )
     resumed = trainer.step if cfg.train.resume and trainer.resume() else None
     try:
@@ -566,14 +373,14 @@ def _train(cfg: Config, *, prepared: Prepared | None, accelerator, measure_gamma
     unwrapped = trainer.full_policy(lambda: _load_policy_model(cfg, p))  # sharded: gathered
     if unwrapped is not None:
         base = models.base_model_id(cfg.model.name, p.model_dir)
-        models.save_model(unwrapped, p.tokenizer, final_dir, merged=cfg.train.save_merged, base_model=base)
+        _save_final(unwrapped, p.tokenizer, final_dir, merged=cfg.train.save_merged, base_model=base)
     acc.wait_for_everyone()
     tps = result.tokens / result.seconds if result.seconds > 0 else 0.0
     out = RunResult(
         run_dir=run_dir,
         final_model_dir=final_dir,
         method=p.method.name,
-        reference_mode=mode,
+        reference_mode=spec.mode,
         reference_cache=reference.cache_status if reference else None,
         steps=result.steps,
         hparams=result.hparams,
@@ -591,6 +398,22 @@ def _train(cfg: Config, *, prepared: Prepared | None, accelerator, measure_gamma
         rd.write_summary(_jsonable(vars(out)))
         write_model_cards(rd, cfg, p)
     return out
+
+
+def _save_final(model: torch.nn.Module, tokenizer: Any, final_dir: Path, **kw: Any) -> None:
+    """``final/`` written whole or not at all: into a sibling first, then renamed; a full disk is one line
+    (the last checkpoint holds the same weights: a resume writes ``final/`` again)."""
+    tmp = final_dir.with_name(f".tmp-{final_dir.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        models.save_model(model, tokenizer, tmp, **kw)
+        shutil.rmtree(final_dir, ignore_errors=True)
+        os.replace(tmp, final_dir)
+    except (OSError, RuntimeError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not out_of_space(e, final_dir.parent):
+            raise
+        raise space_fault(final_dir.parent, "writing the final model", 0) from None
 
 
 def write_model_cards(rd: RunDir, cfg: Config, p: Prepared) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -28,156 +27,17 @@ from tether.engine.logprobs import Batch, LogProbModel, collate, loss_inputs
 from tether.engine.reference import Reference
 from tether.errors import TetherError
 from tether.methods.registry import Method
-from tether.rundir import METRICS
 from tether.training import sharding
-from tether.training.checkpoints import Checkpointing
+from tether.training.checkpoints import Checkpoints, TrainState
+from tether.training.preempt import Preempted, StopOnSignal
+from tether.training.schedule import lr_scheduler, make_schedule
+from tether.training.sink import MetricsSink
 
 
 class TrainingDiverged(TetherError):
     """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
 
     exit_code = 3
-
-
-@dataclass
-class Schedule:
-    """Which examples each optimizer step uses: a seeded permutation per epoch, cut into global batches.
-
-    The tail of each epoch's permutation that does not fill a global batch is skipped (a different tail
-    every epoch), so every step has exactly ``global_batch`` examples on every process count.
-    """
-
-    n_examples: int
-    global_batch: int
-    seed: int
-    total_steps: int
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.n_examples // self.global_batch
-
-    def step_indices(self, step: int) -> list[int]:
-        epoch, k = divmod(step, self.steps_per_epoch)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        perm = torch.randperm(self.n_examples, generator=g)
-        return perm[k * self.global_batch : (k + 1) * self.global_batch].tolist()
-
-    def used_indices(self) -> list[int]:
-        """Every example index some step of the run will use."""
-        if self.total_steps >= self.steps_per_epoch:
-            return list(range(self.n_examples))  # a full epoch may still skip a tail; cheap to include
-        return sorted({i for s in range(self.total_steps) for i in self.step_indices(s)})
-
-    def micro_batches(self, step: int, micro: int, world: int, rank: int) -> list[list[int]]:
-        """This process's share of each micro-batch of the step."""
-        return self.split(self.step_indices(step), micro, world, rank)
-
-    def positions(self, micro: int, world: int, rank: int) -> list[list[int]]:
-        """Where this process's share of each micro-batch lies in the step's global order."""
-        return self.split(list(range(self.global_batch)), micro, world, rank)
-
-    @staticmethod
-    def split(idx: list[int], micro: int, world: int, rank: int) -> list[list[int]]:
-        per = micro * world
-        return [idx[j : j + per][rank * micro : (rank + 1) * micro] for j in range(0, len(idx), per)]
-
-
-def make_schedule(n_examples: int, cfg: TrainConfig, world: int) -> Schedule:
-    global_batch = cfg.batch_size * cfg.grad_accum * world
-    if n_examples < global_batch:
-        raise TetherError(
-            f"train.batch_size: the global batch ({cfg.batch_size} × grad_accum {cfg.grad_accum} × {world} "
-            f"processes = {global_batch}) is larger than the training set ({n_examples} examples)"
-        )
-    spe = n_examples // global_batch
-    total = cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil(cfg.epochs * spe))
-    return Schedule(n_examples, global_batch, cfg.seed, total)
-
-
-def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
-    warmup = cfg.warmup_steps or round(cfg.warmup_ratio * total_steps)
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if cfg.scheduler == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        if cfg.scheduler == "linear":
-            return max(0.0, 1.0 - progress)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
-
-
-class MetricsSink:
-    """``metrics.jsonl`` always; TensorBoard / Weights & Biases when asked. Main process only."""
-
-    def __init__(self, run_dir: Path, report_to: Sequence[str], config: dict, enabled: bool):
-        self.enabled = enabled
-        self.path = run_dir / METRICS
-        self.writers: list = []
-        if not enabled:
-            return
-        if "tensorboard" in report_to:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise TetherError("train.report_to: tensorboard needs `pip install tensorboard`") from e
-            self.writers.append(SummaryWriter(str(run_dir / "tensorboard")))
-        if "wandb" in report_to:
-            try:
-                import wandb
-            except ImportError as e:
-                raise TetherError("train.report_to: wandb needs `pip install wandb`") from e
-            self.writers.append(wandb.init(project="tether", dir=str(run_dir), config=config))
-
-    def truncate_after(self, step: int, *, drop_eval_at_step: bool = False) -> None:
-        """On resume: forget lines logged after the checkpoint (and, when the run is already finished, its
-        final evaluation, which is logged again), so the log stays one line per step. A torn line (a kill
-        mid-write) is dropped."""
-        if not self.enabled or not self.path.exists():
-            return
-        kept = []
-        for ln in self.path.read_text(errors="replace").splitlines():
-            try:
-                rec = json.loads(ln)
-                s = int(rec.get("step", 0))
-            except (ValueError, TypeError, AttributeError):
-                if ln.strip():
-                    print(f"note: {self.path}: dropped a torn line ({ln[:40]!r}...)")
-                continue
-            is_eval = any(k.startswith("eval/") for k in rec)
-            if s < step or (s == step and not (drop_eval_at_step and is_eval)):
-                kept.append(ln)
-        self.path.write_text("".join(ln + "\n" for ln in kept))
-
-    def log(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        step = record.get("step", 0)
-        for w in self.writers:
-            scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
-            if hasattr(w, "add_scalar"):
-                for k, v in scalars.items():
-                    w.add_scalar(k, v, step)
-            else:
-                w.log(scalars, step=step)
-
-    def close(self) -> None:
-        for w in self.writers:
-            (w.close if hasattr(w, "close") else w.finish)()
-
-
-@dataclass
-class StepInputs:
-    """What one micro-batch needs from the outside world."""
-
-    examples: Sequence
-    pad_id: int
-    split: str = "train"
 
 
 @dataclass
@@ -231,8 +91,9 @@ def _adamw(params: list, cfg: TrainConfig, device: torch.device, fused: bool = T
         return torch.optim.AdamW(params, **kw)
 
 
-class Trainer(Checkpointing):
-    """Runs the optimisation of a prepared policy against a reference with a registered method."""
+class Trainer:
+    """Runs the optimisation of a prepared policy against a reference with a registered method. What a
+    checkpoint saves and restores is ``self.state`` (:class:`~tether.training.checkpoints.TrainState`)."""
 
     def __init__(
         self,
@@ -249,13 +110,12 @@ class Trainer(Checkpointing):
         pad_id: int,
         sink: MetricsSink,
         run_config: dict | None = None,
+        data_fingerprint: dict[str, str] | None = None,
     ):
         self.acc = accelerator
         self.method = method
-        self.hparams = dict(hparams)
         self.reference = reference
         self.cfg = cfg
-        self.run_dir = run_dir
         self.train_examples = train_examples
         self.eval_examples = eval_examples
         self.pad_id = pad_id
@@ -270,26 +130,39 @@ class Trainer(Checkpointing):
         }
         self.sharded = self._shard(policy, reference)
         params = [p for p in policy.parameters() if p.requires_grad]
-        self.optimizer = _adamw(params, cfg, accelerator.device, fused=not self.sharded)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(cfg, self.schedule.total_steps)
-        )
+        optimizer = _adamw(params, cfg, accelerator.device, fused=not self.sharded)
+        scheduler = lr_scheduler(optimizer, cfg, self.schedule.total_steps)
         if self.sharded:
             self.policy = policy  # FSDP2 in place: nothing for accelerate to wrap
         else:
-            self.policy, self.optimizer = accelerator.prepare(policy, self.optimizer)
+            self.policy, optimizer = accelerator.prepare(policy, optimizer)
+        self.optimizer = optimizer
         if method.live_reference and accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
             raise TetherError(
                 f"method.name: '{method.name}' mixes the policy's parameters into its reference, which needs "
                 "whole (unsharded) parameters on every process; launch with DDP (or one process), not FSDP/DeepSpeed"
             )
-        self.reference_updates = 0  # a live reference's updates so far (saved in checkpoints)
-        # The scheduler is NOT registered with accelerate (that would pickle it): its state goes into the
-        # checkpoint's JSON state file, and every other file of a checkpoint loads with weights_only=True.
-        self.step = 0
-        self.run_config = run_config
-        self.start_max_abs = sharding.max_abs(params)
-        self.health: dict[int, dict[str, float]] = {}  # step → loss, grad norm (this process's steps)
+        live = reference.model if method.live_reference and reference is not None else None
+        self.state = TrainState(
+            accelerator,
+            self.policy,
+            optimizer,
+            scheduler,
+            self.schedule.total_steps,
+            dict(hparams),
+            sharded=self.sharded,
+            live_reference=live,
+            start_max_abs=sharding.max_abs(params),
+        )
+        self.checkpoints = Checkpoints(run_dir, cfg, run_config, data_fingerprint)
+
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+    @property
+    def hparams(self) -> dict[str, float]:
+        return self.state.hparams
 
     # ---------------------------------------------------------------------------------------------
     # Sharding (train.sharding: fsdp; see tether.training.sharding)
@@ -325,10 +198,6 @@ class Trainer(Checkpointing):
         if self.sharded:
             return sharding.clip_grad_norm_(list(self.policy.parameters()), self.cfg.max_grad_norm)
         return self.acc.clip_grad_norm_(self.policy.parameters(), self.cfg.max_grad_norm)
-
-    def _bare(self) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-        """The policy and optimizer without accelerate's wrappers (the full-state checkpoint's view)."""
-        return self.acc.unwrap_model(self.policy), getattr(self.optimizer, "optimizer", self.optimizer)
 
     def full_policy(self, rebuild: Callable[[], torch.nn.Module]) -> torch.nn.Module | None:
         """The trained model (the ``LogProbModel``'s inner model), unsharded, on the main process; None on the
@@ -466,43 +335,33 @@ class Trainer(Checkpointing):
         if nonfinite > 0:
             raise TrainingDiverged(
                 f"step {self.step + 1}: loss is NaN or infinite; training stopped"
-                f"{self._last_checkpoint_note()}"
+                f"{self.checkpoints.last_good_note(self.state)}"
             )
         means["tokens"] = n_tokens
         grad_norm = None
         if self.cfg.max_grad_norm is not None:
             grad_norm = self._clip_grad_norm()
         self.optimizer.step()
-        self.scheduler.step()
+        self.state.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if grad_norm is not None:
             means["grad_norm"] = float(grad_norm)
-        self.health[self.step + 1] = {
-            "loss": means["loss"],
-            "grad_norm": means.get("grad_norm", 0.0),
-        }
-        means["lr"] = self.scheduler.get_last_lr()[0]
-        self.hparams = hparams  # a batch plan's state after this step
-        for k, v in self.hparams.items():
+        state = self.state
+        state.health[state.step + 1] = {"loss": means["loss"], "grad_norm": means.get("grad_norm", 0.0)}
+        means["lr"] = state.scheduler.get_last_lr()[0]
+        for k, v in hparams.items():  # a batch plan's state after this step
             means[f"hparams/{k}"] = v
-        if self.method.on_optimizer_step is not None:
-            self.hparams = self.method.on_optimizer_step(self.hparams, means)
-        if self.method.reference_update is not None:
-            self._update_reference(self.step + 1)
-        state = {**self.hparams, "reference_updates": float(self.reference_updates)}
-        for key, name in self.method.state_metrics.items():
-            means[name] = state[key]
-        self.step += 1
+        state.hparams = self.method.after_optimizer_step(state.step + 1, hparams, means, self._mix_reference)
+        means.update(self.method.state_values(state.hparams, state.reference_updates))
+        state.step += 1
         return means
 
-    def _update_reference(self, step: int) -> None:
-        """A live reference after optimizer step ``step``: mixed with the policy (the same parameters on
-        every process under DDP, so every process's copy stays the same) when the method says so."""
-        assert self.method.reference_update is not None and self.reference is not None
-        alpha = self.method.reference_update(step, self.hparams)
-        if alpha is not None:
-            self.reference.mix_from(self.acc.unwrap_model(self.policy), alpha)
-            self.reference_updates += 1
+    def _mix_reference(self, alpha: float) -> None:
+        """The live reference mixed with the policy (the same parameters on every process under DDP, so
+        every process's copy stays the same)."""
+        assert self.reference is not None
+        self.reference.mix_from(self.acc.unwrap_model(self.policy), alpha)
+        self.state.reference_updates += 1
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -531,16 +390,14 @@ class Trainer(Checkpointing):
         totals, n = self._reduce(sums, count)
         return {f"eval/{k}": v for k, v in self._means(totals, max(n, 1.0)).items()}
 
-    def _apply_optimizer_config(self, step: int) -> None:
-        """After loading a checkpoint: the optimizer's settings and the LR schedule are this run's (the
-        same values unless a change was allowed, e.g. a longer run or ``train.lr``)."""
-        cfg = self.cfg
-        f = lr_lambda(cfg, self.schedule.total_steps)
-        for g in self.optimizer.param_groups:
-            g.update(initial_lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
-            g.update(weight_decay=cfg.weight_decay, lr=cfg.lr * f(step))
-        self.scheduler.base_lrs = [cfg.lr for _ in self.optimizer.param_groups]
-        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+    def resume(self) -> bool:
+        """Continue from the newest usable checkpoint, if any (see :meth:`Checkpoints.resume`); the
+        metrics log forgets what was logged after it."""
+        found = self.checkpoints.resume(self.state) is not None
+        if self.acc.is_main_process:
+            at_end = found and self.step == self.schedule.total_steps
+            self.sink.truncate_after(self.step if found else 0, drop_eval_at_step=at_end)
+        return found
 
     def fit(self) -> TrainResult:
         total = self.schedule.total_steps
@@ -558,25 +415,33 @@ class Trainer(Checkpointing):
         eval_metrics: dict[str, float] = {}
         if self.step == 0 and self.eval_examples and cfg.eval_at_start is not False:
             self.sink.log({"step": 0, **self.evaluate()})  # eval curves start at the reference
-        while self.step < total:
-            t0 = time.perf_counter()
-            means = self.train_step()
-            dt = time.perf_counter() - t0
-            tokens += int(means["tokens"])
-            means["step_seconds"] = dt
-            means["tokens_per_second"] = means["tokens"] / dt
-            last = means
-            if self.step % cfg.log_every == 0 or self.step == total:
-                self.sink.log(
-                    {"step": self.step, "epoch": self.step / self.schedule.steps_per_epoch, **means}
-                )
-            bar.update(1)
-            bar.set_postfix(loss=f"{means['loss']:.4f}", tok_s=f"{means['tokens_per_second']:.0f}")
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < total:
-                eval_metrics = self.evaluate()
-                self.sink.log({"step": self.step, **eval_metrics})
-            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == total:
-                self.save_checkpoint()  # the final step always: a finished run can be extended
+        with StopOnSignal(cfg.save_on_signal) as stop:
+            while self.step < total:
+                t0 = time.perf_counter()
+                means = self.train_step()
+                dt = time.perf_counter() - t0
+                tokens += int(means["tokens"])
+                means["step_seconds"] = dt
+                means["tokens_per_second"] = means["tokens"] / dt
+                last = means
+                if self.step % cfg.log_every == 0 or self.step == total:
+                    self.sink.log(
+                        {"step": self.step, "epoch": self.step / self.schedule.steps_per_epoch, **means}
+                    )
+                bar.update(1)
+                bar.set_postfix(loss=f"{means['loss']:.4f}", tok_s=f"{means['tokens_per_second']:.0f}")
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < total:
+                    eval_metrics = self.evaluate()
+                    self.sink.log({"step": self.step, **eval_metrics})
+                stopping = stop.requested(self.acc) and self.step < total
+                if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == total or stopping:
+                    saved = self.checkpoints.save(self.state)  # the final step always: it can be extended
+                if stopping:
+                    bar.close()
+                    raise Preempted(
+                        f"stopped by SIGTERM after step {self.step} of {total}; checkpoint {saved} written: "
+                        "run the same command with train.resume=true to continue"
+                    )
         bar.close()
         if self.eval_examples:
             eval_metrics = self.evaluate()

@@ -1,0 +1,72 @@
+"""Where a run's metrics go: ``metrics.jsonl`` always (one line per logged step, main process only);
+TensorBoard and Weights & Biases when ``train.report_to`` asks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from tether.errors import TetherError
+from tether.rundir import METRICS
+
+
+class MetricsSink:
+    """``metrics.jsonl`` always; TensorBoard / Weights & Biases when asked. Main process only."""
+
+    def __init__(self, run_dir: Path, report_to: Sequence[str], config: dict, enabled: bool):
+        self.enabled = enabled
+        self.path = run_dir / METRICS
+        self.writers: list = []
+        if not enabled:
+            return
+        if "tensorboard" in report_to:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise TetherError("train.report_to: tensorboard needs `pip install tensorboard`") from e
+            self.writers.append(SummaryWriter(str(run_dir / "tensorboard")))
+        if "wandb" in report_to:
+            try:
+                import wandb
+            except ImportError as e:
+                raise TetherError("train.report_to: wandb needs `pip install wandb`") from e
+            self.writers.append(wandb.init(project="tether", dir=str(run_dir), config=config))
+
+    def truncate_after(self, step: int, *, drop_eval_at_step: bool = False) -> None:
+        """On resume: forget lines logged after the checkpoint (and, when the run is already finished, its
+        final evaluation, which is logged again), so the log stays one line per step. A torn line (a kill
+        mid-write) is dropped."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = []
+        for ln in self.path.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(ln)
+                s = int(rec.get("step", 0))
+            except (ValueError, TypeError, AttributeError):
+                if ln.strip():
+                    print(f"note: {self.path}: dropped a torn line ({ln[:40]!r}...)")
+                continue
+            is_eval = any(k.startswith("eval/") for k in rec)
+            if s < step or (s == step and not (drop_eval_at_step and is_eval)):
+                kept.append(ln)
+        self.path.write_text("".join(ln + "\n" for ln in kept))
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        step = record.get("step", 0)
+        for w in self.writers:
+            scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+            if hasattr(w, "add_scalar"):
+                for k, v in scalars.items():
+                    w.add_scalar(k, v, step)
+            else:
+                w.log(scalars, step=step)
+
+    def close(self) -> None:
+        for w in self.writers:
+            (w.close if hasattr(w, "close") else w.finish)()
