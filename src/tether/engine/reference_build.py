@@ -11,7 +11,7 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -77,20 +77,22 @@ def reference_table(
     spec: ReferenceSpec, model: LogProbModel, examples: list, acc: Accelerator, **kw
 ) -> torch.Tensor:
     """Reference log-prob table of ``examples`` under ``model``, split across the processes."""
-    return compute_table(
-        model,
-        examples,
-        batch_size=spec.batch_size,
-        pad_id=spec.pad_id,
-        device=acc.device,
-        rank=acc.process_index,
-        world=acc.num_processes,
-        reduce_sum=lambda t: acc.reduce(t, "sum"),
-        progress=spec.progress,
-        share_prompt=spec.share_prompt,
-        packing=spec.packing,
-        **kw,
-    )
+    return compute_table(model, examples, **_engine_kw(spec, acc), **kw)
+
+
+def _engine_kw(spec: ReferenceSpec, acc: Accelerator) -> dict[str, Any]:
+    """How the engine runs a reference pass here: batches, layout, and this process's share."""
+    return {
+        "batch_size": spec.batch_size,
+        "pad_id": spec.pad_id,
+        "device": acc.device,
+        "rank": acc.process_index,
+        "world": acc.num_processes,
+        "reduce_sum": lambda t: acc.reduce(t, "sum"),
+        "progress": spec.progress,
+        "share_prompt": spec.share_prompt,
+        "packing": spec.packing,
+    }
 
 
 def _states(
@@ -124,15 +126,7 @@ def _states(
             examples,
             ResponseStates(states, counts),
             rows,
-            batch_size=spec.batch_size,
-            pad_id=spec.pad_id,
-            device=acc.device,
-            rank=acc.process_index,
-            world=acc.num_processes,
-            reduce_sum=lambda t: acc.reduce(t, "sum"),
-            progress=spec.progress,
-            share_prompt=spec.share_prompt,
-            packing=spec.packing,
+            **_engine_kw(spec, acc),
         ).states
 
     path = reference_states_path(

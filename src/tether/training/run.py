@@ -29,8 +29,8 @@ from tether.methods.registry import Method
 from tether.rundir import RunDir, run_dir_lock
 from tether.training.checkpoints import check_resume_config, out_of_space, space_fault
 from tether.training.schedule import make_schedule
-from tether.training.sink import MetricsSink
-from tether.training.trainer import Trainer, TrainResult, reset_peak_rss
+from tether.training.sink import MetricsSink, reset_peak_rss
+from tether.training.trainer import Trainer, TrainResult
 
 
 @dataclass

@@ -70,3 +70,29 @@ class MetricsSink:
     def close(self) -> None:
         for w in self.writers:
             (w.close if hasattr(w, "close") else w.finish)()
+
+
+def reset_peak_rss() -> None:
+    """Start a run's peak-RSS measurement afresh: Linux resets the process's high-water mark (VmHWM), so a
+    run trained after another in the same process (a sweep, an evaluation before it) reports its own
+    peak, not the process's. Elsewhere nothing happens and the peak is the process's."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:  # pragma: no cover - not Linux, or not allowed
+        pass
+
+
+def peak_rss_mb() -> float:
+    """The peak resident memory since :func:`reset_peak_rss` (VmHWM; ``ru_maxrss`` where there is none)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:  # pragma: no cover
+        pass
+    try:  # pragma: no cover
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    except ImportError:  # pragma: no cover
+        return float("nan")

@@ -31,7 +31,7 @@ from tether.training import sharding
 from tether.training.checkpoints import Checkpoints, TrainState
 from tether.training.preempt import Preempted, StopOnSignal
 from tether.training.schedule import lr_scheduler, make_schedule
-from tether.training.sink import MetricsSink
+from tether.training.sink import MetricsSink, peak_rss_mb
 
 
 class TrainingDiverged(TetherError):
@@ -49,32 +49,6 @@ class TrainResult:
     seconds: float = 0.0
     tokens: int = 0
     peak_rss_mb: float = 0.0
-
-
-def reset_peak_rss() -> None:
-    """Start a run's peak-RSS measurement afresh: Linux resets the process's high-water mark (VmHWM), so a
-    run trained after another in the same process (a sweep, an evaluation before it) reports its own
-    peak, not the process's. Elsewhere nothing happens and the peak is the process's."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:  # pragma: no cover - not Linux, or not allowed
-        pass
-
-
-def _peak_rss_mb() -> float:
-    """The peak resident memory since :func:`reset_peak_rss` (VmHWM; ``ru_maxrss`` where there is none)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:  # pragma: no cover
-        pass
-    try:  # pragma: no cover
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    except ImportError:  # pragma: no cover
-        return float("nan")
 
 
 def _adamw(params: list, cfg: TrainConfig, device: torch.device, fused: bool = True) -> torch.optim.Optimizer:
@@ -453,5 +427,5 @@ class Trainer:
             eval_metrics=eval_metrics,
             seconds=time.perf_counter() - start,
             tokens=tokens,
-            peak_rss_mb=_peak_rss_mb(),
+            peak_rss_mb=peak_rss_mb(),
         )
