@@ -303,3 +303,22 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_resume_after_freeing_is
         for x, y in zip(a, b, strict=True):
             assert x["loss"] == pytest.approx(y["loss"], abs=1e-6)
         assert_same_weights(root / "disk-full", small / "run", atol=1e-6)
+
+
+def test_a_full_cache_disk_is_one_line_and_leaves_no_temporary_file(setup) -> None:
+    root, model, pairs = setup
+    with _mount(root / "cache-disk", "size=64k") as disk:
+        with contextlib.suppress(OSError), (disk / "filler").open("wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        cfg = _run_cfg(root, model, pairs, root / "full-cache", max_steps=2)
+        raw = yaml.safe_load(cfg.read_text())
+        raw["reference"] = {"mode": "precomputed", "cache_dir": str(disk / "refcache")}
+        cfg.write_text(yaml.safe_dump(raw))
+        proc = _train_cli(cfg)
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+        (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+        assert "no space left" in line and "TETHER_CACHE" in line, line
+        assert not [p for p in disk.rglob("*") if ".tmp" in p.name]

@@ -8,8 +8,10 @@ from __future__ import annotations
 import difflib
 import errno
 import reprlib
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class TetherError(Exception):
@@ -140,3 +142,17 @@ def closest(name: str, choices: Iterable[str]) -> str:
         initials = "".join(word[0] for word in name.lower().split("_") if word)
         match = [c for c in choices if len(initials) > 1 and c == initials]
     return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def out_of_space(e: BaseException, where: Path) -> bool:
+    """Whether ``e``, raised while writing under ``where``, means the disk (or quota) is full: an
+    ``OSError`` saying so, or (torch's serializer says it as ``RuntimeError: ... unexpected pos``) a
+    file system with less than 1 MB left."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if "No space left" in str(e):
+        return True
+    try:
+        return shutil.disk_usage(where).free < 2**20
+    except OSError:
+        return False

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tether.errors import EnvironmentFault, out_of_space
+
 
 def default_cache_dir() -> Path:
     """``$TETHER_CACHE`` (``~`` expanded), else ``~/.cache/tether``."""
@@ -32,8 +34,17 @@ def default_cache_dir() -> Path:
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save says a full disk as RuntimeError
+        tmp.unlink(missing_ok=True)
+        if not out_of_space(e, path.parent):
+            raise
+        raise EnvironmentFault(
+            f"no space left on the disk of the cache {path.parent}: free space there, or point TETHER_CACHE "
+            "(reference.cache_dir) at another disk; nothing half-written was left"
+        ) from None
 
 
 _HASHES: dict[tuple, str] = {}

@@ -15,7 +15,6 @@ resumes into it; :func:`check_resume_config` refuses to resume with a config tha
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import math
@@ -29,7 +28,7 @@ from typing import Any
 import torch
 
 from tether.config import Config, TrainConfig
-from tether.errors import EnvironmentFault, TetherError, shown_text
+from tether.errors import EnvironmentFault, TetherError, out_of_space, shown_text
 from tether.rundir import CHECKPOINTS, TRAINER_STATE, RunDir
 from tether.training import sharding
 from tether.training.schedule import apply_optimizer_config
@@ -447,20 +446,6 @@ class Checkpoints:
             print(f"note: {d} holds weights only (train.save_optimizer=false): optimizer moments restart")
         state.step, state.hparams = step, hparams
         return None
-
-
-def out_of_space(e: BaseException, where: Path) -> bool:
-    """Whether ``e``, raised while writing under ``where``, means the disk (or quota) is full: an
-    ``OSError`` saying so, or (torch's serializer says it as ``RuntimeError: ... unexpected pos``) a
-    file system with less than 1 MB left."""
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    if "No space left" in str(e):
-        return True
-    try:
-        return shutil.disk_usage(where).free < 2**20
-    except OSError:
-        return False
 
 
 def space_fault(where: Path, doing: str, need: int) -> EnvironmentFault:

@@ -24,10 +24,10 @@ from tether.config import Config, check_launch
 from tether.data.kinds import describe
 from tether.engine.logprobs import LogProbModel
 from tether.engine.reference_build import CacheTooLarge, ReferenceSpec, build_reference, gamma_ref
-from tether.errors import DataError, Problem, TetherError
+from tether.errors import DataError, Problem, TetherError, out_of_space
 from tether.methods.registry import Method
 from tether.rundir import RunDir, run_dir_lock
-from tether.training.checkpoints import check_resume_config, out_of_space, space_fault
+from tether.training.checkpoints import check_resume_config, space_fault
 from tether.training.schedule import make_schedule
 from tether.training.sink import MetricsSink, reset_peak_rss
 from tether.training.trainer import Trainer, TrainResult
