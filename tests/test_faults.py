@@ -82,6 +82,7 @@ def _bomb(levels: int, width: int = 9) -> str:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "where",
     ["unknown_key", "known_key", "override"],
@@ -200,6 +201,7 @@ def _train_cli(config: Path, *overrides: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_143_and_resume_equals_the_uninterrupted_run(setup) -> None:
     root, model, pairs = setup
     full = _run_cfg(root, model, pairs, root / "term-full", max_steps=24, save_every=100)
@@ -235,6 +237,7 @@ def test_sigterm_checkpoints_and_exits_143_and_resume_equals_the_uninterrupted_r
     assert_same_weights(root / "term-full", root / "term", atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_second_sigterm_stops_at_once(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
@@ -254,6 +257,7 @@ def test_a_second_sigterm_stops_at_once(tmp_path: Path) -> None:
     assert proc.stdout == "first: noted\n"
 
 
+@pytest.mark.slow
 def test_resume_on_changed_data_refuses_unless_allowed(setup, capsys: pytest.CaptureFixture) -> None:
     root, model, _ = setup
     pairs = write_jsonl(root / "changing.jsonl", pair_rows(16))
@@ -278,6 +282,7 @@ def test_resume_on_changed_data_refuses_unless_allowed(setup, capsys: pytest.Cap
     assert metrics(root / "changed")[-1]["step"] == 8
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_checkpoint_is_one_line_and_resume_after_freeing_is_exact(setup) -> None:
     root, model, pairs = setup
     full = _run_cfg(root, model, pairs, root / "disk-full", max_steps=12, save_every=3, save_total_limit=None)
@@ -305,6 +310,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_resume_after_freeing_is
         assert_same_weights(root / "disk-full", small / "run", atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_full_cache_disk_is_one_line_and_leaves_no_temporary_file(setup) -> None:
     root, model, pairs = setup
     with _mount(root / "cache-disk", "size=64k") as disk:
