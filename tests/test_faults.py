@@ -178,12 +178,6 @@ def test_a_sweep_point_name_stays_within_the_file_system_limit() -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    root = tmp_path_factory.mktemp("faults")
-    return root, tiny_model_dir(root / "model"), write_jsonl(root / "pairs.jsonl", pair_rows(16))
-
-
 def _run_cfg(root: Path, model: Path, pairs: Path, out: Path, **train: object) -> Path:
     raw = raw_cfg(root, model, pairs, out.name, batch_size=2, lr=3e-3, **train)
     raw["train"]["output_dir"] = str(out)
