@@ -124,9 +124,15 @@ def test_generation_longer_than_the_context_is_refused_before_weights_load(
     model = tiny_model_dir(tmp_path / "model")
     context = json.loads((model / "config.json").read_text())["max_position_embeddings"]
     (model / "model.safetensors").write_bytes(b"garbage: a weight load would fail differently")
-    capsys.readouterr()
-    got = cli_main(["generate", str(model), "--prompt", "hi", "--max-new-tokens", "10000000"])
-    _one_line(capsys.readouterr().err, 2, got, "--max-new-tokens 10000000", f"context of {context} tokens")
+    data = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "hi", "completion": "yo"}])
+    for command in (
+        ["generate", str(model), "--prompt", "hi", "--max-new-tokens", "10000000"],
+        ["eval", str(model), "--data", str(data), "--metrics", "generation", "--max-new-tokens", "10000000"],
+    ):
+        capsys.readouterr()
+        got = cli_main(command)
+        line = _one_line(capsys.readouterr().err, 2, got, "--max-new-tokens 10000000")
+        assert f"context of {context} tokens" in line
 
 
 def _tiny_config(tmp_path: Path, out: Path) -> Path:

@@ -208,6 +208,9 @@ def _prepare(model_spec: str | Target, data: str, o: EvalOptions) -> _Prepared:
             raise TetherError("--judge: scores generations, but the generation metrics are off")
         check_judge(o.judge)
 
+    if any(METRIC_GROUPS[g].generates for g in groups):
+        models.check_generation_length(o.max_new_tokens, target.model_path)
+
     # Settings from the run config (its defaults included), then the arguments.
     run_cfg = target.run_cfg
     run_data = run_cfg.data if run_cfg else DataConfig()  # a plain model: the config's defaults
