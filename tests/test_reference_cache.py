@@ -27,7 +27,7 @@ def test_eval_finds_the_reference_table_training_computed(tmp_path, monkeypatch)
     tables = {p: p.read_bytes() for p in (cache / "reflogps").glob("*.pt")}
     assert len(tables) == 2  # the training rows' table and the held-out rows' table
 
-    import tether.evaluation.evaluate as ev_mod
+    import tether.evaluation.context as ev_mod
 
     computed: list[str] = []
     real = ev_mod.compute_table
