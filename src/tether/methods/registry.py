@@ -342,7 +342,7 @@ METHODS: dict[str, Method] = {
             "beta_dpo",
             losses.beta_dpo,
             "Wu et al. 2024, β-DPO: Direct Preference Optimization with Dynamic β, arXiv:2407.08639",
-            "dynamic β calibration with β-guided data filtering (as the authors' trainers.py; equation "
+            "dynamic β calibration with β-guided data filtering (as the authors' released code; equation "
             "numbers not checked)",
             "pairs",
             True,
