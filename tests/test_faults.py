@@ -247,6 +247,9 @@ def test_a_second_sigterm_stops_at_once(tmp_path: Path) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
             assert stop.received
             print("first: noted", flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)  # the same request delivered twice: still one
+            print("repeat: one request", flush=True)
+            time.sleep(2.5)
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(30)
             print("second: ignored")
@@ -254,7 +257,7 @@ def test_a_second_sigterm_stops_at_once(tmp_path: Path) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGTERM, proc.stderr
-    assert proc.stdout == "first: noted\n"
+    assert proc.stdout == "first: noted\nrepeat: one request\n"
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ silently).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -19,7 +20,8 @@ from tether.errors import ConfigError
 
 #: The largest config text read (bytes).
 MAX_BYTES = 1 << 20
-#: The most values (scalars, lists, mappings) a text may hold once its aliases are expanded.
+#: The most values (scalars, lists, mappings; a scalar counts once per 64 characters) a text may hold once
+#: its aliases are expanded: about 6 MB of expanded text at most.
 MAX_VALUES = 100_000
 #: The deepest nesting of lists and mappings.
 MAX_DEPTH = 64
@@ -58,7 +60,7 @@ def _check_size(root: yaml.Node, where: str) -> None:
         known = sizes.get(id(node))
         if known is not None:
             return known
-        total = 1
+        total = 1 + len(node.value) // 64 if isinstance(node, yaml.ScalarNode) else 1  # long text: more
         if isinstance(node, yaml.SequenceNode):
             for child in node.value:
                 total += size(child, depth + 1)
@@ -99,5 +101,11 @@ def load_yaml(text: str, where: str) -> Any:
             return None
         _check_size(node, where)
         return loader.construct_document(node)
+    except RecursionError:  # the composer recurses once per level: past Python's limit before ours
+        raise ConfigError(f"{where}: nested too deeply") from None
+    except ValueError as e:  # e.g. an integer with more digits than Python converts (4300)
+        digits = re.search(r"\d{4301}", text)
+        line = f":{text.count(chr(10), 0, digits.start()) + 1}" if digits else ""
+        raise ConfigError(f"{where}{line}: {str(e).split(':')[0].lower()}") from None
     finally:
         loader.dispose()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
-import re
 import types
 import typing
 from collections.abc import Callable
@@ -270,12 +269,6 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}{line}: {problem}") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply") from None
-    except ValueError as e:  # e.g. an integer with more digits than Python converts (4300)
-        digits = re.search(r"\d{4301}", text)
-        line = f":{text.count(chr(10), 0, digits.start()) + 1}" if digits else ""
-        raise ConfigError(f"{path}{line}: {str(e).split(':')[0].lower()}") from None
     if raw is None:
         raise ConfigError(f"{path}: config file is empty")
     if not isinstance(raw, dict):

@@ -37,9 +37,9 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save says a full disk as RuntimeError
+    except BaseException as e:  # nothing half-written stays; torch.save says a full disk as RuntimeError
         tmp.unlink(missing_ok=True)
-        if not out_of_space(e, path.parent):
+        if not (isinstance(e, (OSError, RuntimeError)) and out_of_space(e, path.parent)):
             raise
         raise EnvironmentFault(
             f"no space left on the disk of the cache {path.parent}: free space there, or point TETHER_CACHE "

@@ -104,16 +104,27 @@ def _walk(r: _Reader) -> None:
     if n_kv > (r.size - r.pos) // 13 or n_tensors > (r.size - r.pos) // 24:  # the smallest entry's bytes
         raise _Bad(f"declares {n_tensors} tensors and {n_kv} metadata entries, more than the file can hold")
     alignment = 32
+    keys: set[bytes] = set()
     for _ in range(n_kv):
         key = r.string()
-        found = r.value(r.u32())
-        if key == b"general.alignment" and found is not None:
-            alignment = found
+        if key in keys:  # the reader refuses a key given twice
+            raise _Bad(f"metadata key '{_text(key)}' appears twice")
+        keys.add(key)
+        kind = r.u32()
+        found = r.value(kind)
+        if key == b"general.alignment":
+            if kind != 4:  # the reader takes only a uint32 here
+                raise _Bad("general.alignment is not a uint32")
+            alignment = found or 0
     if alignment <= 0 or alignment & (alignment - 1):
         raise _Bad(f"general.alignment {alignment} is not a power of two")
     tensors = []
+    names: set[bytes] = set()
     for _ in range(n_tensors):
         name = r.string()
+        if name in names:
+            raise _Bad(f"tensor '{_text(name)}' appears twice")
+        names.add(name)
         n_dims = r.u32()
         if not 1 <= n_dims <= _MAX_DIMS:
             raise _Bad(f"tensor '{_text(name)}' has {n_dims} dimensions (1 to {_MAX_DIMS})")

@@ -587,11 +587,15 @@ def context_length(spec: str | Path) -> int | None:
         from gguf import GGUFReader
 
         check_gguf(src)
-        fields = GGUFReader(src).fields
-        arch = fields.get("general.architecture")
-        name = bytes(arch.parts[arch.data[0]]).decode() if arch is not None else ""
-        field = fields.get(f"{name}.context_length")
-        return int(field.parts[field.data[0]][0]) if field is not None else None
+        try:
+            fields = GGUFReader(src).fields
+            arch = fields.get("general.architecture")
+            name = bytes(arch.parts[arch.data[0]]).decode() if arch is not None else ""
+            field = fields.get(f"{name}.context_length")
+            value = int(field.parts[field.data[0]][0]) if field is not None else 0
+        except Exception:  # a field of an unexpected type: the file says nothing usable here
+            return None
+        return value if value > 0 else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

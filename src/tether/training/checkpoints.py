@@ -356,10 +356,10 @@ class Checkpoints:
                 shutil.rmtree(final, ignore_errors=True)
                 os.replace(tmp, final)
                 self._rotate()
-        except (OSError, RuntimeError) as e:  # torch.save says a full disk as RuntimeError
-            if not out_of_space(e, root):
-                raise
+        except BaseException as e:  # nothing half-written stays (a full disk, a second signal, Ctrl-C)
             shutil.rmtree(tmp, ignore_errors=True)
+            if not (isinstance(e, (OSError, RuntimeError)) and out_of_space(e, root)):
+                raise  # torch.save says a full disk as RuntimeError
             last = self.dirs()
             raise space_fault(
                 root, f"writing checkpoint step-{state.step}", _dir_bytes(last[-1]) if last else 0

@@ -409,9 +409,9 @@ def _save_final(model: torch.nn.Module, tokenizer: Any, final_dir: Path, **kw: A
         models.save_model(model, tokenizer, tmp, **kw)
         shutil.rmtree(final_dir, ignore_errors=True)
         os.replace(tmp, final_dir)
-    except (OSError, RuntimeError) as e:
+    except BaseException as e:  # nothing half-written stays
         shutil.rmtree(tmp, ignore_errors=True)
-        if not out_of_space(e, final_dir.parent):
+        if not (isinstance(e, (OSError, RuntimeError)) and out_of_space(e, final_dir.parent)):
             raise
         raise space_fault(final_dir.parent, "writing the final model", 0) from None
 

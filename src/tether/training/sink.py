@@ -4,6 +4,7 @@ TensorBoard and Weights & Biases when ``train.report_to`` asks."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,7 +52,12 @@ class MetricsSink:
             is_eval = any(k.startswith("eval/") for k in rec)
             if s < step or (s == step and not (drop_eval_at_step and is_eval)):
                 kept.append(ln)
-        self.path.write_text("".join(ln + "\n" for ln in kept))
+        tmp = self.path.with_name(f".{self.path.name}.tmp")  # a kill or a full disk keeps the old log whole
+        try:
+            tmp.write_text("".join(ln + "\n" for ln in kept))
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def log(self, record: dict) -> None:
         if not self.enabled:
