@@ -84,12 +84,21 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_path(text: str) -> bool:
+    """Whether ``text`` names an existing file (a name longer than the file system takes does not)."""
+    from pathlib import Path
+
+    try:
+        return Path(text).exists()
+    except OSError:
+        return False
+
+
 def _split_validate_args(items: Sequence[str]) -> tuple[list[str], list[str]]:
     """``CONFIG [CONFIG ...] [KEY=VALUE ...]``: an item with ``=`` that is not an existing file is an
     override (applied to every config)."""
-    from pathlib import Path
 
-    overrides = [i for i in items if "=" in i and not Path(i).exists()]
+    overrides = [i for i in items if "=" in i and not _is_path(i)]
     return [i for i in items if i not in overrides], overrides
 
 
