@@ -323,7 +323,8 @@ class Checkpoints:
         tmp = root / f".tmp-step-{state.step:07d}"
         try:
             if acc.is_main_process:
-                shutil.rmtree(tmp, ignore_errors=True)
+                for stale in root.glob(".tmp-step-*"):  # left by a process killed mid-save
+                    shutil.rmtree(stale, ignore_errors=True)
                 root.mkdir(parents=True, exist_ok=True)
             acc.wait_for_everyone()
             with _quiet_shared_tensor_warning():
@@ -353,8 +354,12 @@ class Checkpoints:
                     "data": self.data,
                 }
                 (tmp / TRAINER_STATE).write_text(json.dumps(saved, indent=1))
-                shutil.rmtree(final, ignore_errors=True)
+                aside = root / f".old-step-{state.step:07d}"  # a step saved again: never without one
+                if final.exists():
+                    shutil.rmtree(aside, ignore_errors=True)
+                    os.replace(final, aside)
                 os.replace(tmp, final)
+                shutil.rmtree(aside, ignore_errors=True)
                 self._rotate()
         except BaseException as e:  # nothing half-written stays (a full disk, a second signal, Ctrl-C)
             shutil.rmtree(tmp, ignore_errors=True)
