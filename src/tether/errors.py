@@ -5,11 +5,12 @@ machine (:class:`EnvironmentFault`: a full disk, a directory that cannot be writ
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import errno
 import reprlib
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,3 +157,27 @@ def out_of_space(e: BaseException, where: Path) -> bool:
         return shutil.disk_usage(where).free < 2**20
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def whole_or_nothing(
+    cleanup: Callable[[], object], where: Path, doing: str, advice: str, need: Callable[[], int] | None = None
+) -> Iterator[None]:
+    """Run the block that writes something under ``where``; on any exception ``cleanup()`` removes what it
+    half-wrote, and a full disk becomes one :class:`EnvironmentFault` line: what was being done, about how
+    much to free (``need()``, bytes, asked only then) and ``advice``."""
+    try:
+        yield
+    except BaseException as e:
+        cleanup()
+        if not (isinstance(e, (OSError, RuntimeError)) and out_of_space(e, where)):
+            raise  # torch.save says a full disk as RuntimeError
+        try:
+            free = shutil.disk_usage(where).free
+        except OSError:
+            free = 0
+        wanted = need() if need else 0
+        size = f"free about {max(wanted - free, 0) / 2**20:.0f} MB" if wanted else "free space"
+        raise EnvironmentFault(
+            f"no space left on the disk of {where} while {doing}: {size}, {advice}"
+        ) from None

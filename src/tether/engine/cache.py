@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tether.errors import EnvironmentFault, out_of_space
+from tether.errors import whole_or_nothing
 
 
 def default_cache_dir() -> Path:
@@ -34,17 +34,10 @@ def default_cache_dir() -> Path:
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    try:
+    advice = "or point TETHER_CACHE (reference.cache_dir) at another disk; nothing half-written was left"
+    with whole_or_nothing(lambda: tmp.unlink(missing_ok=True), path.parent, "writing the cache", advice):
         write(tmp)
         os.replace(tmp, path)
-    except BaseException as e:  # nothing half-written stays; torch.save says a full disk as RuntimeError
-        tmp.unlink(missing_ok=True)
-        if not (isinstance(e, (OSError, RuntimeError)) and out_of_space(e, path.parent)):
-            raise
-        raise EnvironmentFault(
-            f"no space left on the disk of the cache {path.parent}: free space there, or point TETHER_CACHE "
-            "(reference.cache_dir) at another disk; nothing half-written was left"
-        ) from None
 
 
 _HASHES: dict[tuple, str] = {}

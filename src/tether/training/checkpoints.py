@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from tether.config import Config, TrainConfig
-from tether.errors import EnvironmentFault, TetherError, out_of_space, shown_text
+from tether.errors import TetherError, shown_text, whole_or_nothing
 from tether.rundir import CHECKPOINTS, TRAINER_STATE, RunDir
 from tether.training import sharding
 from tether.training.schedule import apply_optimizer_config
@@ -321,10 +321,17 @@ class Checkpoints:
         root = self.run_dir / CHECKPOINTS
         final = root / f"step-{state.step:07d}"
         tmp = root / f".tmp-step-{state.step:07d}"
-        try:
+        if acc.is_main_process:
+            for stale in root.glob(".tmp-step-*"):  # left by a process killed mid-save
+                shutil.rmtree(stale, ignore_errors=True)
+        with whole_or_nothing(
+            lambda: shutil.rmtree(tmp, ignore_errors=True),
+            root,
+            f"writing checkpoint step-{state.step}",
+            CHECKPOINT_ADVICE,
+            need=lambda: sum(_dir_bytes(d) for d in self.dirs()[-1:]),  # as large as the last one
+        ):
             if acc.is_main_process:
-                for stale in root.glob(".tmp-step-*"):  # left by a process killed mid-save
-                    shutil.rmtree(stale, ignore_errors=True)
                 root.mkdir(parents=True, exist_ok=True)
             acc.wait_for_everyone()
             with _quiet_shared_tensor_warning():
@@ -361,14 +368,6 @@ class Checkpoints:
                 os.replace(tmp, final)
                 shutil.rmtree(aside, ignore_errors=True)
                 self._rotate()
-        except BaseException as e:  # nothing half-written stays (a full disk, a second signal, Ctrl-C)
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not (isinstance(e, (OSError, RuntimeError)) and out_of_space(e, root)):
-                raise  # torch.save says a full disk as RuntimeError
-            last = self.dirs()
-            raise space_fault(
-                root, f"writing checkpoint step-{state.step}", _dir_bytes(last[-1]) if last else 0
-            ) from None
         acc.wait_for_everyone()
         return final
 
@@ -453,18 +452,11 @@ class Checkpoints:
         return None
 
 
-def space_fault(where: Path, doing: str, need: int) -> EnvironmentFault:
-    """The one line for a full disk while ``doing`` under ``where`` (``need``: about what it takes)."""
-    try:
-        free = shutil.disk_usage(where).free
-    except OSError:
-        free = 0
-    size = f"free about {max(need - free, 0) / 2**20:.0f} MB" if need else "free space"
-    return EnvironmentFault(
-        f"no space left on the disk of {where} while {doing}: {size}, or set train.save_total_limit lower "
-        "(checkpoints kept) or train.save_optimizer=false (smaller checkpoints); nothing earlier was lost: "
-        "train.resume=true continues from the last checkpoint"
-    )
+#: What to do about a full disk while checkpointing (after "free about N MB").
+CHECKPOINT_ADVICE = (
+    "or set train.save_total_limit lower (checkpoints kept) or train.save_optimizer=false (smaller "
+    "checkpoints); nothing earlier was lost: train.resume=true continues from the last checkpoint"
+)
 
 
 def _dir_bytes(d: Path) -> int:

@@ -24,10 +24,10 @@ from tether.config import Config, check_launch
 from tether.data.kinds import describe
 from tether.engine.logprobs import LogProbModel
 from tether.engine.reference_build import CacheTooLarge, ReferenceSpec, build_reference, gamma_ref
-from tether.errors import DataError, Problem, TetherError, out_of_space
+from tether.errors import DataError, Problem, TetherError, whole_or_nothing
 from tether.methods.registry import Method
 from tether.rundir import RunDir, run_dir_lock
-from tether.training.checkpoints import check_resume_config, space_fault
+from tether.training.checkpoints import CHECKPOINT_ADVICE, check_resume_config
 from tether.training.schedule import make_schedule
 from tether.training.sink import MetricsSink, reset_peak_rss
 from tether.training.trainer import Trainer, TrainResult
@@ -405,15 +405,11 @@ def _save_final(model: torch.nn.Module, tokenizer: Any, final_dir: Path, **kw: A
     (the last checkpoint holds the same weights: a resume writes ``final/`` again)."""
     tmp = final_dir.with_name(f".tmp-{final_dir.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    cleanup = lambda: shutil.rmtree(tmp, ignore_errors=True)  # noqa: E731
+    with whole_or_nothing(cleanup, final_dir.parent, "writing the final model", CHECKPOINT_ADVICE):
         models.save_model(model, tokenizer, tmp, **kw)
         shutil.rmtree(final_dir, ignore_errors=True)
         os.replace(tmp, final_dir)
-    except BaseException as e:  # nothing half-written stays
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (isinstance(e, (OSError, RuntimeError)) and out_of_space(e, final_dir.parent)):
-            raise
-        raise space_fault(final_dir.parent, "writing the final model", 0) from None
 
 
 def write_model_cards(rd: RunDir, cfg: Config, p: Prepared) -> None:
