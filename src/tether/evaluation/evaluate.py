@@ -66,9 +66,9 @@ import torch
 import tether.data as data_mod
 import tether.engine.models as models
 from tether.config import Config, DataConfig
-from tether.engine.cache import default_cache_dir
+from tether.engine.cache import default_cache_dir, hash_key
 from tether.errors import TetherError
-from tether.eval_result import EvalResult, EvalSettings, Win
+from tether.eval_result import EvalResult, EvalSettings, PromptOutcome, Win
 from tether.evaluation.context import GroupInputs, GroupResult, Loaded, Prompt, Sampling
 from tether.evaluation.generation import generate
 from tether.evaluation.groups import METRIC_GROUPS, compute_order, performance
@@ -324,7 +324,24 @@ def _compute(inputs: GroupInputs) -> GroupResult:
             merged.win = got.win
         if got.samples is not None:
             merged.samples = got.samples
+        merged.per_prompt.update(got.per_prompt)
     return merged
+
+
+def _outcomes(prompts: list[Prompt], per_prompt: dict[str, list[Any]]) -> list[PromptOutcome]:
+    """One :class:`PromptOutcome` per generated prompt (none when nothing was generated), its id a hash of
+    the prompt's token ids."""
+    if not per_prompt:
+        return []
+    return [
+        PromptOutcome(
+            file=p.row.file,
+            line=p.row.line,
+            id=hash_key(p.ids)[:16],
+            **{k: v[i] for k, v in per_prompt.items()},
+        )
+        for i, p in enumerate(prompts)
+    ]
 
 
 def _lm_eval(ld: Loaded, o: EvalOptions) -> tuple[dict[str, Any], str | None]:
@@ -397,6 +414,7 @@ def run_eval(
         notes=notes,
         samples=got.samples or [],
         seconds=round(time.time() - t0, 3),
+        outcomes=_outcomes(prompts, got.per_prompt),
     )
 
 
