@@ -61,6 +61,9 @@ GENERATION_SETTINGS = (
 
 NEEDS_SAME_REFERENCE = ("win_rate", "kl")
 
+COLUMNS = tuple("run n value first_value difference ci_low ci_high mcnemar_p run_only first_only".split())
+"""The columns of ``tether compare``'s table (of :class:`Paired`'s fields)."""
+
 
 @dataclass
 class Evaluated:
