@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -135,7 +133,7 @@ def test_per_prompt_outcomes_agree_with_eval_json(env):
 
 def test_compare_runs_end_to_end(env, capsys):
     """``tether compare A B --json``: the paired difference and interval recomputed from the two runs'
-    outcome files; the table on stdout from ``python -m tether``."""
+    outcome files; the table on stdout."""
     a, b = _outcomes(env["a"]), _outcomes(env["b"])
     for metric, field in (("success", "success"), ("judge/reward", "judge"), ("kl", "kl")):
         capsys.readouterr()
@@ -150,32 +148,17 @@ def test_compare_runs_end_to_end(env, capsys):
         assert (row["ci_low"], row["ci_high"]) == paired_bootstrap(x, y, seed=3)
         assert row["ci_low"] <= row["difference"] + 1e-12 and row["difference"] <= row["ci_high"] + 1e-12
     capsys.readouterr()
-    assert (
-        cli_main(
-            [
-                "compare",
-                str(env["a"]),
-                str(env["b"]),
-                str(env["a"]),
-                "--metric",
-                "win_rate/chosen/lc",
-                "--json",
-            ]
-        )
-        == 0
-    )
-    rows = json.loads(capsys.readouterr().out)
+    lc = ["compare", str(env["a"]), str(env["b"]), "--metric", "win_rate/chosen/lc", "--json"]
+    assert cli_main(lc) == 0
+    (row,) = json.loads(capsys.readouterr().out)
     ev = lambda r: json.loads((env[r] / "eval.json").read_text())["metrics"]["win_rate/chosen/lc"]  # noqa: E731
-    assert rows[0]["value"] == pytest.approx(ev("b")) and rows[0]["first_value"] == pytest.approx(ev("a"))
-    assert (
-        rows[1]["difference"] == 0.0 and rows[1]["ci_low"] == rows[1]["ci_high"] == 0.0
-    )  # a run against itself
-    proc = subprocess.run(
-        [sys.executable, "-m", "tether", "compare", str(env["a"]), str(env["b"])],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    assert row["value"] == pytest.approx(ev("b")) and row["first_value"] == pytest.approx(ev("a"))
+    assert row["difference"] == pytest.approx(ev("b") - ev("a")) and row["ci_low"] <= row["ci_high"]
+    (same,) = compare([env["a"], env["a"]], "win_rate/chosen/lc", n_boot=20)  # a run against itself
+    assert same.difference == 0.0 and same.ci_low == same.ci_high == 0.0
+    capsys.readouterr()
+    assert cli_main(["compare", str(env["a"]), str(env["b"])]) == 0
+    lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("metric: success") and lines[2].split()[:5] == [
         "run",
         "n",
