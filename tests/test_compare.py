@@ -16,7 +16,8 @@ from test_judge import judge_dir
 
 from tether.cli import main as cli_main
 from tether.config import from_dict
-from tether.evaluation.compare import compare, mcnemar, paired_bootstrap
+from tether.eval_result import PromptOutcome
+from tether.evaluation.compare import Evaluated, compare, mcnemar, paired, paired_bootstrap
 from tether.evaluation.metrics import length_controlled_win_rate
 from tether.training.job import train
 
@@ -53,6 +54,23 @@ def test_paired_bootstrap_with_a_fixed_seed():
     assert paired_bootstrap(list(first), list(run), seed=11, n_boot=500) == got  # fixed by its seed
     assert paired_bootstrap(list(first), list(run), seed=12, n_boot=500) != got
     assert paired_bootstrap([0.0, 1.0, 0.5], [0.25, 1.25, 0.75]) == pytest.approx((0.25, 0.25))
+
+
+def test_one_shared_prompt_is_its_own_interval():
+    """With one prompt every resample is that prompt: the interval is the difference itself."""
+
+    def one(success: float, win: float) -> list[PromptOutcome]:
+        return [
+            PromptOutcome(
+                "f", 1, "x", success=success, win_chosen_samples=[win], length_samples=[3], chosen_length=2
+            )
+        ]
+
+    first, run = Evaluated("a", None, one(0.0, 0.0)), Evaluated("b", None, one(1.0, 1.0))  # type: ignore[arg-type]
+    row = paired(first, run, "success")
+    assert (row.difference, row.ci_low, row.ci_high, row.mcnemar_p, row.run_only) == (1.0, 1.0, 1.0, 1.0, 1)
+    row = paired(first, run, "win_rate/chosen/lc")
+    assert (row.first_value, row.value, row.ci_low, row.ci_high) == (0.0, 1.0, 1.0, 1.0)
 
 
 def test_length_controlled_win_rate_when_length_explains_the_wins():

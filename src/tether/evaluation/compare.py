@@ -195,17 +195,17 @@ def paired(first: Evaluated, run: Evaluated, metric: str, *, seed: int = 0, n_bo
         return out
     if metric == "win_rate/chosen/lc":
         stat = _lc_statistic([a for a, _ in both], [b for _, b in both])
-        out.first_value, out.value = stat(None, 0), stat(None, 1)
-        out.difference, (out.ci_low, out.ci_high) = (
-            stat(None, 2),
-            _bootstrap_indices(stat, len(both), seed, n_boot),
-        )
+        out.first_value, out.value, out.difference = (stat(None, k) for k in range(3))
+        resampled = len(both) > 1  # one prompt: every resample is that prompt
+        boot = _bootstrap_indices(stat, len(both), seed, n_boot) if resampled else (out.difference,) * 2
+        out.ci_low, out.ci_high = boot
         return out
     a = [float(getattr(x, field)) for x, _ in both]
     b = [float(getattr(y, field)) for _, y in both]
     out.first_value, out.value = sum(a) / len(a), sum(b) / len(b)
     out.difference = out.value - out.first_value
-    out.ci_low, out.ci_high = paired_bootstrap(a, b, seed=seed, n_boot=n_boot)
+    boot = paired_bootstrap(a, b, seed=seed, n_boot=n_boot) if len(both) > 1 else (out.difference,) * 2
+    out.ci_low, out.ci_high = boot
     if all(v in (0.0, 1.0) for v in a + b):
         out.mcnemar_p, out.run_only, out.first_only = mcnemar(a, b)
     return out

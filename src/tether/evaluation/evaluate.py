@@ -27,6 +27,12 @@ group             what
                   log π(option | prompt), the option rendered as the whole response.
 ================  ==========================================================================================
 
+Beside ``eval.json``, each generated prompt's outcomes (success, judge score, outcome against the chosen
+answer and the reference, KL sample, lengths) go to ``eval_prompts.jsonl``
+(:class:`tether.eval_result.PromptOutcome`), which ``tether compare`` pairs across runs
+(:mod:`tether.evaluation.compare`). With a judge, ``win_rate/chosen/lc`` is the length-controlled win rate
+against the chosen answers (:func:`tether.evaluation.metrics.length_controlled_win_rate`).
+
 ``--max-samples`` caps the prompts used by ``generation`` and ``kl`` (the first N distinct prompts of the
 file); log-prob metrics use every row. ``--lm-eval-tasks`` runs lm-evaluation-harness when it is installed
 and its data can be reached, and is otherwise skipped with a one-line note.
