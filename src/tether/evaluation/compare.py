@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tether.errors import TetherError, closest
+from tether.errors import TetherError, closest, shown_text
 from tether.eval_result import EvalResult, NotAnEvalResult, PromptOutcome
 from tether.evaluation.metrics import length_controlled_win_rate
 from tether.rundir import RunDir, read_json
@@ -119,7 +119,7 @@ def load_evaluated(spec: str | Path) -> Evaluated:
 def check_metric(metric: str) -> str:
     if metric not in METRICS:
         raise TetherError(
-            f"--metric: unknown metric '{metric}'{closest(metric, METRICS)}; valid: {', '.join(METRICS)}"
+            f"--metric: unknown metric '{shown_text(metric)}'{closest(metric, METRICS)}; valid: {', '.join(METRICS)}"
         )
     return metric
 

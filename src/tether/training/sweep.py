@@ -30,7 +30,7 @@ from typing import Any
 
 from tether.config import Config, _parse_override, apply_overrides, load_config
 from tether.engine.cache import hash_key
-from tether.errors import ConfigError, TetherError, closest
+from tether.errors import ConfigError, TetherError, closest, shown_text
 from tether.evaluation.evaluate import EvalOptions, performance, run_eval
 from tether.rundir import RunDir, SweepDir
 
@@ -268,7 +268,7 @@ def run_sweep(
     names = [p.name for p in points]
     if baseline is not None and baseline not in names:
         raise TetherError(
-            f"--baseline: no grid point '{baseline}'{closest(baseline, names)}; points: {', '.join(names)}"
+            f"--baseline: no grid point '{shown_text(baseline)}'{closest(baseline, names)}; points: {', '.join(names)}"
         )
     check_manifest(sweep, base)
     check_data(points)
