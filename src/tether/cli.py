@@ -264,10 +264,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         overrides=args.overrides,
         data_eval=args.data_eval,
         options=_eval_options(args),
+        baseline=args.baseline,
     )
     from tether.training.sweep import rows
 
-    table = rows(result.points, result.performance_key)
+    table = rows(result.points, result.performance_key, result.against)
     header = list(dict.fromkeys(k for r in table for k in r))
     print()
     print(_table([[_fmt(r.get(h)) for h in header] for r in table], header))
@@ -278,6 +279,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"plot:  {result.frontier}")
     else:
         print("note: no frontier plot (no performance metric common to every run)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``tether compare RUN_A RUN_B ...``: each run against the first, paired on the shared prompts."""
+    import json
+
+    from tether.evaluation.compare import COLUMNS, as_rows, compare
+
+    rows = as_rows(compare(args.runs, args.metric, seed=args.seed))
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(
+        f"metric: {rows[0]['metric']}  first: {rows[0]['first']}  (95% paired bootstrap, seed {args.seed})\n"
+    )
+    print(_table([[_fmt(r[k]) for k in COLUMNS] for r in rows], COLUMNS))
     return 0
 
 
@@ -552,6 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-eval", default=None, help="held-out data every run is evaluated on (default: data.eval)"
     )
     p.add_argument("--out", default=None, help="the sweep directory (default: the config's train.output_dir)")
+    p.add_argument("--baseline", default=None, metavar="POINT", help="a grid point (e.g. dpo_beta=0.1) every "
+                   "other is compared with prompt by prompt, as tether compare does")  # fmt: skip
     _add_eval_options(p)
     p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("generate", help="sample from a run or a model on prompts (chat template applied)")
@@ -577,6 +597,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also write the generations as JSON lines here")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_generate)
+    p = sub.add_parser("compare", help="runs evaluated on the same prompts, each against the first, paired")
+    p.add_argument(
+        "runs", nargs="+", metavar="RUN", help="run directories (or eval.json files) evaluated alike"
+    )
+    p.add_argument("--metric", default=None, help="success, win_rate/chosen, win_rate/chosen/lc, win_rate, "
+                   "judge/reward or kl (default: success when measured, else win_rate/chosen)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="the rows as JSON instead of a table")
+    p.add_argument("--seed", type=int, default=0, help="seed of the paired bootstrap (default 0)")
+    p.set_defaults(func=cmd_compare)
     p = sub.add_parser("report", help="plots and a Markdown summary of one or more run directories")
     _add_report_arguments(p)
     p.set_defaults(func=cmd_report)

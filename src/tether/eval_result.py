@@ -7,6 +7,11 @@ read and written again is the same bytes. ``metrics`` and ``reference_metrics`` 
 names depend on the data (a family's task success, lm-eval's tasks) and on the metric groups that ran
 (:mod:`tether.evaluation.groups`). Top-level keys that others add (a sweep's ``sweep_eval_key``) are kept,
 in order, in :attr:`EvalResult.extra`.
+
+Beside ``eval.json``, ``tether eval`` keeps one :class:`PromptOutcome` per evaluated prompt (the JSON
+lines of ``eval_prompts.jsonl``, :func:`tether.rundir.outcomes_path`), so that two runs can be compared
+prompt by prompt (``tether compare``). ``eval.json`` records their count and hash
+(:attr:`EvalResult.prompt_outcomes`): a file that does not match is not read as this evaluation's.
 """
 
 from __future__ import annotations
@@ -80,6 +85,37 @@ class Sample:
     target_reward: float | None = None
 
 
+@dataclass
+class PromptOutcome:
+    """One evaluated prompt's outcomes (a line of ``eval_prompts.jsonl``); None where not measured.
+
+    ``id`` is a hash of the prompt's token ids as rendered for the model (two evaluations' prompts are
+    matched by it). ``success``: the fraction of its samples the task checker found correct; ``judge``:
+    the judge's mean score of its samples; ``win_chosen``/``win_reference``: the mean over its samples of
+    the outcome against the chosen answer / the reference's sample (1 win, ½ tie, 0 loss, by the judge,
+    else by the task checker); ``kl``: the mean over its KL samples y ~ π of Σ_t log π(y_t) − log
+    π_ref(y_t); ``length``: the mean length of its samples and ``chosen_length`` the chosen answer's, in
+    characters (as AlpacaEval measures them); ``win_chosen_samples``/``length_samples``: per sample, for
+    the length-controlled win rate."""
+
+    file: str
+    line: int | None
+    id: str
+    success: float | None = None
+    judge: float | None = None
+    win_chosen: float | None = None
+    win_reference: float | None = None
+    kl: float | None = None
+    length: float | None = None
+    chosen_length: int | None = None
+    win_chosen_samples: list[float] | None = None
+    length_samples: list[int] | None = None
+
+    def to_json(self) -> str:
+        """The JSON line (without its line break)."""
+        return json.dumps(_plain(self), ensure_ascii=False)
+
+
 _SAMPLE_OPTIONAL = ("model_samples", "reference_samples", "reward", "reference_reward", "target_reward")
 """Written only when set (several samples per prompt; a judge)."""
 
@@ -115,15 +151,21 @@ class EvalResult:
     notes: list[str]
     samples: list[Sample]
     seconds: float
+    prompt_outcomes: dict[str, Any] | None = None
+    """``{"rows": n, "sha256": ...}`` of the per-prompt outcomes written beside (None: none were kept,
+    and the key is then left out of the file)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Top-level keys others added after ``seconds`` (a sweep's), kept in order."""
+    outcomes: list[PromptOutcome] = field(default_factory=list, repr=False)
+    """The per-prompt outcomes of a fresh evaluation (not part of ``eval.json``:
+    :meth:`tether.rundir.RunDir.write_eval` writes them beside it)."""
 
     # --------------------------------------------------------------------------------------- JSON
     def to_dict(self) -> dict[str, Any]:
         """The JSON object, keys in field order."""
         out: dict[str, Any] = {}
         for f in fields(self):
-            if f.name != "extra":
+            if f.name not in _NOT_JSON and not (f.name == "prompt_outcomes" and self.prompt_outcomes is None):
                 out[f.name] = getattr(self, f.name)
         out["settings"] = _plain(self.settings)
         out["win"] = _plain(self.win) if self.win is not None else None
@@ -139,8 +181,8 @@ class EvalResult:
         """An ``eval.json`` object; :class:`NotAnEvalResult` when it is not one ``tether eval`` wrote."""
         if not isinstance(data, dict):
             raise TetherError(f"{where}: not a JSON object")
-        names = [f.name for f in fields(cls) if f.name != "extra"]
-        missing = [n for n in names if n not in data]
+        names = [f.name for f in fields(cls) if f.name not in _NOT_JSON]
+        missing = [n for n in names if n not in data and n != "prompt_outcomes"]
         if missing:
             raise NotAnEvalResult(f"{where}: not a tether eval result (no '{missing[0]}')", data)
         shapes = {"settings": dict, "metrics": dict, "reference_metrics": dict, "samples": list}
@@ -148,7 +190,7 @@ class EvalResult:
             if not isinstance(data[name], shape):
                 raise NotAnEvalResult(f"{where}: not a tether eval result ('{name}' is not a {shape})", data)
         try:
-            values = {n: data[n] for n in names}
+            values = {n: data[n] for n in names if n in data}
             values["settings"] = EvalSettings(**data["settings"])
             values["win"] = Win(**data["win"]) if data["win"] is not None else None
             values["samples"] = [Sample(**s) for s in data["samples"]]
@@ -177,6 +219,9 @@ class EvalResult:
         """The reference model's own task success."""
         v = self.reference_metrics.get("generation/success")
         return float(v) if _number(v) else None
+
+
+_NOT_JSON = ("extra", "outcomes")
 
 
 def _number(v: Any) -> bool:

@@ -10,6 +10,7 @@ One training run writes one directory::
                              its model card, ``final/README.md`` (``final/merged/README.md``)
     <run>/plots              training curves
     <run>/eval.json          written by ``tether eval``
+    <run>/eval_prompts.jsonl its per-prompt outcomes (read by ``tether compare``), written with it
     <run>/eval_checkpoints.json  written by ``tether eval --checkpoints``: one row per checkpoint
 
 An sDPO run's root holds ``stages.json`` and one run directory per stage, ``stage-<t>/``. A sweep
@@ -42,7 +43,7 @@ from tether.safe_yaml import load_yaml
 
 if TYPE_CHECKING:
     from tether.config import Config
-    from tether.eval_result import EvalResult
+    from tether.eval_result import EvalResult, PromptOutcome
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -56,6 +57,7 @@ MODEL_CARD = "README.md"
 PLOTS = "plots"
 EVAL = "eval.json"
 EVAL_CHECKPOINTS = "eval_checkpoints.json"
+OUTCOMES_SUFFIX = "_prompts.jsonl"
 CHECKPOINT_WEIGHTS = "model.safetensors"
 """A checkpoint's model weights (accelerate's ``save_state``; no pickles are read)."""
 SWEEP = "sweep.json"
@@ -71,6 +73,11 @@ def read_json(path: Path) -> Any:
         raise TetherError(f"{path}: cannot read ({e})") from None
     except json.JSONDecodeError as e:
         raise TetherError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+
+
+def outcomes_path(eval_path: Path) -> Path:
+    """Where an evaluation's per-prompt outcomes lie: beside it, ``eval.json`` → ``eval_prompts.jsonl``."""
+    return eval_path.with_name(eval_path.stem + OUTCOMES_SUFFIX)
 
 
 def has_weights(d: Path) -> bool:
@@ -299,8 +306,57 @@ class RunDir:
         return None if data is None else EvalResult.from_dict(data, str(self.eval))
 
     def write_eval(self, result: EvalResult, path: Path | None = None) -> None:
-        """``result`` as ``eval.json`` (or at ``path``), written atomically."""
-        self.write_json(path if path is not None else self.eval, result.to_dict())
+        """``result`` as ``eval.json`` (or at ``path``), written atomically, and its per-prompt outcomes
+        beside it (:func:`outcomes_path`) when it holds some: both are written to temporary files first,
+        then renamed, outcomes first; ``eval.json`` records their count and hash, so an outcomes file left
+        by a crash between the two renames is never read as the older ``eval.json``'s."""
+        import hashlib
+        import os
+
+        from tether.errors import whole_or_nothing
+
+        path = path if path is not None else self.eval
+        path.parent.mkdir(parents=True, exist_ok=True)
+        texts: dict[Path, str] = {}
+        if result.outcomes:
+            lines = "".join(o.to_json() + "\n" for o in result.outcomes)
+            digest = hashlib.sha256(lines.encode()).hexdigest()
+            result.prompt_outcomes = {"rows": len(result.outcomes), "sha256": digest}
+            texts[outcomes_path(path)] = lines
+        texts[path] = result.dumps()
+        tmps = {p: p.with_suffix(f".tmp{os.getpid()}") for p in texts}
+        remove = lambda: [t.unlink(missing_ok=True) for t in tmps.values()]  # noqa: E731
+        with whole_or_nothing(remove, path.parent, "writing the evaluation", "or write it elsewhere (--out)"):
+            for p, text in texts.items():
+                tmps[p].write_text(text)
+            for p in texts:
+                os.replace(tmps[p], p)
+
+    def read_outcomes(self, result: EvalResult, path: Path | None = None) -> list[PromptOutcome] | None:
+        """The per-prompt outcomes written with ``result`` (read from ``path``, default ``eval.json``);
+        None when it has none or the file beside it is missing or not the one it recorded; a malformed
+        line raises :class:`TetherError` naming it."""
+        import hashlib
+
+        from tether.eval_result import PromptOutcome
+
+        record = result.prompt_outcomes
+        file = outcomes_path(path if path is not None else self.eval)
+        if not isinstance(record, dict) or not file.is_file():
+            return None
+        try:
+            text = file.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise TetherError(f"{file}: cannot read ({e})") from None
+        if hashlib.sha256(text.encode()).hexdigest() != record.get("sha256"):
+            return None
+        out = []
+        for n, line in enumerate(text.splitlines(), 1):
+            try:
+                out.append(PromptOutcome(**json.loads(line)))
+            except (json.JSONDecodeError, TypeError) as e:
+                raise TetherError(f"{file}:{n}: not a per-prompt outcome ({e})") from None
+        return out
 
 
 # ------------------------------------------------------------------------------------------ the lock

@@ -218,3 +218,6 @@ class GroupResult:
     notes: list[str] = field(default_factory=list)
     win: dict[str, Any] | None = None
     samples: list[Sample] | None = None
+    per_prompt: dict[str, list[Any]] = field(default_factory=dict)
+    """Per-prompt outcomes by :class:`tether.eval_result.PromptOutcome` field name, one value per prompt
+    of :attr:`GroupInputs.prompts` (a generating group's)."""

@@ -27,6 +27,12 @@ group             what
                   log π(option | prompt), the option rendered as the whole response.
 ================  ==========================================================================================
 
+Beside ``eval.json``, each generated prompt's outcomes (success, judge score, outcome against the chosen
+answer and the reference, KL sample, lengths) go to ``eval_prompts.jsonl``
+(:class:`tether.eval_result.PromptOutcome`), which ``tether compare`` pairs across runs
+(:mod:`tether.evaluation.compare`). With a judge, ``win_rate/chosen/lc`` is the length-controlled win rate
+against the chosen answers (:func:`tether.evaluation.metrics.length_controlled_win_rate`).
+
 ``--max-samples`` caps the prompts used by ``generation`` and ``kl`` (the first N distinct prompts of the
 file); log-prob metrics use every row. ``--lm-eval-tasks`` runs lm-evaluation-harness when it is installed
 and its data can be reached, and is otherwise skipped with a one-line note.
@@ -66,9 +72,9 @@ import torch
 import tether.data as data_mod
 import tether.engine.models as models
 from tether.config import Config, DataConfig
-from tether.engine.cache import default_cache_dir
+from tether.engine.cache import default_cache_dir, hash_key
 from tether.errors import TetherError
-from tether.eval_result import EvalResult, EvalSettings, Win
+from tether.eval_result import EvalResult, EvalSettings, PromptOutcome, Win
 from tether.evaluation.context import GroupInputs, GroupResult, Loaded, Prompt, Sampling
 from tether.evaluation.generation import generate
 from tether.evaluation.groups import METRIC_GROUPS, compute_order, performance
@@ -324,7 +330,24 @@ def _compute(inputs: GroupInputs) -> GroupResult:
             merged.win = got.win
         if got.samples is not None:
             merged.samples = got.samples
+        merged.per_prompt.update(got.per_prompt)
     return merged
+
+
+def _outcomes(prompts: list[Prompt], per_prompt: dict[str, list[Any]]) -> list[PromptOutcome]:
+    """One :class:`PromptOutcome` per generated prompt (none when nothing was generated), its id a hash of
+    the prompt's token ids."""
+    if not per_prompt:
+        return []
+    return [
+        PromptOutcome(
+            file=p.row.file,
+            line=p.row.line,
+            id=hash_key(p.ids)[:16],
+            **{k: v[i] for k, v in per_prompt.items()},
+        )
+        for i, p in enumerate(prompts)
+    ]
 
 
 def _lm_eval(ld: Loaded, o: EvalOptions) -> tuple[dict[str, Any], str | None]:
@@ -397,6 +420,7 @@ def run_eval(
         notes=notes,
         samples=got.samples or [],
         seconds=round(time.time() - t0, 3),
+        outcomes=_outcomes(prompts, got.per_prompt),
     )
 
 

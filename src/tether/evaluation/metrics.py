@@ -61,17 +61,11 @@ def preference_rate(
     """
     import numpy as np
 
-    if len(model) != len(other):
-        raise ValueError("preference_rate: the two score lists differ in length (prompts)")
-    values, wins, ties, losses = [], 0, 0, 0
-    for ms, os_ in zip(model, other, strict=True):
-        if len(os_) not in (1, len(ms)) or not ms:
-            raise ValueError("preference_rate: give one comparison score per prompt, or one per sample")
-        pairs = [(m, os_[0] if len(os_) == 1 else os_[k]) for k, m in enumerate(ms)]
-        w = sum(m > o for m, o in pairs)
-        t = sum(m == o for m, o in pairs)
-        wins, ties, losses = wins + w, ties + t, losses + len(pairs) - w - t
-        values.append((w + 0.5 * t) / len(pairs))
+    outcomes = sample_preferences(model, other)
+    values = [sum(o) / len(o) for o in outcomes]
+    wins = sum(x == 1.0 for o in outcomes for x in o)
+    ties = sum(x == 0.5 for o in outcomes for x in o)
+    losses = sum(len(o) for o in outcomes) - wins - ties
     if not values:
         return {"win_rate": None, "ci_low": None, "ci_high": None, "wins": 0, "ties": 0, "losses": 0}
     low, high = bootstrap_interval(values, seed=seed, n_boot=n_boot, level=level)
@@ -83,6 +77,65 @@ def preference_rate(
         "ties": int(ties),
         "losses": int(losses),
     }
+
+
+def sample_preferences(
+    model: Sequence[Sequence[float]], other: Sequence[Sequence[float]]
+) -> list[list[float]]:
+    """Each sample's outcome against what it is compared with (see :func:`preference_rate`): 1 when its
+    score is higher, ½ when equal, 0 when lower; one list per prompt."""
+    if len(model) != len(other):
+        raise ValueError("preference_rate: the two score lists differ in length (prompts)")
+    out = []
+    for ms, os_ in zip(model, other, strict=True):
+        if len(os_) not in (1, len(ms)) or not ms:
+            raise ValueError("preference_rate: give one comparison score per prompt, or one per sample")
+        pairs = [(m, os_[0] if len(os_) == 1 else os_[k]) for k, m in enumerate(ms)]
+        out.append([1.0 if m > o else 0.5 if m == o else 0.0 for m, o in pairs])
+    return out
+
+
+def length_controlled_win_rate(
+    preferences: Sequence[float], lengths: Sequence[float], baseline_lengths: Sequence[float]
+) -> float | None:
+    """AlpacaEval 2's length-controlled win rate (Dubois et al. 2024, arXiv:2404.04475, §3; the
+    ``length_controlled_v1`` GLM of ``alpaca_eval/metrics/glm_winrate.py``), for one model against one
+    baseline.
+
+    Each comparison i has a preference y_i ∈ [0, 1] for the model's output (1 win, ½ tie, 0 loss) and the
+    length difference δ_i = len(baseline_i) − len(output_i) (characters), standardized by its sample
+    standard deviation (ddof 1). The GLM is logit P(win_i) = θ + φ·tanh(δ_i / sd(δ)), fitted by maximum
+    likelihood of the soft labels y_i (cross-entropy, as AlpacaEval's ``is_ytrue_proba``); the
+    length-controlled win rate is its prediction at zero length difference, σ(θ).
+
+    Where it differs from AlpacaEval's: AlpacaEval also has a per-instruction difficulty term ψ·γ_i
+    (γ_i estimated across many models' outputs on the same instructions) and regularizes θ towards
+    "gamed" baseline models, fitting with L1-penalized, cross-validated logistic regression; with a single
+    model there is no γ (its prediction averaged over instructions is then σ(θ)) and no gamed baselines,
+    so the fit is plain maximum likelihood (parameters bounded by |·| ≤ 50, which only matters when the
+    outcomes are perfectly separated by length). All wins (losses) give 1 (0); no spread in δ gives the
+    raw win rate. None without comparisons."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    y = np.asarray(preferences, dtype=np.float64)
+    if y.size == 0:
+        return None
+    if (y == 1).all() or (y == 0).all():
+        return float(y[0])
+    delta = np.asarray(baseline_lengths, dtype=np.float64) - np.asarray(lengths, dtype=np.float64)
+    sd = delta.std(ddof=1) if delta.size > 1 else 0.0
+    x = np.tanh(delta / sd) if sd > 0 else np.zeros_like(delta)
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+        z = w[0] + w[1] * x  # −[y log σ(z) + (1 − y) log σ(−z)] = log(1 + e^z) − y z
+        p = np.exp(-np.logaddexp(0.0, -z))
+        g = p - y
+        return float(np.mean(np.logaddexp(0.0, z) - y * z)), np.array([g.mean(), (g * x).mean()])
+
+    fit = minimize(loss, np.zeros(2), jac=True, method="L-BFGS-B", bounds=[(-50, 50)] * 2,
+                   options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 1000})  # fmt: skip
+    return float(np.exp(-np.logaddexp(0.0, -fit.x[0])))
 
 
 def text_metrics(generations: Sequence[str], references: Sequence[str]) -> dict[str, float]:

@@ -30,8 +30,8 @@ from typing import Any
 
 from tether.config import Config, _parse_override, apply_overrides, load_config
 from tether.engine.cache import hash_key
-from tether.errors import ConfigError, TetherError
-from tether.evaluation.evaluate import EvalOptions, evaluate, performance
+from tether.errors import ConfigError, TetherError, closest, shown_text
+from tether.evaluation.evaluate import EvalOptions, performance, run_eval
 from tether.rundir import RunDir, SweepDir
 
 PROTECTED = ("train.output_dir", "train.resume", "train.overwrite")
@@ -62,6 +62,8 @@ class SweepResult:
     frontier: Path | None
     performance_key: str | None
     seconds: float
+    against: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """With a baseline point: each other point's paired comparison with it (``tether compare``'s row)."""
 
 
 def parse_grid(items: Sequence[str]) -> list[tuple[str, list[str]]]:
@@ -215,15 +217,15 @@ def _evaluate(p: Point, rd: RunDir, data: str, options: EvalOptions) -> None:
         old = rd.read_eval()
     except TetherError:
         pass  # unreadable: evaluate again
-    if old is not None and old.get("sweep_eval_key") == key and old.get("model_mtime") == _mtime(rd):
+    same = old is not None and old.get("sweep_eval_key") == key and old.get("model_mtime") == _mtime(rd)
+    if same and (old.get("prompt_outcomes") or not old.get("n_generation_prompts")):  # type: ignore[union-attr]
         p.eval_status, p.metrics = "kept", old.get("metrics", {})
         return
-    result = evaluate(str(rd.path), data, options)
-    result["sweep_eval_key"] = key
-    result["model_mtime"] = _mtime(rd)
-    rd.write_json(rd.eval, result)
-    p.eval_status, p.metrics = "evaluated", result["metrics"]
-    p.metrics["_reference_cache"] = result.get("reference_cache", {})
+    result = run_eval(str(rd.path), data, options)
+    result.extra.update({"sweep_eval_key": key, "model_mtime": _mtime(rd)})
+    rd.write_eval(result)  # with its per-prompt outcomes, for --baseline
+    p.eval_status, p.metrics = "evaluated", result.metrics
+    p.metrics["_reference_cache"] = result.reference_cache
 
 
 def _mtime(rd: RunDir) -> float | None:
@@ -247,11 +249,14 @@ def run_sweep(
     options: EvalOptions | None = None,
     only_plan: bool = False,
     after_point: Callable[[Point, RunDir], None] | None = None,
+    baseline: str | None = None,
 ) -> SweepResult:
     """Run (or resume) the sweep and write its table and frontier; see the module docstring.
 
     ``after_point`` is called with each point and its run directory once it is trained and evaluated (for
-    work of the caller's own per run, e.g. evaluating its checkpoints and then deleting them)."""
+    work of the caller's own per run, e.g. evaluating its checkpoints and then deleting them). ``baseline``
+    names a point every other point is compared with prompt by prompt (:mod:`tether.evaluation.compare`);
+    the table shows the comparison's columns."""
     t0 = time.time()
     parsed = parse_grid(grid) if grid and isinstance(grid[0], str) else list(grid)  # type: ignore[arg-type]
     sweep, base, points = plan(config, parsed, out, overrides)  # type: ignore[arg-type]
@@ -260,9 +265,16 @@ def run_sweep(
         raise TetherError("--data-eval: needed (the base config has no data.eval to evaluate the runs on)")
     if not str(data).startswith("hf:") and not Path(data).exists():
         raise TetherError(f"--data-eval: {data}: file not found")
+    names = [p.name for p in points]
+    if baseline is not None and baseline not in names:
+        raise TetherError(
+            f"--baseline: no grid point '{shown_text(baseline)}'{closest(baseline, names)}; points: {', '.join(names)}"
+        )
     check_manifest(sweep, base)
     check_data(points)
     options = options or EvalOptions()
+    if baseline is not None and not options.generate_text:
+        raise TetherError("--baseline: compares the points' generations prompt by prompt; drop --no-generate")
     sweep.path.mkdir(parents=True, exist_ok=True)
     manifest = sweep.read_manifest() or {"base": base, "config": str(config), "points": {}}
     manifest["grid"] = [[k, list(v)] for k, v in parsed]
@@ -278,9 +290,19 @@ def run_sweep(
             if after_point is not None:
                 after_point(p, rd)
     key = performance_key([p.metrics for p in points])
-    table = write_table(sweep, points, key)
+    against = _against(sweep, points, baseline) if baseline is not None and not only_plan else {}
+    table = write_table(sweep, points, key, against)
     frontier = write_frontier(sweep, points, key)
-    return SweepResult(sweep.path, points, table, frontier, key, round(time.time() - t0, 3))
+    return SweepResult(sweep.path, points, table, frontier, key, round(time.time() - t0, 3), against)
+
+
+def _against(sweep: SweepDir, points: Sequence[Point], baseline: str) -> dict[str, dict[str, Any]]:
+    """Each point's paired comparison with the baseline point (``tether compare``'s columns)."""
+    from tether.evaluation.compare import as_rows, compare
+
+    others = [p.name for p in points if p.name != baseline]
+    got = as_rows(compare([sweep.run(n).path for n in [baseline, *others]]))
+    return {n: r for n, r in zip(others, got, strict=True)}
 
 
 def performance_key(metrics: Sequence[dict[str, Any]]) -> str | None:
@@ -292,8 +314,11 @@ def performance_key(metrics: Sequence[dict[str, Any]]) -> str | None:
     return next(iter(names)) if len(names) == 1 else None
 
 
-def rows(points: Sequence[Point], key: str | None) -> list[dict[str, Any]]:
-    """One row per point: its grid values, KL, performance and whether it is on its method's frontier."""
+def rows(
+    points: Sequence[Point], key: str | None, against: dict[str, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """One row per point: its grid values, KL, performance and whether it is on its method's frontier;
+    with a baseline point, the paired comparison's columns (``against``, by point name)."""
     from tether.evaluation.report import pareto_front
 
     out = []
@@ -308,6 +333,7 @@ def rows(points: Sequence[Point], key: str | None) -> list[dict[str, Any]]:
                 "performance": p.metrics.get(key) if key else None,
                 "train": p.status,
                 "eval": p.eval_status,
+                **_against_columns(against, p.name),
             }
         )
     for method in {r["method"] for r in out}:
@@ -318,14 +344,31 @@ def rows(points: Sequence[Point], key: str | None) -> list[dict[str, Any]]:
     return out
 
 
+AGAINST = ("difference", "ci_low", "ci_high", "mcnemar_p", "run_only", "first_only")
+"""The columns of a paired comparison a sweep's table shows for each point against its baseline."""
+
+
+def _against_columns(against: dict[str, dict[str, Any]] | None, name: str) -> dict[str, Any]:
+    if not against:
+        return {}
+    row = against.get(name)
+    metric = next(iter(against.values()))["metric"]
+    return {"against": "baseline" if row is None else metric, **{k: (row or {}).get(k) for k in AGAINST}}
+
+
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def write_table(sweep: SweepDir, points: Sequence[Point], key: str | None) -> Path:
+def write_table(
+    sweep: SweepDir,
+    points: Sequence[Point],
+    key: str | None,
+    against: dict[str, dict[str, Any]] | None = None,
+) -> Path:
     from tether.evaluation.report import md_table
 
-    table = rows(points, key)
+    table = rows(points, key, against)
     header = list(dict.fromkeys(k for r in table for k in r))
     fmt = lambda v: "–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = [

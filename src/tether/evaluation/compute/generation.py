@@ -10,7 +10,13 @@ from typing import Any
 
 from tether.eval_result import Sample
 from tether.evaluation.context import GroupInputs, GroupResult, Loaded, Prompt
-from tether.evaluation.metrics import bootstrap_interval, preference_rate, text_metrics
+from tether.evaluation.metrics import (
+    bootstrap_interval,
+    length_controlled_win_rate,
+    preference_rate,
+    sample_preferences,
+    text_metrics,
+)
 
 NO_TASKS = "task success and win rate: skipped (no row has both 'source' and 'answer'; try --judge)"
 NO_TEXT_METRICS = "BLEU/ROUGE: skipped (needs sacrebleu and rouge-score: pip install 'tether[eval]')"
@@ -127,4 +133,41 @@ def compute(inp: GroupInputs) -> GroupResult:
         if scores is not None and rscores is not None and cscores is not None:
             s.reward, s.reference_reward, s.target_reward = scores[i], rscores[i], cscores[i][0]
         samples.append(s)
-    return GroupResult(m, rm, notes, win, samples)
+    per_prompt = _per_prompt(prompts, gen, chosen, checkable, ok, scores, rscores, cscores, rok, cok)
+    if judge is not None:  # the length-controlled win rate against the chosen answers
+        flat = lambda key: [x for v in per_prompt[key] for x in v]  # noqa: E731
+        lc_chosen = [per_prompt["chosen_length"][i] for i, v in enumerate(gen) for _ in v]
+        m["win_rate/chosen/lc"] = length_controlled_win_rate(
+            flat("win_chosen_samples"), flat("length_samples"), lc_chosen
+        )
+    return GroupResult(m, rm, notes, win, samples, per_prompt)
+
+
+def _per_prompt(prompts, gen, chosen, checkable, ok, scores, rscores, cscores, rok, cok) -> dict:  # type: ignore[no-untyped-def]
+    """Each prompt's outcomes (:class:`tether.eval_result.PromptOutcome`'s fields, None where not
+    measured): success, judge score, outcome against the chosen answer and the reference, lengths."""
+    n = len(prompts)
+    out: dict[str, list] = {
+        "length": [sum(len(g) for g in gs) / len(gs) for gs in gen],
+        "length_samples": [[len(g) for g in gs] for gs in gen],
+        "chosen_length": [len(c) for c in chosen],
+    }
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    if checkable:
+        out["success"] = [mean([float(x) for x in ok[i]]) if i in ok else None for i in range(n)]
+    if scores is not None:
+        out["judge"] = [mean(s) for s in scores]
+        vs_chosen, vs_ref = sample_preferences(scores, cscores), sample_preferences(scores, rscores)
+    elif checkable:
+        score = lambda c, i: [float(x) for x in c[i]]  # noqa: E731
+        vs_chosen = [None] * n
+        vs_ref = [None] * n
+        for i in checkable:
+            vs_chosen[i] = sample_preferences([score(ok, i)], [[float(cok[i])]])[0]
+            vs_ref[i] = sample_preferences([score(ok, i)], [score(rok, i)])[0]
+    else:
+        return out
+    out["win_chosen_samples"] = vs_chosen
+    out["win_chosen"] = [mean(v) if v is not None else None for v in vs_chosen]
+    out["win_reference"] = [mean(v) if v is not None else None for v in vs_ref]
+    return out

@@ -13,7 +13,10 @@ def compute(inp: GroupInputs) -> GroupResult:
     """KL on ``kl_samples`` completions per prompt sampled from π (0 when the reference is π)."""
     ld, seed = inp.loaded, inp.sampling.seed
     if ld.same:
-        return GroupResult({"kl": 0.0, "kl/per_token": 0.0, "kl/samples": 0})  # 0 by construction
+        zero = {"kl": [0.0] * len(inp.prompts)}
+        return GroupResult(
+            {"kl": 0.0, "kl/per_token": 0.0, "kl/samples": 0}, per_prompt=zero
+        )  # 0 by construction
     torch.manual_seed(seed)
     if ld.device.type == "cuda":
         torch.cuda.manual_seed_all(seed)
@@ -36,5 +39,11 @@ def compute(inp: GroupInputs) -> GroupResult:
             "kl": float((lp - lr).mean()),
             "kl/per_token": float((lp - lr).sum() / n_tok),
             "kl/samples": len(seqs),
-        }
+        },
+        per_prompt={"kl": _per_prompt(lp - lr, [len(ys) for ys in drawn])},
     )
+
+
+def _per_prompt(log_ratio: torch.Tensor, counts: list[int]) -> list[float]:
+    """Each prompt's KL sample: the mean over its completions of Σ_t log π(y_t) − log π_ref(y_t)."""
+    return [float(part.mean()) for part in torch.split(log_ratio, counts)]
