@@ -207,8 +207,8 @@ def test_score_head_is_drawn_from_the_seed_alone():
 PAIRS = 16
 
 
-def _config(root, model, pairs, name, **extra):
-    model_cfg = {"name": str(model), **extra.pop("model", {})}
+def _config(root, model, pairs, name, lora=None, **extra):
+    model_cfg = {"name": str(model), **({"lora": lora} if lora else {})}
     return from_dict(
         {
             "model": model_cfg,
@@ -300,17 +300,22 @@ def test_lora_reward_run_trains_the_score_head_in_full_and_loads(setup):
 
     root, model, pairs = setup
     lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
-    cfg = _config(root, model, pairs, "rm_lora", model={"lora": lora}, save_merged=True)
+    cfg = _config(root, model, pairs, "rm_lora", lora=lora, save_merged=True)
     result = train(cfg)
     final = result.final_model_dir
     adapter_cfg = json.loads((final / "adapter_config.json").read_text())
     assert adapter_cfg["task_type"] == "SEQ_CLS" and "score" in adapter_cfg["modules_to_save"]
     base = AutoModelForSequenceClassification.from_pretrained(str(model), num_labels=1)
+    init_score_head(base, cfg.train.seed)  # the head the run started from
     start_head = base.score.weight.detach().clone()
     base.config.pad_token_id = 0
     peft_model = PeftModel.from_pretrained(base, str(final)).eval()
     merged = AutoModelForSequenceClassification.from_pretrained(str(final / "merged")).eval()
-    assert not torch.equal(merged.score.weight, start_head)
+    assert not torch.equal(merged.score.weight, start_head)  # trained in full, not through LoRA
+    assert not torch.equal(
+        peft_model.base_model.model.model.layers[0].self_attn.q_proj.weight,
+        merged.model.layers[0].self_attn.q_proj.weight,
+    )
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
         a, b = peft_model(input_ids=ids).logits, merged(input_ids=ids).logits
