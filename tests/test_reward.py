@@ -254,7 +254,7 @@ def test_a_reward_run_trains_logs_accuracy_and_margin(setup, rm_run):
 def test_final_loads_in_plain_transformers_with_the_runs_scores(setup, rm_run):
     """``final/`` is a one-output ``AutoModelForSequenceClassification`` whose pad token is the one rows
     are padded with; its scores are those of the trained run (the score head trained too)."""
-    root, model, _ = setup
+    _root, model, _ = setup
     result, pairs = rm_run
     final = result.final_model_dir
     rm = AutoModelForSequenceClassification.from_pretrained(str(final)).eval()
@@ -271,6 +271,22 @@ def test_final_loads_in_plain_transformers_with_the_runs_scores(setup, rm_run):
     with torch.no_grad():
         alone = rm(input_ids=torch.tensor([ex[1].prompt_ids + ex[1].rejected_ids])).logits[0, 0]
     assert table[1, 1].item() == pytest.approx(alone.item(), abs=1e-5)
+
+
+def _card_model(final):
+    """The model that the ``How to load`` snippet of ``final/README.md`` loads (the snippet run as written)."""
+    code = (final / "README.md").read_text().split("```python\n")[1].split("```")[0]
+    scope: dict = {}
+    exec(code, scope)
+    return scope["model"].eval()
+
+
+def test_the_model_card_loads_it_as_a_sequence_classifier(rm_run):
+    result, _ = rm_run
+    card = (result.final_model_dir / "README.md").read_text()
+    assert "pipeline_tag: text-classification" in card
+    model = _card_model(result.final_model_dir)
+    assert type(model).__name__ == "LlamaForSequenceClassification" and model.config.num_labels == 1
 
 
 def test_resume_equals_an_uninterrupted_run(setup, rm_run):
@@ -320,6 +336,8 @@ def test_lora_reward_run_trains_the_score_head_in_full_and_loads(setup):
     with torch.no_grad():
         a, b = peft_model(input_ids=ids).logits, merged(input_ids=ids).logits
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # the card's snippet (AutoPeftModelForSequenceClassification) loads it too
+        torch.testing.assert_close(_card_model(final)(input_ids=ids).logits, b, atol=1e-5, rtol=1e-5)
     (final / "merged" / "model.safetensors").unlink()  # the adapter alone: the base + adapter merged
     res = cli_main(
         ["eval", str(result.run_dir), "--data", str(pairs), "--no-progress", "--out", str(root / "l.json")]
@@ -332,7 +350,7 @@ def test_lora_reward_run_trains_the_score_head_in_full_and_loads(setup):
 def test_tether_eval_of_a_reward_run_reports_held_out_pairwise_accuracy(setup, rm_run, capsys, tmp_path):
     """``tether eval RM_RUN --data PAIRS``: the reward group only (no reference, no generation), its accuracy
     and mean margin equal the values computed here from the final model's scores."""
-    root, model, _ = setup
+    _root, _model, _ = setup
     result, pairs = rm_run
     out = tmp_path / "eval.json"
     code = cli_main(["eval", str(result.run_dir), "--data", str(pairs), "--no-progress", "--out", str(out)])
@@ -366,7 +384,7 @@ def test_a_reward_run_judges_generations(setup, rm_run, capsys, tmp_path, monkey
     """``tether eval MODEL --judge RM_RUN``: the run resolves to its final model, whose scores the judge
     gives; a run of another method is one line, exit 2, nothing written."""
     monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
-    root, model, pairs = setup
+    _root, model, pairs = setup
     result, _ = rm_run
     out = tmp_path / "e.json"
     args = ["eval", str(model), "--data", str(pairs), "--max-new-tokens", "3", "--max-samples", "3"]
@@ -409,7 +427,7 @@ def test_a_reward_run_judges_generations(setup, rm_run, capsys, tmp_path, monkey
 
 
 def test_bad_margin_is_one_line_exit_2_before_weights_load(setup, tmp_path, capsys):
-    root, model, _ = setup
+    _root, model, _ = setup
     rows = pair_rows(4)
     rows[2]["margin"] = "big"
     pairs = write_jsonl(tmp_path / "bad.jsonl", rows)
