@@ -442,3 +442,51 @@ def test_bad_margin_is_one_line_exit_2_before_weights_load(setup, tmp_path, caps
     assert code == 2 and len(err) == 1, err
     assert f"{pairs}:3: field 'margin': must be a finite number" in err[0]
     assert not (tmp_path / "out" / "final").exists()
+
+
+def test_checkpoints_of_a_reward_run_evaluate_and_it_does_not_generate(rm_run, capsys, tmp_path):
+    """``tether eval RM_RUN --checkpoints all``: the step-2 checkpoint is loaded as the score model it
+    trained (every tensor of it, else one line) and scores differently from the final model; ``tether
+    generate RM_RUN`` is one line, exit 2."""
+    result, pairs = rm_run
+    out = tmp_path / "c.json"
+    code = cli_main(
+        [
+            "eval",
+            str(result.run_dir),
+            "--data",
+            str(pairs),
+            "--checkpoints",
+            "all",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert all(set(r["metrics"]) >= {"reward/accuracy", "reward/margin"} for r in rows)
+    assert rows[0]["metrics"]["reward/margin"] != rows[1]["metrics"]["reward/margin"]
+    capsys.readouterr()
+    code = cli_main(["generate", str(result.run_dir), "--prompt", "hi", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "a reward model (a score head) scores text" in err[0], err
+
+
+def test_a_sequence_classification_directory_is_evaluated_as_a_reward_model(setup, capsys, tmp_path):
+    """A plain one-output classifier directory (no run) gets the ``reward`` group; SFT rows are one line."""
+    from tiny import tiny_tokenizer
+
+    _, _, pairs = setup
+    rm_dir = tmp_path / "rm"
+    _seqcls().float().save_pretrained(rm_dir)
+    tiny_tokenizer().save_pretrained(rm_dir)
+    out = tmp_path / "e.json"
+    assert cli_main(["eval", str(rm_dir), "--data", str(pairs), "--no-progress", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["metric_groups"] == ["reward"]
+    sft = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "a", "completion": "b"}])
+    capsys.readouterr()
+    code = cli_main(["eval", str(rm_dir), "--data", str(sft), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "a reward model is evaluated on preference pairs" in err[0], err
