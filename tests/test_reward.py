@@ -187,6 +187,8 @@ def test_score_is_the_models_own_output_at_the_last_non_padding_token():
             for j, ans in enumerate((e.chosen_ids, e.rejected_ids)):
                 alone = model(input_ids=torch.tensor([e.prompt_ids + ans])).logits[0, 0]
                 torch.testing.assert_close(got[i + 4 * j], alone, atol=1e-10, rtol=1e-10)
+        half = ScoreModel(_seqcls().to(torch.bfloat16), 0)(batch).score
+    assert got.dtype == F64 and half.dtype == torch.float32  # the loss in at least fp32
 
 
 def test_score_head_is_drawn_from_the_seed_alone():

@@ -412,11 +412,8 @@ def load_model(
     src = _as_loadable(model_dir, progress)
     torch_dtype = _DTYPES[dtype]
     say(f"loading model {src} ({dtype}) ...", progress)
-    auto, kw = (
-        (AutoModelForSequenceClassification, {"num_labels": 1})
-        if head == "score"
-        else (AutoModelForCausalLM, {})
-    )
+    auto = AutoModelForSequenceClassification if head == "score" else AutoModelForCausalLM
+    kw = {"num_labels": 1} if head == "score" else {}
     try:
         try:
             model = auto.from_pretrained(src, dtype=torch_dtype, attn_implementation="sdpa", **kw)

@@ -59,7 +59,8 @@ class ScoreModel(nn.Module):
         if batch.layout is not None:
             raise ValueError("a score head scores padded rows; collate with share_prompt/packing off")
         out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-        return RowScores(out.logits[:, 0])
+        score = out.logits[:, 0]  # the loss in at least fp32 (a bf16 model's scores are cast up)
+        return RowScores(score.to(torch.promote_types(score.dtype, torch.float32)))
 
     def supports_segments(self) -> bool:
         """Never: each row is scored at its own last token, so rows are padded, not packed."""
