@@ -309,7 +309,6 @@ def test_resume_equals_an_uninterrupted_run(setup, rm_run):
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)
 
 
-@pytest.mark.slow
 def test_lora_reward_run_trains_the_score_head_in_full_and_loads(setup):
     """LoRA: peft's SEQ_CLS task, the score head trained in full (``modules_to_save``); ``final/`` is the
     adapter (loadable on the base as a sequence-classification model) and ``final/merged`` a plain model
