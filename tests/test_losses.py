@@ -27,7 +27,7 @@ import pytest
 import torch
 
 import tether.methods.losses as losses
-from tether.contract import LossInputs, LossOutput, Perturbed, SequenceLogps
+from tether.contract import LossInputs, LossOutput, Perturbed, Scores, SequenceLogps
 from tether.errors import ConfigError
 from tether.methods.registry import METHODS, get_method
 
@@ -1333,6 +1333,9 @@ def random_inputs(method, batch: int = 4, *, with_ref: bool | None = None, seed:
     def ref(sq):
         return (sq.sum.detach() + torch.randn(batch, generator=g)).clone()
 
+    if method.head == "score":  # a reward model: one score per response, no log-probs
+        sc = [torch.randn(batch, generator=g).requires_grad_(True) for _ in range(2)]
+        return LossInputs(scores=Scores(*sc), row_values={"margin": torch.rand(batch, generator=g)}), sc
     chosen = side()
     rejected = side() if method.data == "pairs" else None
     label = kl = ref_kl = None

@@ -134,6 +134,8 @@ def test_packing_computes_no_padding_and_the_prompt_once():
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_same_loss_in_every_layout(name):
     method = METHODS[name]
+    if method.head == "score":
+        pytest.skip("a score head scores padded rows only (no segment layout)")
     policy, ref = tiny_model(0), tiny_model(1)
     with torch.no_grad():  # move the policy away from the reference
         for p in policy.parameters():

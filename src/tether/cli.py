@@ -438,8 +438,8 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
         "--judge",
         default=None,
         metavar="MODEL",
-        help="a reward model (sequence classification, one output) scoring the generations with its own "
-        "chat template: mean reward and win rates against chosen answers and the reference "
+        help="a reward model (sequence classification, one output; or a run of method reward) scoring the "
+        "generations with its own chat template: mean reward and win rates against chosen answers and the reference "
         "(default: the task checker)",
     )
     p.add_argument(

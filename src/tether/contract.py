@@ -40,6 +40,16 @@ class Perturbed:
 
 
 @dataclass(frozen=True)
+class Scores:
+    """A score head's scalar per response (a one-output sequence-classification model, the reward
+    ``r(x, y)``), each taken at its row's last non-padding token as transformers' classification heads
+    take it. ``chosen``, ``rejected``: [B], with gradient."""
+
+    chosen: Tensor
+    rejected: Tensor
+
+
+@dataclass(frozen=True)
 class LossInputs:
     """Everything a loss may read. Fields that a method does not declare are ``None``.
 
@@ -52,9 +62,12 @@ class LossInputs:
     ``None`` on one process or in a unit test, where the loss computes it from its own rows).
     ``ref_origin_chosen``: for a method whose reference changes during training (TR-DPO), the summed
     log-probs of ``chosen`` under the original (step-0) reference, for metrics.
+    A method whose declared ``head`` is ``score`` (a reward model) reads ``scores`` and no log-probs
+    (``chosen`` is then ``None``). ``row_values``: the numeric row fields a method declares
+    (``row_values``, e.g. the reward model's ``margin``), [B] each, NaN where a row has none.
     """
 
-    chosen: SequenceLogps
+    chosen: SequenceLogps = None  # type: ignore[assignment]  # None only for a score head's inputs
     rejected: SequenceLogps | None = None
     ref_chosen: Tensor | None = None
     ref_rejected: Tensor | None = None
@@ -65,6 +78,8 @@ class LossInputs:
     ref_kl: Tensor | None = None
     process_mean: Tensor | None = None
     ref_origin_chosen: Tensor | None = None
+    scores: Scores | None = None
+    row_values: dict[str, Tensor] | None = None
 
 
 @dataclass
@@ -102,8 +117,8 @@ class LossOutput:
 
 
 def require(
-    value: Tensor | SequenceLogps | Perturbed | None, what: str
-) -> Tensor | SequenceLogps | Perturbed:
+    value: Tensor | SequenceLogps | Perturbed | Scores | None, what: str
+) -> Tensor | SequenceLogps | Perturbed | Scores:
     """Return ``value`` or fail loudly when the engine did not provide a declared input."""
     if value is None:
         raise ValueError(f"loss input {what!r} is missing: the method's declared capabilities are wrong")

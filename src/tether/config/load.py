@@ -339,6 +339,12 @@ def validate(cfg: Config) -> None:
         )
     if method.live_reference:
         _validate_live_reference(cfg, method)
+    if method.head == "score" and t.sharding != "none":
+        raise ConfigError(
+            f"train.sharding: method '{method.name}' trains a score head, which sharding does not support "
+            "yet; use train.sharding: none",
+            "train.sharding",
+        )
     if cfg.stages is not None:
         _validate_stages(cfg, method)
 

@@ -34,6 +34,7 @@ from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -393,8 +394,12 @@ def load_model(
     gradient_checkpointing: bool = False,
     lora: dict[str, Any] | None = None,
     progress: bool = True,
+    head: str = "lm",
+    score_seed: int | None = None,
 ) -> PreTrainedModel:
-    """Load a causal LM (SDPA attention when supported, else eager).
+    """Load a causal LM (SDPA attention when supported, else eager); ``head="score"``: the same backbone
+    as a one-output ``AutoModelForSequenceClassification`` (a reward model), its new head drawn from
+    ``score_seed`` when given (:func:`tether.engine.scores.init_score_head`; a trained one is kept).
 
     ``dtype`` is ``'float32'``, ``'bfloat16'`` or ``'float16'``. ``gradient_checkpointing`` enables
     non-reentrant checkpointing and disables the KV cache. ``lora`` (keys ``r``, ``alpha``, ``dropout``,
@@ -407,13 +412,15 @@ def load_model(
     src = _as_loadable(model_dir, progress)
     torch_dtype = _DTYPES[dtype]
     say(f"loading model {src} ({dtype}) ...", progress)
+    auto = AutoModelForSequenceClassification if head == "score" else AutoModelForCausalLM
+    kw = {"num_labels": 1} if head == "score" else {}
     try:
         try:
-            model = AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype, attn_implementation="sdpa")
+            model = auto.from_pretrained(src, dtype=torch_dtype, attn_implementation="sdpa", **kw)
         except (ValueError, ImportError) as exc:
             if "sdpa" not in str(exc).lower() and "scaled_dot_product" not in str(exc).lower():
                 raise
-            model = AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype, attn_implementation="eager")
+            model = auto.from_pretrained(src, dtype=torch_dtype, attn_implementation="eager", **kw)
     except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a truncated/corrupt file
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise TetherError(f"{model_dir}: cannot load model ({first})") from exc
@@ -423,8 +430,12 @@ def load_model(
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    if score_seed is not None:
+        from tether.engine.scores import init_score_head
+
+        init_score_head(model, score_seed)
     if lora is not None:
-        model = _apply_lora(model, lora)
+        model = _apply_lora(model, lora, "SEQ_CLS" if head == "score" else "CAUSAL_LM")
     return model
 
 
@@ -438,7 +449,7 @@ def _is_checkpointing(model: PreTrainedModel) -> bool:
 _LORA_KEYS = {"r", "alpha", "dropout", "target_modules"}
 
 
-def _apply_lora(model: PreTrainedModel, lora: dict[str, Any]) -> PreTrainedModel:
+def _apply_lora(model: PreTrainedModel, lora: dict[str, Any], task: str = "CAUSAL_LM") -> PreTrainedModel:
     from peft import LoraConfig, get_peft_model
 
     unknown = set(lora) - _LORA_KEYS
@@ -447,8 +458,8 @@ def _apply_lora(model: PreTrainedModel, lora: dict[str, Any]) -> PreTrainedModel
     target = lora.get("target_modules", "all-linear")
     if isinstance(target, tuple):
         target = list(target)
-    config = LoraConfig(
-        task_type="CAUSAL_LM",
+    config = LoraConfig(  # SEQ_CLS: peft trains the score head in full (modules_to_save)
+        task_type=task,
         r=int(lora.get("r", 8)),
         lora_alpha=float(lora.get("alpha", 16)),
         lora_dropout=float(lora.get("dropout", 0.0)),

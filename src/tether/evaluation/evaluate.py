@@ -25,6 +25,8 @@ group             what
                   first ``max_new_tokens`` tokens when a sample is cut there).
 ``mc``            multiple-choice rows (``prompt``, ``options``, ``label``): argmax over options of
                   log π(option | prompt), the option rendered as the whole response.
+``reward``        pairs, a reward model (a run of ``method: reward`` or a sequence-classification model
+                  directory; the only group for one): accuracy r(y_w) > r(y_l) and mean margin.
 ================  ==========================================================================================
 
 Beside ``eval.json``, each generated prompt's outcomes (success, judge score, outcome against the chosen
@@ -204,8 +206,9 @@ def _prepare(model_spec: str | Target, data: str, o: EvalOptions) -> _Prepared:
     max_length, chat_template = o.max_length, o.chat_template
     notes: list[str] = []
     target = model_spec if isinstance(model_spec, Target) else resolve_target(model_spec)
-    ref_spec = reference_spec(target, o.reference, notes)
-    rows, kind, groups = read_data(data, o.metrics, o.generate_text)
+    score = target.head == "score"  # a reward model: its scores, no reference
+    ref_spec = target.model_path if score else reference_spec(target, o.reference, notes)
+    rows, kind, groups = read_data(data, o.metrics, o.generate_text, target.head)
     sampling = _sampling(o)
     if o.judge is not None:
         from tether.evaluation.judge import check_judge
@@ -233,7 +236,7 @@ def _prepare(model_spec: str | Target, data: str, o: EvalOptions) -> _Prepared:
     progress = o.progress
     model_path = models.resolve_model_dir(target.model_path, progress=progress)
     tokenizer = models.load_tokenizer(target.tokenizer_path or model_path)
-    same = (
+    same = score or (
         target.adapter is None
         and target.checkpoint is None
         and same_model(str(model_path), str(models.resolve_model_dir(ref_spec, progress=progress)))
@@ -294,7 +297,7 @@ def _load(p: _Prepared, o: EvalOptions) -> Loaded:
     if target.checkpoint is not None:
         model = load_checkpoint(target, dtype, device, o.progress)
     else:
-        model = load(str(p.model_path), target.adapter, dtype, device, o.progress)
+        model = load(str(p.model_path), target.adapter, dtype, device, o.progress, target.head)
     ref_model = model if p.same else load(str(p.ref_path), None, dtype, device, o.progress)
     run_cfg = target.run_cfg
     ref_cache = run_cfg.reference.cache_dir if run_cfg else None  # the run's own cache, if set

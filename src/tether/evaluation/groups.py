@@ -25,7 +25,8 @@ class MetricGroup:
     ``generates``: it generates text (off under ``--no-generate``, and run on the ``--max-samples``
     prompts only when there are some); ``compute``: ``"module:function"`` (imported when it runs) or the
     function itself; ``slot``: where its numbers go in ``eval.json``'s ``metrics`` (lower first; the
-    groups are computed in this order)."""
+    groups are computed in this order); ``head``: the model it evaluates, ``lm`` (a causal LM) or
+    ``score`` (a reward model's one-output head)."""
 
     name: str
     kinds: tuple[str, ...]
@@ -33,6 +34,7 @@ class MetricGroup:
     compute: str | Callable[..., Any]
     slot: int
     generates: bool = False
+    head: str = "lm"
 
     def function(self) -> Callable[..., Any]:
         if callable(self.compute):
@@ -68,15 +70,23 @@ METRIC_GROUPS: dict[str, MetricGroup] = {
         MetricGroup(
             "mc", ("mc",), "multiple-choice rows (prompt, options and label)", f"{_C}.mc:compute", 30
         ),
+        MetricGroup(
+            "reward",
+            ("pairs",),
+            "preference pairs (prompt/chosen/rejected)",
+            f"{_C}.reward:compute",
+            25,
+            head="score",
+        ),
     )
 }
 """What ``--metrics`` may name, in the order they are listed; ``auto`` (the default) is every group the
 data kind supports: those that score the data first, then those that generate, each in this order."""
 
 
-def supported(kind: str) -> list[str]:
-    """The groups ``auto`` picks for a data kind (with generation on)."""
-    mine = [g for g in METRIC_GROUPS.values() if kind in g.kinds]
+def supported(kind: str, head: str = "lm") -> list[str]:
+    """The groups ``auto`` picks for a data kind and a model head (with generation on)."""
+    mine = [g for g in METRIC_GROUPS.values() if kind in g.kinds and g.head == head]
     return [g.name for g in mine if not g.generates] + [g.name for g in mine if g.generates]
 
 
@@ -85,11 +95,13 @@ def compute_order(groups: Sequence[str]) -> list[MetricGroup]:
     return sorted((METRIC_GROUPS[g] for g in groups), key=lambda g: g.slot)
 
 
-def select_metrics(requested: str | Sequence[str], kind: str, data: str, generate: bool) -> list[str]:
+def select_metrics(
+    requested: str | Sequence[str], kind: str, data: str, generate: bool, head: str = "lm"
+) -> list[str]:
     names = [m.strip() for m in requested.split(",")] if isinstance(requested, str) else list(requested)
     names = [m for m in names if m]
     if not names or names == ["auto"]:
-        return [m for m in supported(kind) if generate or not METRIC_GROUPS[m].generates]
+        return [m for m in supported(kind, head) if generate or not METRIC_GROUPS[m].generates]
     for m in names:
         if m not in METRIC_GROUPS:
             raise TetherError(
@@ -100,15 +112,28 @@ def select_metrics(requested: str | Sequence[str], kind: str, data: str, generat
             raise TetherError(
                 f"--metrics {m}: needs {METRIC_GROUPS[m].needs}, but {data} holds {describe(kind)}"
             )
+        if METRIC_GROUPS[m].head != head:
+            what = {"lm": "a causal LM", "score": "a reward model (score head)"}
+            raise TetherError(
+                f"--metrics {m}: evaluates {what[METRIC_GROUPS[m].head]}, but the model is {what[head]}"
+            )
         if not generate and METRIC_GROUPS[m].generates:
             raise TetherError(f"--metrics {m}: it generates text, which --no-generate turns off")
     return list(dict.fromkeys(names))
 
 
-PERFORMANCE = ("win_rate/chosen", "generation/success", "win_rate", "pairwise/accuracy", "mc/accuracy")
+PERFORMANCE = (
+    "win_rate/chosen",
+    "generation/success",
+    "win_rate",
+    "pairwise/accuracy",
+    "mc/accuracy",
+    "reward/accuracy",
+)
 """What a sweep's frontier and a run's trajectory call performance, in order of preference: the judge's (or
 the task checker's) win rate against the held-out chosen answers (the ε-DPO paper's protocol), task
-success, the win rate against the reference, held-out pairwise accuracy, multiple-choice accuracy."""
+success, the win rate against the reference, held-out pairwise accuracy, multiple-choice accuracy, a
+reward model's held-out pairwise accuracy."""
 
 
 def performance(metrics: dict[str, Any]) -> tuple[str, float] | None:

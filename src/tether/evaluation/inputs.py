@@ -15,16 +15,21 @@ from tether.evaluation.groups import select_metrics
 
 
 def read_data(
-    data: str, metrics: str | Sequence[str], generate_text: bool
+    data: str, metrics: str | Sequence[str], generate_text: bool, head: str = "lm"
 ) -> tuple[list[data_mod.Row], str, list[str]]:
-    """The rows, their kind and the metric groups to compute (every problem raised before a weight loads)."""
+    """The rows, their kind and the metric groups to compute for a model with ``head`` (every problem
+    raised before a weight loads)."""
     if not str(data).startswith("hf:") and not Path(data).exists():
         raise DataError([Problem(str(data), None, None, "file not found")])
     rows = data_mod.read_rows(str(data))
     kind = kinds.detect_kind(rows)
     if kind == "mc":
         kinds.check_mc(rows)
-    groups = select_metrics(metrics, kind, str(data), generate_text)
+    groups = select_metrics(metrics, kind, str(data), generate_text, head)
+    if not groups and head == "score":
+        raise TetherError(
+            f"{data}: a reward model is evaluated on preference pairs, but the file holds {kinds.describe(kind)}"
+        )
     if "generation" in groups and kind == "mc" and not any("answer" in r.data for r in rows):
         if metrics not in ("auto", "", None):
             raise TetherError(

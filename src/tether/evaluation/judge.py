@@ -10,7 +10,9 @@ scored and the settings (dtype, device type, length cap), so the reference's gen
 chosen answers are scored once for every run evaluated against them.
 
 Checked before anything loads (one line each): a judge whose config is not a ``*ForSequenceClassification``
-architecture (a causal LM would get a random head) or has more than one output.
+architecture (a causal LM would get a random head) or has more than one output. A run directory of
+``method: reward`` is a judge too (its final model; a LoRA run's adapter merged into its base); a run of
+any other method is refused.
 """
 
 from __future__ import annotations
@@ -25,23 +27,45 @@ import torch
 import tether.engine.models as models
 from tether.engine.cache import cached_json, hash_key
 from tether.errors import TetherError
+from tether.evaluation.target import Target, load, resolve_target
 
 MAX_LENGTH = 2048
 """Tokens of a rendered conversation the judge reads (the start is kept; longer ones are cut)."""
 
 
+def _judge_target(spec: str) -> Target:
+    """What ``--judge`` names: a run directory of a reward model (``method: reward``) resolves to its final
+    model (``final/``, ``final/merged``, or its base with the LoRA adapter); anything else is a model spec."""
+    try:
+        target = resolve_target(spec)
+    except TetherError as e:
+        raise TetherError(f"--judge: {e}") from None
+    if target.run_dir is not None and target.head != "score":
+        method = target.run_cfg.method.name if target.run_cfg is not None else "?"
+        raise TetherError(
+            f"--judge {spec}: a run of method '{method}', not a reward model; give a run of method: reward "
+            "or a sequence-classification model"
+        )
+    return target
+
+
 def check_judge(spec: str) -> Any:
-    """The judge's config when it is a one-output sequence-classification model; else :class:`TetherError`
-    (cheap: reads ``config.json`` only)."""
+    """The judge's config when it is a one-output sequence-classification model (or a reward run, whose
+    method declares its score head); else :class:`TetherError` (cheap: reads ``config.json`` only)."""
     from transformers import AutoConfig
 
+    target = _judge_target(spec)
     try:
-        models.check_model_spec(spec)
-        config = AutoConfig.from_pretrained(str(models.resolve_model_dir(spec)))
+        path = (
+            target.model_path if target.adapter is not None else models.resolve_model_dir(target.model_path)
+        )
+        config = AutoConfig.from_pretrained(str(path))
     except TetherError as e:
         raise TetherError(f"--judge: {e}") from None
     except (OSError, ValueError) as e:
         raise TetherError(f"--judge {spec}: cannot read its config ({str(e).splitlines()[0]})") from None
+    if target.adapter is not None:  # a reward run's adapter: its base is the causal LM it started from
+        return config
     archs = list(getattr(config, "architectures", None) or [])
     if not any(a.endswith("ForSequenceClassification") for a in archs):
         raise TetherError(
@@ -69,22 +93,24 @@ class Judge:
 
 
 def load_judge(spec: str, device: torch.device, dtype: str = "float32") -> Judge:
-    """The judge in eval mode on ``device`` (checked with :func:`check_judge` first)."""
-    from transformers import AutoModelForSequenceClassification
-
+    """The judge in eval mode on ``device`` (checked with :func:`check_judge` first); a reward run's LoRA
+    adapter is merged into its base."""
     check_judge(spec)
-    path = models.resolve_model_dir(spec)
-    tokenizer = models.load_tokenizer(path)
+    target = _judge_target(spec)
+    path = models.resolve_model_dir(target.model_path)
+    tokenizer = models.load_tokenizer(target.tokenizer_path or path)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=getattr(torch, dtype))
-    except (OSError, ValueError) as e:
-        raise TetherError(f"--judge {spec}: cannot load it ({str(e).splitlines()[0]})") from None
+        model = load(str(path), target.adapter, dtype, torch.device("cpu"), progress=False, head="score")
+    except TetherError as e:
+        raise TetherError(f"--judge {spec}: cannot load it ({e})") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:  # needed to find each row's last token in a batch
         model.config.pad_token_id = tokenizer.pad_token_id
-    model.requires_grad_(False)
-    return Judge(spec, model.to(device).eval(), tokenizer, models.model_fingerprint(path), device, dtype)
+    fingerprint = models.model_fingerprint(path)
+    if target.adapter is not None:
+        fingerprint = hash_key(fingerprint, models.model_fingerprint(target.adapter))
+    return Judge(spec, model.to(device).eval(), tokenizer, fingerprint, device, dtype)
 
 
 def _messages(prompt: Any) -> list[dict[str, str]]:

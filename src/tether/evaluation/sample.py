@@ -59,6 +59,8 @@ def generate_texts(
         raise TetherError("--num-samples: greedy decoding gives one generation; set --temperature > 0")
     t0 = time.time()
     target = resolve_target(spec)
+    if target.head == "score":
+        raise TetherError(f"{spec}: a reward model (a score head) scores text, it does not generate")
     models.check_generation_length(max_new_tokens, target.model_path)
     cfg = target.run_cfg
     run_data = cfg.data if cfg else DataConfig()  # a plain model: the config's defaults

@@ -5,6 +5,7 @@ Cheap: nothing is loaded and no GGUF is converted here.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,18 +37,22 @@ class Target:
     """The run's starting model (the default reference)."""
     checkpoint: Path | None = None
     """A training checkpoint (``checkpoints/step-N``) whose weights replace the starting model's."""
+    head: str = "lm"
+    """``score`` for a reward model (a run whose method declares that head, or a local model directory
+    whose config is a ``*ForSequenceClassification``), else ``lm``."""
 
 
 def _run_target(spec: str, rd: RunDir) -> Target:
     cfg = rd.read_config()
     start = cfg.model.name
+    head = cfg.resolved_method()[0].head
     final = rd.final_model()
     if final is not None:
-        return Target(spec, final, None, final, rd.path, cfg, start)
+        return Target(spec, final, None, final, rd.path, cfg, start, head=head)
     adapter = rd.final_adapter()
     if adapter is not None:
         tok = str(adapter) if (adapter / "tokenizer_config.json").is_file() else start
-        return Target(spec, start, adapter, tok, rd.path, cfg, start)
+        return Target(spec, start, adapter, tok, rd.path, cfg, start, head=head)
     raise TetherError(
         f"{spec}: run directory has no model (no {rd.final} with model weights or a LoRA adapter); "
         "train it to the end or pass a model directory"
@@ -70,7 +75,16 @@ def resolve_target(spec: str) -> Target:
         target.run_dir = rd.path
         return target
     models.check_model_spec(spec)
-    return Target(spec, spec, None, None)
+    return Target(spec, spec, None, None, head=_local_head(rd.path))
+
+
+def _local_head(path: Path) -> str:
+    """``score`` for a local model directory whose config is a sequence-classification model."""
+    try:
+        archs = json.loads((path / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return "lm"
+    return "score" if any(str(a).endswith("ForSequenceClassification") for a in archs) else "lm"
 
 
 def same_model(a: str, b: str) -> bool:
@@ -102,10 +116,16 @@ def reference_spec(target: Target, reference: str | None, notes: list[str]) -> s
 
 
 def load(
-    target_path: str, adapter: Path | None, dtype: str, device: torch.device, progress: bool = True
+    target_path: str,
+    adapter: Path | None,
+    dtype: str,
+    device: torch.device,
+    progress: bool = True,
+    head: str = "lm",
 ) -> Any:
-    """Frozen eval-mode weights on ``device``, a LoRA adapter merged in when given."""
-    model = models.load_model(target_path, dtype=dtype, progress=progress)
+    """Frozen eval-mode weights on ``device``, a LoRA adapter merged in when given; ``head="score"``: as a
+    one-output sequence-classification model."""
+    model = models.load_model(target_path, dtype=dtype, progress=progress, head=head)
     if adapter is not None:
         from peft import PeftModel
 
@@ -147,7 +167,14 @@ def checkpoint_targets(spec: str, every: int | None) -> tuple[list[Target], list
         if not (d / CHECKPOINT_WEIGHTS).is_file():
             raise TetherError(f"{d}: incomplete checkpoint (no {CHECKPOINT_WEIGHTS}); delete it or retrain")
         target = Target(
-            str(d), str(cfg.model.name), None, str(cfg.model.name), rd.path, cfg, final.start_model
+            str(d),
+            str(cfg.model.name),
+            None,
+            str(cfg.model.name),
+            rd.path,
+            cfg,
+            final.start_model,
+            head=final.head,
         )
         target.checkpoint = d
         targets.append(target)
@@ -197,6 +224,7 @@ def load_checkpoint(target: Target, dtype: str, device: torch.device, progress: 
         dtype=dtype,
         lora=None if lora is None else vars(lora),
         progress=progress,
+        head=target.head,
     )
     load_checkpoint_weights(model, target.checkpoint)
     if models.is_lora(model):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tether.contract import LossInputs, LossOutput, Perturbed, SequenceLogps, require
+from tether.contract import LossInputs, LossOutput, Perturbed, Scores, SequenceLogps, require
 from tether.methods.metrics import (  # the noqa ones: also read as losses.* (registry, evaluation)
     add_logp_metrics,
     add_reference_metrics,  # noqa: F401
@@ -645,4 +645,29 @@ def rrhf(inp: LossInputs, *, lambda_nll: float, lambda_nll_avg: float = 0.0) -> 
     out.add("rrhf/rank_active", (avg_l > avg_w).float())
     out.add("nll", -avg_w)
     add_logp_metrics(out, inp)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# A score head: data = pairs, inputs = one scalar per response (``inp.scores``), no log-probs
+# --------------------------------------------------------------------------------------------------
+
+
+def reward(inp: LossInputs, *, center_rewards_coefficient: float) -> LossOutput:
+    """A Bradley–Terry reward model: ``−log σ(r_c − r_r − m) + c·(r_c + r_r)²`` per pair.
+
+    Bradley & Terry 1952 (Biometrika 39): P(y_c ≻ y_r) = σ(r_c − r_r); its negative log-likelihood is the
+    InstructGPT reward model's loss (Ouyang et al. 2022, arXiv:2203.02155, Eq. 1). ``r``: the score head's
+    output at the row's last non-padding token. ``m``: the row's ``margin`` field, 0 where it has none
+    (Llama 2, arXiv:2307.09288, Eq. 2, as TRL). ``c`` → ``center_rewards_coefficient``: TRL's centering
+    term ``c·mean((r_c + r_r)²)`` (Eisenstein et al. 2023, arXiv:2312.09244, Eq. 2), here per pair, so the
+    batch mean is TRL 1.16's ``RewardTrainer`` loss (tested). ``rewards/margins`` is r_c − r_r.
+    """
+    s: Scores = require(inp.scores, "scores")  # type: ignore[assignment]
+    delta = s.chosen - s.rejected
+    margin = (inp.row_values or {}).get("margin")
+    if margin is not None:
+        delta = delta - torch.nan_to_num(margin.to(delta), nan=0.0)
+    out = LossOutput(losses=-F.logsigmoid(delta) + center_rewards_coefficient * (s.chosen + s.rejected) ** 2)
+    add_reward_metrics(out, 1.0, s.chosen, s.rejected)
     return out

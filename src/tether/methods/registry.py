@@ -136,6 +136,13 @@ class Method:
     #: updates so far is the state key ``reference_updates`` for ``state_metrics``; a precomputed reference,
     #: another reference model and LoRA are refused at config load.
     reference_update: Callable[[int, Mapping[str, float]], float | None] | None = None
+    #: The model head the method trains: ``lm``, the causal LM (losses read response log-probs), or
+    #: ``score``, a one-output sequence-classification head on the same backbone (a reward model; losses
+    #: read ``LossInputs.scores``, one scalar per row at its last non-padding token; no reference).
+    head: str = "lm"
+    #: Numeric row fields the loss reads when a row has them (``LossInputs.row_values``; NaN where a row
+    #: has none), checked as finite numbers when the data is read (e.g. the reward model's ``margin``).
+    row_values: tuple[str, ...] = ()
 
     @property
     def live_reference(self) -> bool:
@@ -488,6 +495,21 @@ METHODS: dict[str, Method] = {
                 ),
             ),
         ),
+        Method(
+            "reward",
+            losses.reward,
+            "Bradley & Terry 1952; Ouyang et al. 2022, Training language models to follow instructions "
+            "(InstructGPT), arXiv:2203.02155",
+            "Eq. 1 (+ TRL's centering, arXiv:2312.09244 Eq. 2)",
+            "pairs",
+            False,
+            "Bradley–Terry reward model: -log σ(r_c - r_r - margin) + c·(r_c + r_r)²; trains a one-output "
+            "score head (a judge for tether eval --judge)",
+            defaults={"center_rewards_coefficient": 0.0},
+            bounds={"center_rewards_coefficient": NONNEGATIVE},
+            head="score",
+            row_values=("margin",),
+        ),
     ]
 }
 
@@ -511,6 +533,8 @@ HYPERPARAMETERS: dict[str, str] = {
     "result then depends on the micro-batch size); 0 over the step's global batch",
     "lambda_d": "KTO's λ_D: weight of the desirable rows' loss (TRL's desirable_weight)",
     "lambda_u": "KTO's λ_U: weight of the undesirable rows' loss (TRL's undesirable_weight)",
+    "center_rewards_coefficient": "reward: weight c of TRL's centering term c·(r_c + r_r)², pulling the "
+    "rewards toward mean zero (0: off; TRL recommends 0.01)",
 }
 """What each hyper-parameter name means (``tether config``, docs/config.md); a test asserts every method's
 hyper-parameters are here."""

@@ -47,7 +47,7 @@ def _front_matter(cfg: Config, method: Method, base: str, adapter: bool) -> str:
     if cfg.stages is not None:
         tags.append("sdpo")
     data["tags"] = tags
-    data["pipeline_tag"] = "text-generation"
+    data["pipeline_tag"] = "text-classification" if method.head == "score" else "text-generation"
     return "---\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True) + "---\n"
 
 
@@ -115,27 +115,35 @@ def _metrics(summary: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _how_to_load(path: str, base: str, adapter: bool) -> list[str]:
+def _how_to_load(path: str, base: str, adapter: bool, head: str = "lm") -> list[str]:
+    """``head="score"``: a reward model, loaded as a one-output sequence-classification model."""
+    auto = "AutoModelForSequenceClassification" if head == "score" else "AutoModelForCausalLM"
+    score_kw = ", num_labels=1" if head == "score" else ""  # one output, as the adapter's saved head
     lines = ["## How to load", ""]
     if adapter:
         lines += [
             f"A LoRA adapter on `{base}` (named in `adapter_config.json`), for `peft`:",
             "",
             "```python",
-            "from peft import AutoPeftModelForCausalLM",
+            f"from peft import AutoPeft{auto.removeprefix('Auto')}",
             "from transformers import AutoTokenizer",
             "",
-            f'model = AutoPeftModelForCausalLM.from_pretrained("{path}")  # loads the base, then the adapter',
+            f'model = AutoPeft{auto.removeprefix("Auto")}.from_pretrained("{path}"{score_kw})  # base, then adapter',
             f'tokenizer = AutoTokenizer.from_pretrained("{path}")',
+            *(
+                ["model.config.pad_token_id = tokenizer.pad_token_id  # the head pools each row's last token"]
+                if score_kw
+                else []
+            ),
             "model = model.merge_and_unload()  # optional: a plain transformers model",
             "```",
         ]
     else:
         lines += [
             "```python",
-            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            f"from transformers import {auto}, AutoTokenizer",
             "",
-            f'model = AutoModelForCausalLM.from_pretrained("{path}")',
+            f'model = {auto}.from_pretrained("{path}")',
             f'tokenizer = AutoTokenizer.from_pretrained("{path}")',
             "```",
         ]
@@ -191,5 +199,5 @@ def model_card(
     lines += [""]
     lines += _metrics(summary)
     lines += [""]
-    lines += _how_to_load(str(path), base_model, adapter)
+    lines += _how_to_load(str(path), base_model, adapter, method.head)
     return "\n".join(lines) + "\n"

@@ -8,6 +8,7 @@ found before a weight loads.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 import sys
@@ -24,7 +25,8 @@ from tether.config import Config, check_launch
 from tether.data.kinds import describe
 from tether.engine.logprobs import LogProbModel
 from tether.engine.reference_build import CacheTooLarge, ReferenceSpec, build_reference, gamma_ref
-from tether.errors import DataError, Problem, TetherError, whole_or_nothing
+from tether.engine.scores import ScoreModel
+from tether.errors import DataError, Problem, TetherError, shown, whole_or_nothing
 from tether.methods.registry import Method
 from tether.rundir import RunDir, run_dir_lock
 from tether.training.checkpoints import CHECKPOINT_ADVICE, check_resume_config
@@ -91,6 +93,7 @@ def prepare(cfg: Config, train_specs: Sequence[str] | None = None, *, convert: b
                 raise DataError(_in_line_order([*unreadable, Problem(s, None, None, wrong)]))
             raise TetherError(f"{s}: {wrong}")
         kinds[key] = kind
+        unreadable += _row_value_problems(rows[key], method.row_values)
         if unreadable:
             problems = data_mod.check_rows(rows[key], kind, assistant_turns=d.assistant_turns)
             raise DataError(_in_line_order(unreadable + problems))
@@ -159,6 +162,20 @@ def prepare(cfg: Config, train_specs: Sequence[str] | None = None, *, convert: b
     if notes:
         report["notes"] = notes
     return Prepared(cfg, method, hparams, model_dir, tokenizer, train_ex, eval_ex, report, by_file)
+
+
+def _row_value_problems(rows: list[data_mod.Row], names: Sequence[str]) -> list[Problem]:
+    """A method's declared numeric row fields (``Method.row_values``, e.g. ``margin``) that are present but
+    not finite numbers."""
+    out = []
+    for r in rows:
+        for n in names:
+            v = r.data.get(n)
+            if v is not None and (
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+            ):
+                out.append(Problem(r.file, r.line, n, f"must be a finite number, got {shown(v)}"))
+    return out
 
 
 def _in_line_order(problems: list[Problem]) -> list[Problem]:
@@ -297,6 +314,8 @@ def _load_policy_model(cfg: Config, p: Prepared) -> torch.nn.Module:
         gradient_checkpointing=cfg.model.gradient_checkpointing,
         lora=None if cfg.model.lora is None else vars(cfg.model.lora),
         progress=cfg.train.progress,
+        head=p.method.head,
+        score_seed=cfg.train.seed if p.method.head == "score" else None,
     )
     if cfg.train.disable_dropout:
         _disable_dropout(model)
@@ -332,7 +351,10 @@ def _train(cfg: Config, *, prepared: Prepared | None, accelerator, measure_gamma
     set_seed(cfg.train.seed)
     model = _load_policy_model(cfg, p)
     model.to(acc.device)
-    policy = LogProbModel(model, cfg.train.logprob_chunk)
+    if p.method.head == "score":  # a reward model: one score per row
+        policy = ScoreModel(model, p.tokenizer.pad_token_id)
+    else:
+        policy = LogProbModel(model, cfg.train.logprob_chunk)
     spec = reference_spec(cfg, p, reference_mode(cfg, p.method))
     schedule = make_schedule(len(p.train), cfg.train, acc.num_processes)
     needed = None if measure_gamma_ref else schedule.used_indices()

@@ -25,6 +25,7 @@ from tether.config import TrainConfig
 from tether.contract import LossInputs
 from tether.engine.logprobs import Batch, LogProbModel, collate, loss_inputs
 from tether.engine.reference import Reference
+from tether.engine.scores import RowScores, ScoreModel, row_values, score_inputs
 from tether.errors import TetherError
 from tether.methods.registry import Method
 from tether.training import sharding
@@ -73,7 +74,7 @@ class Trainer:
         self,
         *,
         accelerator,
-        policy: LogProbModel,
+        policy: LogProbModel | ScoreModel,
         method: Method,
         hparams: dict[str, float],
         reference: Reference | None,
@@ -206,6 +207,11 @@ class Trainer:
             fn, hp = self.method.reference_logits, dict(self.hparams)
             mix = lambda z, z_ref, y: fn(z, z_ref, y, hp)  # noqa: E731
         rows = self.policy(batch, ref_hidden=ref_hidden, ref_head=ref_head, mix=mix)
+        if isinstance(rows, RowScores):  # a score head (its method declares head "score"): no reference
+            examples = self.train_examples if split == "train" else self.eval_examples
+            values = row_values(examples, batch.index.tolist(), self.method.row_values)
+            values = None if values is None else {k: v.to(self.acc.device) for k, v in values.items()}
+            return score_inputs(rows, batch, values)
         origin = None if self.reference is None else self.reference.origin_chosen(batch, split)
         inp = loss_inputs(rows, batch, ref_sum, origin)
         stat = self.method.across_processes
