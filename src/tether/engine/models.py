@@ -42,6 +42,7 @@ from transformers import (
 
 from tether.engine.cache import default_cache_dir, file_digest
 from tether.engine.gguf_check import check_gguf
+from tether.engine.scores import quiet_head_swap, say_head_swap
 from tether.errors import TetherError, closest
 
 __all__ = [
@@ -413,17 +414,21 @@ def load_model(
     torch_dtype = _DTYPES[dtype]
     say(f"loading model {src} ({dtype}) ...", progress)
     auto = AutoModelForSequenceClassification if head == "score" else AutoModelForCausalLM
-    kw = {"num_labels": 1} if head == "score" else {}
+    kw = {"num_labels": 1, "output_loading_info": True} if head == "score" else {}
     try:
-        try:
-            model = auto.from_pretrained(src, dtype=torch_dtype, attn_implementation="sdpa", **kw)
-        except (ValueError, ImportError) as exc:
-            if "sdpa" not in str(exc).lower() and "scaled_dot_product" not in str(exc).lower():
-                raise
-            model = auto.from_pretrained(src, dtype=torch_dtype, attn_implementation="eager", **kw)
+        with quiet_head_swap(head == "score"):
+            try:
+                model = auto.from_pretrained(src, dtype=torch_dtype, attn_implementation="sdpa", **kw)
+            except (ValueError, ImportError) as exc:
+                if "sdpa" not in str(exc).lower() and "scaled_dot_product" not in str(exc).lower():
+                    raise
+                model = auto.from_pretrained(src, dtype=torch_dtype, attn_implementation="eager", **kw)
     except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a truncated/corrupt file
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise TetherError(f"{model_dir}: cannot load model ({first})") from exc
+    if head == "score":
+        model, info = model
+        say_head_swap(info, progress)
     if gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name warns
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

@@ -10,9 +10,13 @@ score the saved model gives in plain transformers (and as ``tether eval --judge`
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +44,37 @@ def init_score_head(model: nn.Module, seed: int) -> None:
         head.weight.copy_(weight.to(head.weight))
         if getattr(head, "bias", None) is not None:
             head.bias.zero_()
+
+
+@contextlib.contextmanager
+def quiet_head_swap(on: bool) -> Iterator[None]:
+    """transformers' load report silenced while a causal LM loads as a classifier (its LM head unused, its
+    score head new: expected); :func:`say_head_swap` says the rest in one line."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    if on:
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def say_head_swap(info: dict[str, Any], progress: bool) -> None:
+    """One line for a classifier loaded from a causal LM: which head is new, and any other key the
+    checkpoint lacked or had in excess (those are not expected)."""
+    missing = [k for k in info.get("missing_keys", []) if not k.startswith("score.")]
+    unexpected = [k for k in info.get("unexpected_keys", []) if not k.startswith("lm_head.")]
+    if any(k.startswith("score.") for k in info.get("missing_keys", [])):
+        _say("a new score head (the causal LM head is not used)", progress)
+    if missing or unexpected:
+        _say(f"warning: weights missing {missing[:3]}, unexpected {unexpected[:3]}", True)
+
+
+def _say(line: str, enabled: bool) -> None:
+    if enabled and os.environ.get("RANK", "0") == "0":  # one process under accelerate launch
+        print(line, file=sys.stderr, flush=True)
 
 
 class ScoreModel(nn.Module):
