@@ -137,6 +137,10 @@ CONFIG_CASES: dict[str, BadCase] = {
         _config(e, name, {}, "method.beta=0"),
         ["error: override 'method.beta=0': method.beta", "outside"],
     ),
+    "hyperparameter_beyond_a_float": lambda e, name: (
+        _config(e, name, {}, "method.beta=" + "9" * 400),
+        ["method.beta", "is too large"],
+    ),
     "several_unknown_keys": lambda e, name: (
         _config(
             e, name, {"modle": {}, "train": {"lrr": 1.0}, "data": {"max_lenght": 4}, "method": {"betta": 1}}

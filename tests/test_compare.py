@@ -73,6 +73,31 @@ def test_one_shared_prompt_is_its_own_interval():
     assert (row.first_value, row.value, row.ci_low, row.ci_high) == (0.0, 1.0, 1.0, 1.0)
 
 
+def test_a_prompt_given_twice_is_paired_occurrence_by_occurrence():
+    """Prompt ``a`` twice: its first occurrence in one run is paired with its first in the other, never
+    both with one (the first run a:0, a:1, b:1; the other a:1, a:0, b:1: one discordant pair each way)."""
+
+    def run(name: str, outcomes: list[tuple[str, float]]) -> Evaluated:
+        return Evaluated(
+            name, None, [PromptOutcome("f", i, k, success=s) for i, (k, s) in enumerate(outcomes)]
+        )  # type: ignore[arg-type]
+
+    first = run("first", [("a", 0.0), ("a", 1.0), ("b", 1.0)])
+    other = run("other", [("a", 1.0), ("a", 0.0), ("b", 1.0)])
+    row = paired(first, other, "success")
+    assert (row.n, row.value, row.run_only, row.first_only) == (3, pytest.approx(2 / 3), 1, 1)
+
+
+def test_length_controlled_win_rate_is_none_when_length_separates_the_outcomes():
+    """Every longer answer wins, every shorter one loses: the maximum-likelihood fit runs off to infinity,
+    so no LC win rate exists (not the number an optimizer's bound or tolerance would pick)."""
+    assert length_controlled_win_rate([1.0, 0.0, 0.0, 0.0], [40, 10, 12, 11], [20] * 4) is None
+    assert length_controlled_win_rate([1.0, 1.0, 0.5], [1, 2, 3], [2] * 3) is None  # quasi-separation
+    assert length_controlled_win_rate([0.5, 0.5, 0.5], [1, 2, 3], [2] * 3) == pytest.approx(0.5)
+    mixed = length_controlled_win_rate([1.0, 0.0, 1.0, 0.0, 0.5, 1.0], [40, 10, 12, 11, 20, 30], [20] * 6)
+    assert mixed is not None and 0 < mixed < 1
+
+
 def test_length_controlled_win_rate_when_length_explains_the_wins():
     """Preferences generated exactly by the GLM logit P(win) = θ + φ·tanh(δ/sd(δ)), δ = baseline length −
     output length: the fit recovers θ, and the LC win rate is σ(θ). With θ = 0 (as good as the baseline
@@ -235,7 +260,18 @@ REFUSALS = {
     ),
     "other_temperature": (lambda run: _edit_eval(run, _settings("temperature", 0.7)), [], "temperature=0.7"),
     "other_length": (lambda run: _edit_eval(run, _settings("max_new_tokens", 8)), [], "max_new_tokens=8"),
-    "other_judge": (lambda run: _edit_eval(run, lambda d: d.update(judge="task checker")), [], "same judge"),
+    "other_judge": (
+        lambda run: _edit_eval(run, lambda d: (d.update(judge="task checker"), d.pop("judge_fingerprint"))),
+        [],
+        "same judge",
+    ),
+    "judge_retrained": (  # the same path, other weights
+        lambda run: _edit_eval(run, lambda d: d.update(judge_fingerprint="0" * 16)),
+        [],
+        "same judge",
+    ),
+    "other_dtype": (lambda run: _edit_eval(run, _settings("dtype", "bfloat16")), [], "dtype=bfloat16"),
+    "negative_seed": (lambda run: None, ["--seed", "-1"], "--seed: must be ≥ 0"),
     "other_reference": (
         lambda run: _edit_eval(run, lambda d: d.update(reference_path="/elsewhere")),
         ["--metric", "kl"],

@@ -191,6 +191,39 @@ def test_score_is_the_models_own_output_at_the_last_non_padding_token():
     assert got.dtype == F64 and half.dtype == torch.float32  # the loss in at least fp32
 
 
+def test_score_when_the_pad_token_is_the_eos_and_rows_end_in_it():
+    """SmolLM2's case (pad = EOS): a row ending in EOS is pooled where transformers pools it in any batch,
+    at its last token that is not the pad token, i.e. the row alone with its trailing EOS tokens dropped
+    (not at the last position of the attention mask)."""
+    eos = 2
+    model = _seqcls().eval()
+    ends = [[eos], [eos, eos], [], [eos]]
+    examples = [
+        types.SimpleNamespace(
+            prompt_ids=e.prompt_ids,
+            chosen_ids=e.chosen_ids + tail,
+            rejected_ids=e.rejected_ids + tail,
+            meta={},
+        )
+        for e, tail in zip(_examples(), ends, strict=True)
+    ]
+    batch = collate(examples, range(4), eos)
+    with torch.no_grad():
+        got = ScoreModel(model, eos)(batch).score
+        for i, e in enumerate(examples):
+            for j, ans in enumerate((e.chosen_ids, e.rejected_ids)):
+                ids = e.prompt_ids + ans
+                while ids[-1] == eos:
+                    ids = ids[:-1]
+                alone = model(input_ids=torch.tensor([ids])).logits[0, 0]
+                torch.testing.assert_close(got[i + 4 * j], alone, atol=1e-10, rtol=1e-10)
+                if ans[-1] == eos:  # pooling at the last attended position (the EOS) would differ
+                    model.config.pad_token_id = 0  # a token no row holds: the row's last token is pooled
+                    at_mask_end = model(input_ids=torch.tensor([e.prompt_ids + ans])).logits[0, 0]
+                    model.config.pad_token_id = eos
+                    assert not torch.allclose(got[i + 4 * j], at_mask_end)
+
+
 def test_score_head_is_drawn_from_the_seed_alone():
     a, b, c = _seqcls(0), _seqcls(1), _seqcls(2)
     init_score_head(a, 7)
@@ -427,10 +460,11 @@ def test_a_reward_run_judges_generations(setup, rm_run, capsys, tmp_path, monkey
     assert not bad.exists()
 
 
-def test_bad_margin_is_one_line_exit_2_before_weights_load(setup, tmp_path, capsys):
+@pytest.mark.parametrize("margin", ["big", 10**400, True])
+def test_bad_margin_is_one_line_exit_2_before_weights_load(setup, tmp_path, capsys, margin):
     _root, model, _ = setup
     rows = pair_rows(4)
-    rows[2]["margin"] = "big"
+    rows[2]["margin"] = margin
     pairs = write_jsonl(tmp_path / "bad.jsonl", rows)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(

@@ -89,8 +89,9 @@ class Sample:
 class PromptOutcome:
     """One evaluated prompt's outcomes (a line of ``eval_prompts.jsonl``); None where not measured.
 
-    ``id`` is a hash of the prompt's token ids as rendered for the model (two evaluations' prompts are
-    matched by it). ``success``: the fraction of its samples the task checker found correct; ``judge``:
+    ``id`` is a hash of the prompt's token ids as rendered for the model and of the answer it is compared
+    with (two evaluations' prompts are matched by it; a prompt given twice is matched by its id and which
+    occurrence it is). ``success``: the fraction of its samples the task checker found correct; ``judge``:
     the judge's mean score of its samples; ``win_chosen``/``win_reference``: the mean over its samples of
     the outcome against the chosen answer / the reference's sample (1 win, ½ tie, 0 loss, by the judge,
     else by the task checker); ``kl``: the mean over its KL samples y ~ π of Σ_t log π(y_t) − log
@@ -154,6 +155,9 @@ class EvalResult:
     prompt_outcomes: dict[str, Any] | None = None
     """``{"rows": n, "sha256": ...}`` of the per-prompt outcomes written beside (None: none were kept,
     and the key is then left out of the file)."""
+    judge_fingerprint: str | None = None
+    """The judge's weights fingerprint (a reward model; None for the task checker, and the key is then left
+    out): two evaluations are judged alike when these are equal, whatever path named the judge."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Top-level keys others added after ``seconds`` (a sweep's), kept in order."""
     outcomes: list[PromptOutcome] = field(default_factory=list, repr=False)
@@ -165,7 +169,7 @@ class EvalResult:
         """The JSON object, keys in field order."""
         out: dict[str, Any] = {}
         for f in fields(self):
-            if f.name not in _NOT_JSON and not (f.name == "prompt_outcomes" and self.prompt_outcomes is None):
+            if f.name not in _NOT_JSON and not (f.name in _OPTIONAL and getattr(self, f.name) is None):
                 out[f.name] = getattr(self, f.name)
         out["settings"] = _plain(self.settings)
         out["win"] = _plain(self.win) if self.win is not None else None
@@ -182,7 +186,7 @@ class EvalResult:
         if not isinstance(data, dict):
             raise TetherError(f"{where}: not a JSON object")
         names = [f.name for f in fields(cls) if f.name not in _NOT_JSON]
-        missing = [n for n in names if n not in data and n != "prompt_outcomes"]
+        missing = [n for n in names if n not in data and n not in _OPTIONAL]
         if missing:
             raise NotAnEvalResult(f"{where}: not a tether eval result (no '{missing[0]}')", data)
         shapes = {"settings": dict, "metrics": dict, "reference_metrics": dict, "samples": list}
@@ -222,6 +226,7 @@ class EvalResult:
 
 
 _NOT_JSON = ("extra", "outcomes")
+_OPTIONAL = ("prompt_outcomes", "judge_fingerprint")  # left out of the file when None
 
 
 def _number(v: Any) -> bool:

@@ -56,6 +56,8 @@ GENERATION_SETTINGS = (
     "seed",
     "max_length",
     "chat_template",
+    "dtype",
+    "device",
 )
 """The evaluation settings two compared runs must share (those that change what is generated)."""
 
@@ -130,15 +132,26 @@ def default_metric(evaluated: Sequence[Evaluated]) -> str:
     return "success" if have("success") else "win_rate/chosen"
 
 
+def keyed(outcomes: Sequence[PromptOutcome]) -> dict[tuple[str, int], PromptOutcome]:
+    """The outcomes by (prompt id, occurrence): a prompt the data holds twice is paired occurrence by
+    occurrence, never both with one."""
+    seen: dict[str, int] = {}
+    out = {}
+    for o in outcomes:
+        seen[o.id] = seen.get(o.id, -1) + 1
+        out[(o.id, seen[o.id])] = o
+    return out
+
+
 def check_comparable(evaluated: Sequence[Evaluated], metric: str) -> None:
     """One line when the runs were not evaluated alike: the same prompts, generation settings, judge (and
     reference, for a metric relative to it)."""
     first = evaluated[0]
-    ids = [o.id for o in first.outcomes]
+    ids = set(keyed(first.outcomes))
     for e in evaluated[1:]:
-        mine = [o.id for o in e.outcomes]
-        if set(mine) != set(ids) or len(mine) != len(ids):
-            shared = len(set(mine) & set(ids))
+        mine = set(keyed(e.outcomes))
+        if mine != ids:
+            shared = len(mine & ids)
             raise TetherError(
                 f"{e.name}: evaluated on different prompts than {first.name} ({len(mine)} and {len(ids)} "
                 f"prompts, {shared} shared); evaluate both on the same data with the same --max-samples"
@@ -150,7 +163,8 @@ def check_comparable(evaluated: Sequence[Evaluated], metric: str) -> None:
                     f"{e.name}: evaluated with {key}={b[key]}, {first.name} with {key}={a[key]}; "
                     "compare runs evaluated with the same generation settings"
                 )
-        if e.result.judge != first.result.judge:
+        a_judge, b_judge = (r.judge_fingerprint or r.judge for r in (first.result, e.result))
+        if a_judge != b_judge:
             raise TetherError(
                 f"{e.name}: judged by {e.result.judge}, {first.name} by {first.result.judge}; "
                 "compare runs evaluated with the same judge"
@@ -169,6 +183,8 @@ def compare(
     module docstring. Every problem is one :class:`TetherError` line, raised before any statistic."""
     if len(runs) < 2:
         raise TetherError("tether compare: give at least two runs")
+    if seed < 0:
+        raise TetherError(f"--seed: must be ≥ 0, got {seed}")
     if metric is not None:
         check_metric(metric)
     evaluated = [load_evaluated(r) for r in runs]
@@ -187,8 +203,8 @@ def compare(
 def paired(first: Evaluated, run: Evaluated, metric: str, *, seed: int = 0, n_boot: int = 1000) -> Paired:
     """``run`` against ``first`` on the prompts both have ``metric`` for."""
     field = METRICS[metric]
-    mine = {o.id: o for o in run.outcomes}
-    both = [(o, mine[o.id]) for o in first.outcomes if o.id in mine]
+    mine = keyed(run.outcomes)
+    both = [(o, mine[k]) for k, o in keyed(first.outcomes).items() if k in mine]
     both = [(a, b) for a, b in both if getattr(a, field) is not None and getattr(b, field) is not None]
     out = Paired(run.name, first.name, metric, len(both), None, None, None, None, None)
     if not both:
@@ -241,7 +257,9 @@ def _bootstrap_indices(
     stat: Callable[[Any, int], float | None], n: int, seed: int, n_boot: int, level: float = 0.95
 ) -> tuple[float | None, float | None]:
     """The percentile interval of ``stat(indices, 2)`` over paired resamplings of the prompt indices
-    (``scipy.stats.bootstrap`` on the indices, a statistic that is not a mean of per-prompt values)."""
+    (``scipy.stats.bootstrap`` on the indices, a statistic that is not a mean of per-prompt values).
+    Resamples where the statistic does not exist (an LC fit that length separates) are left out of the
+    percentiles; None when fewer than half of them have it."""
     import numpy as np
     from scipy.stats import bootstrap
 
@@ -256,8 +274,12 @@ def _bootstrap_indices(
             method="percentile",
             rng=np.random.default_rng(seed),
         )
-    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return (low if math.isfinite(low) else None), (high if math.isfinite(high) else None)
+    dist = np.asarray(res.bootstrap_distribution, dtype=np.float64)
+    dist = dist[np.isfinite(dist)]
+    if 2 * dist.size < n_boot:
+        return None, None
+    alpha = (1.0 - level) / 2
+    return float(np.quantile(dist, alpha)), float(np.quantile(dist, 1.0 - alpha))
 
 
 def _lc_statistic(first: list[PromptOutcome], run: list[PromptOutcome]) -> Callable[[Any, int], float | None]:

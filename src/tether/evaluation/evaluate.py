@@ -339,14 +339,14 @@ def _compute(inputs: GroupInputs) -> GroupResult:
 
 def _outcomes(prompts: list[Prompt], per_prompt: dict[str, list[Any]]) -> list[PromptOutcome]:
     """One :class:`PromptOutcome` per generated prompt (none when nothing was generated), its id a hash of
-    the prompt's token ids."""
+    the prompt's token ids and of the answer it is compared with (the chosen answer)."""
     if not per_prompt:
         return []
     return [
         PromptOutcome(
             file=p.row.file,
             line=p.row.line,
-            id=hash_key(p.ids)[:16],
+            id=hash_key(p.ids, p.reference_text)[:16],
             **{k: v[i] for k, v in per_prompt.items()},
         )
         for i, p in enumerate(prompts)
@@ -417,6 +417,7 @@ def run_eval(
         reference_cache=ld.cache_log,
         judge=o.judge if o.judge is not None else "task checker",
         judge_cache=judge.cache_log if judge is not None else {},
+        judge_fingerprint=judge.fingerprint if judge is not None else None,
         metrics=metrics,
         reference_metrics=got.reference_metrics,
         win=Win(**got.win) if got.win is not None else None,

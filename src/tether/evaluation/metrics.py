@@ -112,9 +112,9 @@ def length_controlled_win_rate(
     (γ_i estimated across many models' outputs on the same instructions) and regularizes θ towards
     "gamed" baseline models, fitting with L1-penalized, cross-validated logistic regression; with a single
     model there is no γ (its prediction averaged over instructions is then σ(θ)) and no gamed baselines,
-    so the fit is plain maximum likelihood (parameters bounded by |·| ≤ 50, which only matters when the
-    outcomes are perfectly separated by length). All wins (losses) give 1 (0); no spread in δ gives the
-    raw win rate. None without comparisons."""
+    so the fit is plain maximum likelihood. When length separates the outcomes perfectly no finite fit
+    exists (the estimate runs to the bound |·| ≤ 50): then None, not a number the bound chose. All wins
+    (losses) give 1 (0); no spread in δ gives the raw win rate. None without comparisons."""
     import numpy as np
     from scipy.optimize import minimize
 
@@ -135,6 +135,10 @@ def length_controlled_win_rate(
 
     fit = minimize(loss, np.zeros(2), jac=True, method="L-BFGS-B", bounds=[(-50, 50)] * 2,
                    options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 1000})  # fmt: skip
+    decisive = (y == 0) | (y == 1)
+    fitted = np.exp(-np.logaddexp(0.0, -(fit.x[0] + fit.x[1] * x)))
+    if np.abs(fit.x).max() >= 50 - 1e-6 or (decisive.any() and (np.abs(fitted - y)[decisive] < 1e-6).all()):
+        return None  # length separates the wins from the losses: no finite estimate exists
     return float(np.exp(-np.logaddexp(0.0, -fit.x[0])))
 
 

@@ -199,6 +199,8 @@ class Method:
                     pass
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{where}.{key}: must be a number, got {shown(value)}", f"{where}.{key}")
+            if isinstance(value, int) and abs(value) > 2**1023:  # beyond a float: not a hyper-parameter
+                raise ConfigError(f"{where}.{key}: {shown(value)} is too large", f"{where}.{key}")
             bound = self.bounds.get(key, ANY)
             if bound.integer and math.isfinite(value) and not float(value).is_integer():
                 raise ConfigError(

@@ -172,7 +172,10 @@ def _row_value_problems(rows: list[data_mod.Row], names: Sequence[str]) -> list[
         for n in names:
             v = r.data.get(n)
             if v is not None and (
-                isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or (isinstance(v, int) and abs(v) > 2**1023)  # beyond a float
+                or not math.isfinite(v)
             ):
                 out.append(Problem(r.file, r.line, n, f"must be a finite number, got {shown(v)}"))
     return out
