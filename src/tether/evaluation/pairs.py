@@ -166,9 +166,15 @@ def _weights_hash(target: Target, path: Path) -> str:
 
 
 def _version() -> str:
-    from tether import __version__
+    """The installed package's version (``tether.__version__`` when tether is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("tether")
+    except PackageNotFoundError:
+        import sys
+
+        return str(sys.modules["tether"].__version__)
 
 
 def _read_partial(path: Path, header: dict[str, Any]) -> dict[int, dict[str, Any]]:
