@@ -636,6 +636,10 @@ PAIRS_CASES: dict[str, BadCase] = {
         [*_pairs_args(e, n), "--out", str(e.files["sft"])],
         ["--out", str(e.files["sft"]), "exists"],
     ),
+    "out_under_a_file": lambda e, n: (
+        [*_pairs_args(e, n), "--out", str(e.files["sft"] / "pairs.jsonl")],
+        ["--out", "a parent of it is a file"],
+    ),
     "partial_with_other_settings": _stale_partial,
 }
 

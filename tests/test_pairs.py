@@ -173,7 +173,7 @@ def test_every_pairs_method_trains_on_it(env, tmp_path):
 
 
 def test_cli_prints_the_counts(env, tmp_path, capsys):
-    out = tmp_path / "c.jsonl"
+    out = tmp_path / "new" / "c.jsonl"  # its directory made
     args = ["pairs", str(env["model"]), "--prompts", str(env["prompts"]), "--judge", str(env["judge"])]
     args += ["--samples", "3", "--max-new-tokens", "6", "--out", str(out), "--no-progress"]
     assert cli_main(args) == 0

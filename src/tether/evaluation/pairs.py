@@ -246,8 +246,8 @@ def build_pairs(
     partial = out.with_name(out.name + ".partial")
     if out.exists():
         raise TetherError(f"--out {out}: exists; remove it or choose another file")
-    if not out.parent.is_dir():
-        raise TetherError(f"--out {out}: no directory {out.parent}")
+    if any(d.exists() and not d.is_dir() for d in [out.parent, *out.parent.parents]):
+        raise TetherError(f"--out {out}: a parent of it is a file")
     rows, prompts = read_prompt_rows(prompts_file, o.judge)
     if o.judge != "tasks":
         from tether.evaluation.judge import check_judge
@@ -300,6 +300,7 @@ def build_pairs(
 
             judge = load_judge(o.judge, device)
         if not partial.exists() or partial.stat().st_size == 0:
+            out.parent.mkdir(parents=True, exist_ok=True)
             _write_atomic(partial, json.dumps(header, ensure_ascii=False) + "\n")
         eos = eos_ids(lm, tokenizer)
         bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="pairs", disable=not o.progress)
