@@ -144,3 +144,25 @@ def test_prompt_encoded_once_and_finished_rows_leave_the_batch(model):
     assert all(len(d.ids) == 1 for d in draws[0])  # a one-token nucleus: both of prompt 0's samples stop
     rows = [b for b, t in seen[1:]]
     assert all(t == 1 for _, t in seen[1:]) and rows[0] <= 4 and rows == sorted(rows, reverse=True)
+
+
+@pytest.mark.slow
+def test_generation_benchmark_runs_on_a_tiny_model(tmp_path):
+    """benchmarks/bench_generate.py end to end: both engines, the greedy outputs identical, the table."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tiny import tiny_model_dir
+
+    repo = Path(__file__).resolve().parents[1]
+    model = tiny_model_dir(tmp_path / "model")
+    cmd = [sys.executable, str(repo / "benchmarks" / "bench_generate.py"), "--model", str(model)]
+    cmd += ["--n", "6", "--batch-size", "4", "--max-new-tokens", "5", "--rounds", "2"]
+    env = {**os.environ, "PYTHONPATH": str(repo / "src"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "greedy outputs identical: True" in proc.stdout
+    table = [x for x in proc.stdout.splitlines() if x.startswith("| ")]
+    assert len(table) == 3 and table[1].startswith("| greedy |") and table[2].startswith("| K=4 at T=0.8 |")
