@@ -22,8 +22,8 @@ group             what
                   generation against the chosen/completion/answer text.
 ``kl``            KL(π‖π_ref) ≈ mean over completions y ~ π(·|x) (temperature 1, no top-k/top-p) of
                   Σ_t log π(y_t) − log π_ref(y_t), log π kept by the sampling pass, log π_ref scored by
-                  the log-prob engine (the KL of the
-                  first ``max_new_tokens`` tokens when a sample is cut there).
+                  the log-prob engine (the KL of the first ``max_new_tokens`` tokens when a sample is
+                  cut there).
 ``mc``            multiple-choice rows (``prompt``, ``options``, ``label``): argmax over options of
                   log π(option | prompt), the option rendered as the whole response.
 ================  ==========================================================================================
