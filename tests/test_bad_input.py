@@ -564,3 +564,98 @@ def test_a_prompt_cut_before_tokenizing_is_reported_as_at_least_n_tokens():
         "d.jsonl:2: field 'prompt': prompt is at least "
     ) and "max_length=64" in str(problem)
     assert _tokenize([row], tiny.tiny_tokenizer(), drop_long_prompts=True).n_dropped == 1
+
+
+# ----------------------------------------------------------------------------------------- tether pairs
+
+TASK_ROW = {"prompt": "what is 1+1?", "chosen": "2", "rejected": "3", "source": "arithmetic", "answer": "2"}
+
+
+def _pairs_args(
+    e: Env, name: str, *extra: str, prompts: Path | None = None, judge: str = "tasks"
+) -> list[str]:
+    """``tether pairs`` on the garbage-weights model (a weight load would not fail cleanly)."""
+    tasks_file = e.root / "data" / "tasks.jsonl"
+    if not tasks_file.exists():
+        tasks_file.write_text(json.dumps(TASK_ROW) + "\n")
+    out = e.root / "pairs_out" / f"{name}.jsonl"
+    out.parent.mkdir(exist_ok=True)
+    args = [
+        "pairs",
+        str(e.garbage),
+        "--prompts",
+        str(prompts or tasks_file),
+        "--judge",
+        judge,
+        "--out",
+        str(out),
+    ]
+    return [*args, "--no-progress", *extra]
+
+
+def _pairs_rows(e: Env, name: str, rows: list[str]) -> Path:
+    path = e.root / "data" / f"pairs_{name}.jsonl"
+    path.write_text("".join(r + "\n" for r in rows))
+    return path
+
+
+def _stale_partial(e: Env, name: str) -> tuple[list[str], list[str]]:
+    args = _pairs_args(e, name)
+    partial = Path(args[args.index("--out") + 1] + ".partial")
+    partial.write_text(json.dumps({"tether_pairs": 1, "settings": {"samples": 9}}) + "\n")
+    return args, [str(partial), "other settings", "samples", "delete the file"]
+
+
+PAIRS_CASES: dict[str, BadCase] = {
+    "missing_prompts": lambda e, n: (
+        _pairs_args(e, n, prompts=e.files["missing"]),
+        [str(e.files["missing"]), "file not found"],
+    ),
+    "row_without_prompt": lambda e, n: (
+        _pairs_args(e, n, prompts=(p := _pairs_rows(e, n, [json.dumps(TASK_ROW), '{"text": "hi"}']))),
+        [f"{p}:2", "'prompt'", "missing"],
+    ),
+    "prompt_not_text": lambda e, n: (
+        _pairs_args(e, n, prompts=(p := _pairs_rows(e, n, [json.dumps({**TASK_ROW, "prompt": 7})]))),
+        [f"{p}:1", "'prompt'", "non-empty string"],
+    ),
+    "tasks_row_without_answer": lambda e, n: (
+        _pairs_args(e, n, prompts=e.files["pairs"]),
+        [f"{e.files['pairs']}:1", "'answer'", "tasks judge"],
+    ),
+    "judge_not_found": lambda e, n: (
+        _pairs_args(e, n, judge=str(e.root / "no_judge")),
+        ["--judge", "no_judge"],
+    ),
+    "judge_is_a_causal_lm": lambda e, n: (
+        _pairs_args(e, n, judge=str(e.model)),
+        ["--judge", "not a sequence-classification reward model"],
+    ),
+    "one_sample": lambda e, n: (_pairs_args(e, n, "--samples", "1"), ["--samples", "at least 2", "got 1"]),
+    "greedy": lambda e, n: (_pairs_args(e, n, "--temperature", "0"), ["--temperature", "> 0"]),
+    "temperature_nan": lambda e, n: (_pairs_args(e, n, "--temperature", "nan"), ["--temperature", "nan"]),
+    "top_p_above_one": lambda e, n: (_pairs_args(e, n, "--top-p", "1.5"), ["--top-p", "(0, 1]"]),
+    "min_gap_negative": lambda e, n: (_pairs_args(e, n, "--min-gap", "-1"), ["--min-gap", "≥ 0"]),
+    "out_exists": lambda e, n: (
+        [*_pairs_args(e, n), "--out", str(e.files["sft"])],
+        ["--out", str(e.files["sft"]), "exists"],
+    ),
+    "out_under_a_file": lambda e, n: (
+        [*_pairs_args(e, n), "--out", str(e.files["sft"] / "pairs.jsonl")],
+        ["--out", "a parent of it is a file"],
+    ),
+    "partial_with_other_settings": _stale_partial,
+}
+
+
+@pytest.mark.slow
+def test_pairs_bad_input_is_one_line_and_writes_nothing(env):
+    made = {name: case(env, name) for name, case in PAIRS_CASES.items()}
+    before = {p: p.read_bytes() for p in (env.root / "pairs_out").iterdir()}
+    sft = env.files["sft"].read_bytes()
+    results = _run_driver(env, [args for args, _ in made.values()])
+    for (name, (_, expect)), result in zip(made.items(), results, strict=True):
+        line = _check_bad(result, expect)
+        assert result["stderr"] == line + "\n", name
+    assert {p: p.read_bytes() for p in (env.root / "pairs_out").iterdir()} == before  # nothing written
+    assert env.files["sft"].read_bytes() == sft

@@ -178,8 +178,8 @@ def test_batched_left_padded_generation_equals_one_at_a_time(env):
     tok = models.load_tokenizer(env["model"])
     prompts = [p.prompt_ids for p in _examples(env["model"], env["sft"], "sft")]
     assert len({len(p) for p in prompts}) > 1  # different lengths: real left padding
-    batched = generate(model, tok, prompts, max_new_tokens=8, batch_size=6, progress=False)
-    single = generate(model, tok, prompts, max_new_tokens=8, batch_size=1, progress=False)
+    batched = [[d.ids for d in g] for g in generate(model, tok, prompts, max_new_tokens=8, batch_size=6)]
+    single = [[d.ids for d in g] for g in generate(model, tok, prompts, max_new_tokens=8, batch_size=1)]
     assert batched == single
     assert all(len(g[0]) <= 8 for g in batched)
     for g in batched:  # cut right after the first EOS

@@ -22,7 +22,7 @@ def test_generate_applies_the_chat_template(tmp_path, capsys):
     tok = tiny_tokenizer()
     ids = tok("<|user|>what is 2+2?<|assistant|>", add_special_tokens=False)["input_ids"]
     lm = models.load_model(model).eval()
-    want = decode(tok, generate(lm, tok, [ids], max_new_tokens=5, progress=False)[0][0], eos_ids(lm, tok))
+    want = decode(tok, generate(lm, tok, [ids], max_new_tokens=5, progress=False)[0][0].ids, eos_ids(lm, tok))
     assert out["generations"] == [want]
     (tmp_path / "p.txt").write_text("what is 2+2?\n\nhi\n")
     capsys.readouterr()

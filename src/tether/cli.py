@@ -331,6 +331,34 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pairs(args: argparse.Namespace) -> int:
+    """``tether pairs MODEL_OR_RUN --prompts FILE --judge JUDGE --samples K --out FILE``."""
+    from tether.evaluation.pairs import PairsOptions, build_pairs, meta_path
+
+    options = PairsOptions(
+        judge=args.judge,
+        samples=args.samples,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        min_gap=args.min_gap,
+        chat_template=args.chat_template,
+        progress=not args.no_progress,
+    )
+    res = build_pairs(args.model, args.prompts, args.out, options)
+    c = res.meta["counts"]
+    share = c["dropped"] / c["prompts"] if c["prompts"] else 0.0
+    print(
+        f"wrote {c['pairs']} pairs to {res.out} and {meta_path(res.out)}; dropped {c['dropped']} of "
+        f"{c['prompts']} prompts ({share:.1%}: {c['tied']} all tied, {c['gap']} gap < --min-gap, "
+        f"{c['empty']} with fewer than 2 non-empty samples)"
+        + (f"; resumed after {res.resumed_batches} finished batches" if res.resumed_batches else "")
+    )
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """``tether report RUN [RUN ...] --out DIR``."""
     from tether.evaluation.report import LAST_BATCH, summary_row, write_report_runs
@@ -606,6 +634,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the rows as JSON instead of a table")
     p.add_argument("--seed", type=int, default=0, help="seed of the paired bootstrap (default 0)")
     p.set_defaults(func=cmd_compare)
+    p = sub.add_parser(
+        "pairs", help="on-policy preference pairs: K samples per prompt, judged, best vs worst"
+    )
+    p.add_argument("model", help="a run directory (its final model) or a model (smollm2, hub id, dir, .gguf)")
+    p.add_argument("--prompts", required=True, help='a data file (pairs/SFT rows or {"prompt": ...} rows)')
+    p.add_argument(
+        "--judge",
+        required=True,
+        help="'tasks' (the bundled checker; rows with source + answer) or a sequence-classification reward model",
+    )
+    p.add_argument("--samples", type=int, default=4, help="completions sampled per prompt, K ≥ 2 (default 4)")
+    p.add_argument(
+        "--out", required=True, help="the pairs file (JSON lines); a .meta.json is written beside it"
+    )
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: none)")
+    p.add_argument(
+        "--max-new-tokens", type=_positive, default=128, help="generation length cap (default 128)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--batch-size", type=_positive, default=8, help="prompts per generation batch (default 8)")
+    p.add_argument(
+        "--min-gap", type=float, default=0.0, help="drop a prompt whose best-worst score gap is below this"
+    )
+    p.add_argument(
+        "--chat-template",
+        choices=("auto", "always", "never"),
+        default=None,
+        help="how prompts are rendered (default: the run's data.chat_template, else auto)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_pairs)
     p = sub.add_parser("report", help="plots and a Markdown summary of one or more run directories")
     _add_report_arguments(p)
     p.set_defaults(func=cmd_report)

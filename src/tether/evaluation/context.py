@@ -124,25 +124,20 @@ class Loaded:
         their EOS: greedy at temperature 0, else sampled (seeded with ``sampling.seed``)."""
         model = self.ref_model if reference else self.model
         eos = eos_ids(model, self.tokenizer)
-        sample = sampling.temperature > 0
-        if sample:
-            torch.manual_seed(sampling.seed)
-            if self.device.type == "cuda":
-                torch.cuda.manual_seed_all(sampling.seed)
         raw = generation.generate(
             model,
             self.tokenizer,
             ids,
             max_new_tokens=max_new_tokens,
             batch_size=self.batch_size,
-            sample=sample,
             num_samples=sampling.samples,
-            temperature=sampling.temperature if sample else 1.0,
+            temperature=sampling.temperature,
             top_p=sampling.top_p,
+            seed=sampling.seed,
             desc=f"generating ({'reference' if reference else 'model'})",
             progress=self.progress,
         )
-        return [[decode(self.tokenizer, g, eos) for g in gs] for gs in raw]
+        return [[decode(self.tokenizer, g.ids, eos) for g in gs] for gs in raw]
 
     def reference_generations(
         self, ids: list[list[int]], max_new_tokens: int, sampling: Sampling
@@ -157,7 +152,7 @@ class Loaded:
             "batch_size": self.batch_size,  # left padding within a batch can flip a greedy token
             "dtype": self.dtype,
             "sampling": dataclasses.asdict(sampling) if sampling.temperature > 0 else sampling.samples,
-            "v": 2,
+            "v": 3,  # 3: the engine's decode loop, a generator per prompt
         }
         key = hash_key(self.ref_fingerprint, settings, self.device.type, ids)
         texts, self.cache_log["generating"] = cached_json(

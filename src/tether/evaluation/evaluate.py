@@ -21,8 +21,9 @@ group             what
                   ``seed``); BLEU-4 (sacrebleu) and ROUGE-1/2/L F1 (rouge-score, stemmed) of the first
                   generation against the chosen/completion/answer text.
 ``kl``            KL(π‖π_ref) ≈ mean over completions y ~ π(·|x) (temperature 1, no top-k/top-p) of
-                  Σ_t log π(y_t) − log π_ref(y_t), both scored by the log-prob engine (the KL of the
-                  first ``max_new_tokens`` tokens when a sample is cut there).
+                  Σ_t log π(y_t) − log π_ref(y_t), log π kept by the sampling pass, log π_ref scored by
+                  the log-prob engine (the KL of the first ``max_new_tokens`` tokens when a sample is
+                  cut there).
 ``mc``            multiple-choice rows (``prompt``, ``options``, ``label``): argmax over options of
                   log π(option | prompt), the option rendered as the whole response.
 ``reward``        pairs, a reward model (a run of ``method: reward`` or a sequence-classification model

@@ -50,7 +50,8 @@ def generate_texts(
     progress: bool = True,
 ) -> dict[str, Any]:
     """``num_samples`` generations per prompt from ``spec`` (a run directory or a model): greedy at
-    temperature 0, else sampled at ``temperature``/``top_p`` (seeded)."""
+    temperature 0, else sampled at ``temperature``/``top_p`` (each prompt's generator seeded from ``seed`` and
+    its index)."""
     if not prompts:
         raise TetherError("no prompt given (--prompt TEXT or --file FILE)")
     if not temperature >= 0 or not 0 < top_p <= 1:
@@ -71,19 +72,16 @@ def generate_texts(
     ids = tokenization.tokenize_prompts(prompts, tokenizer)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load(str(path), target.adapter, cfg.model.dtype if cfg else "float32", device, progress)
-    sample = temperature > 0
-    if sample:
-        torch.manual_seed(seed)
     raw = generate(
         model,
         tokenizer,
         ids,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
-        sample=sample,
         num_samples=num_samples,
-        temperature=temperature if sample else 1.0,
+        temperature=temperature,
         top_p=top_p,
+        seed=seed,
         progress=progress,
     )
     eos = eos_ids(model, tokenizer)
@@ -94,7 +92,7 @@ def generate_texts(
             {
                 "prompt": p,
                 "rendered": tokenizer.decode(i),
-                "generations": [decode(tokenizer, g, eos) for g in gs],
+                "generations": [decode(tokenizer, g.ids, eos) for g in gs],
             }
             for p, i, gs in zip(prompts, ids, raw, strict=True)
         ],

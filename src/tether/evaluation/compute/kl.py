@@ -1,5 +1,6 @@
 """``kl``: KL(π‖π_ref) ≈ the mean over completions y ~ π(·|x) (temperature 1, no top-k/top-p) of
-Σ_t log π(y_t) − log π_ref(y_t), both scored by the log-prob engine."""
+Σ_t log π(y_t) − log π_ref(y_t): log π from the sampling pass itself (the engine keeps each drawn token's
+log-probability at temperature 1), log π_ref scored by the log-prob engine."""
 
 from __future__ import annotations
 
@@ -17,22 +18,21 @@ def compute(inp: GroupInputs) -> GroupResult:
         return GroupResult(
             {"kl": 0.0, "kl/per_token": 0.0, "kl/samples": 0}, per_prompt=zero
         )  # 0 by construction
-    torch.manual_seed(seed)
-    if ld.device.type == "cuda":
-        torch.cuda.manual_seed_all(seed)
     drawn = generation.generate(
         ld.model,
         ld.tokenizer,
         [p.ids for p in inp.prompts],
         max_new_tokens=inp.max_new_tokens,
         batch_size=ld.batch_size,
-        sample=True,
         num_samples=inp.kl_samples,
+        temperature=1.0,
+        seed=seed,
         desc="sampling for KL",
         progress=ld.progress,
     )
-    seqs = [Seq(list(p.ids), y) for p, ys in zip(inp.prompts, drawn, strict=True) for y in ys]
-    lp, lr = (t[:, 0] for t in ld.both(seqs, "KL", cache=False))  # the model's own samples: never reused
+    seqs = [Seq(list(p.ids), y.ids) for p, ys in zip(inp.prompts, drawn, strict=True) for y in ys]
+    lp = torch.tensor([sum(y.logps) for ys in drawn for y in ys], dtype=torch.float32)
+    lr = ld.sums(seqs, "KL", reference=True)[:, 0]  # the model's own samples: never cached
     n_tok = sum(len(s.chosen_ids) for s in seqs)
     return GroupResult(
         {
