@@ -36,6 +36,10 @@ Median step time and tokens/s are over the steps after the first ``--warmup`` st
 
     HF_HUB_OFFLINE=1 python benchmarks/bench_dpo.py --steps 12 --batch-size 4 --max-length 512 --out results.json
 
+This is the step-time view. ``--end-to-end`` (``benchmarks/end_to_end.py``, its own options) measures what a
+user waits for: the whole job (model load, reference precompute, one epoch) and a β sweep, in interleaved,
+repeated rounds with the ratio's range.
+
 Tokens/s counts tokens as TRL does (each row's ``attention_mask.sum()``: a pair's prompt twice); the
 per-shape header also gives the count with each prompt once.
 """
@@ -158,7 +162,7 @@ def run_trl(args: argparse.Namespace, model_dir: Path, gradient_checkpointing: b
         max_length=args.max_length,
         max_steps=args.steps,
         learning_rate=args.lr,
-        beta=BETA,
+        beta=args.beta,
         seed=args.seed,
         report_to="none",
         logging_steps=1,
@@ -233,7 +237,7 @@ def run_tether(args: argparse.Namespace, model_dir: Path, mode: str) -> dict:
     build_mod.compute_states = timed_compute_states
     out_dir = args.workdir / f"tether-{mode}"
     name, ref_mode, gc, segments = TETHER[mode]
-    method = {"name": name, "beta": BETA}
+    method = {"name": name, "beta": args.beta}
     if name == "epsilon_dpo":
         method["epsilon"] = 0.01
     if name == "tr_dpo":  # the reference updated after every step: the update's worst case
@@ -482,7 +486,7 @@ def run_shape(shape: str, args: argparse.Namespace) -> dict:
         cmd += ["--data", str(data), "--workdir", str(workdir), "--steps", str(args.steps)]
         cmd += ["--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
         cmd += ["--max-length", str(args.max_length), "--pairs", str(work["examples"]), "--lr", str(args.lr)]
-        cmd += ["--seed", str(args.seed)]
+        cmd += ["--seed", str(args.seed), "--beta", str(args.beta)]
         print(f"== {shape} / {name}", flush=True)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=HERE.parent)
@@ -560,6 +564,11 @@ def parent(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    if "--end-to-end" in sys.argv[1:]:  # the whole job and a β sweep, interleaved rounds: end_to_end.py
+        import end_to_end
+
+        end_to_end.main([a for a in sys.argv[1:] if a != "--end-to-end"])
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=2, help="first steps left out of the medians")
@@ -568,6 +577,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=256)
     ap.add_argument("--lr", type=float, default=5e-6)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--beta", type=float, default=BETA)
     ap.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
     ap.add_argument("--shapes", nargs="+", choices=SHAPES, default=list(SHAPES), help="data shapes")
     ap.add_argument(
