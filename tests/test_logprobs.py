@@ -148,3 +148,26 @@ def test_engine_uses_the_fused_head_under_autograd(monkeypatch):
     assert not calls
     wrapped(batch.input_ids, batch.attention_mask, batch.response_mask).sum.sum().backward()
     assert calls == [1]
+
+
+def test_fused_head_under_bf16_autocast_matches_autograd():
+    """Under bf16 autocast the fused head recomputes its logits in bf16 in the backward pass (as the forward
+    did), so its values and gradients are autograd's of the same autocast computation."""
+    from tether.engine.logprobs import HeadLogps
+
+    torch.manual_seed(1)
+    head = torch.nn.Linear(8, 29, bias=False)
+    h = torch.randn(13, 8, requires_grad=True)
+    y = torch.randint(0, 29, (13,))
+    g = torch.randn(13)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        full = head(h).float().log_softmax(-1).gather(-1, y[:, None]).squeeze(-1)
+        fused = HeadLogps.apply(h, head.weight, None, y, None, 5, None)
+    expected = torch.autograd.grad((full * g).sum(), [h, head.weight])
+    got = torch.autograd.grad((fused * g).sum(), [h, head.weight])
+    torch.testing.assert_close(fused, full, atol=1e-6, rtol=0)
+    for a, b in zip(got, expected, strict=True):
+        assert a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+    with torch.no_grad():  # the fp32 logits differ: the test would notice a backward in the wrong dtype
+        assert (head(h).log_softmax(-1).gather(-1, y[:, None]).squeeze(-1) - fused).abs().max() > 1e-4

@@ -261,6 +261,8 @@ class HeadLogps(torch.autograd.Function):
             out[s:e] = z.gather(-1, y[s:e, None]).squeeze(-1) - lse[s:e]
         ctx.save_for_backward(h, weight, bias, y, lse)
         ctx.softcap, ctx.chunk = softcap, chunk
+        device = h.device.type  # the backward recomputes the logits in the forward's autocast dtype
+        ctx.amp = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         return out
 
     @staticmethod
@@ -270,23 +272,28 @@ class HeadLogps(torch.autograd.Function):
         grad_h = torch.empty_like(h) if need_h else None
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
+        enabled, amp_dtype = ctx.amp
+        # the matmuls in the forward's precision: the weights' dtype, or the autocast dtype
+        dt = amp_dtype if enabled else weight.dtype
+        w, b = weight.to(dt), None if bias is None else bias.to(dt)
         for s in range(0, h.shape[0], ctx.chunk):
             e = min(s + ctx.chunk, h.shape[0])
-            u = F.linear(h[s:e], weight, bias).float()
+            hc = h[s:e].to(dt)
+            u = F.linear(hc, w, b).float()
             t = torch.tanh(u / ctx.softcap) if ctx.softcap else None
             d = (t * ctx.softcap) if t is not None else u
             d.sub_(lse[s:e, None]).exp_().mul_(-g[s:e, None])  # −g·softmax
             d.scatter_add_(-1, y[s:e, None], g[s:e, None].to(d.dtype))  # + g·onehot
             if t is not None:
                 d.mul_(1 - t * t)
-            d = d.to(weight.dtype)
+            d = d.to(dt)
             if grad_h is not None:
-                grad_h[s:e] = d @ weight
+                grad_h[s:e] = d @ w
             if grad_w is not None:
-                if grad_w.dtype == d.dtype:
-                    grad_w.addmm_(d.t(), h[s:e])
+                if grad_w.dtype == dt:
+                    grad_w.addmm_(d.t(), hc)
                 else:
-                    grad_w.add_(d.t() @ h[s:e])
+                    grad_w.add_(d.t() @ hc)
             if grad_b is not None:
                 grad_b.add_(d.sum(0))
         to = weight.dtype
