@@ -16,7 +16,7 @@ is 4 × its job (counted, not run four times).
 
 Model FLOP/s (``of peak``): the model FLOPs of the epoch's steps (6·N per position computed, + 2·N per
 position of a reference forward; recomputation not counted; ``bench_dpo.flops_per_step``) over the summed
-step times, as a fraction of this CPU's measured fp32 matmul peak.
+step times, as a fraction of the device's measured matmul peak in the run's precision (fp32, or bf16 with ``--bf16``).
 
     HF_HUB_OFFLINE=1 python benchmarks/bench_dpo.py --end-to-end            # the full table (defaults)
     HF_HUB_OFFLINE=1 python benchmarks/end_to_end.py --shapes tasks --rounds 1 --pairs 4   # a smoke run
@@ -56,6 +56,7 @@ def _job(args: argparse.Namespace, shape_dir: Path, data: Path, n: int, config: 
     cmd += ["--data", str(data), "--workdir", str(shape_dir), "--steps", str(n // args.batch_size)]
     cmd += ["--warmup", "0", "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
     cmd += ["--pairs", str(n), "--lr", str(args.lr), "--seed", str(args.seed), "--beta", str(beta)]
+    cmd += ["--bf16"] if args.bf16 else []
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=HERE.parent, capture_output=not args.verbose, text=True)
     wall = time.perf_counter() - t0
@@ -83,9 +84,9 @@ def _clean(shape_dir: Path, keep_caches: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    peak = bench_dpo.matmul_peak_flops()
+    peak = bench_dpo.peak_flops(args.bf16)
     n_params = bench_dpo.model_params()
-    print(f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s; model {n_params / 1e6:.1f} M parameters", flush=True)
+    print(f"matmul peak {peak / 1e9:.1f} GFLOP/s; model {n_params / 1e6:.1f} M parameters", flush=True)
     shapes: dict[str, dict] = {}
     for shape in args.shapes:
         shape_dir = args.workdir / shape
@@ -169,7 +170,7 @@ def markdown(report: dict) -> str:
             f"{w['positions_per_step_after']:.0f} shared + packed (tether).",
             "",
             "| config | job wall s | job vs TRL | β sweep s | sweep vs TRL | peak RSS MB | memory vs TRL "
-            "| precompute s | model FLOP/s, of fp32 peak |",
+            "| precompute s | model FLOP/s, of matmul peak |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         summary = s["summary"]
@@ -192,7 +193,7 @@ def markdown(report: dict) -> str:
     lines.append(
         f"Medians over {st['rounds']} interleaved rounds (range in brackets: the same-round ratios); "
         f"β sweep over {n_betas} points ({', '.join(f'{b:g}' for b in st['betas'])}); batch {st['batch_size']} "
-        f"pairs, max_length {st['max_length']}, fp32, {report['machine']['cores']} cores "
+        f"pairs, max_length {st['max_length']}, {'bf16 autocast' if st.get('bf16') else 'fp32'}, {report['machine']['cores']} cores "
         f"({report['machine']['cpu']}), load average at the start {report['machine']['loadavg'][0]:.1f}."
     )
     return "\n".join(lines)
@@ -208,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--lr", type=float, default=5e-6)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast over fp32 weights (TRL and tether)")
     ap.add_argument("--betas", nargs="+", type=float, default=[0.1, 0.01, 0.05, 0.5])
     ap.add_argument("--out", type=Path, default=HERE / "results" / "dpo-end-to-end.json")
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temp dir, deleted at the end")
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
             "cores": os.cpu_count(),
             "loadavg": start_load,
             "loadavg_end": os.getloadavg(),
-            "fp32_matmul_peak_flops": res["peak"],
+            "matmul_peak_flops": res["peak"],
         },
         "versions": bench_dpo._versions(),
         "model_params": res["n_params"],
