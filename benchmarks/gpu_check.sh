@@ -35,6 +35,7 @@ mkdir -p "$(dirname "$OUT")"
 ROWS="$WORK/rows.md"
 : >"$ROWS"
 START=$(date +%s)
+N=0
 
 if [ "$DRY" = 1 ]; then  # toy sizes on the CPU
   STEPS=(--steps 2 --warmup 1 --pairs 4 --batch-size 2 --max-length 128)
@@ -48,21 +49,23 @@ fi
 # gpu_checks.py prints go to the table, then one row with the part's status and time.
 part() {
   local name=$1 limit=$2; shift 2
-  local t0=$(date +%s) rc
+  local t0 rc log
+  t0=$(date +%s)
+  N=$((N + 1))
+  log="$WORK/part$N.log"
   echo "== $name (limit ${limit} s)"
-  timeout --kill-after=10 "$limit" "$@" >"$WORK/$name.log" 2>&1
+  timeout --kill-after=10 "$limit" "$@" >"$log" 2>&1
   rc=$?
-  local sec=$(( $(date +%s) - t0 ))
-  local status=pass
+  local sec=$(( $(date +%s) - t0 )) status=pass
   [ $rc -ne 0 ] && status="FAIL (exit $rc$([ $rc -eq 124 ] && echo ', time limit'))"
   if [[ "$*" == *gpu_checks.py* ]]; then  # its own table rows
-    grep '^| ' "$WORK/$name.log" >>"$ROWS"
+    grep '^| ' "$log" >>"$ROWS"
   fi
   echo "| $name | $status | ${sec} s |" >>"$ROWS"
   if [ $rc -ne 0 ]; then
-    echo "   $status; last lines:"; tail -n 15 "$WORK/$name.log" | sed 's/^/   /'
+    echo "   $status; last lines:"; tail -n 15 "$log" | sed 's/^/   /'
     { echo; echo "<details><summary>$name: last lines of its output</summary>"; echo; echo '```'
-      tail -n 40 "$WORK/$name.log"; echo '```'; echo "</details>"; } >>"$WORK/failures.md"
+      tail -n 40 "$log"; echo '```'; echo "</details>"; } >>"$WORK/failures.md"
   fi
   return 0
 }
