@@ -549,7 +549,7 @@ def shape_table(shape: str, res: dict, warmup: int, n_params: int, peak: float) 
     lines = [
         table(res["results"], warmup),
         "",
-        "| config | model FLOP/s | of fp32 matmul peak |",
+        "| config | model FLOP/s | of the measured matmul peak |",
         "|---|---:|---:|",
     ]
     for name, r in res["results"].items():

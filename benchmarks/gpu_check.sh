@@ -39,10 +39,10 @@ N=0
 
 if [ "$DRY" = 1 ]; then  # toy sizes on the CPU
   STEPS=(--steps 2 --warmup 1 --pairs 4 --batch-size 2 --max-length 128)
-  LORA_STEPS=2; GEN=(--prompts 4 --new 8); T_STEPS=900; T_SHORT=300
+  LORA_STEPS=2; LORA=(train.batch_size=1 data.max_length=64); GEN=(--prompts 4 --new 8); T_STEPS=900; T_SHORT=600
 else
   STEPS=(--steps 16 --warmup 4 --pairs 64 --batch-size 8 --max-length 1024)
-  LORA_STEPS=20; GEN=(--prompts 64 --new 128); T_STEPS=240; T_SHORT=75
+  LORA_STEPS=20; LORA=(); GEN=(--prompts 64 --new 128); T_STEPS=240; T_SHORT=75
 fi
 
 # part NAME LIMIT_S CMD...: runs CMD under a time limit, its output in $WORK/NAME.log; the table rows
@@ -100,7 +100,8 @@ part "FSDP2, one process" "$T_SHORT" "$PY" benchmarks/gpu_checks.py fsdp
 if "$PY" -c "import peft" 2>/dev/null; then
   part "LoRA DPO (tether train examples/lora_dpo.yaml, bf16 autocast, $LORA_STEPS steps)" "$T_SHORT" \
     "$PY" -m tether train examples/lora_dpo.yaml "train.output_dir=$WORK/lora" "train.max_steps=$LORA_STEPS" \
-    train.save_merged=false train.mixed_precision=bf16 train.progress=false "reference.cache_dir=$WORK/cache"
+    train.save_merged=false train.mixed_precision=bf16 train.progress=false "reference.cache_dir=$WORK/cache" \
+    ${LORA[@]+"${LORA[@]}"}
 else
   skip "LoRA DPO" "peft is not installed"
 fi
