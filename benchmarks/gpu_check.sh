@@ -39,7 +39,7 @@ N=0
 
 if [ "$DRY" = 1 ]; then  # toy sizes on the CPU
   STEPS=(--steps 2 --warmup 1 --pairs 4 --batch-size 2 --max-length 128)
-  LORA_STEPS=2; LORA=(train.batch_size=1 data.max_length=64); GEN=(--prompts 4 --new 8); T_STEPS=900; T_SHORT=600
+  LORA_STEPS=2; LORA=(train.batch_size=1 data.max_length=64 data.eval=null); GEN=(--prompts 4 --new 8); T_STEPS=900; T_SHORT=600
 else
   STEPS=(--steps 16 --warmup 4 --pairs 64 --batch-size 8 --max-length 1024)
   LORA_STEPS=20; LORA=(); GEN=(--prompts 64 --new 128); T_STEPS=240; T_SHORT=75
