@@ -204,7 +204,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shapes", nargs="+", choices=bench_dpo.SHAPES, default=list(bench_dpo.SHAPES))
     ap.add_argument("--configs", nargs="+", choices=bench_dpo.CONFIGS, default=list(DEFAULT_CONFIGS))
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--pairs", type=int, default=8, help="pairs per shape: the epoch")
+    ap.add_argument(
+        "--pairs",
+        type=int,
+        default=4,
+        help="pairs per shape: the epoch (4 = one step of 4: the 4-shape, 3-round table in ~25-30 min idle)",
+    )
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--lr", type=float, default=5e-6)
