@@ -258,7 +258,8 @@ class HeadLogps(torch.autograd.Function):
             if on_logits is not None:
                 on_logits(s, e, z)
             lse[s:e] = torch.logsumexp(z, -1)
-            out[s:e] = z.gather(-1, y[s:e, None]).squeeze(-1) - lse[s:e]
+            # log_softmax as in _chunk_logps: a no-grad pass (a reference) equals the policy's bit for bit
+            out[s:e] = z.log_softmax(-1).gather(-1, y[s:e, None]).squeeze(-1)
         ctx.save_for_backward(h, weight, bias, y, lse)
         ctx.softcap, ctx.chunk = softcap, chunk
         device = h.device.type  # the backward recomputes the logits in the forward's autocast dtype
