@@ -36,6 +36,10 @@ Median step time and tokens/s are over the steps after the first ``--warmup`` st
 
     HF_HUB_OFFLINE=1 python benchmarks/bench_dpo.py --steps 12 --batch-size 4 --max-length 512 --out results.json
 
+This is the step-time view. ``--end-to-end`` (``benchmarks/end_to_end.py``, its own options) measures what a
+user waits for: the whole job (model load, reference precompute, one epoch) and a β sweep, in interleaved,
+repeated rounds with the ratio's range.
+
 Tokens/s counts tokens as TRL does (each row's ``attention_mask.sum()``: a pair's prompt twice); the
 per-shape header also gives the count with each prompt once.
 """
@@ -70,6 +74,7 @@ CONFIGS = (
     "tether-eps",
     "tether-eps-copy",
     "tether-trdpo-copy",
+    "trl-liger",
 )
 #: tether configurations: (method, reference mode, gradient checkpointing, shared prompts and packing)
 TETHER = {
@@ -87,7 +92,28 @@ BETA = 0.1
 
 
 def _peak_rss_mb() -> float:
+    """The process's peak RSS; on a GPU, the peak of torch's allocated GPU memory instead."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_flops(bf16: bool) -> float:
+    """The measured matmul peak of this run's device (the GPU if there is one) and precision."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    dtype = "bfloat16" if bf16 else "float32"
+    return matmul_peak_flops(8192 if cuda else 2048, device="cuda" if cuda else "cpu", dtype=dtype)
 
 
 def _step_order(n_examples: int, args: argparse.Namespace) -> list[int]:
@@ -113,7 +139,9 @@ def _summary(step_seconds: list[float], tokens: list[int], warmup: int) -> dict:
 # ------------------------------------------------------------------------------------------ workers
 
 
-def run_trl(args: argparse.Namespace, model_dir: Path, gradient_checkpointing: bool = True) -> dict:
+def run_trl(
+    args: argparse.Namespace, model_dir: Path, gradient_checkpointing: bool = True, liger=False
+) -> dict:
     import torch
     from datasets import load_dataset
     from torch.utils.data import Sampler
@@ -142,9 +170,11 @@ def run_trl(args: argparse.Namespace, model_dir: Path, gradient_checkpointing: b
             self.seconds: list[float] = []
 
         def on_step_begin(self, args, state, control, **kw):
+            _sync()
             self.t0 = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
+            _sync()
             self.seconds.append(time.perf_counter() - self.t0)
 
     t_load = time.perf_counter()
@@ -158,13 +188,14 @@ def run_trl(args: argparse.Namespace, model_dir: Path, gradient_checkpointing: b
         max_length=args.max_length,
         max_steps=args.steps,
         learning_rate=args.lr,
-        beta=BETA,
+        beta=args.beta,
         seed=args.seed,
         report_to="none",
         logging_steps=1,
         save_strategy="no",
-        use_cpu=True,
-        bf16=False,  # TRL's default is bf16 autocast (also on CPU); the comparison is fp32
+        use_cpu=not torch.cuda.is_available(),
+        bf16=args.bf16,  # TRL's default is bf16 autocast (also on CPU); the comparison is fp32 unless --bf16
+        use_liger_kernel=liger,  # liger's layer kernels; TRL keeps its own chunked LM head
         gradient_checkpointing=gradient_checkpointing,  # TRL's default: True
         disable_tqdm=True,
         dataloader_num_workers=0,
@@ -233,7 +264,7 @@ def run_tether(args: argparse.Namespace, model_dir: Path, mode: str) -> dict:
     build_mod.compute_states = timed_compute_states
     out_dir = args.workdir / f"tether-{mode}"
     name, ref_mode, gc, segments = TETHER[mode]
-    method = {"name": name, "beta": BETA}
+    method = {"name": name, "beta": args.beta}
     if name == "epsilon_dpo":
         method["epsilon"] = 0.01
     if name == "tr_dpo":  # the reference updated after every step: the update's worst case
@@ -248,6 +279,7 @@ def run_tether(args: argparse.Namespace, model_dir: Path, mode: str) -> dict:
             "reference": {"mode": mode, "cache_dir": str(cache)},
             "train": {
                 "output_dir": str(out_dir),
+                "mixed_precision": "bf16" if args.bf16 else "no",
                 "seed": args.seed,
                 "lr": args.lr,
                 "batch_size": args.batch_size,
@@ -288,7 +320,7 @@ def worker(args: argparse.Namespace) -> None:
 
     model_dir = Path(resolve_model_dir("smollm2"))
     if args.worker.startswith("trl"):
-        res = run_trl(args, model_dir, gradient_checkpointing=args.worker == "trl")
+        res = run_trl(args, model_dir, args.worker != "trl-no-gc", liger=args.worker == "trl-liger")
     else:
         res = run_tether(args, model_dir, args.worker.removeprefix("tether-"))
     # Other processes on the machine share the cores: the 1-minute load average at the end of the run
@@ -430,13 +462,13 @@ def work_fractions(data: Path, args: argparse.Namespace) -> dict:
     }
 
 
-def matmul_peak_flops(n: int = 2048, reps: int = 5) -> float:
-    """This CPU's fp32 matmul rate (best of ``reps`` n×n×n products, all threads)."""
+def matmul_peak_flops(n: int = 2048, reps: int = 5, device: str = "cpu", dtype: str = "float32") -> float:
+    """This device's matmul rate in ``dtype`` (best of ``reps`` n×n×n products, all threads)."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = (torch.randn(n, n, device=device, dtype=getattr(torch, dtype)) for _ in range(2))
     a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    best = min(_timed(lambda: (a @ b, _sync())) for _ in range(reps))
     return 2 * n**3 / best
 
 
@@ -482,7 +514,7 @@ def run_shape(shape: str, args: argparse.Namespace) -> dict:
         cmd += ["--data", str(data), "--workdir", str(workdir), "--steps", str(args.steps)]
         cmd += ["--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
         cmd += ["--max-length", str(args.max_length), "--pairs", str(work["examples"]), "--lr", str(args.lr)]
-        cmd += ["--seed", str(args.seed)]
+        cmd += ["--seed", str(args.seed), "--beta", str(args.beta), *(["--bf16"] if args.bf16 else [])]
         print(f"== {shape} / {name}", flush=True)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=HERE.parent)
@@ -517,7 +549,7 @@ def shape_table(shape: str, res: dict, warmup: int, n_params: int, peak: float) 
     lines = [
         table(res["results"], warmup),
         "",
-        "| config | model FLOP/s | of fp32 matmul peak |",
+        "| config | model FLOP/s | of the measured matmul peak |",
         "|---|---:|---:|",
     ]
     for name, r in res["results"].items():
@@ -530,9 +562,9 @@ def shape_table(shape: str, res: dict, warmup: int, n_params: int, peak: float) 
 
 def parent(args: argparse.Namespace) -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
-    peak = matmul_peak_flops()
+    peak = peak_flops(args.bf16)
     n_params = model_params()
-    print(f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s; model {n_params / 1e6:.1f} M parameters", flush=True)
+    print(f"matmul peak {peak / 1e9:.1f} GFLOP/s; model {n_params / 1e6:.1f} M parameters", flush=True)
     shapes = {shape: run_shape(shape, args) for shape in args.shapes}
     tables = [shape_table(s, r, args.warmup, n_params, peak) for s, r in shapes.items()]
     report = {
@@ -560,6 +592,11 @@ def parent(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    if "--end-to-end" in sys.argv[1:]:  # the whole job and a β sweep, interleaved rounds: end_to_end.py
+        import end_to_end
+
+        end_to_end.main([a for a in sys.argv[1:] if a != "--end-to-end"])
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=2, help="first steps left out of the medians")
@@ -568,6 +605,8 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=256)
     ap.add_argument("--lr", type=float, default=5e-6)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--beta", type=float, default=BETA)
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast over fp32 weights (TRL and tether)")
     ap.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
     ap.add_argument("--shapes", nargs="+", choices=SHAPES, default=list(SHAPES), help="data shapes")
     ap.add_argument(

@@ -129,3 +129,52 @@ def test_papers_scale_learning_rates_are_read_as_numbers(tmp_path):
         bad.returncode == 2
         and "--sweeps: unknown 'reference_fre' (did you mean 'reference_free'?" in bad.stderr
     ), bad.stderr
+
+
+def test_end_to_end_ratios_are_same_round_and_the_sweep_shares_one_precompute():
+    """end_to_end.py's summary: each ratio to TRL pairs runs of the same round; tether's β sweep is its first
+    job plus three cache-reading jobs, TRL's four whole jobs; a failed round is left out."""
+    e2e = benchmark_module("end_to_end")
+
+    def job(wall, rss, pre=None):
+        return {
+            "wall_s": wall,
+            "peak_rss_mb": rss,
+            "precompute_s": pre,
+            "step_seconds": [1.0],
+            "losses": [0.7],
+        }
+
+    work = {"examples": 4, "positions_per_step_before": 100.0, "positions_per_step_after": 50.0}
+    rounds = [
+        {
+            "trl": job(60, 4000),
+            "tether-precomputed": job(20, 2000, 5),
+            "tether-precomputed/cached": job(10, 2000),
+        },
+        {
+            "trl": job(90, 4000),
+            "tether-precomputed": job(30, 1000, 5),
+            "tether-precomputed/cached": job(20, 1000),
+        },
+        {"trl": {"error": "exit code 1", "wall_s": 1}, "tether-precomputed": job(1, 1)},
+    ]
+    s = e2e.shape_summary("synthetic", {"work": work, "rounds": rounds}, 1e11, 1000, 4)
+    t = s["tether-precomputed"]
+    assert t["speedup"] == [3.0, 3.0] and t["memory"] == [0.5, 0.25]
+    assert t["sweep_s"] == [50, 90]
+    assert t["sweep_speedup"] == [240 / 50, 360 / 90]
+    assert s["trl"]["sweep_s"] == [240, 360]
+    assert t["step_mfu"] == 6 * 1000 * 50 / 1.0 / 1e11  # packed positions, no reference forward
+    assert s["trl"]["step_mfu"] == 8 * 1000 * 100 / 1.0 / 1e11  # padded rows + the reference forward
+    report = {
+        "settings": {"betas": [0.1, 0.01, 0.05, 0.5], "batch_size": 4, "configs": ["trl", "tether-precomputed"],
+                     "rounds": 3, "max_length": 512},
+        "machine": {"cores": 2, "cpu": "test", "loadavg": [0.0]},
+        "shapes": {"synthetic": {"work": work, "rounds": rounds, "summary": s}},
+    }  # fmt: skip
+    text = e2e.markdown(report)
+    assert (
+        "| tether-precomputed | 20 | 3.00× (3.00–3.00) | 70 | 4.40× (4.00–4.80) |" in text
+        and "0.38× (0.25–0.50)" in text
+    )

@@ -104,3 +104,70 @@ def test_perturbed_logps_match_naive_mixing(grad):
         for sign, got in ((1, rows.mixed[:, 0]), (-1, rows.mixed[:, 1])):
             mix = ((1 + sign * eps) * z - sign * eps * zr).log_softmax(-1)[:, :-1].gather(-1, y).squeeze(-1)
             torch.testing.assert_close(got, (mix * tm).sum(1), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_head_matches_full_logits(softcap, bias):
+    """HeadLogps (logits recomputed chunk by chunk in the backward pass, never all kept) gives the values
+    and the gradients (hidden states, weight, bias; per-row upstream weights) of the full-logits path."""
+    from tether.engine.logprobs import HeadLogps
+
+    torch.manual_seed(0)
+    n, hid, vocab = 11, 6, 17
+    head = torch.nn.Linear(hid, vocab, bias=bias)
+    h = torch.randn(n, hid, requires_grad=True)
+    y = torch.randint(0, vocab, (n,))
+    g = torch.randn(n)  # distinct upstream gradients per position
+    z = head(h).float()
+    if softcap:
+        z = torch.tanh(z / softcap) * softcap
+    full = z.log_softmax(-1).gather(-1, y[:, None]).squeeze(-1)
+    expected = torch.autograd.grad((full * g).sum(), [h, *head.parameters()])
+    seen = []
+    fused = HeadLogps.apply(h, head.weight, head.bias, y, softcap, 4, lambda s, e, z: seen.append((s, e)))
+    got = torch.autograd.grad((fused * g).sum(), [h, *head.parameters()])
+    torch.testing.assert_close(fused, full, atol=1e-6, rtol=0)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert seen == [(0, 4), (4, 8), (8, 11)]  # the forward's chunks, each once (none in the backward)
+
+
+def test_engine_uses_the_fused_head_under_autograd(monkeypatch):
+    """A plain linear head goes through HeadLogps when gradients are needed, not without them."""
+    import tether.engine.logprobs as lp
+
+    calls = []
+    apply = lp.HeadLogps.apply
+    monkeypatch.setattr(lp.HeadLogps, "apply", lambda *a: calls.append(1) or apply(*a))
+    model = tiny_model()
+    batch = collate(random_examples(2, paired=True, seed=3), range(2), pad_id=0)
+    wrapped = LogProbModel(model, chunk=4)
+    with torch.no_grad():
+        wrapped(batch.input_ids, batch.attention_mask, batch.response_mask)
+    assert not calls
+    wrapped(batch.input_ids, batch.attention_mask, batch.response_mask).sum.sum().backward()
+    assert calls == [1]
+
+
+def test_fused_head_under_bf16_autocast_matches_autograd():
+    """Under bf16 autocast the fused head recomputes its logits in bf16 in the backward pass (as the forward
+    did), so its values and gradients are autograd's of the same autocast computation."""
+    from tether.engine.logprobs import HeadLogps
+
+    torch.manual_seed(1)
+    head = torch.nn.Linear(8, 29, bias=False)
+    h = torch.randn(13, 8, requires_grad=True)
+    y = torch.randint(0, 29, (13,))
+    g = torch.randn(13)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        full = head(h).float().log_softmax(-1).gather(-1, y[:, None]).squeeze(-1)
+        fused = HeadLogps.apply(h, head.weight, None, y, None, 5, None)
+    expected = torch.autograd.grad((full * g).sum(), [h, head.weight])
+    got = torch.autograd.grad((fused * g).sum(), [h, head.weight])
+    torch.testing.assert_close(fused, full, atol=1e-6, rtol=0)
+    for a, b in zip(got, expected, strict=True):
+        assert a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+    with torch.no_grad():  # the fp32 logits differ: the test would notice a backward in the wrong dtype
+        assert (head(h).log_softmax(-1).gather(-1, y[:, None]).squeeze(-1) - fused).abs().max() > 1e-4

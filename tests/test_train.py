@@ -290,3 +290,25 @@ def test_beta_dpo_extra_work_is_one_no_grad_forward_per_micro_batch_only_with_ac
     extra = len(calls["beta_dpo"]) - len(calls["dpo"])
     assert extra == (0 if grad_accum == 1 else steps)
     assert calls["beta_dpo"].count(True) == calls["dpo"].count(True)
+
+
+def test_mixed_precision_bf16_runs_the_policy_under_autocast_with_fp32_weights(setup):
+    """train.mixed_precision bf16: the policy's forward is bf16 autocast (its first loss moves off the fp32
+    run's ln 2, by bf16 rounding only), the weights stay fp32 and train."""
+    import math
+
+    root, model, pairs, _, _ = setup
+    losses = {}
+    for mp in ("no", "bf16"):
+        cfg = config(
+            root, model, pairs, "dpo", mixed_precision=mp, output_dir=str(root / "runs" / f"mp-{mp}")
+        )
+        result = train(cfg)
+        losses[mp] = [
+            json.loads(x)["loss"] for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()
+        ]
+        weights = load_file(str(result.final_model_dir / "model.safetensors"))
+        assert all(t.dtype == torch.float32 for t in weights.values())
+    assert losses["no"][0] == pytest.approx(math.log(2), abs=1e-6)  # policy = reference, fp32
+    assert losses["bf16"][0] != losses["no"][0]
+    assert abs(losses["bf16"][0] - losses["no"][0]) < 0.05

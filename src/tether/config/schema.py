@@ -195,6 +195,10 @@ class TrainConfig:
     """With LoRA, also save the merged full model in ``final/merged``."""
     progress: bool = True
     """Show progress bars and the model-loading lines on stderr."""
+    mixed_precision: Literal["no", "bf16"] = "no"
+    """``bf16``: the policy's forward and backward under bf16 autocast with fp32 weights, gradients and
+    optimizer state (TRL's ``bf16``; CPU and GPU). The reference
+    (precomputed or frozen copy) stays in ``model.dtype``. ``no``: the weights' own dtype throughout."""
     sharding: Literal["none", "fsdp"] = "none"
     """``fsdp``: parameters, gradients and optimizer state sharded across the processes with PyTorch's
     FSDP2 (``fully_shard`` per decoder layer, then the whole model); checkpoints hold the full state and

@@ -2,9 +2,13 @@
 
 The model's decoder runs once to give hidden states. Only the positions that predict a response token are
 gathered (prompt and padding positions never reach the LM head), and the LM head + log-softmax run over
-those positions in chunks of ``chunk`` rows. Under autograd each chunk is checkpointed, so the only
-tensors kept for backward are the gathered hidden states; the logits of a chunk are recomputed in the
-backward pass. Peak logits memory is ``chunk × vocab`` floats instead of ``batch × length × vocab``.
+those positions in chunks of ``chunk`` rows. Under autograd the head is :class:`HeadLogps` (a plain
+``nn.Linear`` head, the usual case): the forward keeps only each position's log-sum-exp, the backward
+recomputes a chunk's logits and turns them in place into the gradient (softmax − one-hot), as fused
+linear-cross-entropy kernels do; other heads (a LoRA-wrapped or sharded one) run each chunk under
+activation checkpointing instead. Either way the only tensors kept for backward are the gathered hidden
+states, and peak logits memory is about one ``chunk × vocab`` fp32 tensor instead of ``batch × length ×
+vocab``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from tether.contract import LossInputs, Perturbed, SequenceLogps
@@ -224,13 +229,90 @@ def _chunk_logps(
     softcap: float | None,
     on_logits: Callable[[Tensor], None] | None = None,
 ) -> Tensor:
-    logits = head(hidden).float()
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
+    logits = _softcapped(head(hidden).float(), softcap)
     if on_logits is not None:  # the reference-logits function reads the same logits (no gradient)
         with torch.no_grad():
             on_logits(logits.detach())
     return logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
+
+
+def _softcapped(z: Tensor, softcap: float | None) -> Tensor:
+    return torch.tanh(z / softcap) * softcap if softcap else z
+
+
+class HeadLogps(torch.autograd.Function):
+    """log softmax(softcap(h Wᵀ + b))[y] per row of ``h`` [n, H], chunk by chunk, never keeping a chunk's
+    logits: forward saves ``h``, ``W``, ``b``, ``y`` and the [n] log-sum-exps; backward recomputes each
+    chunk's logits z and forms ∂logp/∂z = g·(onehot(y) − softmax(z)) in the same buffer (times
+    1 − tanh² under a soft-cap), then ∂h = d W and ∂W += dᵀ h (accumulated in fp32).
+    ``on_logits(start, end, z)``: called once per chunk in the forward with its fp32 logits (no gradient),
+    e.g. a method's reference-logits function."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, y, softcap, chunk, on_logits):  # type: ignore[override]
+        lse = h.new_empty(h.shape[0], dtype=torch.float32)
+        out = h.new_empty(h.shape[0], dtype=torch.float32)
+        for s in range(0, h.shape[0], chunk):
+            e = min(s + chunk, h.shape[0])
+            z = _softcapped(F.linear(h[s:e], weight, bias).float(), softcap)
+            if on_logits is not None:
+                on_logits(s, e, z)
+            lse[s:e] = torch.logsumexp(z, -1)
+            # log_softmax as in _chunk_logps: a no-grad pass (a reference) equals the policy's bit for bit
+            out[s:e] = z.log_softmax(-1).gather(-1, y[s:e, None]).squeeze(-1)
+        ctx.save_for_backward(h, weight, bias, y, lse)
+        ctx.softcap, ctx.chunk = softcap, chunk
+        device = h.device.type  # the backward recomputes the logits in the forward's autocast dtype
+        ctx.amp = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        return out
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        h, weight, bias, y, lse = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
+        enabled, amp_dtype = ctx.amp
+        # the matmuls in the forward's precision: the weights' dtype, or the autocast dtype
+        dt = amp_dtype if enabled else weight.dtype
+        w, b = weight.to(dt), None if bias is None else bias.to(dt)
+        for s in range(0, h.shape[0], ctx.chunk):
+            e = min(s + ctx.chunk, h.shape[0])
+            hc = h[s:e].to(dt)
+            u = F.linear(hc, w, b).float()
+            t = torch.tanh(u / ctx.softcap) if ctx.softcap else None
+            d = (t * ctx.softcap) if t is not None else u
+            d.sub_(lse[s:e, None]).exp_().mul_(-g[s:e, None])  # −g·softmax
+            d.scatter_add_(-1, y[s:e, None], g[s:e, None].to(d.dtype))  # + g·onehot
+            if t is not None:
+                d.mul_(1 - t * t)
+            d = d.to(dt)
+            if grad_h is not None:
+                grad_h[s:e] = d @ w
+            if grad_w is not None:
+                if grad_w.dtype == dt:
+                    grad_w.addmm_(d.t(), hc)
+                else:
+                    grad_w.add_(d.t() @ hc)
+            if grad_b is not None:
+                grad_b.add_(d.sum(0))
+        to = weight.dtype
+        return (
+            grad_h,
+            None if grad_w is None else grad_w.to(to),
+            None if grad_b is None else grad_b.to(bias.dtype),
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def _fusable(head: nn.Module) -> bool:
+    """A plain linear head with plain tensors (not a LoRA wrapper, not a sharded DTensor)."""
+    w = getattr(head, "weight", None)
+    return type(head) is nn.Linear and type(w) in (nn.Parameter, Tensor)
 
 
 #: A method's function of the policy's and the reference's logits at response positions (see
@@ -249,12 +331,15 @@ class _MixOnce:
     def __call__(self, z: Tensor) -> None:
         if self.done:
             return
-        ref_hidden, targets, ref_head, mix, softcap = self.args
-        z_ref = ref_head(ref_hidden).float()
-        if softcap:
-            z_ref = torch.tanh(z_ref / softcap) * softcap
-        self.into.append(mix(z, z_ref, targets))
+        self.into.append(_mixed(*self.args, z))
         self.done = True
+
+
+@torch.no_grad()
+def _mixed(ref_hidden: Tensor, targets: Tensor, ref_head: nn.Module, mix: ReferenceLogitsFn,
+           softcap: float | None, z: Tensor) -> Tensor:  # fmt: skip
+    """A method's reference-logits values of one chunk, from the policy's logits ``z``."""
+    return mix(z, _softcapped(ref_head(ref_hidden).float(), softcap), targets)
 
 
 @dataclass
@@ -307,7 +392,20 @@ def response_logps(
         rh = ref_hidden if ref_hidden.dim() == 2 else ref_hidden[targets.src_row, targets.src_col]
     pieces: list[Tensor] = []
     mixed: list[Tensor] = []
-    for s in [*range(0, cut, chunk), *range(cut, h.shape[0], chunk)]:
+    grad = torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in head.parameters()))
+    if grad and cut and _fusable(head):
+        assert isinstance(head, nn.Linear)
+        on = None
+        if rh is not None:
+
+            def on(s: int, e: int, z: Tensor) -> None:
+                mixed.append(_mixed(rh[s:e], y[s:e], ref_head, mix, softcap, z))  # type: ignore[arg-type]
+
+        pieces.append(HeadLogps.apply(h[:cut], head.weight, head.bias, y[:cut], softcap, chunk, on))
+        starts = list(range(cut, h.shape[0], chunk))
+    else:
+        starts = [*range(0, cut, chunk), *range(cut, h.shape[0], chunk)]
+    for s in starts:
         e = min(s + chunk, cut) if s < cut else s + chunk
         once = None if rh is None else _MixOnce(rh[s:e], y[s:e], ref_head, mix, softcap, mixed)  # type: ignore[arg-type]
         if s >= cut:

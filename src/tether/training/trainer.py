@@ -206,7 +206,9 @@ class Trainer:
         if self.method.reference_logits is not None:
             fn, hp = self.method.reference_logits, dict(self.hparams)
             mix = lambda z, z_ref, y: fn(z, z_ref, y, hp)  # noqa: E731
-        rows = self.policy(batch, ref_hidden=ref_hidden, ref_head=ref_head, mix=mix)
+        bf16 = self.cfg.mixed_precision == "bf16"  # autocast over fp32 weights (TRL's bf16)
+        with torch.autocast(self.acc.device.type, dtype=torch.bfloat16, enabled=bf16):
+            rows = self.policy(batch, ref_hidden=ref_hidden, ref_head=ref_head, mix=mix)
         if isinstance(rows, RowScores):  # a score head (its method declares head "score"): no reference
             examples = self.train_examples if split == "train" else self.eval_examples
             values = row_values(examples, batch.index.tolist(), self.method.row_values)
