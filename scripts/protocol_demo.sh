@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The papers' protocol on the embedded model, end to end (README, "On-policy pairs, a reward model, paired
+# comparisons"): on-policy pairs sampled from the SFT'd model and judged by the task checker, DPO trained
+# on them, the two runs compared prompt by prompt; then a reward model trained on the bundled pairs and
+# used as the judge. Each step's wall time is printed (and the whole in runs/protocol_demo.times).
+# Starts from the main job (bash scripts/demo.sh), which it trains first if runs/main_job is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1
+sft=runs/main_job
+times=runs/protocol_demo.times
+mkdir -p runs && : > "$times"
+step() {  # step NAME COMMAND...: run it, print and record its wall time
+  local name=$1 t0=$SECONDS
+  shift
+  echo "== $name: $*"
+  "$@"
+  echo "$name: $((SECONDS - t0)) s" | tee -a "$times"
+}
+[[ -d $sft/final ]] || bash scripts/demo.sh
+step "1 on-policy pairs" tether pairs "$sft" --prompts data/tasks/sft.train.jsonl --judge tasks \
+  --samples 4 --max-new-tokens 16 --batch-size 32 --out runs/onpolicy/pairs.jsonl
+step "2 DPO on them" tether train examples/dpo.yaml model.name="$sft/final" \
+  data.train=runs/onpolicy/pairs.jsonl train.output_dir=runs/onpolicy_dpo train.overwrite=true
+for run in "$sft" runs/onpolicy_dpo; do  # the same held-out prompts and settings for both
+  step "3 eval $run" tether eval "$run" --data data/tasks/sft.heldout.jsonl --metrics generation \
+    --max-new-tokens 16
+done
+step "4 compare" tether compare "$sft" runs/onpolicy_dpo
+step "5 reward model" tether train examples/reward.yaml train.overwrite=true
+step "6 its accuracy" tether eval runs/reward --data data/tasks/pairs.heldout.jsonl
+step "7 judged by it" tether eval runs/onpolicy_dpo --data data/tasks/pairs.heldout.jsonl --metrics generation \
+  --max-new-tokens 16 --judge runs/reward --out runs/onpolicy_dpo/eval_judged.json
+cat "$times"
