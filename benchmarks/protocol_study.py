@@ -1,6 +1,5 @@
 """The papers' comparison rerun on their own protocol (issue 27), in resumable parts.
 
-    python benchmarks/protocol_study.py --plan                 # the parts, their runs and measured costs
     python benchmarks/protocol_study.py --parts start data pairs reward   # item 1: on-policy pairs, a reward model
     python benchmarks/protocol_study.py --parts pilot          # item 2: DPO at three lrs on the on-policy pairs
     python benchmarks/protocol_study.py --status               # what is finished

@@ -233,9 +233,10 @@ def _eval_options(args: argparse.Namespace) -> Any:
 
 
 def _print_eval(result: EvalResult) -> None:
+    judged = f"  judge: {result.judge}" if result.n_generation_prompts else ""  # nothing generated: none
     print(
         f"model: {result.model}  reference: {result.reference}"
-        f"{' (the model itself)' if result.reference_is_model else ''}  judge: {result.judge}"
+        f"{' (the model itself)' if result.reference_is_model else ''}{judged}"
     )
     print(
         f"data: {result.data} ({result.kind}, {result.n_rows} rows, "
