@@ -11,30 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+from transformers import AutoModelForSequenceClassification, LlamaForSequenceClassification
 
 from tether.cli import main as cli_main
 from tether.evaluation.evaluate import evaluate
 from tether.evaluation.metrics import preference_rate
 
-from tiny import VOCAB, pair_rows, tiny_model_dir, tiny_tokenizer, write_jsonl
+from tiny import pair_rows, tiny_config, tiny_model_dir, tiny_tokenizer, write_jsonl
 
 
 def judge_dir(path: Path, seed: int = 0, num_labels: int = 1) -> Path:
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        num_labels=num_labels,
-    )
+    cfg = tiny_config(max_position_embeddings=512, num_labels=num_labels)
     LlamaForSequenceClassification(cfg).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return path

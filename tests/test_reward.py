@@ -15,7 +15,7 @@ import warnings
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+from transformers import AutoModelForSequenceClassification, LlamaForSequenceClassification
 
 import tether.engine.models as models
 from tether.cli import main as cli_main
@@ -28,7 +28,7 @@ from tether.methods import losses
 from tether.methods.registry import METHODS
 from tether.training.job import train
 
-from tiny import VOCAB, pair_rows, write_jsonl
+from tiny import pair_rows, tiny_config, write_jsonl
 
 F64 = torch.float64
 METHOD = METHODS["reward"]
@@ -86,19 +86,7 @@ def test_no_margin_field_is_margin_zero_and_registry_declares_the_head():
 
 def _seqcls(seed: int = 0) -> LlamaForSequenceClassification:
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        num_labels=1,
-    )
+    cfg = tiny_config(num_labels=1)
     return LlamaForSequenceClassification(cfg).double().train()
 
 

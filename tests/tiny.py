@@ -13,9 +13,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 VOCAB = 96
 
 
-def tiny_model(seed: int = 0, vocab: int = VOCAB) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
+def tiny_config(vocab: int = VOCAB, **overrides: object) -> LlamaConfig:
+    """The tests' tiny Llama: 2 layers of width 32, pad 0, BOS 1, EOS 2 (``overrides``: other keys)."""
+    base = dict(
         vocab_size=vocab,
         hidden_size=32,
         intermediate_size=64,
@@ -28,7 +28,12 @@ def tiny_model(seed: int = 0, vocab: int = VOCAB) -> LlamaForCausalLM:
         bos_token_id=1,
         eos_token_id=2,
     )
-    return LlamaForCausalLM(cfg).eval()
+    return LlamaConfig(**{**base, **overrides})
+
+
+def tiny_model(seed: int = 0, vocab: int = VOCAB) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(tiny_config(vocab)).eval()
 
 
 @dataclass(frozen=True)
