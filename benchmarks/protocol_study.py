@@ -2,6 +2,8 @@
 
     python benchmarks/protocol_study.py --parts start data pairs reward   # item 1: on-policy pairs, a reward model
     python benchmarks/protocol_study.py --parts pilot          # item 2: DPO at three lrs on the on-policy pairs
+    python benchmarks/protocol_study.py --parts frontier table judged --lrs A B   # items 3, 4, 7 at the chosen lrs
+    python benchmarks/protocol_study.py --plan                 # every sweep, its grid and its number of runs
     python benchmarks/protocol_study.py --status               # what is finished
     python benchmarks/protocol_study.py --collect docs/results/protocol/results.json
 
@@ -20,7 +22,12 @@ paired tests (``tether compare``: paired-bootstrap interval, McNemar's exact p).
 - ``reward``: a Bradley–Terry reward model (``method: reward``) trained from the start on the bundled
   pairs, its held-out pairwise accuracy, then a second pair set judged by it (the learned-judge path).
 - ``pilot``: DPO at lr 1e-6, 2e-6 and 5e-6 on the checker's pairs, to choose a grid that brackets the
-  optimum.
+  optimum (``--lrs``: the two learning rates the later parts run at; the frontier at the first).
+- ``frontier``: ε-DPO's Figure 5, DPO, ε-DPO, β-DPO and TR-DPO (soft, τ scaled to the run) over β
+  {0.01, 0.05, 0.1, 0.5}.
+- ``table``: ε-DPO's Table 1 and ASFT's Table 2, every comparator with MinorDPO and ASFT at ``--lrs``.
+- ``judged``: DPO and ε-DPO on the reward model's pairs (evaluated by the task checker here; the judge's
+  own win rates come from ``tether eval --judge``).
 
 Every step is a command that resumes where it was killed (``tether pairs`` keeps finished batches; a
 sweep keeps finished runs and evaluations and continues a half-trained run from its last checkpoint), so a
@@ -43,7 +50,12 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import papers_scale  # (the SFT start and the collection of runs are shared with it)
 
-PARTS = ("start", "data", "pairs", "reward", "pilot")
+PARTS = ("start", "data", "pairs", "reward", "pilot", "frontier", "table", "judged")
+TABLE = ["dpo", "epsilon_dpo", "minor_dpo", "ipo", "r_dpo", "kto", "beta_dpo", "tr_dpo",
+         "asft", "orpo", "cpo", "slic_hf", "rrhf", "simpo"]  # fmt: skip
+FRONTIER = ["dpo", "epsilon_dpo", "beta_dpo", "tr_dpo"]
+BETAS = ["0.01", "0.05", "0.1", "0.5"]
+TR_SOFT = {"alpha": 0.6, "tau": 8}  # TR-DPO's soft update, its period scaled to a 100-step run
 PILOT_LRS = ["1e-06", "2e-06", "5e-06"]
 
 
@@ -127,12 +139,48 @@ def part_reward(args) -> None:
         sample_pairs(args, str(rm), p["rm_pairs"])
 
 
-def pilot_sweep(args) -> papers_scale.Sweep:
-    base = papers_scale.base_config(
-        args, model=start(args), data=paths(args)["task_pairs"], steps=args.steps, batch=args.batch_size,
-        lr=5e-6, method={"name": "dpo"},
+def _base(args, method: dict, pairs: str = "task_pairs", lr: float = 5e-6) -> dict:
+    return papers_scale.base_config(
+        args, model=start(args), data=paths(args)[pairs], steps=args.steps, batch=args.batch_size, lr=lr,
+        method=method,
     )  # fmt: skip
-    return papers_scale.Sweep("pilot", "pilot", base, [("train.lr", PILOT_LRS)], str(paths(args)["heldout"]))
+
+
+def sweeps(args) -> dict[str, list[papers_scale.Sweep]]:
+    """Every part's sweeps (the later parts need ``--lrs``, chosen from the pilot)."""
+    held = str(paths(args)["heldout"])
+    out = {
+        "pilot": [
+            papers_scale.Sweep(
+                "pilot", "pilot", _base(args, {"name": "dpo"}), [("train.lr", PILOT_LRS)], held
+            )
+        ]
+    }
+    if not args.lrs:
+        return out
+    lr0 = float(args.lrs[0])
+    out["frontier"] = [
+        papers_scale.Sweep(f"frontier_{m}", "frontier", _base(args, {"name": m, **(TR_SOFT if m == "tr_dpo" else {})}, lr=lr0),
+                           [("method.beta", BETAS)], held)
+        for m in FRONTIER
+    ]  # fmt: skip
+    plain = [m for m in TABLE if m != "tr_dpo"]
+    out["table"] = [
+        papers_scale.Sweep("table", "table", _base(args, {"name": "dpo"}), [("method.name", plain), ("train.lr", args.lrs)], held),
+        papers_scale.Sweep("table_tr_dpo", "table", _base(args, {"name": "tr_dpo", **TR_SOFT}), [("train.lr", args.lrs)], held),
+    ]  # fmt: skip
+    out["judged"] = [
+        papers_scale.Sweep("judged", "judged", _base(args, {"name": "dpo"}, pairs="rm_pairs", lr=lr0),
+                           [("method.name", ["dpo", "epsilon_dpo"])], held),
+    ]  # fmt: skip
+    return out
+
+
+def runs_of(sweep: papers_scale.Sweep) -> int:
+    n = 1
+    for _, values in sweep.grid:
+        n *= len(values)
+    return n
 
 
 def run_sweep(args, sweep: papers_scale.Sweep) -> None:
@@ -183,21 +231,41 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--keep-checkpoints", action="store_true")
+    ap.add_argument(
+        "--lrs", nargs="*", default=[], help="the two learning rates of the later parts (from the pilot)"
+    )
+    ap.add_argument("--plan", action="store_true", help="print every sweep, its grid and runs; run nothing")
     ap.add_argument("--status", action="store_true")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     p = paths(args)
+    if args.plan:
+        total = 0
+        for part, group in sweeps(args).items():
+            for s in group:
+                total += runs_of(s)
+                print(f"{part:9s} {s.name:22s} {runs_of(s):3d} runs  {s.grid}")
+        print(
+            f"{total} runs" + ("" if args.lrs else " (frontier, table, judged: give --lrs after the pilot)")
+        )
+        return
     if args.status:
         print(f"start: {'done' if Path(start(args)).is_dir() else 'left'}")
         for name in ("task_pairs", "rm_pairs"):
             print(f"{name}: {counts(p[name]) if p[name].exists() else 'left'}")
         print(f"reward model: {'evaluated' if (p['rm'] / 'eval.json').exists() else 'left'}")
         return
-    steps = {"start": part_start, "data": part_data, "pairs": part_pairs, "reward": part_reward,
-             "pilot": lambda a: run_sweep(a, pilot_sweep(a))}  # fmt: skip
+    steps = {"start": part_start, "data": part_data, "pairs": part_pairs, "reward": part_reward}
+    planned = sweeps(args)
     for part in args.parts:
+        if part not in steps and part not in planned:
+            raise SystemExit(f"--parts {part}: give --lrs (the learning rates chosen from the pilot) first")
         t0 = time.time()
-        steps[part](args)
+        if part in steps:
+            steps[part](args)
+        else:
+            for s in planned[part]:
+                run_sweep(args, s)
         print(f"== part {part}: {time.time() - t0:.0f} s", flush=True)
 
 
