@@ -28,7 +28,8 @@ ALLOWED: dict[str, set[str]] = {
     "rundir": {"errors", "config", "safe_yaml", "eval_result"},
     "evaluation": {*_BELOW_RUNDIR, "rundir"},
     "training": {*_BELOW_RUNDIR, "rundir", "evaluation"},
-    "cli": {*_BELOW_RUNDIR, "rundir", "evaluation", "training"},
+    "cli_options": {*_BELOW_RUNDIR, "rundir", "evaluation"},
+    "cli": {*_BELOW_RUNDIR, "rundir", "evaluation", "training", "cli_options"},
     "__main__": {"cli"},
     "__init__": {"config", "methods", "training"},
 }

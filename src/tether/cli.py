@@ -9,8 +9,15 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from tether.cli_options import (
+    DESCRIPTION,
+    EPILOG,
+    add_eval_arguments,
+    add_eval_options,
+    add_report_arguments,
+    positive,
+)
 from tether.errors import ENVIRONMENT_ERRNOS, DataError, TetherError, environment_fault
-from tether.evaluation.groups import METRIC_GROUPS
 from tether.methods.registry import METHODS, methods_markdown, methods_table
 from tether.rundir import EVAL
 
@@ -393,160 +400,6 @@ def _error(problem: object) -> None:
         print(f"error: {problem}".replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
-
-
-def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="a run directory (its final model) or a model (smollm2, hub id, dir, .gguf)")
-    p.add_argument(
-        "--data", required=True, help="held-out data file (pairs, SFT rows or multiple-choice rows)"
-    )
-    p.add_argument(
-        "--out", default=None, help="JSON output path (default: <run>/eval.json for a run, else eval.json)"
-    )
-    p.add_argument(
-        "--checkpoints",
-        default=None,
-        metavar="all|N",
-        help="evaluate every saved checkpoint of a run (or those at multiples of N steps) and its final "
-        "model, one row each (written to <run>/eval_checkpoints.json)",
-    )
-    _add_eval_options(p)
-
-
-def _add_eval_options(p: argparse.ArgumentParser) -> None:
-    """The evaluation settings shared by ``tether eval`` and ``tether sweep``."""
-    p.add_argument(
-        "--reference",
-        default=None,
-        help="reference model spec (default: a run's starting model; for a plain model, the model itself, "
-        "so every reference-relative number is 0 by construction)",
-    )
-    p.add_argument(
-        "--metrics",
-        default="auto",
-        help=f"comma-separated subset of {','.join(METRIC_GROUPS)} (default auto: all the data supports)",
-    )
-    p.add_argument(
-        "--beta",
-        type=_positive_float,
-        default=None,
-        help="β of the implicit reward β·(log π − log π_ref) (default: the run's method β, else 0.1)",
-    )
-    p.add_argument(
-        "--max-samples",
-        type=_positive,
-        default=None,
-        help="cap on the prompts used for generation metrics and KL (default: all)",
-    )
-    p.add_argument("--max-new-tokens", type=_positive, default=32, help="generation length cap (default 32)")
-    p.add_argument(
-        "--batch-size", type=_positive, default=8, help="rows per forward/generate batch (default 8)"
-    )
-    p.add_argument(
-        "--kl-samples", type=_positive, default=1, help="completions sampled per prompt for KL (default 1)"
-    )
-    p.add_argument(
-        "--judge",
-        default=None,
-        metavar="MODEL",
-        help="a reward model (sequence classification, one output; or a run of method reward) scoring the "
-        "generations with its own chat template: mean reward and win rates against chosen answers and the reference "
-        "(default: the task checker)",
-    )
-    p.add_argument(
-        "--temperature",
-        type=float,
-        default=0.0,
-        help="0: greedy generations (default); else sampled at this temperature (ε-DPO: 1.0)",
-    )
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: none)")
-    p.add_argument(
-        "--samples-per-prompt",
-        type=_positive,
-        default=1,
-        help="generations per prompt judged (default 1; > 1 needs --temperature > 0)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling and the bootstrap (default 0)")
-    p.add_argument(
-        "--max-length",
-        type=_positive,
-        default=None,
-        help="token budget per row (default: the run's data.max_length, else 512)",
-    )
-    p.add_argument(
-        "--chat-template",
-        choices=("auto", "always", "never"),
-        default=None,
-        help="how string rows are rendered (default: the run's data.chat_template, else auto)",
-    )
-    p.add_argument(
-        "--lm-eval-tasks",
-        default=None,
-        help="comma-separated lm-evaluation-harness tasks (e.g. arc_easy); skipped with a note when lm-eval "
-        "or its data are unavailable",
-    )
-    p.add_argument(
-        "--no-generate",
-        action="store_true",
-        help="skip everything that generates (task success, win rate, BLEU/ROUGE, sampled KL): fast",
-    )
-    p.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="recompute the reference's log-probs and generations instead of reusing them from $TETHER_CACHE",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _add_report_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "runs", nargs="+", help="run directories written by `tether train` (an sDPO run: its root directory)"
-    )
-    p.add_argument("--out", default="report", help="output directory for the PNG plots and report.md")
-    p.add_argument("--title", default=None, help="title of report.md (default: 'tether report')")
-    p.add_argument(
-        "--smooth",
-        type=float,
-        default=None,
-        metavar="W",
-        help="EMA weight in [0, 1) for train curves, drawn over the faint raw ones; 0 draws raw curves only "
-        "(default: none up to 30 points, stronger for longer runs)",
-    )
-
-
-DESCRIPTION = (
-    "Fine-tune and preference-align causal LMs while keeping them tethered to their reference model."
-)
-EPILOG = """\
-examples:
-  tether validate examples/dpo.yaml            check a config and every data row, no weights loaded
-  tether train examples/dpo.yaml train.max_steps=10 method.beta=0.2
-  tether eval runs/dpo --data data/tasks/pairs.heldout.jsonl
-  tether config train                          every train.* key: type, default, range, help
-  tether losses -v                             every method with its paper (arXiv id) and defaults
-
-A user's mistake prints one line (file, line and field, or the config key) and exits with code 2; a
-diverged run exits with code 3. `tether COMMAND -h` describes a command."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tether",
@@ -580,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("eval", help="evaluate a model or run directory against its reference on a data file")
-    _add_eval_arguments(p)
+    add_eval_arguments(p)
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser(
         "sweep",
@@ -601,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="the sweep directory (default: the config's train.output_dir)")
     p.add_argument("--baseline", default=None, metavar="POINT", help="a grid point (e.g. dpo_beta=0.1) every "
                    "other is compared with prompt by prompt, as tether compare does")  # fmt: skip
-    _add_eval_options(p)
+    add_eval_options(p)
     p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("generate", help="sample from a run or a model on prompts (chat template applied)")
     p.add_argument("model", help="a run directory (its final model) or a model (smollm2, hub id, dir, .gguf)")
@@ -609,14 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--file", default=None, help=".txt (one prompt a line) or .jsonl/.json with a prompt field"
     )
-    p.add_argument(
-        "--max-new-tokens", type=_positive, default=128, help="generation length cap (default 128)"
-    )
+    p.add_argument("--max-new-tokens", type=positive, default=128, help="generation length cap (default 128)")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); else sampled")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: none)")
-    p.add_argument("--num-samples", type=_positive, default=1, help="generations per prompt (default 1)")
+    p.add_argument("--num-samples", type=positive, default=1, help="generations per prompt (default 1)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    p.add_argument("--batch-size", type=_positive, default=8, help="prompts per generate batch (default 8)")
+    p.add_argument("--batch-size", type=positive, default=8, help="prompts per generate batch (default 8)")
     p.add_argument(
         "--chat-template",
         choices=("auto", "always", "never"),
@@ -651,11 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: none)")
-    p.add_argument(
-        "--max-new-tokens", type=_positive, default=128, help="generation length cap (default 128)"
-    )
+    p.add_argument("--max-new-tokens", type=positive, default=128, help="generation length cap (default 128)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    p.add_argument("--batch-size", type=_positive, default=8, help="prompts per generation batch (default 8)")
+    p.add_argument("--batch-size", type=positive, default=8, help="prompts per generation batch (default 8)")
     p.add_argument(
         "--min-gap", type=float, default=0.0, help="drop a prompt whose best-worst score gap is below this"
     )
@@ -668,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_pairs)
     p = sub.add_parser("report", help="plots and a Markdown summary of one or more run directories")
-    _add_report_arguments(p)
+    add_report_arguments(p)
     p.set_defaults(func=cmd_report)
     p = sub.add_parser(
         "losses", help=f"list the methods ({', '.join(METHODS)}) with paper, equation and defaults"
