@@ -75,9 +75,9 @@ def paths(args) -> dict[str, Path]:
         "prompts": root / "data" / "prompts.train.jsonl",
         "heldout": root / "data" / "pairs.heldout.jsonl",
         "mc": root / "data" / "mc.heldout.jsonl",
-        "task_pairs": root / "pairs" / "tasks.jsonl",
+        "task_pairs": root / "pairs" / f"tasks_k{args.samples}.jsonl",  # K in the name: K = 8 beside K = 4
         "rm": root / "reward",
-        "rm_pairs": root / "pairs" / "reward.jsonl",
+        "rm_pairs": root / "pairs" / f"reward_k{args.samples}.jsonl",
     }
 
 
