@@ -402,6 +402,27 @@ def test_tether_eval_of_a_reward_run_reports_held_out_pairwise_accuracy(setup, r
     assert code == 2 and len(err) == 1 and "evaluates a causal LM, but the model is a reward model" in err[0]
 
 
+def test_tether_pairs_takes_a_reward_run_as_judge(setup, rm_run, capsys, tmp_path):
+    """``tether pairs MODEL --judge RM_RUN``: the run is the judge (its scores in each row's provenance are
+    the run's final model's), and the meta records its weights' fingerprint."""
+    _root, model, pairs = setup
+    result, _ = rm_run
+    out = tmp_path / "onpolicy.jsonl"
+    args = ["pairs", str(model), "--prompts", str(pairs), "--judge", str(result.run_dir), "--samples", "3"]
+    code = cli_main([*args, "--max-new-tokens", "3", "--no-progress", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    from tether.evaluation.judge import judge_fingerprint, load_judge, score
+
+    meta = json.loads(out.with_suffix(".meta.json").read_text())
+    assert meta["judge_weights"] == judge_fingerprint(str(result.run_dir))
+    judge = load_judge(str(result.run_dir), torch.device("cpu"))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows, meta["counts"]
+    r = rows[0]
+    want = score(judge, [r["prompt"]] * 3, r["provenance"]["samples"], desc="x")
+    assert r["provenance"]["scores"] == pytest.approx(want, abs=1e-5)
+
+
 def test_a_reward_run_judges_generations(setup, rm_run, capsys, tmp_path, monkeypatch):
     """``tether eval MODEL --judge RM_RUN``: the run resolves to its final model, whose scores the judge
     gives; a run of another method is one line, exit 2, nothing written."""

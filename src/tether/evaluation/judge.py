@@ -107,10 +107,17 @@ def load_judge(spec: str, device: torch.device, dtype: str = "float32") -> Judge
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:  # needed to find each row's last token in a batch
         model.config.pad_token_id = tokenizer.pad_token_id
-    fingerprint = models.model_fingerprint(path)
+    return Judge(spec, model.to(device).eval(), tokenizer, judge_fingerprint(spec), device, dtype)
+
+
+def judge_fingerprint(spec: str) -> str:
+    """The fingerprint of the judge's weights (a reward run: its final model, or its base and adapter),
+    without loading them."""
+    target = _judge_target(spec)
+    fingerprint = models.model_fingerprint(models.resolve_model_dir(target.model_path))
     if target.adapter is not None:
         fingerprint = hash_key(fingerprint, models.model_fingerprint(target.adapter))
-    return Judge(spec, model.to(device).eval(), tokenizer, fingerprint, device, dtype)
+    return fingerprint
 
 
 def _messages(prompt: Any) -> list[dict[str, str]]:

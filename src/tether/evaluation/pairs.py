@@ -267,9 +267,12 @@ def build_pairs(
         p = e.problems[0]
         r = rows[(p.line or 1) - 1]
         raise DataError([Problem(r.file, r.line, "prompt", p.message)]) from None
-    judge_hash = (
-        "tasks" if o.judge == "tasks" else models.model_fingerprint(models.resolve_model_dir(o.judge))
-    )
+    if o.judge == "tasks":
+        judge_hash = "tasks"
+    else:
+        from tether.evaluation.judge import judge_fingerprint
+
+        judge_hash = judge_fingerprint(o.judge)
     settings = {
         "model": str(model),
         "model_weights": _weights_hash(target, path),
