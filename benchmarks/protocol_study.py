@@ -225,7 +225,9 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--start-lr", default="2e-05")
-    ap.add_argument("--samples", type=int, default=8, help="completions per training prompt (K; 4 left 311 pairs)")
+    ap.add_argument(
+        "--samples", type=int, default=8, help="completions per training prompt (K; 4 left 311 pairs)"
+    )
     ap.add_argument("--heldout", type=int, default=600, help="held-out tasks (≥ 500: one task = 0.17 %%)")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=4)
