@@ -14,6 +14,7 @@ from tether.cli_options import (
     EPILOG,
     add_eval_arguments,
     add_eval_options,
+    add_generation_arguments,
     add_report_arguments,
     positive,
 )
@@ -457,25 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_options(p)
     p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("generate", help="sample from a run or a model on prompts (chat template applied)")
-    p.add_argument("model", help="a run directory (its final model) or a model (smollm2, hub id, dir, .gguf)")
     p.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
     p.add_argument(
         "--file", default=None, help=".txt (one prompt a line) or .jsonl/.json with a prompt field"
     )
-    p.add_argument("--max-new-tokens", type=positive, default=128, help="generation length cap (default 128)")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); else sampled")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: none)")
     p.add_argument("--num-samples", type=positive, default=1, help="generations per prompt (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    p.add_argument("--batch-size", type=positive, default=8, help="prompts per generate batch (default 8)")
-    p.add_argument(
-        "--chat-template",
-        choices=("auto", "always", "never"),
-        default=None,
-        help="how prompts are rendered (default: the run's data.chat_template, else auto)",
-    )
     p.add_argument("--out", default=None, help="also write the generations as JSON lines here")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_generation_arguments(p)
     p.set_defaults(func=cmd_generate)
     p = sub.add_parser("compare", help="runs evaluated on the same prompts, each against the first, paired")
     p.add_argument(
@@ -489,7 +479,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "pairs", help="on-policy preference pairs: K samples per prompt, judged, best vs worst"
     )
-    p.add_argument("model", help="a run directory (its final model) or a model (smollm2, hub id, dir, .gguf)")
     p.add_argument("--prompts", required=True, help='a data file (pairs/SFT rows or {"prompt": ...} rows)')
     p.add_argument(
         "--judge",
@@ -501,20 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="the pairs file (JSON lines); a .meta.json is written beside it"
     )
     p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: none)")
-    p.add_argument("--max-new-tokens", type=positive, default=128, help="generation length cap (default 128)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    p.add_argument("--batch-size", type=positive, default=8, help="prompts per generation batch (default 8)")
     p.add_argument(
         "--min-gap", type=float, default=0.0, help="drop a prompt whose best-worst score gap is below this"
     )
-    p.add_argument(
-        "--chat-template",
-        choices=("auto", "always", "never"),
-        default=None,
-        help="how prompts are rendered (default: the run's data.chat_template, else auto)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_generation_arguments(p)
     p.set_defaults(func=cmd_pairs)
     p = sub.add_parser("report", help="plots and a Markdown summary of one or more run directories")
     add_report_arguments(p)

@@ -160,3 +160,19 @@ examples:
 
 A user's mistake prints one line (file, line and field, or the config key) and exits with code 2; a
 diverged run exits with code 3. `tether COMMAND -h` describes a command."""
+
+
+def add_generation_arguments(p: argparse.ArgumentParser) -> None:
+    """What ``tether generate`` and ``tether pairs`` share: the model, the sampling and rendering settings."""
+    p.add_argument("model", help="a run directory (its final model) or a model (smollm2, hub id, dir, .gguf)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: none)")
+    p.add_argument("--max-new-tokens", type=positive, default=128, help="generation length cap (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--batch-size", type=positive, default=8, help="prompts per generation batch (default 8)")
+    p.add_argument(
+        "--chat-template",
+        choices=("auto", "always", "never"),
+        default=None,
+        help="how prompts are rendered (default: the run's data.chat_template, else auto)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
