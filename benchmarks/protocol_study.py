@@ -50,13 +50,29 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import papers_scale  # (the SFT start and the collection of runs are shared with it)
 
-PARTS = ("start", "data", "pairs", "reward", "pilot", "frontier", "table", "judged")
+from tether.methods.registry import METHODS
+
+PARTS = (
+    "start",
+    "data",
+    "pairs",
+    "reward",
+    "pilot",
+    "frontier",
+    "table",
+    "judged",
+    "sdpo",
+    "minorsft",
+    "seeds",
+)
 TABLE = ["dpo", "epsilon_dpo", "minor_dpo", "ipo", "r_dpo", "kto", "beta_dpo", "tr_dpo",
          "asft", "orpo", "cpo", "slic_hf", "rrhf", "simpo"]  # fmt: skip
 FRONTIER = ["dpo", "epsilon_dpo", "beta_dpo", "tr_dpo"]
 BETAS = ["0.01", "0.05", "0.1", "0.5"]
 TR_SOFT = {"alpha": 0.6, "tau": 8}  # TR-DPO's soft update, its period scaled to a 100-step run
 PILOT_LRS = ["1e-06", "2e-06", "5e-06"]
+HEADLINE = ["dpo", "epsilon_dpo", "asft", "orpo", "minor_dpo"]  # + sDPO, SFT, MinorSFT in their own parts
+SEEDS = ["1", "2"]  # seed 0 is the table's run
 
 
 def tether(*args: str) -> None:
@@ -78,6 +94,8 @@ def paths(args) -> dict[str, Path]:
         "task_pairs": root / "pairs" / f"tasks_k{args.samples}.jsonl",  # K in the name: K = 8 beside K = 4
         "rm": root / "reward",
         "rm_pairs": root / "pairs" / f"reward_k{args.samples}.jsonl",
+        "staged_pairs": root / "pairs" / f"tasks_k{args.samples}.staged.jsonl",
+        "sft_rows": papers_scale.BUNDLED / "sft.train.jsonl",
     }
 
 
@@ -139,6 +157,21 @@ def part_reward(args) -> None:
         sample_pairs(args, str(rm), p["rm_pairs"])
 
 
+def part_staged_data(args) -> None:
+    """sDPO's easy → hard split of the checker's pairs: a pair is easy when the start already solved its
+    prompt often (the mean checker score of its K samples), the easier half first (ties in file order);
+    ``difficulty`` is the column the stages are split by."""
+    p = paths(args)
+    if p["staged_pairs"].exists():
+        return
+    rows = [json.loads(line) for line in p["task_pairs"].read_text().splitlines()]
+    mean = [sum(r["provenance"]["scores"]) / len(r["provenance"]["scores"]) for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: -mean[i])
+    easy = set(order[: len(rows) // 2])
+    out = [{**r, "difficulty": "easy" if i in easy else "hard"} for i, r in enumerate(rows)]
+    p["staged_pairs"].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out))
+
+
 def _base(args, method: dict, pairs: str = "task_pairs", lr: float = 5e-6) -> dict:
     return papers_scale.base_config(
         args, model=start(args), data=paths(args)[pairs], steps=args.steps, batch=args.batch_size, lr=lr,
@@ -160,20 +193,70 @@ def sweeps(args) -> dict[str, list[papers_scale.Sweep]]:
         return out
     lr0 = float(args.lrs[0])
     out["frontier"] = [
-        papers_scale.Sweep(f"frontier_{m}", "frontier", _base(args, {"name": m, **(TR_SOFT if m == "tr_dpo" else {})}, lr=lr0),
-                           [("method.beta", BETAS)], held)
+        papers_scale.Sweep(
+            f"frontier_{m}",
+            "frontier",
+            _base(args, {"name": m, **(TR_SOFT if m == "tr_dpo" else {})}, lr=lr0),
+            [("method.beta", [b for b in BETAS if float(b) != METHODS[m].defaults["beta"]])],
+            held,
+        )
         for m in FRONTIER
-    ]  # fmt: skip
+    ]  # fmt: skip (each method's default β is the table's run at the first lr)
     plain = [m for m in TABLE if m != "tr_dpo"]
     out["table"] = [
         papers_scale.Sweep("table", "table", _base(args, {"name": "dpo"}), [("method.name", plain), ("train.lr", args.lrs)], held),
         papers_scale.Sweep("table_tr_dpo", "table", _base(args, {"name": "tr_dpo", **TR_SOFT}), [("train.lr", args.lrs)], held),
     ]  # fmt: skip
+    free_lrs = [lr for lr in args.ref_free_lrs if lr not in args.lrs]
+    if free_lrs:  # the reference-free methods' own (higher) learning rates, DPO beside them
+        out["table"].append(
+            papers_scale.Sweep("table_ref_free", "table", _base(args, {"name": "asft"}),
+                               [("method.name", ["asft", "orpo", "dpo"]), ("train.lr", free_lrs)], held)
+        )  # fmt: skip
     out["judged"] = [
         papers_scale.Sweep("judged", "judged", _base(args, {"name": "dpo"}, pairs="rm_pairs", lr=lr0),
                            [("method.name", ["dpo", "epsilon_dpo"])], held),
     ]  # fmt: skip
+    staged = _base(args, {"name": "dpo"}, pairs="staged_pairs", lr=lr0)
+    staged["train"]["max_steps"] = max(1, args.steps // 2)  # per stage: the same total as one-shot DPO
+    staged["train"]["save_every"] = max(1, args.steps // 4)
+    easy_hard = {**staged, "stages": {"by": "column", "column": "difficulty", "order": ["easy", "hard"]}}
+    random_split = {**staged, "stages": {"by": "random", "fractions": [0.5, 0.5]}}
+    out["sdpo"] = [
+        papers_scale.Sweep("sdpo_easy_hard", "sdpo", easy_hard, [("train.seed", ["0", *SEEDS])], held),
+        papers_scale.Sweep("sdpo_random", "sdpo", random_split, [("train.seed", ["0", *SEEDS])], held),
+    ]
+    sft = papers_scale.base_config(
+        args, model=args.model, data=paths(args)["sft_rows"], steps=args.steps, batch=8, lr=float(args.start_lr),
+        method={"name": "sft"},
+    )  # fmt: skip
+    out["minorsft"] = [
+        papers_scale.Sweep("minorsft", "minorsft", sft, [("method.name", ["sft", "minor_sft"]),
+                           ("train.seed", ["0", *SEEDS])], held, {"checkpoints": ["minor_sft_seed=0", "sft_seed=0"]}),
+    ]  # fmt: skip
+    weight = minor_sft_weight(args)
+    if weight is not None:  # the "it is just a smaller step" control, once MinorSFT's mean weight is measured
+        small = f"{float(args.start_lr) * weight:.3g}"
+        out["minorsft"].append(
+            papers_scale.Sweep("sft_small_step", "minorsft", {**sft, "train": {**sft["train"], "lr": float(small)}},
+                               [("train.seed", ["0", *SEEDS])], held)
+        )  # fmt: skip
+    out["seeds"] = [
+        papers_scale.Sweep("seeds", "seeds", _base(args, {"name": "dpo"}, lr=lr0),
+                           [("method.name", HEADLINE), ("train.seed", SEEDS)], held),
+    ]  # fmt: skip
     return out
+
+
+def minor_sft_weight(args) -> float | None:
+    """MinorSFT's mean per-sample weight over its seed-0 run (None until that run has finished)."""
+    from tether.rundir import RunDir
+
+    run = paths(args)["root"] / "minorsft" / "minor_sft_seed=0"
+    if not RunDir(run).is_finished():
+        return None
+    ws = [r["minor_sft/weight"] for r in RunDir(run).read_metrics()[0] if "minor_sft/weight" in r]
+    return sum(ws) / len(ws) if ws else None
 
 
 def runs_of(sweep: papers_scale.Sweep) -> int:
@@ -183,33 +266,153 @@ def runs_of(sweep: papers_scale.Sweep) -> int:
     return n
 
 
+def eval_options(args):
+    """The three evaluations of every run (and of the start): greedy, sampled at T = 1, multiple choice."""
+    from tether.evaluation.evaluate import EvalOptions
+
+    greedy = EvalOptions(max_new_tokens=args.max_new_tokens, batch_size=32, progress=not args.quiet)
+    sampled = EvalOptions(max_new_tokens=args.max_new_tokens, batch_size=32, temperature=1.0,
+                          metrics=["generation"], progress=not args.quiet)  # fmt: skip
+    mc = EvalOptions(metrics=["mc"], progress=not args.quiet)
+    return greedy, sampled, mc
+
+
+def eval_start(args) -> None:
+    """The start evaluated as the runs are (its own reference: KL 0), so that every run can be compared
+    with it prompt by prompt."""
+    import dataclasses
+
+    from tether.evaluation.evaluate import evaluate
+
+    p, out = paths(args), paths(args)["root"] / "start"
+    out.mkdir(parents=True, exist_ok=True)
+    for opts, data, name in zip(
+        eval_options(args), (p["heldout"], p["heldout"], p["mc"]), EVAL_FILES, strict=True
+    ):
+        if not (out / name).exists():
+            evaluate(start(args), str(data), dataclasses.replace(opts, reference=start(args)), out=out / name)
+
+
+EVAL_FILES = ("eval.json", "eval_t1.json", "eval_mc.json")
+
+
 def run_sweep(args, sweep: papers_scale.Sweep) -> None:
     """A sweep evaluated greedily (success, KL, pairwise), then each run again sampled at temperature 1
     (win rate against the chosen answers, the paper's protocol) and on multiple choice."""
-    from tether.evaluation.evaluate import EvalOptions, evaluate
+    from tether.evaluation.evaluate import evaluate, evaluate_checkpoints
     from tether.training.sweep import run_sweep as sweep_run
 
     p = paths(args)
     cfg = p["root"] / "configs" / f"{sweep.name}.yaml"
     cfg.parent.mkdir(parents=True, exist_ok=True)
     cfg.write_text(yaml.safe_dump(sweep.base, sort_keys=False))
-    greedy = EvalOptions(max_new_tokens=args.max_new_tokens, batch_size=32, progress=not args.quiet)
-    sampled = EvalOptions(max_new_tokens=args.max_new_tokens, batch_size=32, temperature=1.0,
-                          metrics=["generation"], progress=not args.quiet)  # fmt: skip
+    greedy, sampled, mc = eval_options(args)
 
     def after(point, rd) -> None:
+        if point.name in sweep.extra.get("checkpoints", []) and not rd.eval_checkpoints.exists():
+            evaluate_checkpoints(str(rd.path), sweep.eval_data, greedy)  # MinorSFT's m_θ along training
         if not (rd.path / "eval_t1.json").exists():
             evaluate(str(rd.path), sweep.eval_data, sampled, out=rd.path / "eval_t1.json")
         if not (rd.path / "eval_mc.json").exists():
-            evaluate(str(rd.path), str(p["mc"]), metrics=["mc"], progress=not args.quiet,
-                     out=rd.path / "eval_mc.json")  # fmt: skip
+            evaluate(str(rd.path), str(p["mc"]), mc, out=rd.path / "eval_mc.json")
         if not args.keep_checkpoints:
-            shutil.rmtree(rd.checkpoints, ignore_errors=True)
+            for d in [rd, *rd.stage_dirs()]:
+                shutil.rmtree(d.checkpoints, ignore_errors=True)
 
     t0 = time.time()
     result = sweep_run(cfg, sweep.grid, out=p["root"] / sweep.name, data_eval=sweep.eval_data,
                        options=greedy, after_point=after)  # fmt: skip
     print(f"== {sweep.name}: {len(result.points)} runs, {time.time() - t0:.0f} s", flush=True)
+
+
+PAIRED = (("success", "eval.json"), ("win_rate/chosen", "eval_t1.json"))
+"""What each run is compared on, prompt by prompt: greedy task success, and the win rate of its T = 1
+samples against the held-out chosen answers (ε-DPO's protocol)."""
+
+
+def collect(args) -> list[dict[str, Any]]:
+    """One record per finished run (``papers_scale.collect``'s, plus its T = 1 evaluation under ``t1/``, the
+    pair set it trained on, and its paired comparisons with the start and with its DPO (or, for SFT
+    methods, SFT) counterpart: same pair set, lr, seed and β), and the start's own record first."""
+    from tether.evaluation.compare import compare
+    from tether.rundir import RunDir
+
+    root = paths(args)["root"]
+    groups = [s for group in sweeps(args).values() for s in group]
+    rows = papers_scale.collect(argparse.Namespace(runs=str(root)), groups)
+    for r in rows:
+        run = root / r["sweep"] / r["run"]
+        t1 = run / "eval_t1.json"
+        if t1.exists():
+            m = json.loads(t1.read_text())["metrics"]
+            r["metrics"].update({f"t1/{k}": v for k, v in papers_scale._kept(m).items()})
+        cfg = papers_scale.last_stage(RunDir(run)).read_config_mapping()
+        r["pairs"] = Path(cfg["data"]["train"]).name.replace(".staged", "")
+    start_row = {"sweep": "start", "run": "start", "method": "start", "metrics": {}}
+    for _, file in (*PAIRED, ("", "eval_mc.json")):
+        if (root / "start" / file).exists():
+            m = papers_scale._kept(json.loads((root / "start" / file).read_text())["metrics"])
+            start_row["metrics"].update(
+                {(f"t1/{k}" if file == "eval_t1.json" else k): v for k, v in m.items()}
+            )
+    for r in rows:
+        r["paired"] = {}
+        twin = counterpart(rows, r)
+        for metric, file in PAIRED:
+            mine = root / r["sweep"] / r["run"] / file
+            against = {"start": root / "start" / file}
+            if twin is not None:
+                against[twin["method"]] = root / twin["sweep"] / twin["run"] / file
+            for name, other in against.items():
+                if not (mine.exists() and other.exists()):
+                    continue
+                (res,) = compare([other, mine], metric)
+                entry = {k: getattr(res, k) for k in ("n", "difference", "ci_low", "ci_high", "mcnemar_p")}
+                if name != "start":
+                    entry["against"] = f"{twin['sweep']}/{twin['run']}"
+                r["paired"][f"{metric} vs {name}"] = entry
+    return [start_row, *rows]
+
+
+def counterpart(rows: list[dict[str, Any]], r: dict[str, Any]) -> dict[str, Any] | None:
+    """The run ``r`` is compared with: DPO (SFT for the SFT methods) on the same pairs at the same lr and
+    seed, at the same β where there is one; None for DPO (SFT) itself."""
+    base = "sft" if r["method"] in ("sft", "minor_sft") else "dpo"
+    if r["method"] == base and not (r["sweep"].startswith("sdpo")):
+        return None
+    same = [o for o in rows if o["method"] == base and not o["sweep"].startswith("sdpo") and o is not r
+            and all(o.get(k) == r.get(k) for k in ("pairs", "lr", "seed"))]  # fmt: skip
+    return next((o for o in same if o.get("beta") == r.get("beta")), same[0] if same else None)
+
+
+def _delta(r: dict[str, Any], key: str) -> str:
+    """``+0.012 [−0.01, +0.04] p=0.31``: a paired difference, its 95 % interval and McNemar's p."""
+    d = r.get("paired", {}).get(key)
+    if not d or d["difference"] is None:
+        return "-"
+    p = "" if d.get("mcnemar_p") is None else f" p={d['mcnemar_p']:.2g}"
+    return f"{d['difference']:+.3f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]{p}"
+
+
+def render(rows: list[dict[str, Any]], parts: dict[str, list[papers_scale.Sweep]]) -> str:
+    """The study's tables (Markdown) from results.json's rows, one per part of ``parts`` (:func:`sweeps`)."""
+    part_of = {s.name: part for part, group in parts.items() for s in group}
+    head = ["run", "method", "lr", "β", "seed", "success (greedy)", "Δ vs start", "Δ vs DPO/SFT",
+            "win rate (T=1)", "Δ win vs start", "Δ win vs DPO/SFT", "KL", "mc"]  # fmt: skip
+    out = []
+    for part in dict.fromkeys(part_of[r["sweep"]] for r in rows if r["sweep"] in part_of):
+        lines = []
+        for r in (r for r in rows if part_of.get(r["sweep"]) == part):
+            m, twin = r["metrics"], "sft" if r["method"] in ("sft", "minor_sft") else "dpo"
+            lines.append([
+                f"{r['sweep']}/{r['run']}", r["method"], f"{r['lr']:g}", papers_scale._f(r.get("beta"), "{:g}"),
+                str(r["seed"]), papers_scale._ci(m, "generation/success"), _delta(r, "success vs start"),
+                _delta(r, f"success vs {twin}"), papers_scale._ci(m, "t1/win_rate/chosen"),
+                _delta(r, "win_rate/chosen vs start"), _delta(r, f"win_rate/chosen vs {twin}"),
+                papers_scale._f(m.get("kl")), papers_scale._f(m.get("mc/accuracy")),
+            ])  # fmt: skip
+        out += [f"#### {part}", "", *papers_scale._table(head, lines), ""]
+    return "\n".join(out)
 
 
 def counts(path: Path) -> dict[str, Any]:
@@ -236,11 +439,21 @@ def main() -> None:
     ap.add_argument(
         "--lrs", nargs="*", default=[], help="the two learning rates of the later parts (from the pilot)"
     )
+    ap.add_argument(
+        "--ref-free-lrs", nargs="*", default=["5e-06", "1e-05"], help="ASFT, ORPO (and DPO) also at these lrs"
+    )
     ap.add_argument("--plan", action="store_true", help="print every sweep, its grid and runs; run nothing")
     ap.add_argument("--status", action="store_true")
+    ap.add_argument("--collect", metavar="OUT", help="write the finished runs' records to OUT (results.json)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     p = paths(args)
+    if args.collect:
+        rows = collect(args)
+        Path(args.collect).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.collect).write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+        print(render(rows[1:], sweeps(args)))
+        return
     if args.plan:
         total = 0
         for part, group in sweeps(args).items():
@@ -259,6 +472,10 @@ def main() -> None:
         return
     steps = {"start": part_start, "data": part_data, "pairs": part_pairs, "reward": part_reward}
     planned = sweeps(args)
+    if "sdpo" in args.parts:
+        part_staged_data(args)
+    if any(part in planned for part in args.parts):
+        eval_start(args)
     for part in args.parts:
         if part not in steps and part not in planned:
             raise SystemExit(f"--parts {part}: give --lrs (the learning rates chosen from the pilot) first")
