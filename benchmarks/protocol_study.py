@@ -42,6 +42,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -385,6 +386,39 @@ def counterpart(rows: list[dict[str, Any]], r: dict[str, Any]) -> dict[str, Any]
     return next((o for o in same if o.get("beta") == r.get("beta")), same[0] if same else None)
 
 
+def pair_set(path: Path) -> dict[str, Any] | None:
+    """A pair set's counts (``tether pairs``'s sidecar), its pairs per task family, and how often its chosen
+    answer is the right one where the task checker tells the two apart (1.0 for the checker's own)."""
+    from tether.data import tasks
+
+    if not path.exists():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    apart = [r for r in rows if tasks.check(r, r["chosen"]) != tasks.check(r, r["rejected"])]
+    meta = json.loads(path.with_suffix(".meta.json").read_text())
+    return {
+        "file": path.name,
+        "judge": Path(meta["judge"]).name,
+        "samples": meta["samples"],
+        "counts": meta["counts"],
+        "by_family": dict(sorted(Counter(r["source"] for r in rows).items())),
+        "checker_apart": len(apart),
+        "checker_agrees": sum(tasks.check(r, r["chosen"]) for r in apart),
+    }
+
+
+def study_record(args) -> dict[str, Any]:
+    """results.json: the pair sets, the reward model's held-out evaluation and every finished run."""
+    p = paths(args)
+    files = sorted(f for f in (p["root"] / "pairs").glob("*.jsonl") if ".staged" not in f.name)
+    rm = p["rm"] / "eval.json"
+    return {
+        "pair_sets": [pair_set(f) for f in files],
+        "reward_model": json.loads(rm.read_text())["metrics"] if rm.exists() else None,
+        "runs": collect(args),
+    }
+
+
 def _delta(r: dict[str, Any], key: str) -> str:
     """``+0.012 [−0.01, +0.04] p=0.31``: a paired difference, its 95 % interval and McNemar's p."""
     d = r.get("paired", {}).get(key)
@@ -394,23 +428,37 @@ def _delta(r: dict[str, Any], key: str) -> str:
     return f"{d['difference']:+.3f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]{p}"
 
 
-def render(rows: list[dict[str, Any]], parts: dict[str, list[papers_scale.Sweep]]) -> str:
-    """The study's tables (Markdown) from results.json's rows, one per part of ``parts`` (:func:`sweeps`)."""
+def render(record: dict[str, Any], parts: dict[str, list[papers_scale.Sweep]]) -> str:
+    """The study's tables (Markdown) from results.json: the pair sets, then one table of runs per part of
+    ``parts`` (:func:`sweeps`), the start first in each."""
+    sets = [[x["file"], x["judge"], str(x["samples"]), str(x["counts"]["prompts"]), str(x["counts"]["pairs"]),
+             str(x["counts"]["tied"]), ", ".join(f"{k} {v}" for k, v in x["by_family"].items()),
+             f"{x['checker_agrees']} / {x['checker_apart']}"] for x in record["pair_sets"]]  # fmt: skip
+    out = [
+        *papers_scale._table(["pair set", "judge", "K", "prompts", "pairs", "all tied", "pairs by family",
+                              "chosen right where the checker tells them apart"], sets), "",
+    ]  # fmt: skip
+    rm = record.get("reward_model")
+    if rm:
+        out += [f"Reward model, held out: pairwise accuracy {rm['reward/accuracy']:.4f}, mean margin "
+                f"{rm['reward/margin']:.2f}.", ""]  # fmt: skip
+    start, *rows = record["runs"]
     part_of = {s.name: part for part, group in parts.items() for s in group}
     head = ["run", "method", "lr", "β", "seed", "success (greedy)", "Δ vs start", "Δ vs DPO/SFT",
             "win rate (T=1)", "Δ win vs start", "Δ win vs DPO/SFT", "KL", "mc"]  # fmt: skip
-    out = []
+
+    def line(r: dict[str, Any]) -> list[str]:
+        m, twin = r["metrics"], "sft" if r["method"] in ("sft", "minor_sft") else "dpo"
+        return [
+            f"{r['sweep']}/{r['run']}", r["method"], papers_scale._f(r.get("lr"), "{:g}"),
+            papers_scale._f(r.get("beta"), "{:g}"), str(r.get("seed", "-")),
+            papers_scale._ci(m, "generation/success"), _delta(r, "success vs start"), _delta(r, f"success vs {twin}"),
+            papers_scale._ci(m, "t1/win_rate/chosen"), _delta(r, "win_rate/chosen vs start"),
+            _delta(r, f"win_rate/chosen vs {twin}"), papers_scale._f(m.get("kl")), papers_scale._f(m.get("mc/accuracy")),
+        ]  # fmt: skip
+
     for part in dict.fromkeys(part_of[r["sweep"]] for r in rows if r["sweep"] in part_of):
-        lines = []
-        for r in (r for r in rows if part_of.get(r["sweep"]) == part):
-            m, twin = r["metrics"], "sft" if r["method"] in ("sft", "minor_sft") else "dpo"
-            lines.append([
-                f"{r['sweep']}/{r['run']}", r["method"], f"{r['lr']:g}", papers_scale._f(r.get("beta"), "{:g}"),
-                str(r["seed"]), papers_scale._ci(m, "generation/success"), _delta(r, "success vs start"),
-                _delta(r, f"success vs {twin}"), papers_scale._ci(m, "t1/win_rate/chosen"),
-                _delta(r, "win_rate/chosen vs start"), _delta(r, f"win_rate/chosen vs {twin}"),
-                papers_scale._f(m.get("kl")), papers_scale._f(m.get("mc/accuracy")),
-            ])  # fmt: skip
+        lines = [line(start)] + [line(r) for r in rows if part_of.get(r["sweep"]) == part]
         out += [f"#### {part}", "", *papers_scale._table(head, lines), ""]
     return "\n".join(out)
 
@@ -449,10 +497,10 @@ def main() -> None:
     args = ap.parse_args()
     p = paths(args)
     if args.collect:
-        rows = collect(args)
+        record = study_record(args)
         Path(args.collect).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.collect).write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
-        print(render(rows[1:], sweeps(args)))
+        Path(args.collect).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+        print(render(record, sweeps(args)))
         return
     if args.plan:
         total = 0
