@@ -221,6 +221,8 @@ def run_trl(
     t0 = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - t0
+    if args.save:  # the end-to-end job ends with the trained model on disk, as tether's does (final/)
+        trainer.save_model(str(args.workdir / "trl-out" / "final"))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     if len(timer.seconds) != args.steps or len(tokens) < args.steps:
         raise RuntimeError(f"expected {args.steps} steps, timed {len(timer.seconds)}, collated {len(tokens)}")
@@ -619,6 +621,7 @@ def main() -> None:
     ap.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--save", action="store_true", help=argparse.SUPPRESS)  # TRL saves its model (end to end)
     ap.add_argument(
         "--table",
         nargs="+",

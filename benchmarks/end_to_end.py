@@ -1,5 +1,6 @@
-"""The whole DPO job a user waits for, TRL vs tether: one epoch over the pairs, model load, tokenization and
-any reference precompute included; and a 4-point β sweep that shares one precompute.
+"""The whole DPO job a user waits for, TRL vs tether: one epoch over the pairs, model load, tokenization,
+any reference precompute and the trained model's save included; and a 4-point β sweep that shares one
+precompute.
 
 Each job is one process (``bench_dpo.py --worker ...``: the same model, data, batches, optimizer and
 settings as the step-time benchmark), timed by its wall clock from start to exit, so the Python imports,
@@ -57,6 +58,7 @@ def _job(args: argparse.Namespace, shape_dir: Path, data: Path, n: int, config: 
     cmd += ["--warmup", "0", "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
     cmd += ["--pairs", str(n), "--lr", str(args.lr), "--seed", str(args.seed), "--beta", str(beta)]
     cmd += ["--bf16"] if args.bf16 else []
+    cmd += ["--save"]  # the job ends with the model saved: TRL's save_model, tether's final/
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=HERE.parent, capture_output=not args.verbose, text=True)
     wall = time.perf_counter() - t0
@@ -143,8 +145,16 @@ def shape_summary(name: str, s: dict, peak: float, n_params: int, n_betas: int) 
             "step_mfu": statistics.median(flops / x / peak for x in steps),
             "losses": runs[0][config]["losses"],
         }
+        row["fixed_s"] = statistics.median(
+            w - x - (r[config]["precompute_s"] or 0.0) for w, x, r in zip(walls, steps, runs, strict=True)
+        )
         both = [r for r in ok if config in r and "error" not in r[config]]
         row["speedup"] = [r["trl"]["wall_s"] / r[config]["wall_s"] for r in both]
+        row["work_speedup"] = [  # the per-pair work: what the job's ratio tends to as the epoch grows
+            sum(r["trl"]["step_seconds"])
+            / (sum(r[config]["step_seconds"]) + (r[config]["precompute_s"] or 0.0))
+            for r in both
+        ]
         row["memory"] = [r[config]["peak_rss_mb"] / r["trl"]["peak_rss_mb"] for r in both]
         cached = f"{config}/cached"
         if config == "trl":
@@ -155,6 +165,17 @@ def shape_summary(name: str, s: dict, peak: float, n_params: int, n_betas: int) 
             row["sweep_speedup"] = [n_betas * r["trl"]["wall_s"] / x for r, x in sw if r in ok]
         out[config] = row
     return out
+
+
+def summarise(report: dict) -> None:
+    for shape, s in report["shapes"].items():
+        s["summary"] = shape_summary(
+            shape,
+            s,
+            report["machine"]["matmul_peak_flops"],
+            report["model_params"],
+            len(report["settings"]["betas"]),
+        )
 
 
 def markdown(report: dict) -> str:
@@ -170,14 +191,14 @@ def markdown(report: dict) -> str:
             f"{w['positions_per_step_after']:.0f} shared + packed (tether).",
             "",
             "| config | job wall s | job vs TRL | β sweep s | sweep vs TRL | peak RSS MB | memory vs TRL "
-            "| precompute s | model FLOP/s, of matmul peak |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| precompute s | steps + precompute vs TRL's steps | fixed s | model FLOP/s, of matmul peak |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         summary = s["summary"]
         for config in report["settings"]["configs"]:
             r = summary.get(config)
             if r is None or r.get("error"):
-                lines.append(f"| {config} | failed | | | | | | | |")
+                lines.append(f"| {config} | failed | | | | | | | | | |")
                 continue
             sweep = f"{statistics.median(r['sweep_s']):.0f}" if r.get("sweep_s") else "—"
             sweep_ratio = "1.00×" if config == "trl" else _ratio_cell(r.get("sweep_speedup", []))
@@ -186,7 +207,7 @@ def markdown(report: dict) -> str:
             lines.append(
                 f"| {config} | {r['wall_s']:.0f} | {_ratio_cell(r['speedup'])} | {sweep} | {sweep_ratio} | "
                 f"{r['peak_rss_mb']:.0f} | {_ratio_cell(r['memory'])} | {r['precompute_s']:.1f} | "
-                f"{r['step_mfu']:.0%} |"
+                f"{_ratio_cell(r['work_speedup'])} | {r['fixed_s']:.1f} | {r['step_mfu']:.0%} |"
             )
         lines.append("")
     st = report["settings"]
@@ -194,7 +215,11 @@ def markdown(report: dict) -> str:
         f"Medians over {st['rounds']} interleaved rounds (range in brackets: the same-round ratios); "
         f"β sweep over {n_betas} points ({', '.join(f'{b:g}' for b in st['betas'])}); batch {st['batch_size']} "
         f"pairs, max_length {st['max_length']}, {'bf16 autocast' if st.get('bf16') else 'fp32'}, {report['machine']['cores']} cores "
-        f"({report['machine']['cpu']}), load average at the start {report['machine']['loadavg'][0]:.1f}."
+        f"({report['machine']['cpu']}), load average at the start {report['machine']['loadavg'][0]:.1f}. "
+        "*Steps + precompute vs TRL's steps*: TRL's summed step time over tether's summed step time plus its "
+        "precompute, per round: the ratio a longer epoch tends to. *Fixed s*: the job's wall time less its steps "
+        "and precompute (imports, model load, tokenization, the final save; tether: also its final checkpoint "
+        "and plots)."
     )
     return "\n".join(lines)
 
@@ -207,8 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--pairs",
         type=int,
-        default=4,
-        help="pairs per shape: the epoch (4 = one step of 4: the 4-shape, 3-round table in ~25-30 min idle)",
+        default=8,
+        help="pairs per shape: the epoch (8 = two steps of 4: the 4-shape, 3-round table in ~28 min idle)",
     )
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=512)
@@ -221,8 +246,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--verbose", action="store_true", help="show the jobs' own output")
     ap.add_argument("--table", type=Path, help="only print the Markdown of an earlier --out file")
     args = ap.parse_args(argv)
-    if args.table:
-        print(markdown(json.loads(args.table.read_text())))
+    if args.table:  # the summaries recomputed from the rounds' raw timings
+        report = json.loads(args.table.read_text())
+        summarise(report)
+        print(markdown(report))
         return
     if "trl" not in args.configs:
         ap.error("--configs: the ratios need trl")
@@ -250,8 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         "model_params": res["n_params"],
         "shapes": res["shapes"],
     }
-    for shape, s in report["shapes"].items():
-        s["summary"] = shape_summary(shape, s, res["peak"], res["n_params"], len(args.betas))
+    summarise(report)
     text = markdown(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))

@@ -1,0 +1,127 @@
+"""benchmarks/protocol_study.py's bookkeeping (issue 27): sDPO's easy → hard split, the pair sets' counts, which
+run each run is compared with, and the tables rendered from results.json. The training and evaluation it
+drives are tether's own commands, tested elsewhere; on a tiny random model the task checker ties every
+sample, so no pair set could be built here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tiny import benchmark_module
+
+study = benchmark_module("protocol_study")
+
+
+def _args(runs: Path, **kw) -> argparse.Namespace:
+    base = dict(runs=str(runs), samples=8, lrs=["1e-06", "2e-06"], ref_free_lrs=["5e-06"], model="m",
+                dtype="float32", start_lr="2e-05", steps=8, batch_size=4, quiet=True, heldout=600,
+                max_new_tokens=16)  # fmt: skip
+    return argparse.Namespace(**{**base, **kw})
+
+
+def _pairs(path: Path, scores: list[list[float]]) -> None:
+    rows = [
+        {"prompt": f"What is {i} + 0? Answer with just the number.", "source": "arithmetic", "answer": str(i),
+         "chosen": str(i), "rejected": str(i + 1), "provenance": {"scores": s}}
+        for i, s in enumerate(scores)
+    ]  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    meta = {
+        "judge": "tasks",
+        "samples": len(scores[0]),
+        "counts": {"prompts": 9, "pairs": len(rows), "tied": 9 - len(rows)},
+    }
+    path.with_suffix(".meta.json").write_text(json.dumps(meta))
+
+
+def test_sdpo_split_puts_the_prompts_the_start_solves_most_first(tmp_path):
+    args = _args(tmp_path)
+    p = study.paths(args)
+    _pairs(p["task_pairs"], [[1, 0, 0, 0], [1, 1, 1, 0], [1, 0, 1, 0], [1, 1, 0, 0], [1, 1, 1, 0]])
+    study.part_staged_data(args)
+    rows = [json.loads(line) for line in p["staged_pairs"].read_text().splitlines()]
+    assert [r["difficulty"] for r in rows] == ["hard", "easy", "hard", "hard", "easy"]  # ties in file order
+    assert [r["chosen"] for r in rows] == ["0", "1", "2", "3", "4"]  # the file's order and rows kept
+    cfg = {s.name: s.base for s in study.sweeps(args)["sdpo"]}
+    assert cfg["sdpo_easy_hard"]["stages"] == {
+        "by": "column",
+        "column": "difficulty",
+        "order": ["easy", "hard"],
+    }
+    assert cfg["sdpo_random"]["stages"]["by"] == "random"
+    assert all(
+        c["train"]["max_steps"] * 2 == args.steps for c in cfg.values()
+    )  # two stages = one-shot's steps
+
+
+def test_pair_set_counts_and_the_checker_agreement(tmp_path):
+    path = tmp_path / "pairs" / "reward_k4.jsonl"
+    _pairs(path, [[0.3, 0.1, 0.2, 0.0]] * 3)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[1]["chosen"], rows[1]["rejected"] = rows[1]["rejected"], rows[1]["chosen"]  # the judge got it wrong
+    rows[2]["rejected"] = rows[2]["chosen"]  # the checker cannot tell these apart
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = study.pair_set(path)
+    assert got["by_family"] == {"arithmetic": 3}
+    assert (got["checker_agrees"], got["checker_apart"]) == (1, 2)
+    assert got["counts"]["pairs"] == 3 and got["samples"] == 4
+
+
+def _row(sweep: str, method: str, lr: float, seed: int = 0, beta: float | None = 0.1, pairs="tasks_k8.jsonl"):
+    return {"sweep": sweep, "run": f"{method}_{lr}_{seed}_{beta}", "method": method, "lr": lr, "seed": seed,
+            "beta": beta, "pairs": pairs, "metrics": {}}  # fmt: skip
+
+
+def test_each_run_is_compared_with_dpo_or_sft_on_the_same_pairs_lr_seed_and_beta():
+    dpo, dpo_lr2 = _row("table", "dpo", 1e-6), _row("table", "dpo", 2e-6)
+    dpo_b05 = _row("frontier_dpo", "dpo", 1e-6, beta=0.5)
+    dpo_s1 = _row("seeds", "dpo", 1e-6, seed=1)
+    judged_dpo = _row("judged", "dpo", 1e-6, pairs="reward_k8.jsonl")
+    sft, minor = _row("minorsft", "sft", 2e-5, beta=None), _row("minorsft", "minor_sft", 2e-5, beta=None)
+    rows = [dpo, dpo_lr2, dpo_b05, dpo_s1, judged_dpo, sft, minor]
+    assert study.counterpart(rows, dpo) is None
+    assert study.counterpart(rows, _row("table", "ipo", 2e-6)) is dpo_lr2
+    assert study.counterpart(rows, _row("frontier_eps", "epsilon_dpo", 1e-6, beta=0.5)) is dpo_b05
+    assert study.counterpart(rows, _row("table", "simpo", 1e-6, beta=2.0)) is dpo  # no DPO at its β: same lr
+    assert study.counterpart(rows, _row("seeds", "orpo", 1e-6, seed=1)) is dpo_s1
+    assert study.counterpart(rows, _row("judged", "epsilon_dpo", 1e-6, pairs="reward_k8.jsonl")) is judged_dpo
+    assert study.counterpart(rows, _row("sdpo_easy_hard", "dpo", 1e-6)) is dpo  # sDPO against one-shot DPO
+    assert study.counterpart(rows, minor) is sft
+    assert study.counterpart(rows, _row("table", "kto", 5e-6)) is None  # no DPO at that lr
+
+
+def test_tables_render_every_number_from_the_record():
+    args = _args(Path("/nonexistent"))
+    start = {"sweep": "start", "run": "start", "method": "start", "metrics": {"generation/success": 0.33}}
+    run = _row("table", "ipo", 1e-6)
+    run["metrics"] = {"generation/success": 0.4, "generation/success/ci_low": 0.36,
+                      "generation/success/ci_high": 0.44, "t1/win_rate/chosen": 0.25, "kl": 1.5}  # fmt: skip
+    run["paired"] = {
+        "success vs start": {
+            "n": 600,
+            "difference": 0.07,
+            "ci_low": 0.04,
+            "ci_high": 0.1,
+            "mcnemar_p": 0.0012,
+        },
+        "success vs dpo": {"n": 600, "difference": -0.01, "ci_low": -0.03, "ci_high": 0.01, "mcnemar_p": 0.5},
+    }
+    record = {
+        "pair_sets": [{"file": "tasks_k8.jsonl", "judge": "tasks", "samples": 8, "by_family": {"choice": 3},
+                       "counts": {"prompts": 9, "pairs": 3, "tied": 6}, "checker_apart": 3, "checker_agrees": 3}],
+        "reward_model": {"reward/accuracy": 0.8375, "reward/margin": 3.935},
+        "runs": [start, run],
+    }  # fmt: skip
+    text = study.render(record, study.sweeps(args))
+    assert "| tasks_k8.jsonl | tasks | 8 | 9 | 3 | 6 | choice 3 | 3 / 3 |" in text
+    assert "pairwise accuracy 0.8375, mean margin 3.94" in text
+    table = text.split("#### table")[1].splitlines()
+    assert table[3].startswith("| start/start | start |")  # the start first
+    assert (
+        "| 0.400 [0.36, 0.44] | +0.070 [+0.04, +0.10] p=0.0012 | -0.010 [-0.03, +0.01] p=0.5 | 0.250 |"
+        in table[4]
+    )
+    assert "#### frontier" not in text  # a part with no finished run has no table
