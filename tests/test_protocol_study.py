@@ -119,9 +119,9 @@ def test_tables_render_every_number_from_the_record():
     assert "| tasks_k8.jsonl | tasks | 8 | 9 | 3 | 6 | choice 3 | 3 / 3 |" in text
     assert "pairwise accuracy 0.8375, mean margin 3.94" in text
     table = text.split("#### table")[1].splitlines()
-    assert table[3].startswith("| start/start | start |")  # the start first
+    assert table[4].startswith("| start/start | start |")  # the start first
     assert (
         "| 0.400 [0.36, 0.44] | +0.070 [+0.04, +0.10] p=0.0012 | -0.010 [-0.03, +0.01] p=0.5 | 0.250 |"
-        in table[4]
+        in table[5]
     )
     assert "#### frontier" not in text  # a part with no finished run has no table
