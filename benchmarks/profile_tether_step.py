@@ -1,11 +1,14 @@
-"""Where one tether DPO step spends its time (CPU): phase timers plus the top ops from torch.profiler.
+"""Where one tether DPO step spends its time (CPU): the trainer's own steps, timed, then one step under
+torch.profiler, its self CPU time grouped into matrix products, attention, the optimizer and the rest.
 
 Builds the same run as ``bench_dpo.py`` (SmolLM2-135M fp32, the synthetic pairs, ``--batch-size`` pairs per
-step) through tether's own pieces, runs ``--warmup`` untimed steps, then times ``--steps`` steps split into
-collate, reference forward, policy forward (decoder / LM head + log-softmax), backward and optimizer step,
-and prints the ops with the most self CPU time of one profiled step.
+step, shared prompts and packing: tether's defaults) through tether's own pieces, runs ``--warmup`` untimed
+steps and times ``--steps`` steps of ``Trainer.train_step``; then profiles one more and prints the ops with
+the most self CPU time and the share of each group. A step's matrix products (``aten::mm``/``addmm``/
+``bmm``) are where its model FLOPs are; every other op's time is what keeps the step's model FLOP/s below
+the matmul peak.
 
-    HF_HUB_OFFLINE=1 python benchmarks/profile_tether_step.py --mode copy --steps 3
+    HF_HUB_OFFLINE=1 python benchmarks/profile_tether_step.py --mode precomputed --steps 3
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=512)
-    ap.add_argument("--pairs", type=int, default=256)
+    ap.add_argument("--pairs", type=int, default=32)
     ap.add_argument("--rows", type=int, default=25, help="profiler table rows")
     args = ap.parse_args()
 
@@ -38,10 +41,9 @@ def main() -> None:
     from accelerate import Accelerator
     from make_pairs import write_pairs
 
-    import tether.engine.logprobs as lp
     import tether.engine.models as models
     from tether.config import from_dict
-    from tether.engine.logprobs import LogProbModel, loss_inputs
+    from tether.engine.logprobs import LogProbModel
     from tether.engine.reference_build import build_reference
     from tether.training.run import _disable_dropout, prepare, reference_spec
     from tether.training.sink import MetricsSink
@@ -86,79 +88,46 @@ def main() -> None:
         sink=MetricsSink(work / "run", [], {}, enabled=False),
     )
 
-    phases: dict[str, list[float]] = defaultdict(list)
-    head_time = [0.0]
-    orig_chunk = lp._chunk_logps
-
-    def timed_chunk(*a, **kw):  # LM head + log-softmax + gather (called again by checkpoint in backward)
-        t0 = time.perf_counter()
-        out = orig_chunk(*a, **kw)
-        head_time[0] += time.perf_counter() - t0
-        return out
-
-    lp._chunk_logps = timed_chunk
-
-    def step(record: bool) -> None:
-        tr = trainer
-        idx = tr.schedule.micro_batches(tr.step, cfg.train.batch_size, 1, 0)[0]
-        tr.policy.train()
-        marks = [time.perf_counter()]
-        batch = tr._batch(idx, tr.train_examples)
-        marks.append(time.perf_counter())
-        ref_sum = tr.reference(batch, "train")[0] if tr.reference is not None else None
-        marks.append(time.perf_counter())
-        head_time[0] = 0.0
-        hidden = tr.policy.hidden(batch.input_ids, batch.attention_mask)
-        marks.append(time.perf_counter())
-        rows = tr.policy.from_hidden(hidden, batch.input_ids, batch.response_mask)
-        out = tr.method(loss_inputs(rows, batch, ref_sum), tr.hparams)
-        marks.append(time.perf_counter())
-        head_fwd = head_time[0]
-        head_time[0] = 0.0
-        (out.losses.sum() / len(idx)).backward()
-        marks.append(time.perf_counter())
-        head_bwd = head_time[0]
-        torch.nn.utils.clip_grad_norm_(tr.policy.parameters(), 1.0)
-        tr.optimizer.step()
-        tr.optimizer.zero_grad(set_to_none=True)
-        tr.state.step += 1
-        marks.append(time.perf_counter())
-        if record:
-            names = [
-                "collate",
-                "reference forward",
-                "policy decoder forward",
-                "policy head+loss forward",
-                "backward (incl. head recompute)",
-                "clip + optimizer",
-            ]
-            for n, a, b in zip(names, marks[:-1], marks[1:], strict=True):
-                phases[n].append(b - a)
-            phases["  of which head recompute in backward"].append(head_bwd)
-            phases["  head fwd (chunks)"].append(head_fwd)
-            phases["total"].append(marks[-1] - marks[0])
-            phases["tokens"].append(batch.n_tokens)
-            phases["width"].append(batch.input_ids.shape[1])
-
     for _ in range(args.warmup):
-        step(False)
+        trainer.train_step()
+    times = []
     for _ in range(args.steps):
-        step(True)
-    print(
-        f"\nphase medians over {args.steps} steps (mode={args.mode}, batch {args.batch_size} pairs, "
-        f"{torch.get_num_threads()} threads):"
-    )
-    for k, v in phases.items():
-        if k in ("tokens", "width"):
-            print(f"  {k:40s} {statistics.median(v):8.0f}")
-        else:
-            print(f"  {k:40s} {statistics.median(v):8.2f} s")
+        t0 = time.perf_counter()
+        trainer.train_step()
+        times.append(time.perf_counter() - t0)
+    print(f"\nstep seconds (mode={args.mode}, batch {args.batch_size} pairs, {torch.get_num_threads()} threads): "
+          f"median {statistics.median(times):.2f}, each {', '.join(f'{t:.2f}' for t in times)}")  # fmt: skip
 
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        step(False)
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+        trainer.train_step()
+    events = prof.key_averages()
+    print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    groups: dict[str, float] = defaultdict(float)
+    for e in events:
+        groups[group_of(e.key)] += e.self_cpu_time_total
+    total = sum(groups.values())
+    print("self CPU time of the profiled step by group:")
+    for g, us in sorted(groups.items(), key=lambda kv: -kv[1]):
+        print(f"  {g:48s} {us / 1e6:7.2f} s  {us / total:6.1%}")
+
+
+MATMUL = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+ATTENTION = ("scaled_dot_product", "flash_attention", "_efficient_attention")
+OPTIMIZER = ("Optimizer.step", "_foreach_", "aten::lerp", "aten::addcdiv", "aten::addcmul", "aten::sqrt")
+
+
+def group_of(name: str) -> str:
+    if name in MATMUL:
+        return "matrix products (mm, addmm, bmm)"
+    if any(a in name for a in ATTENTION):
+        return "attention (scaled dot product, per segment)"
+    if any(o in name for o in OPTIMIZER):
+        return "optimizer (AdamW's element-wise updates)"
+    if "copy_" in name or "cat" in name or "index" in name or "gather" in name or "scatter" in name:
+        return "copies, gathers, concatenations"
+    return "other element-wise ops (norms, activations, softmax, ...)"
 
 
 if __name__ == "__main__":
