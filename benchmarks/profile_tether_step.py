@@ -113,14 +113,22 @@ def main() -> None:
         print(f"  {g:48s} {us / 1e6:7.2f} s  {us / total:6.1%}")
 
 
-MATMUL = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+MATMUL = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm"}  # addmm_: the head's ∂W
 ATTENTION = ("scaled_dot_product", "flash_attention", "_efficient_attention")
-OPTIMIZER = ("Optimizer.step", "_foreach_", "aten::lerp", "aten::addcdiv", "aten::addcmul", "aten::sqrt")
+OPTIMIZER = (
+    "Optimizer.step",
+    "_fused_adam",
+    "_foreach_",
+    "aten::lerp",
+    "aten::addcdiv",
+    "aten::addcmul",
+    "aten::sqrt",
+)
 
 
 def group_of(name: str) -> str:
     if name in MATMUL:
-        return "matrix products (mm, addmm, bmm)"
+        return "matrix products (mm, addmm, addmm_, bmm)"
     if any(a in name for a in ATTENTION):
         return "attention (scaled dot product, per segment)"
     if any(o in name for o in OPTIMIZER):
