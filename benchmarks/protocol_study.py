@@ -463,6 +463,87 @@ def render(record: dict[str, Any], parts: dict[str, list[papers_scale.Sweep]]) -
     return "\n".join(out)
 
 
+def frontier_points(runs: list[dict[str, Any]], lr: float) -> dict[str, list[dict[str, Any]]]:
+    """ε-DPO's Figure 5: per frontier method, its seed-0 runs at ``lr`` on the checker's pairs (the frontier
+    sweep's β values and the table's run at the default β), in KL order."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        ok = r["sweep"] == f"frontier_{r['method']}" or r["sweep"] == "table" or r["sweep"] == "table_tr_dpo"
+        if ok and r["method"] in FRONTIER and r.get("lr") == lr and r.get("seed") == 0:
+            out.setdefault(r["method"], []).append(r)
+    return {m: sorted(rs, key=lambda r: r["metrics"].get("kl") or 0.0) for m, rs in out.items()}
+
+
+def plots(record: dict[str, Any], lr: float | None, out: Path) -> list[Path]:
+    """The page's figures from results.json: the frontier (success and T = 1 win rate against KL, points joined
+    in KL order, 95 % intervals, the start as a line), ε-DPO's β along training (log axis), MinorSFT's m_θ
+    along training against SFT's."""
+    from tether.evaluation.report import _figure
+
+    out.mkdir(parents=True, exist_ok=True)
+    start, *runs = record["runs"]
+    written = []
+    front = frontier_points(runs, lr) if lr is not None else {}
+    if front:
+        fig = _figure((10.0, 4.2))
+        axes = fig.subplots(1, 2)
+        for ax, key, label in zip(axes, ("generation/success", "t1/win_rate/chosen"),
+                                  ("held-out task success, greedy", "win rate against the chosen answers, T = 1"),
+                                  strict=True):  # fmt: skip
+            for i, (method, rs) in enumerate(sorted(front.items())):
+                pts = [
+                    r for r in rs if r["metrics"].get(key) is not None and r["metrics"].get("kl") is not None
+                ]
+                xs, ys = [r["metrics"]["kl"] for r in pts], [r["metrics"][key] for r in pts]
+                err = [[y - r["metrics"].get(f"{key}/ci_low", y) for y, r in zip(ys, pts, strict=True)],
+                       [r["metrics"].get(f"{key}/ci_high", y) - y for y, r in zip(ys, pts, strict=True)]]  # fmt: skip
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, color=f"C{i}", label=method)
+                for x, y, r in zip(xs, ys, pts, strict=True):
+                    ax.annotate(
+                        f"β={r['beta']:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points"
+                    )
+            if start["metrics"].get(key) is not None:
+                ax.axhline(start["metrics"][key], color="gray", ls="--", label="the SFT start")
+            ax.set(xlabel="KL(π‖π_start), sampled", ylabel=label)
+            ax.legend(fontsize=7)
+        fig.suptitle(f"ε-DPO Figure 5 on the on-policy pairs (lr {lr:g}, seed 0)")
+        fig.savefig(out / "frontier.png", dpi=120)
+        written.append(out / "frontier.png")
+    eps = [r for r in runs if r["method"] == "epsilon_dpo" and r.get("series", {}).get("kl/beta")]
+    if eps:
+        fig = _figure((6.5, 4.0))
+        ax = fig.subplots()
+        for r in eps:
+            ax.plot(
+                range(1, len(r["series"]["kl/beta"]) + 1),
+                r["series"]["kl/beta"],
+                label=f"{r['sweep']}/{r['run']}",
+            )
+        ax.set_yscale("log")
+        ax.set(xlabel="step", ylabel="β (log scale)", title="ε-DPO: β along training")
+        ax.legend(fontsize=6)
+        fig.savefig(out / "epsilon_beta.png", dpi=120)
+        written.append(out / "epsilon_beta.png")
+    along = [r for r in runs if r.get("checkpoints") and r["method"] in ("sft", "minor_sft")]
+    if along:
+        fig = _figure((6.5, 4.0))
+        ax = fig.subplots()
+        for r in along:
+            pts = [
+                (c["step"], c.get("deviation")) for c in r["checkpoints"] if c.get("deviation") is not None
+            ]
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=r["method"])
+        ax.set(
+            xlabel="step",
+            ylabel="deviation m_θ (nats per token)",
+            title="MinorSFT Figure 1: m_θ along training",
+        )
+        ax.legend(fontsize=8)
+        fig.savefig(out / "minor_sft_deviation.png", dpi=120)
+        written.append(out / "minor_sft_deviation.png")
+    return written
+
+
 def counts(path: Path) -> dict[str, Any]:
     """The pair set's counts from its sidecar (written by ``tether pairs``)."""
     meta = path.with_suffix(".meta.json")
@@ -501,6 +582,9 @@ def main() -> None:
         Path(args.collect).parent.mkdir(parents=True, exist_ok=True)
         Path(args.collect).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
         print(render(record, sweeps(args)))
+        lr = float(args.lrs[0]) if args.lrs else None
+        for path in plots(record, lr, Path(args.collect).parent):
+            print(f"plot: {path}")
         return
     if args.plan:
         total = 0

@@ -125,3 +125,27 @@ def test_tables_render_every_number_from_the_record():
         in table[5]
     )
     assert "#### frontier" not in text  # a part with no finished run has no table
+
+
+def test_the_figures_draw_from_the_record(tmp_path):
+    """The frontier joins each method's points in KL order and draws the start; ε-DPO's β and MinorSFT's m_θ
+    along training are drawn from the series and checkpoints results.json keeps."""
+    start = {"sweep": "start", "run": "start", "method": "start", "metrics": {"generation/success": 0.3}}
+    runs = []
+    for sweep, method, beta, kl in (("frontier_dpo", "dpo", 0.5, 2.0), ("table", "dpo", 0.1, 5.0),
+                                    ("frontier_dpo", "dpo", 0.01, 9.0), ("table", "epsilon_dpo", 0.01, 4.0)):  # fmt: skip
+        r = _row(sweep, method, 1e-6, beta=beta)
+        r["metrics"] = {"kl": kl, "generation/success": 0.3 + kl / 100, "t1/win_rate/chosen": 0.2}
+        r["series"] = {"kl/beta": [0.01, 0.012, 0.02]} if method == "epsilon_dpo" else {}
+        runs.append(r)
+    runs.append(_row("table", "dpo", 2e-6) | {"metrics": {"kl": 1.0}})  # another lr: not on the frontier
+    minor = _row("minorsft", "minor_sft", 2e-5, beta=None)
+    minor["checkpoints"] = [{"step": s, "deviation": 3.3 + s / 1000} for s in (25, 50, 75, 100)]
+    runs.append(minor)
+    front = study.frontier_points(runs, 1e-6)
+    assert [r["beta"] for r in front["dpo"]] == [0.5, 0.1, 0.01]  # in KL order
+    assert [r["beta"] for r in front["epsilon_dpo"]] == [0.01]
+    written = study.plots({"runs": [start, *runs]}, 1e-6, tmp_path)
+    names = {p.name for p in written}
+    assert names == {"frontier.png", "epsilon_beta.png", "minor_sft_deviation.png"}
+    assert all(p.stat().st_size > 1000 for p in written)
