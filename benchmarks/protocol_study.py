@@ -323,6 +323,12 @@ def run_sweep(args, sweep: papers_scale.Sweep) -> None:
     t0 = time.time()
     result = sweep_run(cfg, sweep.grid, out=p["root"] / sweep.name, data_eval=sweep.eval_data,
                        options=greedy, after_point=after)  # fmt: skip
+    if sweep.base.get("stages", {}).get("by") == "column":  # sDPO's claim: each stage's reference is better
+        for point in result.points:  # on the same (last) chunk
+            run = result.path / point.name
+            if not (run / "gamma_last_chunk.json").exists():
+                gammas = papers_scale.gamma_by_reference(run, sweep.base["model"]["name"], sweep.base)
+                (run / "gamma_last_chunk.json").write_text(json.dumps(gammas, indent=1))
     print(f"== {sweep.name}: {len(result.points)} runs, {time.time() - t0:.0f} s", flush=True)
 
 
@@ -445,7 +451,7 @@ def render(record: dict[str, Any], parts: dict[str, list[papers_scale.Sweep]]) -
     start, *rows = record["runs"]
     part_of = {s.name: part for part, group in parts.items() for s in group}
     head = ["run", "method", "lr", "β", "seed", "success (greedy)", "Δ vs start", "Δ vs DPO/SFT",
-            "win rate (T=1)", "Δ win vs start", "Δ win vs DPO/SFT", "KL", "mc"]  # fmt: skip
+            "win rate (T=1)", "Δ win vs start", "Δ win vs DPO/SFT", "KL", "m_θ", "mc"]  # fmt: skip
 
     def line(r: dict[str, Any]) -> list[str]:
         m, twin = r["metrics"], "sft" if r["method"] in ("sft", "minor_sft") else "dpo"
@@ -454,12 +460,20 @@ def render(record: dict[str, Any], parts: dict[str, list[papers_scale.Sweep]]) -
             papers_scale._f(r.get("beta"), "{:g}"), str(r.get("seed", "-")),
             papers_scale._ci(m, "generation/success"), _delta(r, "success vs start"), _delta(r, f"success vs {twin}"),
             papers_scale._ci(m, "t1/win_rate/chosen"), _delta(r, "win_rate/chosen vs start"),
-            _delta(r, f"win_rate/chosen vs {twin}"), papers_scale._f(m.get("kl")), papers_scale._f(m.get("mc/accuracy")),
+            _delta(r, f"win_rate/chosen vs {twin}"), papers_scale._f(m.get("kl")), papers_scale._f(m.get("deviation")),
+            papers_scale._f(m.get("mc/accuracy")),
         ]  # fmt: skip
 
     for part in dict.fromkeys(part_of[r["sweep"]] for r in rows if r["sweep"] in part_of):
         lines = [line(start)] + [line(r) for r in rows if part_of.get(r["sweep"]) == part]
         out += [f"#### {part}", "", *papers_scale._table(head, lines), ""]
+    staged = [r for r in rows if r.get("stages")]
+    if staged:  # sDPO: γ_ref of each stage's reference on its own chunk, and of M_0, M_1 on the last chunk
+        lines = [[f"{r['sweep']}/{r['run']}", ", ".join(f"{st['gamma_ref']:.3f}" for st in r["stages"]),
+                  ", ".join(f"{g['reference']} {g['gamma_ref']:.3f}" for g in r.get("gamma_last_chunk", [])) or "-"]
+                 for r in staged]  # fmt: skip
+        out += ["#### sDPO's γ_ref", "",
+                *papers_scale._table(["run", "γ_ref per stage (its own chunk)", "γ_ref on the last chunk"], lines), ""]  # fmt: skip
     return "\n".join(out)
 
 

@@ -125,6 +125,15 @@ def test_tables_render_every_number_from_the_record():
         in table[5]
     )
     assert "#### frontier" not in text  # a part with no finished run has no table
+    assert "sDPO's γ_ref" not in text
+    staged = _row("sdpo_easy_hard", "dpo", 1e-6) | {"stages": [{"gamma_ref": 0.5}, {"gamma_ref": 0.25}]}
+    staged["gamma_last_chunk"] = [
+        {"reference": "M_0", "gamma_ref": 0.1},
+        {"reference": "M_1", "gamma_ref": 0.3},
+    ]
+    record["runs"].append(staged)
+    text = study.render(record, study.sweeps(args))
+    assert "| 0.500, 0.250 | M_0 0.100, M_1 0.300 |" in text.split("#### sDPO's γ_ref")[1]
 
 
 def test_the_figures_draw_from_the_record(tmp_path):
