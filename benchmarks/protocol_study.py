@@ -5,7 +5,7 @@
     python benchmarks/protocol_study.py --parts frontier table judged --lrs A B   # items 3, 4, 7 at the chosen lrs
     python benchmarks/protocol_study.py --plan                 # every sweep, its grid and its number of runs
     python benchmarks/protocol_study.py --status               # what is finished
-    python benchmarks/protocol_study.py --collect docs/results/protocol/results.json
+    python benchmarks/protocol_study.py --collect docs/results/protocol/results.json --lrs A B
 
 The seeds' protocol (ε-DPO after SimPO's "Instruct" setting): sample K completions per training prompt
 from the starting model at temperature 0.8, have a judge score them, train on best-vs-worst pairs; then
@@ -151,7 +151,7 @@ def part_reward(args) -> None:
         rm.parent.mkdir(parents=True, exist_ok=True)
         cfg_path = p["root"] / "reward.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        tether("train", str(cfg_path), f"train.output_dir={rm}")
+        tether("train", str(cfg_path), f"train.output_dir={rm}", "train.resume=true")  # resumes if killed
     if not (rm / "eval.json").exists():
         tether("eval", str(rm), "--data", str(p["heldout"]))
     if not p["rm_pairs"].exists():
@@ -170,14 +170,18 @@ def part_staged_data(args) -> None:
     order = sorted(range(len(rows)), key=lambda i: -mean[i])
     easy = set(order[: len(rows) // 2])
     out = [{**r, "difficulty": "easy" if i in easy else "hard"} for i, r in enumerate(rows)]
-    p["staged_pairs"].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out))
+    tmp = p["staged_pairs"].with_suffix(".partial")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out))
+    tmp.replace(p["staged_pairs"])  # whole or absent
 
 
 def _base(args, method: dict, pairs: str = "task_pairs", lr: float = 5e-6) -> dict:
-    return papers_scale.base_config(
+    cfg = papers_scale.base_config(
         args, model=start(args), data=paths(args)[pairs], steps=args.steps, batch=args.batch_size, lr=lr,
         method=method,
     )  # fmt: skip
+    cfg["train"]["progress"] = False  # resuming checks the config: the same with or without --quiet
+    return cfg
 
 
 def sweeps(args) -> dict[str, list[papers_scale.Sweep]]:
@@ -208,7 +212,7 @@ def sweeps(args) -> dict[str, list[papers_scale.Sweep]]:
         papers_scale.Sweep("table", "table", _base(args, {"name": "dpo"}), [("method.name", plain), ("train.lr", args.lrs)], held),
         papers_scale.Sweep("table_tr_dpo", "table", _base(args, {"name": "tr_dpo", **TR_SOFT}), [("train.lr", args.lrs)], held),
     ]  # fmt: skip
-    free_lrs = [lr for lr in args.ref_free_lrs if lr not in args.lrs]
+    free_lrs = [lr for lr in args.ref_free_lrs if float(lr) not in map(float, args.lrs)]
     if free_lrs:  # the reference-free methods' own (higher) learning rates, DPO beside them
         out["table"].append(
             papers_scale.Sweep("table_ref_free", "table", _base(args, {"name": "asft"}),
@@ -216,7 +220,7 @@ def sweeps(args) -> dict[str, list[papers_scale.Sweep]]:
         )  # fmt: skip
     out["judged"] = [
         papers_scale.Sweep("judged", "judged", _base(args, {"name": "dpo"}, pairs="rm_pairs", lr=lr0),
-                           [("method.name", ["dpo", "epsilon_dpo"])], held),
+                           [("method.name", ["dpo", "epsilon_dpo"])], held, {"judge": True}),
     ]  # fmt: skip
     staged = _base(args, {"name": "dpo"}, pairs="staged_pairs", lr=lr0)
     staged["train"]["max_steps"] = max(1, args.steps // 2)  # per stage: the same total as one-shot DPO
@@ -231,6 +235,7 @@ def sweeps(args) -> dict[str, list[papers_scale.Sweep]]:
         args, model=args.model, data=paths(args)["sft_rows"], steps=args.steps, batch=8, lr=float(args.start_lr),
         method={"name": "sft"},
     )  # fmt: skip
+    sft["train"]["progress"] = False
     out["minorsft"] = [
         papers_scale.Sweep("minorsft", "minorsft", sft, [("method.name", ["sft", "minor_sft"]),
                            ("train.seed", ["0", *SEEDS])], held, {"checkpoints": ["minor_sft_seed=0", "sft_seed=0"]}),
@@ -278,7 +283,7 @@ def eval_options(args):
     return greedy, sampled, mc
 
 
-def eval_start(args) -> None:
+def eval_start(args, judged: bool = False) -> None:
     """The start evaluated as the runs are (its own reference: KL 0), so that every run can be compared
     with it prompt by prompt."""
     import dataclasses
@@ -287,19 +292,27 @@ def eval_start(args) -> None:
 
     p, out = paths(args), paths(args)["root"] / "start"
     out.mkdir(parents=True, exist_ok=True)
+    run = str(
+        Path(start(args)).parent
+    )  # its run directory: max_length and dtype from its config, as the runs'
     for opts, data, name in zip(
         eval_options(args), (p["heldout"], p["heldout"], p["mc"]), EVAL_FILES, strict=True
     ):
         if not (out / name).exists():
-            evaluate(start(args), str(data), dataclasses.replace(opts, reference=start(args)), out=out / name)
+            evaluate(run, str(data), dataclasses.replace(opts, reference=start(args)), out=out / name)
+    if judged and not (out / "eval_rm.json").exists():
+        opts = dataclasses.replace(eval_options(args)[1], reference=start(args), judge=str(p["rm"]))
+        evaluate(run, str(p["heldout"]), opts, out=out / "eval_rm.json")
 
 
 EVAL_FILES = ("eval.json", "eval_t1.json", "eval_mc.json")
 
 
 def run_sweep(args, sweep: papers_scale.Sweep) -> None:
-    """A sweep evaluated greedily (success, KL, pairwise), then each run again sampled at temperature 1
-    (win rate against the chosen answers, the paper's protocol) and on multiple choice."""
+    """A sweep evaluated greedily (success, KL, pairwise), then each run again with one sample at
+    temperature 1 (the paper's protocol), on multiple choice, and (the judged part) by the reward model."""
+    import dataclasses
+
     from tether.evaluation.evaluate import evaluate, evaluate_checkpoints
     from tether.training.sweep import run_sweep as sweep_run
 
@@ -308,10 +321,13 @@ def run_sweep(args, sweep: papers_scale.Sweep) -> None:
     cfg.parent.mkdir(parents=True, exist_ok=True)
     cfg.write_text(yaml.safe_dump(sweep.base, sort_keys=False))
     greedy, sampled, mc = eval_options(args)
+    judged = dataclasses.replace(sampled, judge=str(p["rm"]))
 
     def after(point, rd) -> None:
         if point.name in sweep.extra.get("checkpoints", []) and not rd.eval_checkpoints.exists():
             evaluate_checkpoints(str(rd.path), sweep.eval_data, greedy)  # MinorSFT's m_θ along training
+        if sweep.extra.get("judge") and not (rd.path / "eval_rm.json").exists():  # item 7
+            evaluate(str(rd.path), sweep.eval_data, judged, out=rd.path / "eval_rm.json")
         if not (rd.path / "eval_t1.json").exists():
             evaluate(str(rd.path), sweep.eval_data, sampled, out=rd.path / "eval_t1.json")
         if not (rd.path / "eval_mc.json").exists():
@@ -332,64 +348,96 @@ def run_sweep(args, sweep: papers_scale.Sweep) -> None:
     print(f"== {sweep.name}: {len(result.points)} runs, {time.time() - t0:.0f} s", flush=True)
 
 
-PAIRED = (("success", "eval.json"), ("win_rate/chosen", "eval_t1.json"))
-"""What each run is compared on, prompt by prompt: greedy task success, and the win rate of its T = 1
-samples against the held-out chosen answers (ε-DPO's protocol)."""
+PAIRED = (("success", "eval.json", ""), ("success", "eval_t1.json", "t1/"), ("win_rate/chosen", "eval_rm.json", "rm/"),
+          ("judge/reward", "eval_rm.json", "rm/"))  # fmt: skip
+"""What each run is compared on, prompt by prompt (metric, evaluation file, the prefix of its keys in
+results.json): greedy task success; task success of one sample at T = 1 (ε-DPO's protocol samples at T = 1;
+with the task checker as the judge, the win rate against a right chosen answer is 0 or ½ a prompt, i.e.
+half the success, so success is the number compared); and, for the learned-judge runs, the reward model's
+win rate against the chosen answers and its mean reward."""
+
+
+def _kept(metrics: dict[str, Any]) -> dict[str, Any]:
+    kept = papers_scale._kept(metrics)
+    extra = ("win_rate/chosen", "win_rate/chosen/lc", "judge/reward")
+    return {k: v for k, v in metrics.items() if k in kept or k.split("/ci_")[0] in extra}
 
 
 def collect(args) -> list[dict[str, Any]]:
-    """One record per finished run (``papers_scale.collect``'s, plus its T = 1 evaluation under ``t1/``, the
-    pair set it trained on, and its paired comparisons with the start and with its DPO (or, for SFT
-    methods, SFT) counterpart: same pair set, lr, seed and β), and the start's own record first."""
+    """One record per finished run (``papers_scale.collect``'s, plus its T = 1 and reward-model evaluations
+    under ``t1/`` and ``rm/``, the pair set it trained on, and its paired comparisons (:data:`PAIRED`) with the
+    start and with the runs :func:`against` names), and the start's own record first."""
     from tether.evaluation.compare import compare
     from tether.rundir import RunDir
 
     root = paths(args)["root"]
     groups = [s for group in sweeps(args).values() for s in group]
     rows = papers_scale.collect(argparse.Namespace(runs=str(root)), groups)
-    for r in rows:
-        run = root / r["sweep"] / r["run"]
-        t1 = run / "eval_t1.json"
-        if t1.exists():
-            m = json.loads(t1.read_text())["metrics"]
-            r["metrics"].update({f"t1/{k}": v for k, v in papers_scale._kept(m).items()})
-        cfg = papers_scale.last_stage(RunDir(run)).read_config_mapping()
-        r["pairs"] = Path(cfg["data"]["train"]).name.replace(".staged", "")
     start_row = {"sweep": "start", "run": "start", "method": "start", "metrics": {}}
-    for _, file in (*PAIRED, ("", "eval_mc.json")):
-        if (root / "start" / file).exists():
-            m = papers_scale._kept(json.loads((root / "start" / file).read_text())["metrics"])
-            start_row["metrics"].update(
-                {(f"t1/{k}" if file == "eval_t1.json" else k): v for k, v in m.items()}
-            )
+    for r, folder in [(start_row, root / "start"), *((r, root / r["sweep"] / r["run"]) for r in rows)]:
+        for file, prefix in (
+            ("eval.json", ""),
+            ("eval_t1.json", "t1/"),
+            ("eval_rm.json", "rm/"),
+            ("eval_mc.json", ""),
+        ):
+            if (folder / file).exists():
+                m = _kept(json.loads((folder / file).read_text())["metrics"])
+                r["metrics"].update({f"{prefix}{k}": v for k, v in m.items()})
+    for r in rows:
+        cfg = papers_scale.last_stage(RunDir(root / r["sweep"] / r["run"])).read_config_mapping()
+        r["pairs"] = Path(cfg["data"]["train"]).name.replace(".staged", "")
     for r in rows:
         r["paired"] = {}
-        twin = counterpart(rows, r)
-        for metric, file in PAIRED:
+        others = {"start": None, **against(rows, r)}
+        for metric, file, prefix in PAIRED:
             mine = root / r["sweep"] / r["run"] / file
-            against = {"start": root / "start" / file}
-            if twin is not None:
-                against[twin["method"]] = root / twin["sweep"] / twin["run"] / file
-            for name, other in against.items():
-                if not (mine.exists() and other.exists()):
+            for name, other in others.items():
+                theirs = root / ("start" if other is None else f"{other['sweep']}/{other['run']}") / file
+                if not (mine.exists() and theirs.exists()):
                     continue
-                (res,) = compare([other, mine], metric)
+                (res,) = compare([theirs, mine], metric)
                 entry = {k: getattr(res, k) for k in ("n", "difference", "ci_low", "ci_high", "mcnemar_p")}
-                if name != "start":
-                    entry["against"] = f"{twin['sweep']}/{twin['run']}"
-                r["paired"][f"{metric} vs {name}"] = entry
+                if other is not None:
+                    entry["against"] = f"{other['sweep']}/{other['run']}"
+                r["paired"][f"{prefix}{metric} vs {name}"] = entry
     return [start_row, *rows]
 
 
-def counterpart(rows: list[dict[str, Any]], r: dict[str, Any]) -> dict[str, Any] | None:
-    """The run ``r`` is compared with: DPO (SFT for the SFT methods) on the same pairs at the same lr and
-    seed, at the same β where there is one; None for DPO (SFT) itself."""
-    base = "sft" if r["method"] in ("sft", "minor_sft") else "dpo"
-    if r["method"] == base and not (r["sweep"].startswith("sdpo")):
+def against(rows: list[dict[str, Any]], r: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The runs ``r`` is compared with besides the start, by name: ``baseline`` (:func:`baseline`), and for
+    sDPO's easy → hard split also the random split of the same seed (``random split``)."""
+    out = {}
+    base = baseline(rows, r)
+    if base is not None:
+        out["baseline"] = base
+    if r["sweep"] == "sdpo_easy_hard":
+        rnd = [o for o in rows if o["sweep"] == "sdpo_random" and o.get("seed") == r.get("seed")]
+        if rnd:
+            out["random split"] = rnd[0]
+    return out
+
+
+def baseline(rows: list[dict[str, Any]], r: dict[str, Any]) -> dict[str, Any] | None:
+    """DPO on the same pairs at the same lr and seed (at the same β in a frontier sweep, at DPO's default β
+    elsewhere; one-shot DPO for sDPO); SFT for MinorSFT; MinorSFT of the same seed for the small-step SFT
+    control; None for a baseline itself."""
+    if r["sweep"] == "sft_small_step":
+        same = [
+            o
+            for o in rows
+            if o["sweep"] == "minorsft" and o["method"] == "minor_sft" and o.get("seed") == r.get("seed")
+        ]
+        return same[0] if same else None
+    method = "sft" if r["method"] in ("sft", "minor_sft") else "dpo"
+    if r["method"] == method and not r["sweep"].startswith("sdpo"):
         return None
-    same = [o for o in rows if o["method"] == base and not o["sweep"].startswith("sdpo") and o is not r
+    beta = r.get("beta") if r["sweep"].startswith("frontier") else METHODS[method].defaults.get("beta")
+    same = [o for o in rows if o["method"] == method and not o["sweep"].startswith("sdpo") and o is not r
             and all(o.get(k) == r.get(k) for k in ("pairs", "lr", "seed"))]  # fmt: skip
-    return next((o for o in same if o.get("beta") == r.get("beta")), same[0] if same else None)
+    # the same β, then the same sweep, and the pilot's copy of a run last
+    same.sort(key=lambda o: (o.get("beta") != beta, o["sweep"] != r["sweep"], o["sweep"] == "pilot"))
+    return same[0] if same else None
 
 
 def pair_set(path: Path) -> dict[str, Any] | None:
@@ -450,30 +498,40 @@ def render(record: dict[str, Any], parts: dict[str, list[papers_scale.Sweep]]) -
                 f"{rm['reward/margin']:.2f}.", ""]  # fmt: skip
     start, *rows = record["runs"]
     part_of = {s.name: part for part, group in parts.items() for s in group}
-    head = ["run", "method", "lr", "β", "seed", "success (greedy)", "Δ vs start", "Δ vs DPO/SFT",
-            "win rate (T=1)", "Δ win vs start", "Δ win vs DPO/SFT", "KL", "m_θ", "mc"]  # fmt: skip
+    head = ["run", "method", "lr", "β", "seed", "success (greedy)", "Δ vs start", "Δ vs baseline",
+            "success (T=1)", "Δ vs start", "Δ vs baseline", "KL", "m_θ", "mc"]  # fmt: skip
 
     def line(r: dict[str, Any]) -> list[str]:
-        m, twin = r["metrics"], "sft" if r["method"] in ("sft", "minor_sft") else "dpo"
+        m = r["metrics"]
         return [
             f"{r['sweep']}/{r['run']}", r["method"], papers_scale._f(r.get("lr"), "{:g}"),
             papers_scale._f(r.get("beta"), "{:g}"), str(r.get("seed", "-")),
-            papers_scale._ci(m, "generation/success"), _delta(r, "success vs start"), _delta(r, f"success vs {twin}"),
-            papers_scale._ci(m, "t1/win_rate/chosen"), _delta(r, "win_rate/chosen vs start"),
-            _delta(r, f"win_rate/chosen vs {twin}"), papers_scale._f(m.get("kl")), papers_scale._f(m.get("deviation")),
+            papers_scale._ci(m, "generation/success"), _delta(r, "success vs start"), _delta(r, "success vs baseline"),
+            papers_scale._ci(m, "t1/generation/success"), _delta(r, "t1/success vs start"),
+            _delta(r, "t1/success vs baseline"), papers_scale._f(m.get("kl")), papers_scale._f(m.get("deviation")),
             papers_scale._f(m.get("mc/accuracy")),
         ]  # fmt: skip
 
     for part in dict.fromkeys(part_of[r["sweep"]] for r in rows if r["sweep"] in part_of):
         lines = [line(start)] + [line(r) for r in rows if part_of.get(r["sweep"]) == part]
         out += [f"#### {part}", "", *papers_scale._table(head, lines), ""]
+    judged = [r for r in [start, *rows] if r["metrics"].get("rm/win_rate/chosen") is not None]
+    if judged:  # item 7: the learned judge's own verdict, T = 1
+        lines = [[f"{r['sweep']}/{r['run']}", papers_scale._ci(r["metrics"], "rm/win_rate/chosen"),
+                  _delta(r, "rm/win_rate/chosen vs start"), _delta(r, "rm/win_rate/chosen vs baseline"),
+                  papers_scale._f(r["metrics"].get("rm/judge/reward")), _delta(r, "rm/judge/reward vs baseline")]
+                 for r in judged]  # fmt: skip
+        out += ["#### judged by the reward model (T = 1)", "", *papers_scale._table(
+            ["run", "win rate vs chosen", "Δ vs start", "Δ vs baseline", "mean reward", "Δ vs baseline"], lines), ""]  # fmt: skip
     staged = [r for r in rows if r.get("stages")]
     if staged:  # sDPO: γ_ref of each stage's reference on its own chunk, and of M_0, M_1 on the last chunk
         lines = [[f"{r['sweep']}/{r['run']}", ", ".join(f"{st['gamma_ref']:.3f}" for st in r["stages"]),
-                  ", ".join(f"{g['reference']} {g['gamma_ref']:.3f}" for g in r.get("gamma_last_chunk", [])) or "-"]
+                  ", ".join(f"{g['reference']} {g['gamma_ref']:.3f}" for g in r.get("gamma_last_chunk", [])) or "-",
+                  _delta(r, "success vs random split"), _delta(r, "t1/success vs random split")]
                  for r in staged]  # fmt: skip
         out += ["#### sDPO's γ_ref", "",
-                *papers_scale._table(["run", "γ_ref per stage (its own chunk)", "γ_ref on the last chunk"], lines), ""]  # fmt: skip
+                *papers_scale._table(["run", "γ_ref per stage (its own chunk)", "γ_ref on the last chunk",
+                                      "Δ success vs the random split", "Δ success (T=1) vs the random split"], lines), ""]  # fmt: skip
     return "\n".join(out)
 
 
@@ -489,7 +547,7 @@ def frontier_points(runs: list[dict[str, Any]], lr: float) -> dict[str, list[dic
 
 
 def plots(record: dict[str, Any], lr: float | None, out: Path) -> list[Path]:
-    """The page's figures from results.json: the frontier (success and T = 1 win rate against KL, points joined
+    """The page's figures from results.json: the frontier (greedy and T = 1 success against KL, points joined
     in KL order, 95 % intervals, the start as a line), ε-DPO's β along training (log axis), MinorSFT's m_θ
     along training against SFT's."""
     from tether.evaluation.report import _figure
@@ -501,8 +559,8 @@ def plots(record: dict[str, Any], lr: float | None, out: Path) -> list[Path]:
     if front:
         fig = _figure((10.0, 4.2))
         axes = fig.subplots(1, 2)
-        for ax, key, label in zip(axes, ("generation/success", "t1/win_rate/chosen"),
-                                  ("held-out task success, greedy", "win rate against the chosen answers, T = 1"),
+        for ax, key, label in zip(axes, ("generation/success", "t1/generation/success"),
+                                  ("held-out task success, greedy", "held-out task success, one sample at T = 1"),
                                   strict=True):  # fmt: skip
             for i, (method, rs) in enumerate(sorted(front.items())):
                 pts = [
@@ -618,10 +676,6 @@ def main() -> None:
         return
     steps = {"start": part_start, "data": part_data, "pairs": part_pairs, "reward": part_reward}
     planned = sweeps(args)
-    if "sdpo" in args.parts:
-        part_staged_data(args)
-    if any(part in planned for part in args.parts):
-        eval_start(args)
     for part in args.parts:
         if part not in steps and part not in planned:
             raise SystemExit(f"--parts {part}: give --lrs (the learning rates chosen from the pilot) first")
@@ -629,6 +683,9 @@ def main() -> None:
         if part in steps:
             steps[part](args)
         else:
+            eval_start(args, judged=part == "judged")  # the start evaluated as the runs are (once)
+            if part == "sdpo":
+                part_staged_data(args)
             for s in planned[part]:
                 run_sweep(args, s)
         print(f"== part {part}: {time.time() - t0:.0f} s", flush=True)

@@ -75,22 +75,33 @@ def _row(sweep: str, method: str, lr: float, seed: int = 0, beta: float | None =
             "beta": beta, "pairs": pairs, "metrics": {}}  # fmt: skip
 
 
-def test_each_run_is_compared_with_dpo_or_sft_on_the_same_pairs_lr_seed_and_beta():
+def test_each_run_is_compared_with_the_right_baseline():
     dpo, dpo_lr2 = _row("table", "dpo", 1e-6), _row("table", "dpo", 2e-6)
+    dpo_b001 = _row("frontier_dpo", "dpo", 1e-6, beta=0.01)  # before the table's DPO in the plan's order
     dpo_b05 = _row("frontier_dpo", "dpo", 1e-6, beta=0.5)
+    pilot_dpo = _row("pilot", "dpo", 1e-6)  # the same config as the table's DPO
     dpo_s1 = _row("seeds", "dpo", 1e-6, seed=1)
     judged_dpo = _row("judged", "dpo", 1e-6, pairs="reward_k8.jsonl")
     sft, minor = _row("minorsft", "sft", 2e-5, beta=None), _row("minorsft", "minor_sft", 2e-5, beta=None)
-    rows = [dpo, dpo_lr2, dpo_b05, dpo_s1, judged_dpo, sft, minor]
-    assert study.counterpart(rows, dpo) is None
-    assert study.counterpart(rows, _row("table", "ipo", 2e-6)) is dpo_lr2
-    assert study.counterpart(rows, _row("frontier_eps", "epsilon_dpo", 1e-6, beta=0.5)) is dpo_b05
-    assert study.counterpart(rows, _row("table", "simpo", 1e-6, beta=2.0)) is dpo  # no DPO at its β: same lr
-    assert study.counterpart(rows, _row("seeds", "orpo", 1e-6, seed=1)) is dpo_s1
-    assert study.counterpart(rows, _row("judged", "epsilon_dpo", 1e-6, pairs="reward_k8.jsonl")) is judged_dpo
-    assert study.counterpart(rows, _row("sdpo_easy_hard", "dpo", 1e-6)) is dpo  # sDPO against one-shot DPO
-    assert study.counterpart(rows, minor) is sft
-    assert study.counterpart(rows, _row("table", "kto", 5e-6)) is None  # no DPO at that lr
+    minor_s1 = _row("minorsft", "minor_sft", 2e-5, seed=1, beta=None)
+    rows = [pilot_dpo, dpo_b001, dpo_b05, dpo, dpo_lr2, dpo_s1, judged_dpo, sft, minor, minor_s1]
+    assert study.baseline(rows, dpo) is None
+    assert study.baseline(rows, _row("table", "ipo", 2e-6)) is dpo_lr2
+    assert study.baseline(rows, _row("frontier_epsilon_dpo", "epsilon_dpo", 1e-6, beta=0.5)) is dpo_b05
+    # outside the frontier: DPO at its default β (0.1), the table's own run before the pilot's copy
+    assert study.baseline(rows, _row("table", "epsilon_dpo", 1e-6, beta=0.01)) is dpo
+    assert study.baseline(rows, _row("table", "simpo", 1e-6, beta=2.0)) is dpo
+    assert study.baseline(rows, _row("table", "rrhf", 1e-6, beta=None)) is dpo
+    assert study.baseline(rows, _row("seeds", "orpo", 1e-6, seed=1)) is dpo_s1
+    assert study.baseline(rows, _row("judged", "epsilon_dpo", 1e-6, pairs="reward_k8.jsonl")) is judged_dpo
+    assert study.baseline(rows, _row("sdpo_easy_hard", "dpo", 1e-6)) is dpo  # sDPO against one-shot DPO
+    assert study.baseline(rows, minor) is sft
+    small = _row("sft_small_step", "sft", 1.5e-5, seed=1, beta=None)
+    assert study.baseline(rows, small) is minor_s1  # the small-step control against MinorSFT, same seed
+    assert study.baseline(rows, _row("table", "kto", 5e-6)) is None  # no DPO at that lr
+    easy, rnd = _row("sdpo_easy_hard", "dpo", 1e-6, seed=1), _row("sdpo_random", "dpo", 1e-6, seed=1)
+    assert study.against([*rows, easy, rnd], easy) == {"baseline": dpo_s1, "random split": rnd}
+    assert study.against([*rows, easy, rnd], rnd) == {"baseline": dpo_s1}
 
 
 def test_tables_render_every_number_from_the_record():
@@ -98,7 +109,7 @@ def test_tables_render_every_number_from_the_record():
     start = {"sweep": "start", "run": "start", "method": "start", "metrics": {"generation/success": 0.33}}
     run = _row("table", "ipo", 1e-6)
     run["metrics"] = {"generation/success": 0.4, "generation/success/ci_low": 0.36,
-                      "generation/success/ci_high": 0.44, "t1/win_rate/chosen": 0.25, "kl": 1.5}  # fmt: skip
+                      "generation/success/ci_high": 0.44, "t1/generation/success": 0.25, "kl": 1.5}  # fmt: skip
     run["paired"] = {
         "success vs start": {
             "n": 600,
@@ -107,7 +118,13 @@ def test_tables_render_every_number_from_the_record():
             "ci_high": 0.1,
             "mcnemar_p": 0.0012,
         },
-        "success vs dpo": {"n": 600, "difference": -0.01, "ci_low": -0.03, "ci_high": 0.01, "mcnemar_p": 0.5},
+        "success vs baseline": {
+            "n": 600,
+            "difference": -0.01,
+            "ci_low": -0.03,
+            "ci_high": 0.01,
+            "mcnemar_p": 0.5,
+        },
     }
     record = {
         "pair_sets": [{"file": "tasks_k8.jsonl", "judge": "tasks", "samples": 8, "by_family": {"choice": 3},
@@ -133,7 +150,7 @@ def test_tables_render_every_number_from_the_record():
     ]
     record["runs"].append(staged)
     text = study.render(record, study.sweeps(args))
-    assert "| 0.500, 0.250 | M_0 0.100, M_1 0.300 |" in text.split("#### sDPO's γ_ref")[1]
+    assert "| 0.500, 0.250 | M_0 0.100, M_1 0.300 | - | - |" in text.split("#### sDPO's γ_ref")[1]
 
 
 def test_the_figures_draw_from_the_record(tmp_path):
@@ -144,7 +161,7 @@ def test_the_figures_draw_from_the_record(tmp_path):
     for sweep, method, beta, kl in (("frontier_dpo", "dpo", 0.5, 2.0), ("table", "dpo", 0.1, 5.0),
                                     ("frontier_dpo", "dpo", 0.01, 9.0), ("table", "epsilon_dpo", 0.01, 4.0)):  # fmt: skip
         r = _row(sweep, method, 1e-6, beta=beta)
-        r["metrics"] = {"kl": kl, "generation/success": 0.3 + kl / 100, "t1/win_rate/chosen": 0.2}
+        r["metrics"] = {"kl": kl, "generation/success": 0.3 + kl / 100, "t1/generation/success": 0.2}
         r["series"] = {"kl/beta": [0.01, 0.012, 0.02]} if method == "epsilon_dpo" else {}
         runs.append(r)
     runs.append(_row("table", "dpo", 2e-6) | {"metrics": {"kl": 1.0}})  # another lr: not on the frontier
