@@ -187,3 +187,35 @@ def test_cli_subprocess_prints_the_table(env, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert f"table: {out / 'table.md'}" in proc.stdout and "beta=0.1" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_staged_point_is_kept_when_finished_and_resumed_by_stage(env, tmp_path):
+    """An sDPO grid point (a run directory of stages) run again is not trained again, and one whose last
+    stage is lost trains only that stage: its first stage's model is kept."""
+    base = {**env["base"], "stages": {"by": "random", "fractions": [0.5, 0.5]}}
+    base["train"] = {**base["train"], "max_steps": 2, "output_dir": str(tmp_path / "unused")}
+    config = tmp_path / "staged.yaml"
+    config.write_text(yaml.safe_dump(base))
+    options = EvalOptions(max_samples=2, max_new_tokens=3, progress=False)
+    out = tmp_path / "sweep"
+
+    def sweep():
+        return run_sweep(config, ["train.seed=0"], out=out, data_eval=str(env["heldout"]), options=options)
+
+    first = sweep()
+    run = RunDir(out / first.points[0].name)
+    assert first.points[0].status == "trained" and run.stages.exists()
+    stage1 = run.stage(1).final / "model.safetensors"
+    written = stage1.stat().st_mtime_ns
+    again = sweep()
+    assert again.points[0].status == "done" and again.points[0].eval_status == "kept"
+    # the last stage lost (as a kill during it leaves the run): only that stage trains again
+    import shutil
+
+    shutil.rmtree(run.stage(2).path)
+    run.stages.unlink()
+    resumed = sweep()
+    assert resumed.points[0].status == "resumed" and run.stages.exists()
+    assert stage1.stat().st_mtime_ns == written  # stage 1 kept, not retrained
+    assert resumed.points[0].eval_status == "evaluated"  # a new last stage: evaluated again

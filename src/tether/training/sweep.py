@@ -188,13 +188,15 @@ def check_manifest(sweep: SweepDir, base: dict[str, Any]) -> None:
 
 
 def _train(p: Point, rd: RunDir) -> None:
-    """Train one point: fresh, or resumed from its last checkpoint after a kill."""
+    """Train one point: fresh, or resumed from its last checkpoint after a kill (an sDPO point: its finished
+    stages kept, the unfinished one resumed)."""
     from tether.training.job import train
 
-    if rd.is_finished():
+    staged = rd.is_staged()
+    if rd.stages.exists() if staged else rd.is_finished():  # sDPO writes stages.json after its last stage
         p.status = "done"
         return
-    if rd.holds_run() and rd.checkpoint_dirs():
+    if staged or (rd.holds_run() and rd.checkpoint_dirs()):
         cfg, p.status = load_config_with(p, "train.resume=true"), "resumed"
     else:  # nothing to resume from: start again (the partial log is replaced)
         cfg, p.status = load_config_with(p, "train.overwrite=true"), "trained"
@@ -229,7 +231,10 @@ def _evaluate(p: Point, rd: RunDir, data: str, options: EvalOptions) -> None:
 
 
 def _mtime(rd: RunDir) -> float | None:
-    """When the final model was written (an evaluation of an earlier model is not kept)."""
+    """When the final model (sDPO: its last stage's) was written (an evaluation of an earlier model is not
+    kept)."""
+    stages = rd.stage_dirs() if rd.is_staged() else []
+    rd = stages[-1] if stages else rd
     final = rd.final_model()
     path = Path(final) if final is not None else rd.final_adapter()
     return path.stat().st_mtime if path is not None else None
