@@ -43,6 +43,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -523,6 +524,11 @@ def render(record: dict[str, Any], parts: dict[str, list[papers_scale.Sweep]]) -
                  for r in judged]  # fmt: skip
         out += ["#### judged by the reward model (T = 1)", "", *papers_scale._table(
             ["run", "win rate vs chosen", "Δ vs start", "Δ vs baseline", "mean reward", "Δ vs baseline"], lines), ""]  # fmt: skip
+    lr = parts["frontier"][0].base["train"]["lr"] if parts.get("frontier") else None  # the frontier's lr
+    matched = matched_kl(rows, lr) if lr is not None else []
+    if matched:
+        head = ["KL"] + [f"{m} {k}" for m in FRONTIER for k in ("greedy", "T=1")]
+        out += [f"#### the frontier at equal KL (lr {lr:g})", "", *papers_scale._table(head, matched), ""]
     staged = [r for r in rows if r.get("stages")]
     if staged:  # sDPO: γ_ref of each stage's reference on its own chunk, and of M_0, M_1 on the last chunk
         lines = [[f"{r['sweep']}/{r['run']}", ", ".join(f"{st['gamma_ref']:.3f}" for st in r["stages"]),
@@ -544,6 +550,36 @@ def frontier_points(runs: list[dict[str, Any]], lr: float) -> dict[str, list[dic
         if ok and r["method"] in FRONTIER and r.get("lr") == lr and r.get("seed") == 0:
             out.setdefault(r["method"], []).append(r)
     return {m: sorted(rs, key=lambda r: r["metrics"].get("kl") or 0.0) for m, rs in out.items()}
+
+
+def at_kl(points: list[tuple[float, float]], kl: float) -> float | None:
+    """A curve's value at ``kl``, linearly interpolated between its two points around it (None outside the
+    KL range its points span: never extrapolated)."""
+    pts = sorted(points)
+    for (x0, y0), (x1, y1) in pairwise(pts):
+        if x0 <= kl <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (kl - x0) / (x1 - x0)
+    return pts[0][1] if len(pts) == 1 and pts[0][0] == kl else None
+
+
+def matched_kl(runs: list[dict[str, Any]], lr: float) -> list[list[str]]:
+    """The frontier read at equal KL: at the KL of each DPO point, every frontier method's greedy and T = 1
+    success interpolated along its β curve (``-`` where that KL is outside the method's range)."""
+    front = frontier_points(runs, lr)
+    lines = []
+    for ref in front.get("dpo", []):
+        kl = ref["metrics"].get("kl")
+        if kl is None:
+            continue
+        cells = [f"{kl:.2f} (DPO β={ref['beta']:g})"]
+        for method in FRONTIER:
+            for key in ("generation/success", "t1/generation/success"):
+                pts = [(r["metrics"]["kl"], r["metrics"][key]) for r in front.get(method, [])
+                       if r["metrics"].get("kl") is not None and r["metrics"].get(key) is not None]  # fmt: skip
+                v = at_kl(pts, kl) if pts else None
+                cells.append(papers_scale._f(v))
+        lines.append(cells)
+    return lines
 
 
 def plots(record: dict[str, Any], lr: float | None, out: Path) -> list[Path]:

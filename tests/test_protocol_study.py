@@ -9,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+import pytest
+
 from tiny import benchmark_module
 
 study = benchmark_module("protocol_study")
@@ -175,3 +177,21 @@ def test_the_figures_draw_from_the_record(tmp_path):
     names = {p.name for p in written}
     assert names == {"frontier.png", "epsilon_beta.png", "minor_sft_deviation.png"}
     assert all(p.stat().st_size > 1000 for p in written)
+
+
+def test_equal_kl_is_interpolated_within_a_curve_and_never_extrapolated():
+    curve = [(4.0, 0.2), (1.0, 0.5), (2.0, 0.4)]  # (KL, success), any order
+    assert study.at_kl(curve, 1.5) == pytest.approx(0.45)
+    assert study.at_kl(curve, 3.0) == pytest.approx(0.3)
+    assert study.at_kl(curve, 4.0) == pytest.approx(0.2)
+    assert study.at_kl(curve, 0.5) is None and study.at_kl(curve, 5.0) is None
+    assert study.at_kl([(2.0, 0.4)], 2.0) == 0.4 and study.at_kl([(2.0, 0.4)], 2.1) is None
+    runs = []
+    for method, beta, kl, success in (("dpo", 0.1, 2.0, 0.30), ("dpo", 0.5, 1.0, 0.34),
+                                      ("epsilon_dpo", 0.01, 1.5, 0.36), ("epsilon_dpo", 0.05, 3.0, 0.30)):  # fmt: skip
+        r = _row("table" if beta in (0.1, 0.01) else f"frontier_{method}", method, 1e-6, beta=beta)
+        r["metrics"] = {"kl": kl, "generation/success": success}
+        runs.append(r)
+    rows = study.matched_kl(runs, 1e-6)
+    assert rows[0][:2] == ["1.00 (DPO β=0.5)", "0.340"] and rows[0][3] == "-"  # ε-DPO's curve starts at 1.5
+    assert rows[1][:2] == ["2.00 (DPO β=0.1)", "0.300"] and rows[1][3] == "0.340"  # 0.36 → 0.30 over 1.5 → 3
