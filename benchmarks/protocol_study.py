@@ -462,12 +462,21 @@ def pair_set(path: Path) -> dict[str, Any] | None:
     }
 
 
+SETTINGS = ("model", "dtype", "start_lr", "samples", "heldout", "steps", "batch_size", "max_new_tokens", "lrs",
+            "ref_free_lrs")  # fmt: skip
+"""The study's arguments, recorded in results.json."""
+
+
 def study_record(args) -> dict[str, Any]:
     """results.json: the pair sets, the reward model's held-out evaluation and every finished run."""
     p = paths(args)
     files = sorted(f for f in (p["root"] / "pairs").glob("*.jsonl") if ".staged" not in f.name)
     rm = p["rm"] / "eval.json"
+    parts = sweeps(args)
     return {
+        "settings": {k: getattr(args, k) for k in SETTINGS},
+        "parts": {s.name: part for part, group in parts.items() for s in group},
+        "frontier_lr": parts["frontier"][0].base["train"]["lr"] if "frontier" in parts else None,
         "pair_sets": [pair_set(f) for f in files],
         "reward_model": json.loads(rm.read_text())["metrics"] if rm.exists() else None,
         "runs": collect(args),
@@ -483,9 +492,10 @@ def _delta(r: dict[str, Any], key: str) -> str:
     return f"{d['difference']:+.3f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]{p}"
 
 
-def render(record: dict[str, Any], parts: dict[str, list[papers_scale.Sweep]]) -> str:
-    """The study's tables (Markdown) from results.json: the pair sets, then one table of runs per part of
-    ``parts`` (:func:`sweeps`), the start first in each."""
+def render(record: dict[str, Any]) -> str:
+    """The study's tables (Markdown) from results.json alone: the pair sets, the reward model, one table of
+    runs per part of the plan (the start first in each), the learned judge's verdicts, the frontier at equal
+    KL and sDPO's γ_ref."""
     sets = [[x["file"], x["judge"], str(x["samples"]), str(x["counts"]["prompts"]), str(x["counts"]["pairs"]),
              str(x["counts"]["tied"]), ", ".join(f"{k} {v}" for k, v in x["by_family"].items()),
              f"{x['checker_agrees']} / {x['checker_apart']}"] for x in record["pair_sets"]]  # fmt: skip
@@ -498,7 +508,7 @@ def render(record: dict[str, Any], parts: dict[str, list[papers_scale.Sweep]]) -
         out += [f"Reward model, held out: pairwise accuracy {rm['reward/accuracy']:.4f}, mean margin "
                 f"{rm['reward/margin']:.2f}.", ""]  # fmt: skip
     start, *rows = record["runs"]
-    part_of = {s.name: part for part, group in parts.items() for s in group}
+    part_of = record["parts"]
     head = ["run", "method", "lr", "β", "seed", "success (greedy)", "Δ vs start", "Δ vs baseline",
             "success (T=1)", "Δ vs start", "Δ vs baseline", "KL", "m_θ", "mc"]  # fmt: skip
 
@@ -524,7 +534,7 @@ def render(record: dict[str, Any], parts: dict[str, list[papers_scale.Sweep]]) -
                  for r in judged]  # fmt: skip
         out += ["#### judged by the reward model (T = 1)", "", *papers_scale._table(
             ["run", "win rate vs chosen", "Δ vs start", "Δ vs baseline", "mean reward", "Δ vs baseline"], lines), ""]  # fmt: skip
-    lr = parts["frontier"][0].base["train"]["lr"] if parts.get("frontier") else None  # the frontier's lr
+    lr = record.get("frontier_lr")
     matched = matched_kl(rows, lr) if lr is not None else []
     if matched:
         head = ["KL"] + [f"{m} {k}" for m in FRONTIER for k in ("greedy", "T=1")]
@@ -689,7 +699,7 @@ def main() -> None:
         record = study_record(args)
         Path(args.collect).parent.mkdir(parents=True, exist_ok=True)
         Path(args.collect).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
-        print(render(record, sweeps(args)))
+        print(render(record))
         lr = float(args.lrs[0]) if args.lrs else None
         for path in plots(record, lr, Path(args.collect).parent):
             print(f"plot: {path}")

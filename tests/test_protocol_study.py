@@ -133,8 +133,10 @@ def test_tables_render_every_number_from_the_record():
                        "counts": {"prompts": 9, "pairs": 3, "tied": 6}, "checker_apart": 3, "checker_agrees": 3}],
         "reward_model": {"reward/accuracy": 0.8375, "reward/margin": 3.935},
         "runs": [start, run],
+        "parts": {s.name: part for part, group in study.sweeps(args).items() for s in group},
+        "frontier_lr": 1e-6,
     }  # fmt: skip
-    text = study.render(record, study.sweeps(args))
+    text = study.render(record)
     assert "| tasks_k8.jsonl | tasks | 8 | 9 | 3 | 6 | choice 3 | 3 / 3 |" in text
     assert "pairwise accuracy 0.8375, mean margin 3.94" in text
     table = text.split("#### table")[1].splitlines()
@@ -151,7 +153,7 @@ def test_tables_render_every_number_from_the_record():
         {"reference": "M_1", "gamma_ref": 0.3},
     ]
     record["runs"].append(staged)
-    text = study.render(record, study.sweeps(args))
+    text = study.render(record)
     assert "| 0.500, 0.250 | M_0 0.100, M_1 0.300 | - | - |" in text.split("#### sDPO's γ_ref")[1]
 
 
