@@ -124,3 +124,21 @@ def test_results_doc_scale_tables_are_the_committed_results():
     assert block == scale.tables(rows).strip()
     for image in re.findall(r"!\[[^\]]*\]\((results/scale/[^)]+\.png)\)", text):
         assert (REPO / "docs" / image).is_file(), image
+
+
+def test_results_doc_protocol_tables_are_the_committed_results():
+    """docs/results.md's issue-27 block is what benchmarks/protocol_study.py renders from the committed
+    docs/results/protocol/results.json, and every paired comparison in it is against a run (or the start)
+    that the record holds."""
+    study = benchmark_module("protocol_study")
+    record = json.loads((REPO / "docs" / "results" / "protocol" / "results.json").read_text())
+    assert record["pair_sets"] and record["runs"][0]["run"] == "start"
+    text = (REPO / "docs" / "results.md").read_text()
+    block = text.split("<!-- protocol-tables -->\n")[1].split("<!-- /protocol-tables -->")[0].strip()
+    assert block == study.render(record).strip()
+    names = {f"{r['sweep']}/{r['run']}" for r in record["runs"]}
+    for r in record["runs"][1:]:
+        assert "success vs start" in r["paired"], r["run"]
+        assert all(d.get("against", "start/start") in names for d in r["paired"].values()), r["run"]
+    for image in re.findall(r"!\[[^\]]*\]\((results/protocol/[^)]+\.png)\)", text):
+        assert (REPO / "docs" / image).is_file(), image
