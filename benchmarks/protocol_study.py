@@ -501,7 +501,7 @@ def render(record: dict[str, Any]) -> str:
              f"{x['checker_agrees']} / {x['checker_apart']}"] for x in record["pair_sets"]]  # fmt: skip
     out = [
         *papers_scale._table(["pair set", "judge", "K", "prompts", "pairs", "all tied", "pairs by family",
-                              "chosen right where the checker tells them apart"], sets), "",
+                              "chosen right where the checker tells them apart"], sets),
     ]  # fmt: skip
     rm = record.get("reward_model")
     if rm:
@@ -525,7 +525,7 @@ def render(record: dict[str, Any]) -> str:
 
     for part in dict.fromkeys(part_of[r["sweep"]] for r in rows if r["sweep"] in part_of):
         lines = [line(start)] + [line(r) for r in rows if part_of.get(r["sweep"]) == part]
-        out += [f"#### {part}", "", *papers_scale._table(head, lines), ""]
+        out += [f"#### {part}", "", *papers_scale._table(head, lines)]
     judged = [r for r in [start, *rows] if r["metrics"].get("rm/win_rate/chosen") is not None]
     if judged:  # item 7: the learned judge's own verdict, T = 1
         lines = [[f"{r['sweep']}/{r['run']}", papers_scale._ci(r["metrics"], "rm/win_rate/chosen"),
@@ -533,12 +533,12 @@ def render(record: dict[str, Any]) -> str:
                   papers_scale._f(r["metrics"].get("rm/judge/reward")), _delta(r, "rm/judge/reward vs baseline")]
                  for r in judged]  # fmt: skip
         out += ["#### judged by the reward model (T = 1)", "", *papers_scale._table(
-            ["run", "win rate vs chosen", "Δ vs start", "Δ vs baseline", "mean reward", "Δ vs baseline"], lines), ""]  # fmt: skip
+            ["run", "win rate vs chosen", "Δ vs start", "Δ vs baseline", "mean reward", "Δ vs baseline"], lines)]  # fmt: skip
     lr = record.get("frontier_lr")
     matched = matched_kl(rows, lr) if lr is not None else []
     if matched:
         head = ["KL"] + [f"{m} {k}" for m in FRONTIER for k in ("greedy", "T=1")]
-        out += [f"#### the frontier at equal KL (lr {lr:g})", "", *papers_scale._table(head, matched), ""]
+        out += [f"#### the frontier at equal KL (lr {lr:g})", "", *papers_scale._table(head, matched)]
     staged = [r for r in rows if r.get("stages")]
     if staged:  # sDPO: γ_ref of each stage's reference on its own chunk, and of M_0, M_1 on the last chunk
         lines = [[f"{r['sweep']}/{r['run']}", ", ".join(f"{st['gamma_ref']:.3f}" for st in r["stages"]),
@@ -547,7 +547,7 @@ def render(record: dict[str, Any]) -> str:
                  for r in staged]  # fmt: skip
         out += ["#### sDPO's γ_ref", "",
                 *papers_scale._table(["run", "γ_ref per stage (its own chunk)", "γ_ref on the last chunk",
-                                      "Δ success vs the random split", "Δ success (T=1) vs the random split"], lines), ""]  # fmt: skip
+                                      "Δ success vs the random split", "Δ success (T=1) vs the random split"], lines)]  # fmt: skip
     return "\n".join(out)
 
 
