@@ -41,15 +41,12 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from tether.errors import closest
 from tether.methods.registry import METHODS
-
-if TYPE_CHECKING:
-    from tether.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "data" / "tasks"
@@ -340,18 +337,12 @@ def _kept(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def last_stage(rd: RunDir) -> RunDir:
-    """The run directory that ends training: sDPO's last stage, else the run itself."""
-    stages = rd.stage_dirs() if rd.is_staged() else []
-    return stages[-1] if stages else rd
-
-
 def finished(run_dir: Path) -> bool:
     """Trained to the end (sDPO: its last stage) and evaluated."""
     from tether.rundir import RunDir
 
     rd = RunDir(run_dir)
-    return last_stage(rd).is_finished() and rd.eval.exists()
+    return rd.last_stage().is_finished() and rd.eval.exists()
 
 
 def collect(args, sweeps: list[Sweep]) -> list[dict[str, Any]]:
@@ -365,7 +356,7 @@ def collect(args, sweeps: list[Sweep]) -> list[dict[str, Any]]:
             if not finished(run_dir):
                 continue
             rd = RunDir(run_dir)
-            last = last_stage(rd)
+            last = rd.last_stage()
             manifest = json.loads((root / "sweep.json").read_text())
             ev = rd.read_eval() or {}
             train = [r for st in (rd.stage_dirs() if rd.is_staged() else [rd]) for r in st.read_metrics()[0]]

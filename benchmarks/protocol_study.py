@@ -386,7 +386,7 @@ def collect(args) -> list[dict[str, Any]]:
                 m = _kept(json.loads((folder / file).read_text())["metrics"])
                 r["metrics"].update({f"{prefix}{k}": v for k, v in m.items()})
     for r in rows:
-        cfg = papers_scale.last_stage(RunDir(root / r["sweep"] / r["run"])).read_config_mapping()
+        cfg = RunDir(root / r["sweep"] / r["run"]).last_stage().read_config_mapping()
         r["pairs"] = Path(cfg["data"]["train"]).name.replace(".staged", "")
     for r in rows:
         r["paired"] = {}

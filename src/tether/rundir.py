@@ -178,6 +178,11 @@ class RunDir:
         """An sDPO root: ``stages.json``, or stage directories of an unfinished run."""
         return not self.metrics.exists() and (self.stages.exists() or bool(self.stage_dirs()))
 
+    def last_stage(self) -> RunDir:
+        """The run directory that ends training: an sDPO root's last stage (with metrics), else this one."""
+        stages = self.stage_dirs() if self.is_staged() else []
+        return stages[-1] if stages else self
+
     def final_model(self) -> str | None:
         """The final model's directory: ``final/merged`` when present, else ``final`` (None: no weights)."""
         for d in (self.merged, self.final):

@@ -233,8 +233,7 @@ def _evaluate(p: Point, rd: RunDir, data: str, options: EvalOptions) -> None:
 def _mtime(rd: RunDir) -> float | None:
     """When the final model (sDPO: its last stage's) was written (an evaluation of an earlier model is not
     kept)."""
-    stages = rd.stage_dirs() if rd.is_staged() else []
-    rd = stages[-1] if stages else rd
+    rd = rd.last_stage()
     final = rd.final_model()
     path = Path(final) if final is not None else rd.final_adapter()
     return path.stat().st_mtime if path is not None else None
