@@ -2,16 +2,20 @@
 
     python benchmarks/protocol_study.py --parts start data pairs reward   # item 1: on-policy pairs, a reward model
     python benchmarks/protocol_study.py --parts pilot          # item 2: DPO at three lrs on the on-policy pairs
-    python benchmarks/protocol_study.py --parts frontier table judged --lrs A B   # items 3, 4, 7 at the chosen lrs
-    python benchmarks/protocol_study.py --plan                 # every sweep, its grid and its number of runs
+    python benchmarks/protocol_study.py --parts frontier table judged [--lrs A B]   # items 3, 4, 7 at the chosen lrs
+    python benchmarks/protocol_study.py --parts sdpo minorsft seeds [--lrs A B]      # items 5, 6 and the seeds
+    python benchmarks/protocol_study.py --plan [--lrs A B]       # every sweep, its grid and its number of runs
     python benchmarks/protocol_study.py --status               # what is finished
-    python benchmarks/protocol_study.py --collect docs/results/protocol/results.json --lrs A B
+    python benchmarks/protocol_study.py --collect docs/results/protocol/results.json [--lrs A B]
+
+The learning rates the pilot chose are the defaults (docs/results.md says why): ``--lrs 5e-06 1e-05
+--ref-free-lrs 2e-05``.
 
 The seeds' protocol (ε-DPO after SimPO's "Instruct" setting): sample K completions per training prompt
 from the starting model at temperature 0.8, have a judge score them, train on best-vs-worst pairs; then
-evaluate every trained model greedily (task success, KL to the start) and sampled at temperature 1 (the
-judge's win rate against the held-out chosen answers), prompt by prompt, so that runs are compared with
-paired tests (``tether compare``: paired-bootstrap interval, McNemar's exact p).
+evaluate every trained model greedily (task success, KL to the start) and with one sample at temperature 1,
+prompt by prompt, so that runs are compared with paired tests (``tether compare``: paired-bootstrap
+interval, McNemar's exact p) against the start (evaluated the same way) and against their baseline.
 
 - ``start``: the SFT start, ``papers_scale.py``'s SFT point at lr 2e-5 (it trains bit-identically again on
   an idle machine with the default threads), under ``--runs``/papers_scale.
@@ -26,8 +30,15 @@ paired tests (``tether compare``: paired-bootstrap interval, McNemar's exact p).
 - ``frontier``: ε-DPO's Figure 5, DPO, ε-DPO, β-DPO and TR-DPO (soft, τ scaled to the run) over β
   {0.01, 0.05, 0.1, 0.5}.
 - ``table``: ε-DPO's Table 1 and ASFT's Table 2, every comparator with MinorDPO and ASFT at ``--lrs``.
-- ``judged``: DPO and ε-DPO on the reward model's pairs (evaluated by the task checker here; the judge's
-  own win rates come from ``tether eval --judge``).
+- ``judged``: DPO and ε-DPO on the reward model's pairs, evaluated also by that reward model (its win rate
+  against the chosen answers and its mean reward, T = 1: ``eval_rm.json``).
+- ``sdpo``: two stages easy → hard (by the start's success on each pair's prompt) and a random half split,
+  each 2 × half of one-shot DPO's steps, 3 seeds; γ_ref per stage and of M_0, M_1 on the last chunk.
+- ``minorsft``: SFT and MinorSFT from the instruct model at the start's lr, 3 seeds, m_θ along training
+  (seed 0's checkpoints); run again once MinorSFT's seed 0 is done, it adds SFT at lr × MinorSFT's mean
+  weight (the "it is just a smaller step" control; under AdamW a constant loss scale does not shrink the
+  step, so the control is a smaller lr).
+- ``seeds``: seeds 1 and 2 of DPO, ε-DPO, ASFT, ORPO and MinorDPO at the first lr.
 
 Every step is a command that resumes where it was killed (``tether pairs`` keeps finished batches; a
 sweep keeps finished runs and evaluations and continues a half-trained run from its last checkpoint), so a
@@ -684,10 +695,14 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--keep-checkpoints", action="store_true")
     ap.add_argument(
-        "--lrs", nargs="*", default=[], help="the two learning rates of the later parts (from the pilot)"
+        "--lrs",
+        nargs="*",
+        default=["5e-06", "1e-05"],
+        help="the two learning rates of the later parts, the frontier at the first (the pilot's choice; see "
+        "docs/results.md)",
     )
     ap.add_argument(
-        "--ref-free-lrs", nargs="*", default=["5e-06", "1e-05"], help="ASFT, ORPO (and DPO) also at these lrs"
+        "--ref-free-lrs", nargs="*", default=["2e-05"], help="ASFT, ORPO (and DPO) also at these lrs"
     )
     ap.add_argument("--plan", action="store_true", help="print every sweep, its grid and runs; run nothing")
     ap.add_argument("--status", action="store_true")
