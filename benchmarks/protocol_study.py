@@ -40,6 +40,9 @@ interval, McNemar's exact p) against the start (evaluated the same way) and agai
   step, so the control is a smaller lr).
 - ``seeds``: seeds 1 and 2 of DPO, ε-DPO, ASFT, ORPO and MinorDPO at the first lr.
 
+``--collect`` writes results.json: every finished run with its paired comparisons against the start and
+its baseline, and each paper's claims (:data:`CLAIMS`) as paired tests, seeds pooled by prompt (:func:`pool`).
+
 Every step is a command that resumes where it was killed (``tether pairs`` keeps finished batches; a
 sweep keeps finished runs and evaluations and continues a half-trained run from its last checkpoint), so a
 part can be cut anywhere: ``timeout 85m python benchmarks/protocol_study.py --parts ...`` and again later.
@@ -48,13 +51,15 @@ part can be cut anywhere: ``timeout 85m python benchmarks/protocol_study.py --pa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import subprocess
 import sys
 import time
 from collections import Counter
-from itertools import pairwise
+from dataclasses import dataclass
+from itertools import pairwise, product
 from pathlib import Path
 from typing import Any
 
@@ -284,47 +289,60 @@ def runs_of(sweep: papers_scale.Sweep) -> int:
     return n
 
 
-def eval_options(args):
-    """The three evaluations of every run (and of the start): greedy, sampled at T = 1, multiple choice."""
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation every run gets: the file it writes in the run directory, the prefix of its metrics'
+    keys in results.json, and the metrics compared prompt by prompt with the start and the baseline."""
+
+    file: str
+    prefix: str
+    paired: tuple[str, ...]
+
+
+EVALUATIONS = (
+    Evaluation("eval.json", "", ("success",)),  # greedy: success, KL to the start, pairwise (the sweep's own)
+    Evaluation("eval_t1.json", "t1/", ("success",)),  # one sample at T = 1, ε-DPO's protocol
+    Evaluation("eval_rm.json", "rm/", ("win_rate/chosen", "judge/reward")),  # the learned judge (item 7)
+    Evaluation("eval_mc.json", "", ()),  # multiple choice (sDPO's H4-like likelihood metric)
+)
+"""With the task checker as the judge, the win rate against a right chosen answer is 0 or ½ a prompt, i.e.
+half the success, so success is what is compared; only the reward model's win rate is a number of its own."""
+
+
+def evaluations(args) -> dict[str, tuple[Any, Path]]:
+    """Each :data:`EVALUATIONS` file's options and data: greedy, one sample at T = 1 (also judged by the
+    reward model), multiple choice."""
     from tether.evaluation.evaluate import EvalOptions
 
+    p = paths(args)
     greedy = EvalOptions(max_new_tokens=args.max_new_tokens, batch_size=32, progress=not args.quiet)
-    sampled = EvalOptions(max_new_tokens=args.max_new_tokens, batch_size=32, temperature=1.0,
-                          metrics=["generation"], progress=not args.quiet)  # fmt: skip
-    mc = EvalOptions(metrics=["mc"], progress=not args.quiet)
-    return greedy, sampled, mc
+    sampled = dataclasses.replace(greedy, temperature=1.0, metrics=["generation"])
+    return {
+        "eval.json": (greedy, p["heldout"]),
+        "eval_t1.json": (sampled, p["heldout"]),
+        "eval_rm.json": (dataclasses.replace(sampled, judge=str(p["rm"])), p["heldout"]),
+        "eval_mc.json": (EvalOptions(metrics=["mc"], progress=not args.quiet), p["mc"]),
+    }
 
 
 def eval_start(args, judged: bool = False) -> None:
     """The start evaluated as the runs are (its own reference: KL 0), so that every run can be compared
     with it prompt by prompt."""
-    import dataclasses
-
     from tether.evaluation.evaluate import evaluate
 
-    p, out = paths(args), paths(args)["root"] / "start"
+    out = paths(args)["root"] / "start"
     out.mkdir(parents=True, exist_ok=True)
     run = str(
         Path(start(args)).parent
     )  # its run directory: max_length and dtype from its config, as the runs'
-    for opts, data, name in zip(
-        eval_options(args), (p["heldout"], p["heldout"], p["mc"]), EVAL_FILES, strict=True
-    ):
-        if not (out / name).exists():
+    for name, (opts, data) in evaluations(args).items():
+        if (judged or name != "eval_rm.json") and not (out / name).exists():
             evaluate(run, str(data), dataclasses.replace(opts, reference=start(args)), out=out / name)
-    if judged and not (out / "eval_rm.json").exists():
-        opts = dataclasses.replace(eval_options(args)[1], reference=start(args), judge=str(p["rm"]))
-        evaluate(run, str(p["heldout"]), opts, out=out / "eval_rm.json")
-
-
-EVAL_FILES = ("eval.json", "eval_t1.json", "eval_mc.json")
 
 
 def run_sweep(args, sweep: papers_scale.Sweep) -> None:
     """A sweep evaluated greedily (success, KL, pairwise), then each run again with one sample at
     temperature 1 (the paper's protocol), on multiple choice, and (the judged part) by the reward model."""
-    import dataclasses
-
     from tether.evaluation.evaluate import evaluate, evaluate_checkpoints
     from tether.training.sweep import run_sweep as sweep_run
 
@@ -332,18 +350,17 @@ def run_sweep(args, sweep: papers_scale.Sweep) -> None:
     cfg = p["root"] / "configs" / f"{sweep.name}.yaml"
     cfg.parent.mkdir(parents=True, exist_ok=True)
     cfg.write_text(yaml.safe_dump(sweep.base, sort_keys=False))
-    greedy, sampled, mc = eval_options(args)
-    judged = dataclasses.replace(sampled, judge=str(p["rm"]))
+    evals = evaluations(args)
+    greedy = evals["eval.json"][0]
 
     def after(point, rd) -> None:
         if point.name in sweep.extra.get("checkpoints", []) and not rd.eval_checkpoints.exists():
             evaluate_checkpoints(str(rd.path), sweep.eval_data, greedy)  # MinorSFT's m_θ along training
-        if sweep.extra.get("judge") and not (rd.path / "eval_rm.json").exists():  # item 7
-            evaluate(str(rd.path), sweep.eval_data, judged, out=rd.path / "eval_rm.json")
-        if not (rd.path / "eval_t1.json").exists():
-            evaluate(str(rd.path), sweep.eval_data, sampled, out=rd.path / "eval_t1.json")
-        if not (rd.path / "eval_mc.json").exists():
-            evaluate(str(rd.path), str(p["mc"]), mc, out=rd.path / "eval_mc.json")
+        for name, (opts, data) in evals.items():  # eval.json is the sweep's own
+            if name == "eval_rm.json" and not sweep.extra.get("judge"):
+                continue
+            if not (rd.path / name).exists():
+                evaluate(str(rd.path), str(data), opts, out=rd.path / name)
         if not args.keep_checkpoints:
             for d in [rd, *rd.stage_dirs()]:
                 shutil.rmtree(d.checkpoints, ignore_errors=True)
@@ -360,15 +377,6 @@ def run_sweep(args, sweep: papers_scale.Sweep) -> None:
     print(f"== {sweep.name}: {len(result.points)} runs, {time.time() - t0:.0f} s", flush=True)
 
 
-PAIRED = (("success", "eval.json", ""), ("success", "eval_t1.json", "t1/"), ("win_rate/chosen", "eval_rm.json", "rm/"),
-          ("judge/reward", "eval_rm.json", "rm/"))  # fmt: skip
-"""What each run is compared on, prompt by prompt (metric, evaluation file, the prefix of its keys in
-results.json): greedy task success; task success of one sample at T = 1 (ε-DPO's protocol samples at T = 1;
-with the task checker as the judge, the win rate against a right chosen answer is 0 or ½ a prompt, i.e.
-half the success, so success is the number compared); and, for the learned-judge runs, the reward model's
-win rate against the chosen answers and its mean reward."""
-
-
 def _kept(metrics: dict[str, Any]) -> dict[str, Any]:
     kept = papers_scale._kept(metrics)
     extra = ("win_rate/chosen", "win_rate/chosen/lc", "judge/reward")
@@ -377,7 +385,7 @@ def _kept(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def collect(args) -> list[dict[str, Any]]:
     """One record per finished run (``papers_scale.collect``'s, plus its T = 1 and reward-model evaluations
-    under ``t1/`` and ``rm/``, the pair set it trained on, and its paired comparisons (:data:`PAIRED`) with the
+    under ``t1/`` and ``rm/``, the pair set it trained on, and its paired comparisons (:data:`EVALUATIONS`) with the
     start and with the runs :func:`against` names), and the start's own record first."""
     from tether.evaluation.compare import compare
     from tether.rundir import RunDir
@@ -387,33 +395,154 @@ def collect(args) -> list[dict[str, Any]]:
     rows = papers_scale.collect(argparse.Namespace(runs=str(root)), groups)
     start_row = {"sweep": "start", "run": "start", "method": "start", "metrics": {}}
     for r, folder in [(start_row, root / "start"), *((r, root / r["sweep"] / r["run"]) for r in rows)]:
-        for file, prefix in (
-            ("eval.json", ""),
-            ("eval_t1.json", "t1/"),
-            ("eval_rm.json", "rm/"),
-            ("eval_mc.json", ""),
-        ):
-            if (folder / file).exists():
-                m = _kept(json.loads((folder / file).read_text())["metrics"])
-                r["metrics"].update({f"{prefix}{k}": v for k, v in m.items()})
+        for e in EVALUATIONS:
+            if (folder / e.file).exists():
+                m = _kept(json.loads((folder / e.file).read_text())["metrics"])
+                r["metrics"].update({f"{e.prefix}{k}": v for k, v in m.items()})
     for r in rows:
         cfg = RunDir(root / r["sweep"] / r["run"]).last_stage().read_config_mapping()
         r["pairs"] = Path(cfg["data"]["train"]).name.replace(".staged", "")
     for r in rows:
         r["paired"] = {}
         others = {"start": None, **against(rows, r)}
-        for metric, file, prefix in PAIRED:
-            mine = root / r["sweep"] / r["run"] / file
-            for name, other in others.items():
-                theirs = root / ("start" if other is None else f"{other['sweep']}/{other['run']}") / file
+        for e in EVALUATIONS:
+            mine = root / r["sweep"] / r["run"] / e.file
+            for metric, (name, other) in product(e.paired, others.items()):
+                theirs = root / ("start" if other is None else f"{other['sweep']}/{other['run']}") / e.file
                 if not (mine.exists() and theirs.exists()):
                     continue
                 (res,) = compare([theirs, mine], metric)
                 entry = {k: getattr(res, k) for k in ("n", "difference", "ci_low", "ci_high", "mcnemar_p")}
                 if other is not None:
                     entry["against"] = f"{other['sweep']}/{other['run']}"
-                r["paired"][f"{prefix}{metric} vs {name}"] = entry
+                r["paired"][f"{e.prefix}{metric} vs {name}"] = entry
     return [start_row, *rows]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A paper's claim as a paired comparison: the runs of ``method`` in ``sweeps`` against the runs of
+    ``other_method`` in ``other_sweeps`` that share ``match`` with them (the same pairs, lr and seed), on
+    each of ``measures`` (keys as in a run's ``paired``: ``success`` greedy, ``t1/success`` at T = 1, ``rm/…``
+    by the reward model); Δ is the claim's method minus the other."""
+
+    paper: str
+    claim: str
+    method: str
+    sweeps: tuple[str, ...]
+    other_method: str
+    other_sweeps: tuple[str, ...]
+    match: tuple[str, ...] = ("pairs", "lr", "seed")
+    measures: tuple[str, ...] = ("success", "t1/success")
+
+
+TABLE_RUNS = ("table", "table_ref_free", "seeds")
+CLAIMS = (
+    Claim("ε-DPO", "ε-DPO above DPO (Table 1)", "epsilon_dpo", TABLE_RUNS, "dpo", TABLE_RUNS),
+    Claim("ε-DPO", "ε-DPO above SimPO (Table 1)", "epsilon_dpo", TABLE_RUNS, "simpo", TABLE_RUNS),
+    Claim("ε-DPO", "ε-DPO above DPO on the reward model's pairs, by the reward model (item 7)", "epsilon_dpo",
+          ("judged",), "dpo", ("judged",), measures=("rm/win_rate/chosen", "rm/judge/reward")),
+    Claim("MinorDPO", "MinorDPO above DPO (it keeps the chosen answer)", "minor_dpo", TABLE_RUNS, "dpo", TABLE_RUNS),
+    Claim("ASFT", "ASFT above DPO (Table 2)", "asft", TABLE_RUNS, "dpo", TABLE_RUNS),
+    Claim("ASFT", "ASFT above ORPO (Table 2)", "asft", TABLE_RUNS, "orpo", TABLE_RUNS),
+    Claim("sDPO", "sDPO (easy → hard) above one-shot DPO (Table 2)", "dpo", ("sdpo_easy_hard",), "dpo", TABLE_RUNS),
+    Claim("sDPO", "easy → hard above a random split", "dpo", ("sdpo_easy_hard",), "dpo", ("sdpo_random",)),
+    Claim("MinorSFT", "MinorSFT above SFT", "minor_sft", ("minorsft",), "sft", ("minorsft",)),
+    Claim("MinorSFT", "MinorSFT above SFT at lr × its mean weight (a smaller step)", "minor_sft", ("minorsft",),
+          "sft", ("sft_small_step",), match=("seed",)),
+)  # fmt: skip
+"""The comparisons each paper's verdict rests on (docs/results.md); :func:`claims` tests them, seeds pooled."""
+
+PERMUTATIONS = 20_000
+
+
+def pooled(pairs: list[tuple[Path, Path]], metric: str) -> dict[str, Any]:
+    """``run − other`` on ``metric`` over seeds: each ``(other, run)`` pair of evaluation files is one seed,
+    compared prompt by prompt (``tether compare``: its Δ per seed), then pooled (:func:`pool`). For one seed
+    with binary outcomes the p is McNemar's exact one, as ``tether compare`` gives it."""
+    from tether.evaluation.compare import METRICS, compare, keyed, load_evaluated
+
+    field = METRICS[metric]
+    per_seed = [compare([other, run], metric)[0] for other, run in pairs]
+    values: dict[Any, list[tuple[float, float]]] = {}
+    for other, run in pairs:
+        a, b = keyed(load_evaluated(other).outcomes), keyed(load_evaluated(run).outcomes)
+        for k in a.keys() & b.keys():
+            x, y = getattr(a[k], field), getattr(b[k], field)
+            if x is not None and y is not None:
+                values.setdefault(k, []).append((float(x), float(y)))
+    out = pool([v for _, v in sorted(values.items()) if len(v) == len(pairs)])
+    out["per_seed"] = [x.difference for x in per_seed]
+    if len(pairs) == 1 and per_seed[0].mcnemar_p is not None:
+        out["p"], out["test"] = per_seed[0].mcnemar_p, "McNemar"
+    return out
+
+
+def pool(prompts: list[list[tuple[float, float]]]) -> dict[str, Any]:
+    """Seeds pooled, the prompt the unit (a prompt's seeds are not independent): each prompt's ``(other,
+    run)`` outcomes averaged over its seeds; the mean difference, its 95 % paired-bootstrap interval over
+    prompts (``tether compare``'s), and a sign-flip permutation p: the share of :data:`PERMUTATIONS` random
+    sign flips of the prompts' differences whose mean is at least as far from 0 (+1 in both counts)."""
+    import numpy as np
+
+    from tether.evaluation.compare import paired_bootstrap
+
+    xs = np.array([np.mean([x for x, _ in v]) for v in prompts])
+    ys = np.array([np.mean([y for _, y in v]) for v in prompts])
+    d = ys - xs
+    signs = np.random.default_rng(0).choice(np.array([-1.0, 1.0]), size=(PERMUTATIONS, d.size))
+    extreme = np.sum(np.abs(signs @ d) >= abs(d.sum()) - 1e-9)
+    low, high = paired_bootstrap(xs.tolist(), ys.tolist())
+    return {"n": int(d.size), "run": float(ys.mean()), "other": float(xs.mean()), "difference": float(d.mean()),
+            "ci_low": low, "ci_high": high, "p": float((1 + extreme) / (PERMUTATIONS + 1)), "test": "sign-flip"}  # fmt: skip
+
+
+def measured_by(key: str) -> tuple[str, str]:
+    """The evaluation file and metric of a key of a run's ``paired`` (``t1/success``: eval_t1.json, success)."""
+    for e in EVALUATIONS:
+        if e.prefix and key.startswith(e.prefix):
+            return e.file, key[len(e.prefix) :]
+    return "eval.json", key
+
+
+def matches(c: Claim, rows: list[dict[str, Any]]) -> dict[float, list[tuple[dict[str, Any], dict[str, Any]]]]:
+    """The claim's ``(other, run)`` pairs of runs by the run's lr, in seed order: each run of ``c.method``
+    in ``c.sweeps`` with the first run of ``c.other_method`` in ``c.other_sweeps`` that shares ``c.match``."""
+    out: dict[float, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    mine = [r for r in rows if r["sweep"] in c.sweeps and r["method"] == c.method]
+    for r in sorted(mine, key=lambda r: (r["lr"], r.get("seed", 0))):
+        other = [o for o in rows if o["sweep"] in c.other_sweeps and o["method"] == c.other_method
+                 and o is not r and all(o.get(k) == r.get(k) for k in c.match)]  # fmt: skip
+        if other:
+            out.setdefault(r["lr"], []).append((other[0], r))
+    return out
+
+
+def claims(root: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each :data:`CLAIMS` entry at each lr its runs have (:func:`matches`): the runs, their mean KL and
+    m_θ (the claim's method / the other), and :func:`pooled` on each measure."""
+    out = []
+    for c in CLAIMS:
+        for lr, matched in matches(c, rows).items():
+            entry: dict[str, Any] = {
+                "paper": c.paper, "claim": c.claim, "lr": lr, "seeds": [r.get("seed") for _, r in matched],
+                "runs": [f"{r['sweep']}/{r['run']}" for _, r in matched],
+                "against": [f"{o['sweep']}/{o['run']}" for o, _ in matched], "measures": {},
+            }  # fmt: skip
+            for key in ("kl", "deviation"):
+                vals = [(r["metrics"].get(key), o["metrics"].get(key)) for o, r in matched]
+                if all(a is not None and b is not None for a, b in vals):
+                    entry[key] = [sum(a for a, _ in vals) / len(vals), sum(b for _, b in vals) / len(vals)]
+            for measure in c.measures:
+                file, metric = measured_by(measure)
+                pairs = [
+                    (root / o["sweep"] / o["run"] / file, root / r["sweep"] / r["run"] / file)
+                    for o, r in matched
+                ]
+                if all(a.exists() and b.exists() for a, b in pairs):
+                    entry["measures"][measure] = pooled(pairs, metric)
+            out.append(entry)
+    return out
 
 
 def against(rows: list[dict[str, Any]], r: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -479,18 +608,21 @@ SETTINGS = ("model", "dtype", "start_lr", "samples", "heldout", "steps", "batch_
 
 
 def study_record(args) -> dict[str, Any]:
-    """results.json: the pair sets, the reward model's held-out evaluation and every finished run."""
+    """results.json: the pair sets, the reward model's held-out evaluation, every finished run and the papers'
+    claims tested on them (:func:`claims`)."""
     p = paths(args)
     files = sorted(f for f in (p["root"] / "pairs").glob("*.jsonl") if ".staged" not in f.name)
     rm = p["rm"] / "eval.json"
     parts = sweeps(args)
+    runs = collect(args)
     return {
         "settings": {k: getattr(args, k) for k in SETTINGS},
         "parts": {s.name: part for part, group in parts.items() for s in group},
         "frontier_lr": parts["frontier"][0].base["train"]["lr"] if "frontier" in parts else None,
         "pair_sets": [pair_set(f) for f in files],
         "reward_model": json.loads(rm.read_text())["metrics"] if rm.exists() else None,
-        "runs": collect(args),
+        "runs": runs,
+        "claims": claims(p["root"], runs[1:]),
     }
 
 
@@ -559,7 +691,35 @@ def render(record: dict[str, Any]) -> str:
         out += ["#### sDPO's γ_ref", "",
                 *papers_scale._table(["run", "γ_ref per stage (its own chunk)", "γ_ref on the last chunk",
                                       "Δ success vs the random split", "Δ success (T=1) vs the random split"], lines)]  # fmt: skip
+    if record.get("claims"):
+        out += ["#### the papers' claims, paired", "", *papers_scale._table(
+            ["paper", "claim", "lr", "seeds", "measure", "claim's method", "against", "Δ per seed",
+             "Δ, seeds pooled [95 % CI]", "p", "KL", "m_θ"], claim_lines(record["claims"]))]  # fmt: skip
     return "\n".join(out)
+
+
+MEASURES = {"success": "success (greedy)", "t1/success": "success (T=1)", "rm/win_rate/chosen": "RM win rate vs chosen",
+            "rm/judge/reward": "RM mean reward"}  # fmt: skip
+
+
+def claim_lines(entries: list[dict[str, Any]]) -> list[list[str]]:
+    """A row per claim, lr and measure: the two sides' means over seeds, Δ at each seed, Δ pooled with its
+    interval and p (McNemar's exact for one seed, sign-flip over prompts for several), mean KL and m_θ of
+    each side (the claim's method / the other)."""
+    lines = []
+    for c in entries:
+        both = {
+            k: " / ".join(papers_scale._f(v) for v in c[k]) if k in c else "-" for k in ("kl", "deviation")
+        }
+        for key, m in c["measures"].items():
+            lines.append([
+                c["paper"], c["claim"], f"{c['lr']:g}", ", ".join(str(x) for x in c["seeds"]), MEASURES[key],
+                papers_scale._f(m["run"]), papers_scale._f(m["other"]),
+                ", ".join(f"{d:+.3f}" for d in m["per_seed"]),
+                f"{m['difference']:+.3f} [{m['ci_low']:+.3f}, {m['ci_high']:+.3f}]", f"{m['p']:.2g} ({m['test']})",
+                both["kl"], both["deviation"],
+            ])  # fmt: skip
+    return lines
 
 
 def frontier_points(runs: list[dict[str, Any]], lr: float) -> dict[str, list[dict[str, Any]]]:
@@ -673,12 +833,6 @@ def plots(record: dict[str, Any], lr: float | None, out: Path) -> list[Path]:
     return written
 
 
-def counts(path: Path) -> dict[str, Any]:
-    """The pair set's counts from its sidecar (written by ``tether pairs``)."""
-    meta = path.with_suffix(".meta.json")
-    return json.loads(meta.read_text()).get("counts", {}) if meta.exists() else {}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--parts", nargs="*", default=list(PARTS), choices=PARTS)
@@ -732,7 +886,7 @@ def main() -> None:
     if args.status:
         print(f"start: {'done' if Path(start(args)).is_dir() else 'left'}")
         for name in ("task_pairs", "rm_pairs"):
-            print(f"{name}: {counts(p[name]) if p[name].exists() else 'left'}")
+            print(f"{name}: {(pair_set(p[name]) or {}).get('counts', 'left')}")
         print(f"reward model: {'evaluated' if (p['rm'] / 'eval.json').exists() else 'left'}")
         return
     steps = {"start": part_start, "data": part_data, "pairs": part_pairs, "reward": part_reward}

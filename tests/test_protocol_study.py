@@ -197,3 +197,62 @@ def test_equal_kl_is_interpolated_within_a_curve_and_never_extrapolated():
     rows = study.matched_kl(runs, 1e-6)
     assert rows[0][:2] == ["1.00 (DPO β=0.5)", "0.340"] and rows[0][3] == "-"  # ε-DPO's curve starts at 1.5
     assert rows[1][:2] == ["2.00 (DPO β=0.1)", "0.300"] and rows[1][3] == "0.340"  # 0.36 → 0.30 over 1.5 → 3
+
+
+def test_seeds_are_pooled_by_prompt_with_a_sign_flip_p():
+    """Each prompt's outcomes averaged over its seeds, then the mean difference and a sign-flip p over
+    prompts. Six prompts the run alone solves and four ties: exactly 2/2⁶ of the 2⁶ sign patterns of the
+    six reach |Σ| = 6, so p = 1/32 (Monte Carlo, 20,000 draws: ±0.004 covers it at over 3 SD)."""
+    one_seed = [[(0.0, 1.0)]] * 6 + [[(1.0, 1.0)]] * 2 + [[(0.0, 0.0)]] * 2
+    got = study.pool(one_seed)
+    assert (got["n"], got["run"], got["other"]) == (10, 0.8, 0.2)
+    assert got["difference"] == pytest.approx(0.6) and got["ci_low"] <= 0.6 <= got["ci_high"]
+    assert got["p"] == pytest.approx(1 / 32, abs=0.004) and got["test"] == "sign-flip"
+    swapped = study.pool([[(y, x) for x, y in v] for v in one_seed])
+    assert swapped["difference"] == pytest.approx(-0.6) and swapped["p"] == got["p"]  # the same draws
+    assert study.pool([[(1.0, 1.0)], [(0.0, 0.0)]])["p"] == 1.0  # no difference: every flip is as far
+    seeds = study.pool([[(0.0, 1.0), (1.0, 1.0), (0.0, 0.0)], [(1.0, 0.0), (1.0, 0.0), (1.0, 1.0)]])
+    assert seeds["other"] == pytest.approx((1 / 3 + 1) / 2) and seeds["run"] == pytest.approx(
+        (2 / 3 + 1 / 3) / 2
+    )
+
+
+def test_each_claim_pairs_its_runs_by_pairs_lr_and_seed():
+    eps = [_row("table", "epsilon_dpo", 5e-6), *(_row("seeds", "epsilon_dpo", 5e-6, seed=s) for s in (1, 2))]
+    dpo = [_row("table", "dpo", 5e-6), _row("seeds", "dpo", 5e-6, seed=1), _row("table", "dpo", 1e-5)]
+    eps_lr2 = _row("table", "epsilon_dpo", 1e-5)
+    judged = [_row("judged", m, 5e-6, pairs="reward_k8.jsonl") for m in ("dpo", "epsilon_dpo")]
+    easy = [_row("sdpo_easy_hard", "dpo", 5e-6, seed=s) for s in (0, 1)]
+    rnd = _row("sdpo_random", "dpo", 5e-6, seed=1)
+    sft = [_row("minorsft", m, 2e-5, seed=0, beta=None) for m in ("sft", "minor_sft")]
+    small = _row("sft_small_step", "sft", 1.5e-5, seed=0, beta=None)
+    rows = [*eps, eps_lr2, *dpo, *judged, *easy, rnd, *sft, small]
+    by = {c.claim: study.matches(c, rows) for c in study.CLAIMS}
+    # seed 2 of ε-DPO has no DPO of its seed: left out, not paired with another seed's
+    assert by["ε-DPO above DPO (Table 1)"] == {
+        5e-6: [(dpo[0], eps[0]), (dpo[1], eps[1])],
+        1e-5: [(dpo[2], eps_lr2)],
+    }
+    assert by["ε-DPO above SimPO (Table 1)"] == {}
+    judged_claim = next(k for k in by if "reward model's pairs" in k)
+    assert by[judged_claim] == {5e-6: [(judged[0], judged[1])]}  # not the table's DPO: other pairs
+    assert by["sDPO (easy → hard) above one-shot DPO (Table 2)"] == {
+        5e-6: [(dpo[0], easy[0]), (dpo[1], easy[1])]
+    }
+    assert by["easy → hard above a random split"] == {5e-6: [(rnd, easy[1])]}
+    assert by["MinorSFT above SFT"] == {2e-5: [(sft[0], sft[1])]}  # not the small-step SFT
+    small_claim = next(k for k in by if "smaller step" in k)
+    assert by[small_claim] == {2e-5: [(small, sft[1])]}  # another lr by design: matched on the seed
+
+
+def test_a_claim_renders_each_measure_with_both_sides_and_the_pooled_test():
+    m = {"n": 600, "run": 0.31, "other": 0.29, "difference": 0.02, "ci_low": -0.004, "ci_high": 0.041,
+         "p": 0.0712, "test": "sign-flip", "per_seed": [0.01, 0.04, 0.01]}  # fmt: skip
+    entry = {"paper": "ε-DPO", "claim": "ε-DPO above DPO (Table 1)", "lr": 5e-6, "seeds": [0, 1, 2],
+             "measures": {"success": m}, "kl": [1.5, 1.2], "deviation": [-0.2, -0.15]}  # fmt: skip
+    (line,) = study.claim_lines([entry])
+    assert line == ["ε-DPO", "ε-DPO above DPO (Table 1)", "5e-06", "0, 1, 2", "success (greedy)", "0.310", "0.290",
+                    "+0.010, +0.040, +0.010", "+0.020 [-0.004, +0.041]", "0.071 (sign-flip)", "1.500 / 1.200",
+                    "-0.200 / -0.150"]  # fmt: skip
+    assert "#### the papers' claims, paired" in study.render({"pair_sets": [], "runs": [{"metrics": {}}], "parts": {},
+                                                                "claims": [entry]})  # fmt: skip
