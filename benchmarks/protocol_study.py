@@ -623,6 +623,9 @@ def study_record(args) -> dict[str, Any]:
         "reward_model": json.loads(rm.read_text())["metrics"] if rm.exists() else None,
         "runs": runs,
         "claims": claims(p["root"], runs[1:]),
+        "on_dpo_curve": on_dpo_curve(p["root"], runs[1:], parts["frontier"][0].base["train"]["lr"])
+        if "frontier" in parts
+        else [],
     }
 
 
@@ -691,11 +694,25 @@ def render(record: dict[str, Any]) -> str:
         out += ["#### sDPO's γ_ref", "",
                 *papers_scale._table(["run", "γ_ref per stage (its own chunk)", "γ_ref on the last chunk",
                                       "Δ success vs the random split", "Δ success (T=1) vs the random split"], lines)]  # fmt: skip
+    if record.get("on_dpo_curve"):
+        lines = [[c["method"], f"{c['beta']:g}", f"{c['kl']:.2f}", " – ".join(f"β={b:g}" for b in c["dpo_beta"]),
+                  *(cell for key in ("success", "t1/success") for cell in _curve_cells(c["measures"].get(key)))]
+                 for c in record["on_dpo_curve"]]  # fmt: skip
+        out += [f"#### the frontier against DPO's curve at the same KL, prompt by prompt (lr {lr:g})", "",
+                *papers_scale._table(["method", "β", "KL", "DPO's points around it", "success (greedy)", "DPO's curve",
+                                      "Δ [95 % CI] p", "success (T=1)", "DPO's curve", "Δ [95 % CI] p"], lines)]  # fmt: skip
     if record.get("claims"):
         out += ["#### the papers' claims, paired", "", *papers_scale._table(
             ["paper", "claim", "lr", "seeds", "measure", "claim's method", "against", "Δ per seed",
              "Δ, seeds pooled [95 % CI]", "p", "KL", "m_θ"], claim_lines(record["claims"]))]  # fmt: skip
     return "\n".join(out)
+
+
+def _curve_cells(m: dict[str, Any] | None) -> list[str]:
+    if m is None:
+        return ["-"] * 3
+    return [papers_scale._f(m["run"]), papers_scale._f(m["other"]),
+            f"{m['difference']:+.3f} [{m['ci_low']:+.3f}, {m['ci_high']:+.3f}] p={m['p']:.2g}"]  # fmt: skip
 
 
 MEASURES = {"success": "success (greedy)", "t1/success": "success (T=1)", "rm/win_rate/chosen": "RM win rate vs chosen",
@@ -761,6 +778,45 @@ def matched_kl(runs: list[dict[str, Any]], lr: float) -> list[list[str]]:
                 cells.append(papers_scale._f(v))
         lines.append(cells)
     return lines
+
+
+def on_dpo_curve(root: Path, rows: list[dict[str, Any]], lr: float) -> list[dict[str, Any]]:
+    """ε-DPO's Figure 5 read prompt by prompt: each frontier point of ε-DPO, β-DPO and TR-DPO against DPO's
+    curve at that point's own KL. DPO's per-prompt outcomes are interpolated between the two DPO points
+    whose KLs bracket it (the weights :func:`at_kl` gives their means; a point outside DPO's KL range is
+    left out, never extrapolated), then paired with the point's outcomes (:func:`pool`)."""
+    from tether.evaluation.compare import METRICS, compare, keyed, load_evaluated
+
+    front = frontier_points(rows, lr)
+    dpo = [(r["metrics"]["kl"], r) for r in front.get("dpo", []) if r["metrics"].get("kl") is not None]
+    out = []
+    for method in FRONTIER[1:]:
+        for r in front.get(method, []):
+            kl = r["metrics"].get("kl")
+            bracket = next(((a, b) for a, b in pairwise(dpo) if kl is not None and a[0] <= kl <= b[0]), None)
+            if bracket is None:
+                continue
+            (k0, r0), (k1, r1) = bracket
+            w = 0.0 if k1 == k0 else (kl - k0) / (k1 - k0)
+            entry: dict[str, Any] = {
+                "method": method, "beta": r["beta"], "kl": kl, "run": f"{r['sweep']}/{r['run']}",
+                "dpo": [f"{x['sweep']}/{x['run']}" for x in (r0, r1)], "dpo_beta": [r0["beta"], r1["beta"]],
+                "weight": w, "measures": {},
+            }  # fmt: skip
+            for measure in ("success", "t1/success"):
+                file, metric = measured_by(measure)
+                files = [root / x["sweep"] / x["run"] / file for x in (r0, r1, r)]
+                if not all(f.exists() for f in files):
+                    continue
+                for f in files[:2]:
+                    compare([f, files[2]], metric)  # refuses runs not evaluated alike
+                field = METRICS[metric]
+                o0, o1, o = (keyed(load_evaluated(f).outcomes) for f in files)
+                prompts = [[((1 - w) * getattr(o0[k], field) + w * getattr(o1[k], field), getattr(o[k], field))]
+                           for k in o.keys() & o0.keys() & o1.keys()]  # fmt: skip
+                entry["measures"][measure] = pool(sorted(prompts))
+            out.append(entry)
+    return out
 
 
 def plots(record: dict[str, Any], lr: float | None, out: Path) -> list[Path]:

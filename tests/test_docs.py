@@ -129,7 +129,7 @@ def test_results_doc_scale_tables_are_the_committed_results():
 def test_results_doc_protocol_tables_are_the_committed_results():
     """docs/results.md's issue-27 block is what benchmarks/protocol_study.py renders from the committed
     docs/results/protocol/results.json, and every paired comparison in it is against a run (or the start)
-    that the record holds."""
+    that the record holds, as is every run a paper's claim is tested on."""
     study = benchmark_module("protocol_study")
     record = json.loads((REPO / "docs" / "results" / "protocol" / "results.json").read_text())
     assert record["pair_sets"] and record["runs"][0]["run"] == "start"
@@ -140,5 +140,9 @@ def test_results_doc_protocol_tables_are_the_committed_results():
     for r in record["runs"][1:]:
         assert "success vs start" in r["paired"], r["run"]
         assert all(d.get("against", "start/start") in names for d in r["paired"].values()), r["run"]
+    for c in record["claims"]:  # the papers' claims and the frontier read on DPO's curve: runs the record holds
+        assert set(c["runs"]) | set(c["against"]) <= names, c["claim"]
+    for c in record["on_dpo_curve"]:
+        assert {c["run"], *c["dpo"]} <= names, c["run"]
     for image in re.findall(r"!\[[^\]]*\]\((results/protocol/[^)]+\.png)\)", text):
         assert (REPO / "docs" / image).is_file(), image
