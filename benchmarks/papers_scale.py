@@ -621,12 +621,18 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         fig.savefig(out / name, dpi=120)
         written.append(out / name)
 
+    def start_line(ax, value: float | None, label: str = "the SFT start", vertical: bool = False) -> None:
+        if value is not None:
+            (ax.axvline if vertical else ax.axhline)(value, color="grey", ls="--", lw=1, label=label)
+
     frontier = [r for r in frontier_rows(rows) if r["seed"] == 0]
     if frontier:
         fig = _figure((6.5, 4.5))
         ax = fig.subplots()
         for method in sorted({r["method"] for r in frontier}):
-            mine = sorted((r for r in frontier if r["method"] == method), key=lambda r: r["beta"])
+            mine = sorted(
+                (r for r in frontier if r["method"] == method), key=lambda r: r["metrics"].get("kl") or 0.0
+            )
             pts = [(r["metrics"].get("kl"), r["metrics"], r["beta"]) for r in mine]
             pts = [(k, m, b) for k, m, b in pts if k is not None and m.get("generation/success") is not None]
             if not pts:
@@ -638,24 +644,32 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=method)
             for x, y, (_, _, b) in zip(xs, ys, pts, strict=True):
                 ax.annotate(f"β={b:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        start_line(ax, frontier[0]["reference_metrics"].get("generation/success"))
         ax.set_xlabel("KL(π‖π_ref) on sampled completions")
         ax.set_ylabel("held-out task success (95% CI)")
-        ax.set_title("Success against KL over β (ε-DPO Figure 5)")
+        ax.set_title("Success against KL over β (ε-DPO Figure 5), points joined in KL order")
         ax.legend(fontsize=8)
         save(fig, "frontier.png")
     eps = [r for r in rows if r["method"] == "epsilon_dpo" and r["series"].get("kl/beta")]
     if eps:
         fig = _figure((9.0, 3.6))
         a1, a2 = fig.subplots(1, 2)
-        for r in eps:
+        for i, r in enumerate(eps):
             label = f"{r['sweep']}/{r['run']}"
-            a1.plot(range(1, len(r["series"]["kl/beta"]) + 1), r["series"]["kl/beta"], label=label)
+            a1.plot(
+                range(1, len(r["series"]["kl/beta"]) + 1), r["series"]["kl/beta"], color=f"C{i}", label=label
+            )
             for key, style in (("kl/p_epsilon_steps", "-"), ("kl/n_epsilon_steps", "--")):
-                if key in r["series"]:
-                    a2.plot(r["series"][key], style, label=f"{label} {'s=+1' if 'p_' in key else 's=-1'}")
-        a1.set(xlabel="step", ylabel="β", title="ε-DPO: β along training")
-        a2.set(xlabel="step", ylabel="fraction of pairs", title="ε-DPO: s = +1 / −1 per step")
+                ys = [y for y in r["series"].get(key) or [] if y is not None]
+                if ys:  # a 10-step moving mean: one step's batch is 4 pairs
+                    smooth = [tail_mean(ys[: j + 1]) for j in range(len(ys))]
+                    a2.plot(range(1, len(ys) + 1), smooth, style, color=f"C{i}",
+                            label=f"{label} {'s=+1' if 'p_' in key else 's=−1'}")  # fmt: skip
+        a1.set_yscale("log")
+        a1.set(xlabel="step", ylabel="β (log scale)", title="ε-DPO: β along training")
+        a2.set(xlabel="step", ylabel="fraction of pairs, 10-step mean", title="ε-DPO: s = +1 / −1 per step")
         a1.legend(fontsize=6)
+        a2.legend(fontsize=5)
         save(fig, "epsilon_beta.png")
     along = [r for r in rows if r.get("checkpoints")]
     if along:
@@ -667,9 +681,11 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
             success = [r["reference_metrics"].get("generation/success")]
             success += [c.get("generation/success") for c in r["checkpoints"]]
             a2.plot(steps, success, marker="o", label=r["run"])
+        start_line(a2, along[0]["reference_metrics"].get("generation/success"))
         a1.set(xlabel="step", ylabel="KL to the SFT start", title="KL along training (ε-DPO Figure 3)")
         a2.set(xlabel="step", ylabel="held-out task success", title="Success along training")
         a1.legend(fontsize=8)
+        a2.legend(fontsize=8)
         save(fig, "along_training.png")
     dyn = [
         r
@@ -706,6 +722,9 @@ def plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
             for x, y, r in zip(xs, ys, mine, strict=True):
                 ax.annotate(f"{r['lr']:g}" + (f" s{r['seed']}" if r["seed"] else ""), (x, y), fontsize=7,
                             xytext=(3, 3), textcoords="offset points")  # fmt: skip
+        start_line(
+            ax, sft[0]["reference_metrics"].get("generation/success"), "the instruct model", vertical=True
+        )
         ax.set(xlabel="held-out task success (95% CI), points labelled by lr", ylabel="deviation m_θ (MinorSFT Eq. 8)",
                title="Drift at equal accuracy (MinorSFT)")  # fmt: skip
         ax.legend(fontsize=8)
