@@ -685,6 +685,15 @@ def render(record: dict[str, Any]) -> str:
     if matched:
         head = ["KL"] + [f"{m} {k}" for m in FRONTIER for k in ("greedy", "T=1")]
         out += [f"#### the frontier at equal KL (lr {lr:g})", "", *papers_scale._table(head, matched)]
+    eps = [r for r in rows if r["method"] == "epsilon_dpo" and (r.get("series") or {}).get("kl/beta")]
+    if eps:  # ε-DPO's β along training (its Figure 4): how far the perturbation criterion moved it
+        tail = papers_scale.tail_mean
+        lines = [[f"{r['sweep']}/{r['run']}", papers_scale._f(r["series"]["kl/beta"][0], "{:.4g}"),
+                  papers_scale._f(tail(r["series"]["kl/beta"]), "{:.4g}"),
+                  *(papers_scale._f(_mean(r["series"].get(k)), "{:.2f}") for k in ("kl/p_epsilon_steps", "kl/n_epsilon_steps"))]
+                 for r in eps]  # fmt: skip
+        out += ["#### ε-DPO's β along training", "", *papers_scale._table(
+            ["run", "β at step 1", "β, last 10 steps", "pairs with s = +1 (mean over steps)", "pairs with s = −1"], lines)]  # fmt: skip
     staged = [r for r in rows if r.get("stages")]
     if staged:  # sDPO: γ_ref of each stage's reference on its own chunk, and of M_0, M_1 on the last chunk
         lines = [[f"{r['sweep']}/{r['run']}", ", ".join(f"{st['gamma_ref']:.3f}" for st in r["stages"]),
@@ -706,6 +715,11 @@ def render(record: dict[str, Any]) -> str:
             ["paper", "claim", "lr", "seeds", "measure", "claim's method", "against", "Δ per seed",
              "Δ, seeds pooled [95 % CI]", "p", "KL", "m_θ"], claim_lines(record["claims"]))]  # fmt: skip
     return "\n".join(out)
+
+
+def _mean(values: list[float | None] | None) -> float | None:
+    vals = [v for v in values or [] if v is not None]
+    return sum(vals) / len(vals) if vals else None
 
 
 def _curve_cells(m: dict[str, Any] | None) -> list[str]:
