@@ -626,6 +626,7 @@ def study_record(args) -> dict[str, Any]:
         "on_dpo_curve": on_dpo_curve(p["root"], runs[1:], parts["frontier"][0].base["train"]["lr"])
         if "frontier" in parts
         else [],
+        "on_dpo_lr_curve": on_dpo_lr_curve(p["root"], runs[1:]),
     }
 
 
@@ -709,6 +710,13 @@ def render(record: dict[str, Any]) -> str:
                  for c in record["on_dpo_curve"]]  # fmt: skip
         out += [f"#### the frontier against DPO's curve at the same KL, prompt by prompt (lr {lr:g})", "",
                 *papers_scale._table(["method", "β", "KL", "DPO's points around it", "success (greedy)", "DPO's curve",
+                                      "Δ [95 % CI] p", "success (T=1)", "DPO's curve", "Δ [95 % CI] p"], lines)]  # fmt: skip
+    if record.get("on_dpo_lr_curve"):
+        lines = [[c["method"], f"{c['lr']:g}", f"{c['kl']:.2f}", " – ".join(f"lr {x:g}" for x in c["dpo_lr"]),
+                  *(cell for key in ("success", "t1/success") for cell in _curve_cells(c["measures"].get(key)))]
+                 for c in record["on_dpo_lr_curve"]]  # fmt: skip
+        out += ["#### the table against DPO's lr curve at the same KL, prompt by prompt", "",
+                *papers_scale._table(["method", "lr", "KL", "DPO's points around it", "success (greedy)", "DPO's curve",
                                       "Δ [95 % CI] p", "success (T=1)", "DPO's curve", "Δ [95 % CI] p"], lines)]  # fmt: skip
     if record.get("claims"):
         out += ["#### the papers' claims, paired", "", *papers_scale._table(
@@ -794,43 +802,76 @@ def matched_kl(runs: list[dict[str, Any]], lr: float) -> list[list[str]]:
     return lines
 
 
-def on_dpo_curve(root: Path, rows: list[dict[str, Any]], lr: float) -> list[dict[str, Any]]:
-    """ε-DPO's Figure 5 read prompt by prompt: each frontier point of ε-DPO, β-DPO and TR-DPO against DPO's
-    curve at that point's own KL. DPO's per-prompt outcomes are interpolated between the two DPO points
-    whose KLs bracket it (the weights :func:`at_kl` gives their means; a point outside DPO's KL range is
-    left out, never extrapolated), then paired with the point's outcomes (:func:`pool`)."""
+def on_curve(root: Path, curve: list[dict[str, Any]], points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each of ``points`` against ``curve`` (DPO's runs along β or lr) at the point's own KL, prompt by
+    prompt: the curve's per-prompt outcomes are interpolated between its two runs whose KLs bracket the
+    point's (the weights :func:`at_kl` gives their means; a point outside the curve's KL range is left out,
+    never extrapolated), then paired with the point's outcomes (:func:`pool`)."""
     from tether.evaluation.compare import METRICS, compare, keyed, load_evaluated
 
-    front = frontier_points(rows, lr)
-    dpo = [(r["metrics"]["kl"], r) for r in front.get("dpo", []) if r["metrics"].get("kl") is not None]
+    line = sorted(
+        ((r["metrics"]["kl"], r) for r in curve if r["metrics"].get("kl") is not None), key=lambda x: x[0]
+    )
     out = []
-    for method in FRONTIER[1:]:
-        for r in front.get(method, []):
-            kl = r["metrics"].get("kl")
-            bracket = next(((a, b) for a, b in pairwise(dpo) if kl is not None and a[0] <= kl <= b[0]), None)
-            if bracket is None:
+    for r in points:
+        kl = r["metrics"].get("kl")
+        bracket = next(((a, b) for a, b in pairwise(line) if kl is not None and a[0] <= kl <= b[0]), None)
+        if bracket is None:
+            continue
+        (k0, r0), (k1, r1) = bracket
+        w = 0.0 if k1 == k0 else (kl - k0) / (k1 - k0)
+        entry: dict[str, Any] = {
+            "method": r["method"], "lr": r["lr"], "beta": r["beta"], "kl": kl, "run": f"{r['sweep']}/{r['run']}",
+            "dpo": [f"{x['sweep']}/{x['run']}" for x in (r0, r1)], "dpo_beta": [r0["beta"], r1["beta"]],
+            "dpo_lr": [r0["lr"], r1["lr"]], "weight": w, "measures": {},
+        }  # fmt: skip
+        for measure in ("success", "t1/success"):
+            file, metric = measured_by(measure)
+            files = [root / x["sweep"] / x["run"] / file for x in (r0, r1, r)]
+            if not all(f.exists() for f in files):
                 continue
-            (k0, r0), (k1, r1) = bracket
-            w = 0.0 if k1 == k0 else (kl - k0) / (k1 - k0)
-            entry: dict[str, Any] = {
-                "method": method, "beta": r["beta"], "kl": kl, "run": f"{r['sweep']}/{r['run']}",
-                "dpo": [f"{x['sweep']}/{x['run']}" for x in (r0, r1)], "dpo_beta": [r0["beta"], r1["beta"]],
-                "weight": w, "measures": {},
-            }  # fmt: skip
-            for measure in ("success", "t1/success"):
-                file, metric = measured_by(measure)
-                files = [root / x["sweep"] / x["run"] / file for x in (r0, r1, r)]
-                if not all(f.exists() for f in files):
-                    continue
-                for f in files[:2]:
-                    compare([f, files[2]], metric)  # refuses runs not evaluated alike
-                field = METRICS[metric]
-                o0, o1, o = (keyed(load_evaluated(f).outcomes) for f in files)
-                prompts = [[((1 - w) * getattr(o0[k], field) + w * getattr(o1[k], field), getattr(o[k], field))]
-                           for k in o.keys() & o0.keys() & o1.keys()]  # fmt: skip
-                entry["measures"][measure] = pool(sorted(prompts))
-            out.append(entry)
+            for f in files[:2]:
+                compare([f, files[2]], metric)  # refuses runs not evaluated alike
+            field = METRICS[metric]
+            o0, o1, o = (keyed(load_evaluated(f).outcomes) for f in files)
+            prompts = [[((1 - w) * getattr(o0[k], field) + w * getattr(o1[k], field), getattr(o[k], field))]
+                       for k in o.keys() & o0.keys() & o1.keys()]  # fmt: skip
+            entry["measures"][measure] = pool(sorted(prompts))
+        out.append(entry)
     return out
+
+
+def on_dpo_curve(root: Path, rows: list[dict[str, Any]], lr: float) -> list[dict[str, Any]]:
+    """ε-DPO's Figure 5 read prompt by prompt: each frontier point of ε-DPO, β-DPO and TR-DPO against DPO's
+    β curve at ``lr`` (:func:`on_curve`)."""
+    front = frontier_points(rows, lr)
+    return on_curve(root, front.get("dpo", []), [r for m in FRONTIER[1:] for r in front.get(m, [])])
+
+
+def dpo_lr_curve(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """DPO at its default β on the checker's pairs, seed 0, at every lr run (the pilot's, the table's and
+    the reference-free lrs; the table's run where the pilot has the same lr)."""
+    beta = METHODS["dpo"].defaults.get("beta")
+    runs = [r for r in rows if r["method"] == "dpo" and r["sweep"] in ("pilot", *TABLE_RUNS) and r.get("seed") == 0
+            and r.get("beta") == beta and r.get("pairs") == checker_pairs(rows)]  # fmt: skip
+    by_lr: dict[float, dict[str, Any]] = {}
+    for r in sorted(runs, key=lambda r: r["sweep"] != "pilot"):  # the table's copy last: it wins
+        by_lr[r["lr"]] = r
+    return list(by_lr.values())
+
+
+def checker_pairs(rows: list[dict[str, Any]]) -> str | None:
+    """The checker's pair set (the one the pilot trained on)."""
+    return next((r["pairs"] for r in rows if r["sweep"] == "pilot"), None)
+
+
+def on_dpo_lr_curve(root: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The comparators' table read at equal KL, prompt by prompt: each seed-0 table run against DPO's lr
+    curve (:func:`dpo_lr_curve`) at its own KL (:func:`on_curve`)."""
+    curve = dpo_lr_curve(rows)
+    points = [r for r in rows if r["sweep"] in ("table", "table_tr_dpo", "table_ref_free") and r.get("seed") == 0
+              and r not in curve]  # fmt: skip
+    return on_curve(root, curve, points)
 
 
 def plots(record: dict[str, Any], lr: float | None, out: Path) -> list[Path]:

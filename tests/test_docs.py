@@ -142,7 +142,7 @@ def test_results_doc_protocol_tables_are_the_committed_results():
         assert all(d.get("against", "start/start") in names for d in r["paired"].values()), r["run"]
     for c in record["claims"]:  # the papers' claims and the frontier read on DPO's curve: runs the record holds
         assert set(c["runs"]) | set(c["against"]) <= names, c["claim"]
-    for c in record["on_dpo_curve"]:
+    for c in record["on_dpo_curve"] + record["on_dpo_lr_curve"]:
         assert {c["run"], *c["dpo"]} <= names, c["run"]
     for image in re.findall(r"!\[[^\]]*\]\((results/protocol/[^)]+\.png)\)", text):
         assert (REPO / "docs" / image).is_file(), image

@@ -256,3 +256,27 @@ def test_a_claim_renders_each_measure_with_both_sides_and_the_pooled_test():
                     "-0.200 / -0.150"]  # fmt: skip
     assert "#### the papers' claims, paired" in study.render({"pair_sets": [], "runs": [{"metrics": {}}], "parts": {},
                                                                 "claims": [entry]})  # fmt: skip
+
+
+def test_points_are_read_on_dpos_curve_only_inside_its_kl_range():
+    """A point is paired with DPO's curve interpolated at its own KL, between the two DPO runs whose KLs
+    bracket it; outside the curve it is left out (never extrapolated). DPO's lr curve is its default-β,
+    seed-0 runs on the checker's pairs, the table's run where the pilot has the same lr."""
+    pilot = [
+        _row("pilot", "dpo", lr) | {"metrics": {"kl": kl}}
+        for lr, kl in ((1e-6, 0.1), (2e-6, 0.3), (5e-6, 1.1))
+    ]
+    table_dpo = _row("table", "dpo", 5e-6) | {"metrics": {"kl": 1.2}}
+    dpo_1e5 = _row("table", "dpo", 1e-5) | {"metrics": {"kl": 3.0}}
+    others = [_row("table", "dpo", 1e-5, seed=1) | {"metrics": {"kl": 2.0}},  # another seed
+              _row("judged", "dpo", 5e-6, pairs="reward_k8.jsonl") | {"metrics": {"kl": 0.5}},  # other pairs
+              _row("frontier_dpo", "dpo", 5e-6, beta=0.5) | {"metrics": {"kl": 0.9}}]  # another β  # fmt: skip
+    orpo = _row("table", "orpo", 5e-6, beta=0.1) | {"metrics": {"kl": 0.2}}
+    asft = _row("table", "asft", 1e-5, beta=0.1) | {"metrics": {"kl": 2.1}}
+    free = _row("table_ref_free", "asft", 2e-5) | {"metrics": {"kl": 5.0}}  # beyond DPO's largest KL
+    rows = [*pilot, table_dpo, dpo_1e5, *others, orpo, asft, free]
+    assert study.dpo_lr_curve(rows) == [pilot[0], pilot[1], table_dpo, dpo_1e5]
+    got = study.on_dpo_lr_curve(Path("/nonexistent"), rows)  # no evaluation files: brackets only
+    assert [(g["method"], g["dpo_lr"]) for g in got] == [("orpo", [1e-6, 2e-6]), ("asft", [5e-6, 1e-5])]
+    assert got[0]["weight"] == pytest.approx(0.5) and got[1]["weight"] == pytest.approx(0.5)
+    assert got[0]["measures"] == {}
