@@ -454,6 +454,7 @@ CLAIMS = (
 """The comparisons each paper's verdict rests on (docs/results.md); :func:`claims` tests them, seeds pooled."""
 
 PERMUTATIONS = 20_000
+BOOTSTRAPS = 10_000  # each end of a 95 % interval to about ±0.001
 
 
 def pooled(pairs: list[tuple[Path, Path]], metric: str) -> dict[str, Any]:
@@ -492,7 +493,9 @@ def pool(prompts: list[list[tuple[float, float]]]) -> dict[str, Any]:
     d = ys - xs
     signs = np.random.default_rng(0).choice(np.array([-1.0, 1.0]), size=(PERMUTATIONS, d.size))
     extreme = np.sum(np.abs(signs @ d) >= abs(d.sum()) - 1e-9)
-    low, high = paired_bootstrap(xs.tolist(), ys.tolist())
+    if d.size < 2:
+        raise ValueError(f"pool: {d.size} prompt(s) in common; a paired test needs at least 2")
+    low, high = paired_bootstrap(xs.tolist(), ys.tolist(), n_boot=BOOTSTRAPS)
     return {"n": int(d.size), "run": float(ys.mean()), "other": float(xs.mean()), "difference": float(d.mean()),
             "ci_low": low, "ci_high": high, "p": float((1 + extreme) / (PERMUTATIONS + 1)), "test": "sign-flip"}  # fmt: skip
 
@@ -626,7 +629,7 @@ def study_record(args) -> dict[str, Any]:
         "on_dpo_curve": on_dpo_curve(p["root"], runs[1:], parts["frontier"][0].base["train"]["lr"])
         if "frontier" in parts
         else [],
-        "on_dpo_lr_curve": on_dpo_lr_curve(p["root"], runs[1:]),
+        "on_dpo_lr_curve": on_dpo_lr_curve(p["root"], runs[1:], p["task_pairs"].name),
     }
 
 
@@ -704,24 +707,24 @@ def render(record: dict[str, Any]) -> str:
         out += ["#### sDPO's γ_ref", "",
                 *papers_scale._table(["run", "γ_ref per stage (its own chunk)", "γ_ref on the last chunk",
                                       "Δ success vs the random split", "Δ success (T=1) vs the random split"], lines)]  # fmt: skip
-    if record.get("on_dpo_curve"):
-        lines = [[c["method"], f"{c['beta']:g}", f"{c['kl']:.2f}", " – ".join(f"β={b:g}" for b in c["dpo_beta"]),
-                  *(cell for key in ("success", "t1/success") for cell in _curve_cells(c["measures"].get(key)))]
-                 for c in record["on_dpo_curve"]]  # fmt: skip
-        out += [f"#### the frontier against DPO's curve at the same KL, prompt by prompt (lr {lr:g})", "",
-                *papers_scale._table(["method", "β", "KL", "DPO's points around it", "success (greedy)", "DPO's curve",
-                                      "Δ [95 % CI] p", "success (T=1)", "DPO's curve", "Δ [95 % CI] p"], lines)]  # fmt: skip
-    if record.get("on_dpo_lr_curve"):
-        lines = [[c["method"], f"{c['lr']:g}", f"{c['kl']:.2f}", " – ".join(f"lr {x:g}" for x in c["dpo_lr"]),
-                  *(cell for key in ("success", "t1/success") for cell in _curve_cells(c["measures"].get(key)))]
-                 for c in record["on_dpo_lr_curve"]]  # fmt: skip
-        out += ["#### the table against DPO's lr curve at the same KL, prompt by prompt", "",
-                *papers_scale._table(["method", "lr", "KL", "DPO's points around it", "success (greedy)", "DPO's curve",
-                                      "Δ [95 % CI] p", "success (T=1)", "DPO's curve", "Δ [95 % CI] p"], lines)]  # fmt: skip
+    for key, title, by in (
+        (
+            "on_dpo_curve",
+            f"the frontier against DPO's β curve at the same KL, prompt by prompt (lr {papers_scale._f(lr, '{:g}')})",
+            "beta",
+        ),
+        ("on_dpo_lr_curve", "the table against DPO's lr curve at the same KL, prompt by prompt", "lr"),
+    ):
+        if record.get(key):
+            out += [f"#### {title}", "", *papers_scale._table(
+                ["method", by.replace("beta", "β"), "KL", "DPO's points around it (greedy, T=1)", "success (greedy)",
+                 "DPO's curve", "Δ [95 % CI] p", "success (T=1)", "DPO's curve", "Δ [95 % CI] p"],
+                [curve_line(c, by) for c in record[key]])]  # fmt: skip
     if record.get("claims"):
         out += ["#### the papers' claims, paired", "", *papers_scale._table(
-            ["paper", "claim", "lr", "seeds", "measure", "claim's method", "against", "Δ per seed",
-             "Δ, seeds pooled [95 % CI]", "p", "KL", "m_θ"], claim_lines(record["claims"]))]  # fmt: skip
+            ["paper", "claim", "lr", "seeds", "measure", "method's mean", "other's mean", "Δ per seed",
+             "Δ, seeds pooled [95 % CI]", "p", "KL (method / other)", "m_θ (method / other)"],
+            claim_lines(record["claims"]))]  # fmt: skip
     return "\n".join(out)
 
 
@@ -730,11 +733,28 @@ def _mean(values: list[float | None] | None) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def _curve_cells(m: dict[str, Any] | None) -> list[str]:
-    if m is None:
-        return ["-"] * 3
-    return [papers_scale._f(m["run"]), papers_scale._f(m["other"]),
-            f"{m['difference']:+.3f} [{m['ci_low']:+.3f}, {m['ci_high']:+.3f}] p={m['p']:.2g}"]  # fmt: skip
+def _p(p: float) -> str:
+    """A p-value; a permutation p at its floor (1 / (draws + 1)) as ``<1e-4``."""
+    return "<1e-4" if p < 1e-4 else f"{p:.2g}"
+
+
+def curve_line(c: dict[str, Any], by: str) -> list[str]:
+    """A point read on DPO's curve (:func:`on_curve`): the two DPO runs around its KL with their own greedy
+    and T = 1 success, then per measure the point, DPO's curve at its KL and the paired Δ."""
+    head = [c["method"], f"{c[by]:g}", f"{c['kl']:.2f}"]
+    if "outside" in c:
+        span = "no DPO run" if c["outside"] is None else f"{c['outside'][0]:.2f}–{c['outside'][1]:.2f}"
+        return [*head, f"outside DPO's KL range ({span}): not extrapolated", *["-"] * 6]
+    values = c.get("dpo_values", {})
+    g, t = values.get("generation/success", [None, None]), values.get("t1/generation/success", [None, None])
+    around = " – ".join(f"{by.replace('beta', 'β')} {x:g} ({papers_scale._f(a)}, {papers_scale._f(b)})"
+                        for x, a, b in zip(c[f"dpo_{by}"], g, t, strict=True))  # fmt: skip
+    cells = [around]
+    for key in ("success", "t1/success"):
+        m = c["measures"].get(key)
+        cells += ["-"] * 3 if m is None else [papers_scale._f(m["run"]), papers_scale._f(m["other"]),
+                  f"{m['difference']:+.3f} [{m['ci_low']:+.3f}, {m['ci_high']:+.3f}] p={_p(m['p'])}"]  # fmt: skip
+    return [*head, *cells]
 
 
 MEASURES = {"success": "success (greedy)", "t1/success": "success (T=1)", "rm/win_rate/chosen": "RM win rate vs chosen",
@@ -755,7 +775,7 @@ def claim_lines(entries: list[dict[str, Any]]) -> list[list[str]]:
                 c["paper"], c["claim"], f"{c['lr']:g}", ", ".join(str(x) for x in c["seeds"]), MEASURES[key],
                 papers_scale._f(m["run"]), papers_scale._f(m["other"]),
                 ", ".join(f"{d:+.3f}" for d in m["per_seed"]),
-                f"{m['difference']:+.3f} [{m['ci_low']:+.3f}, {m['ci_high']:+.3f}]", f"{m['p']:.2g} ({m['test']})",
+                f"{m['difference']:+.3f} [{m['ci_low']:+.3f}, {m['ci_high']:+.3f}]", f"{_p(m['p'])} ({m['test']})",
                 both["kl"], both["deviation"],
             ])  # fmt: skip
     return lines
@@ -763,13 +783,18 @@ def claim_lines(entries: list[dict[str, Any]]) -> list[list[str]]:
 
 def frontier_points(runs: list[dict[str, Any]], lr: float) -> dict[str, list[dict[str, Any]]]:
     """ε-DPO's Figure 5: per frontier method, its seed-0 runs at ``lr`` on the checker's pairs (the frontier
-    sweep's β values and the table's run at the default β), in KL order."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for r in runs:
-        ok = r["sweep"] == f"frontier_{r['method']}" or r["sweep"] == "table" or r["sweep"] == "table_tr_dpo"
+    sweep's β values and the table's run at the default β; for DPO the pilot's copy of that run until the
+    table has its own), in KL order."""
+    out: dict[tuple[str, Any], dict[str, Any]] = {}
+    sweeps = ("pilot", "table", "table_tr_dpo")  # in that order: a later copy of a (method, β) replaces it
+    for r in sorted(runs, key=lambda r: sweeps.index(r["sweep"]) if r["sweep"] in sweeps else -1):
+        ok = r["sweep"] == f"frontier_{r['method']}" or r["sweep"] in sweeps
         if ok and r["method"] in FRONTIER and r.get("lr") == lr and r.get("seed") == 0:
-            out.setdefault(r["method"], []).append(r)
-    return {m: sorted(rs, key=lambda r: r["metrics"].get("kl") or 0.0) for m, rs in out.items()}
+            out[(r["method"], r.get("beta"))] = r
+    by: dict[str, list[dict[str, Any]]] = {}
+    for (method, _), r in out.items():
+        by.setdefault(method, []).append(r)
+    return {m: sorted(rs, key=lambda r: r["metrics"].get("kl") or 0.0) for m, rs in by.items()}
 
 
 def at_kl(points: list[tuple[float, float]], kl: float) -> float | None:
@@ -816,7 +841,9 @@ def on_curve(root: Path, curve: list[dict[str, Any]], points: list[dict[str, Any
     for r in points:
         kl = r["metrics"].get("kl")
         bracket = next(((a, b) for a, b in pairwise(line) if kl is not None and a[0] <= kl <= b[0]), None)
-        if bracket is None:
+        if bracket is None:  # never extrapolated: shown as outside the curve's KL range
+            out.append({"method": r["method"], "lr": r["lr"], "beta": r["beta"], "kl": kl,
+                        "run": f"{r['sweep']}/{r['run']}", "outside": [line[0][0], line[-1][0]] if line else None})  # fmt: skip
             continue
         (k0, r0), (k1, r1) = bracket
         w = 0.0 if k1 == k0 else (kl - k0) / (k1 - k0)
@@ -824,6 +851,8 @@ def on_curve(root: Path, curve: list[dict[str, Any]], points: list[dict[str, Any
             "method": r["method"], "lr": r["lr"], "beta": r["beta"], "kl": kl, "run": f"{r['sweep']}/{r['run']}",
             "dpo": [f"{x['sweep']}/{x['run']}" for x in (r0, r1)], "dpo_beta": [r0["beta"], r1["beta"]],
             "dpo_lr": [r0["lr"], r1["lr"]], "weight": w, "measures": {},
+            "dpo_values": {key: [x["metrics"].get(key) for x in (r0, r1)]
+                           for key in ("generation/success", "t1/generation/success")},
         }  # fmt: skip
         for measure in ("success", "t1/success"):
             file, metric = measured_by(measure)
@@ -834,9 +863,10 @@ def on_curve(root: Path, curve: list[dict[str, Any]], points: list[dict[str, Any
                 compare([f, files[2]], metric)  # refuses runs not evaluated alike
             field = METRICS[metric]
             o0, o1, o = (keyed(load_evaluated(f).outcomes) for f in files)
-            prompts = [[((1 - w) * getattr(o0[k], field) + w * getattr(o1[k], field), getattr(o[k], field))]
-                       for k in o.keys() & o0.keys() & o1.keys()]  # fmt: skip
-            entry["measures"][measure] = pool(sorted(prompts))
+            values = [(getattr(o0[k], field), getattr(o1[k], field), getattr(o[k], field))
+                      for k in sorted(o.keys() & o0.keys() & o1.keys())]  # fmt: skip
+            prompts = [[((1 - w) * a + w * b, c)] for a, b, c in values if None not in (a, b, c)]
+            entry["measures"][measure] = pool(prompts)
         out.append(entry)
     return out
 
@@ -848,27 +878,22 @@ def on_dpo_curve(root: Path, rows: list[dict[str, Any]], lr: float) -> list[dict
     return on_curve(root, front.get("dpo", []), [r for m in FRONTIER[1:] for r in front.get(m, [])])
 
 
-def dpo_lr_curve(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def dpo_lr_curve(rows: list[dict[str, Any]], pairs: str) -> list[dict[str, Any]]:
     """DPO at its default β on the checker's pairs, seed 0, at every lr run (the pilot's, the table's and
     the reference-free lrs; the table's run where the pilot has the same lr)."""
     beta = METHODS["dpo"].defaults.get("beta")
     runs = [r for r in rows if r["method"] == "dpo" and r["sweep"] in ("pilot", *TABLE_RUNS) and r.get("seed") == 0
-            and r.get("beta") == beta and r.get("pairs") == checker_pairs(rows)]  # fmt: skip
+            and r.get("beta") == beta and r.get("pairs") == pairs]  # fmt: skip
     by_lr: dict[float, dict[str, Any]] = {}
     for r in sorted(runs, key=lambda r: r["sweep"] != "pilot"):  # the table's copy last: it wins
         by_lr[r["lr"]] = r
     return list(by_lr.values())
 
 
-def checker_pairs(rows: list[dict[str, Any]]) -> str | None:
-    """The checker's pair set (the one the pilot trained on)."""
-    return next((r["pairs"] for r in rows if r["sweep"] == "pilot"), None)
-
-
-def on_dpo_lr_curve(root: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def on_dpo_lr_curve(root: Path, rows: list[dict[str, Any]], pairs: str) -> list[dict[str, Any]]:
     """The comparators' table read at equal KL, prompt by prompt: each seed-0 table run against DPO's lr
-    curve (:func:`dpo_lr_curve`) at its own KL (:func:`on_curve`)."""
-    curve = dpo_lr_curve(rows)
+    curve on the same ``pairs`` (:func:`dpo_lr_curve`) at its own KL (:func:`on_curve`)."""
+    curve = dpo_lr_curve(rows, pairs)
     points = [r for r in rows if r["sweep"] in ("table", "table_tr_dpo", "table_ref_free") and r.get("seed") == 0
               and r not in curve]  # fmt: skip
     return on_curve(root, curve, points)

@@ -254,6 +254,8 @@ def test_a_claim_renders_each_measure_with_both_sides_and_the_pooled_test():
     assert line == ["ε-DPO", "ε-DPO above DPO (Table 1)", "5e-06", "0, 1, 2", "success (greedy)", "0.310", "0.290",
                     "+0.010, +0.040, +0.010", "+0.020 [-0.004, +0.041]", "0.071 (sign-flip)", "1.500 / 1.200",
                     "-0.200 / -0.150"]  # fmt: skip
+    m["p"] = 1 / 20_001  # a permutation p at its floor
+    assert study.claim_lines([entry])[0][9] == "<1e-4 (sign-flip)"
     assert "#### the papers' claims, paired" in study.render({"pair_sets": [], "runs": [{"metrics": {}}], "parts": {},
                                                                 "claims": [entry]})  # fmt: skip
 
@@ -275,8 +277,16 @@ def test_points_are_read_on_dpos_curve_only_inside_its_kl_range():
     asft = _row("table", "asft", 1e-5, beta=0.1) | {"metrics": {"kl": 2.1}}
     free = _row("table_ref_free", "asft", 2e-5) | {"metrics": {"kl": 5.0}}  # beyond DPO's largest KL
     rows = [*pilot, table_dpo, dpo_1e5, *others, orpo, asft, free]
-    assert study.dpo_lr_curve(rows) == [pilot[0], pilot[1], table_dpo, dpo_1e5]
-    got = study.on_dpo_lr_curve(Path("/nonexistent"), rows)  # no evaluation files: brackets only
-    assert [(g["method"], g["dpo_lr"]) for g in got] == [("orpo", [1e-6, 2e-6]), ("asft", [5e-6, 1e-5])]
+    assert study.dpo_lr_curve(rows, "tasks_k8.jsonl") == [pilot[0], pilot[1], table_dpo, dpo_1e5]
+    got = study.on_dpo_lr_curve(
+        Path("/nonexistent"), rows, "tasks_k8.jsonl"
+    )  # no evaluation files: brackets only
+    assert [(g["method"], g.get("dpo_lr")) for g in got] == [("orpo", [1e-6, 2e-6]), ("asft", [5e-6, 1e-5]),
+                                                            ("asft", None)]  # fmt: skip
     assert got[0]["weight"] == pytest.approx(0.5) and got[1]["weight"] == pytest.approx(0.5)
-    assert got[0]["measures"] == {}
+    assert got[0]["measures"] == {} and got[2]["outside"] == [0.1, 3.0]
+    assert study.curve_line(got[2], "lr")[3] == "outside DPO's KL range (0.10–3.00): not extrapolated"
+    # the frontier's DPO at the default β: the pilot's copy until the table has its own
+    front = study.frontier_points([pilot[2], *others], 5e-6)["dpo"]
+    assert front == [others[2], pilot[2]]
+    assert study.frontier_points([pilot[2], table_dpo, *others], 5e-6)["dpo"] == [others[2], table_dpo]
