@@ -143,6 +143,6 @@ def test_results_doc_protocol_tables_are_the_committed_results():
     for c in record["claims"]:  # the papers' claims and the frontier read on DPO's curve: runs the record holds
         assert set(c["runs"]) | set(c["against"]) <= names, c["claim"]
     for c in record["on_dpo_curve"] + record["on_dpo_lr_curve"]:
-        assert {c["run"], *c["dpo"]} <= names, c["run"]
+        assert {c["run"], *c.get("dpo", [])} <= names, c["run"]  # (none around a point outside DPO's KL range)
     for image in re.findall(r"!\[[^\]]*\]\((results/protocol/[^)]+\.png)\)", text):
         assert (REPO / "docs" / image).is_file(), image
