@@ -325,7 +325,7 @@ def run_part(args, sweep: Sweep, data: Path) -> None:
 
 SERIES = (  # per-step training series kept in results.json (plots: likelihood dynamics, β trajectory)
     "loss", "logps/chosen", "logps/rejected", "minor_sft/weight", "minor_sft/weight_sq", "kl/beta",
-    "kl/p_epsilon_steps", "kl/n_epsilon_steps", "beta_dpo/beta", "tr_dpo/updates",
+    "kl/p_epsilon_steps", "kl/n_epsilon_steps", "beta_dpo/beta", "tr_dpo/updates", "rewards/margins",
 )  # fmt: skip
 KEEP = ("generation/success", "win_rate", "kl", "deviation", "pairwise/accuracy", "pairwise/reward_accuracy",
         "pairwise/likelihood_accuracy", "mc/accuracy")  # fmt: skip

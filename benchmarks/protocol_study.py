@@ -662,7 +662,7 @@ def render(record: dict[str, Any]) -> str:
     start, *rows = record["runs"]
     part_of = record["parts"]
     head = ["run", "method", "lr", "β", "seed", "success (greedy)", "Δ vs start", "Δ vs baseline",
-            "success (T=1)", "Δ vs start", "Δ vs baseline", "KL", "m_θ", "mc"]  # fmt: skip
+            "success (T=1)", "Δ vs start", "Δ vs baseline", "KL", "m_θ", "mc", "β·margin, last 10 steps"]  # fmt: skip
 
     def line(r: dict[str, Any]) -> list[str]:
         m = r["metrics"]
@@ -673,6 +673,7 @@ def render(record: dict[str, Any]) -> str:
             papers_scale._ci(m, "t1/generation/success"), _delta(r, "t1/success vs start"),
             _delta(r, "t1/success vs baseline"), papers_scale._f(m.get("kl")), papers_scale._f(m.get("deviation")),
             papers_scale._f(m.get("mc/accuracy")),
+            papers_scale._f(papers_scale.tail_mean((r.get("series") or {}).get("rewards/margins"))),
         ]  # fmt: skip
 
     for part in dict.fromkeys(part_of[r["sweep"]] for r in rows if r["sweep"] in part_of):
