@@ -140,9 +140,10 @@ def test_results_doc_protocol_tables_are_the_committed_results():
     for r in record["runs"][1:]:
         assert "success vs start" in r["paired"], r["run"]
         assert all(d.get("against", "start/start") in names for d in r["paired"].values()), r["run"]
-    for c in record["claims"]:  # the papers' claims and the frontier read on DPO's curve: runs the record holds
+    # the papers' claims and the frontier read on DPO's curve: runs the record holds
+    for c in record["claims"]:
         assert set(c["runs"]) | set(c["against"]) <= names, c["claim"]
     for c in record["on_dpo_curve"] + record["on_dpo_lr_curve"]:
-        assert {c["run"], *c.get("dpo", [])} <= names, c["run"]  # (none around a point outside DPO's KL range)
+        assert {c["run"], *c.get("dpo", [])} <= names, c["run"]  # (no DPO runs outside its KL range)
     for image in re.findall(r"!\[[^\]]*\]\((results/protocol/[^)]+\.png)\)", text):
         assert (REPO / "docs" / image).is_file(), image
