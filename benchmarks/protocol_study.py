@@ -6,7 +6,7 @@
     python benchmarks/protocol_study.py --parts sdpo minorsft seeds [--lrs A B]      # items 5, 6 and the seeds
     python benchmarks/protocol_study.py --plan [--lrs A B]       # every sweep, its grid and its number of runs
     python benchmarks/protocol_study.py --status               # what is finished
-    python benchmarks/protocol_study.py --collect docs/results/protocol/results.json [--lrs A B]
+    python benchmarks/protocol_study.py --collect docs/results/protocol/results.json --page docs/results.md
 
 The learning rates the pilot chose are the defaults (docs/results.md says why): ``--lrs 5e-06 1e-05
 --ref-free-lrs 2e-05``.
@@ -972,6 +972,19 @@ def plots(record: dict[str, Any], lr: float | None, out: Path) -> list[Path]:
     return written
 
 
+MARKERS = ("<!-- protocol-tables -->\n", "<!-- /protocol-tables -->")
+
+
+def write_block(page: Path, block: str) -> None:
+    """``block`` between the page's :data:`MARKERS` (docs/results.md; tests/test_docs.py keeps the two equal)."""
+    text = page.read_text()
+    if any(m not in text for m in MARKERS):
+        raise SystemExit(f"--page {page}: no {MARKERS[0].strip()} ... {MARKERS[1]} block")
+    head, rest = text.split(MARKERS[0], 1)
+    tail = rest.split(MARKERS[1], 1)[1]
+    page.write_text(head + MARKERS[0] + block.strip() + "\n" + MARKERS[1] + tail)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--parts", nargs="*", default=list(PARTS), choices=PARTS)
@@ -1000,6 +1013,9 @@ def main() -> None:
     ap.add_argument("--plan", action="store_true", help="print every sweep, its grid and runs; run nothing")
     ap.add_argument("--status", action="store_true")
     ap.add_argument("--collect", metavar="OUT", help="write the finished runs' records to OUT (results.json)")
+    ap.add_argument(
+        "--page", metavar="MD", help="with --collect: write the tables between MD's protocol-tables markers"
+    )
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     p = paths(args)
@@ -1008,6 +1024,8 @@ def main() -> None:
         Path(args.collect).parent.mkdir(parents=True, exist_ok=True)
         Path(args.collect).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
         print(render(record))
+        if args.page:
+            write_block(Path(args.page), render(record))
         lr = float(args.lrs[0]) if args.lrs else None
         for path in plots(record, lr, Path(args.collect).parent):
             print(f"plot: {path}")

@@ -290,3 +290,16 @@ def test_points_are_read_on_dpos_curve_only_inside_its_kl_range():
     front = study.frontier_points([pilot[2], *others], 5e-6)["dpo"]
     assert front == [others[2], pilot[2]]
     assert study.frontier_points([pilot[2], table_dpo, *others], 5e-6)["dpo"] == [others[2], table_dpo]
+
+
+def test_the_block_is_written_between_the_markers_only(tmp_path):
+    page = tmp_path / "results.md"
+    page.write_text("# r\n\nbefore\n<!-- protocol-tables -->\nold\n<!-- /protocol-tables -->\n\nafter\n")
+    study.write_block(page, "| a |\n|---|\n| 1 |\n\n")
+    assert (
+        page.read_text()
+        == "# r\n\nbefore\n<!-- protocol-tables -->\n| a |\n|---|\n| 1 |\n<!-- /protocol-tables -->\n\nafter\n"
+    )
+    (tmp_path / "none.md").write_text("no markers\n")
+    with pytest.raises(SystemExit, match="no <!-- protocol-tables -->"):
+        study.write_block(tmp_path / "none.md", "x")
