@@ -463,21 +463,32 @@ def pooled(pairs: list[tuple[Path, Path]], metric: str) -> dict[str, Any]:
     """``run − other`` on ``metric`` over seeds: each ``(other, run)`` pair of evaluation files is one seed,
     compared prompt by prompt (``tether compare``: its Δ per seed), then pooled (:func:`pool`). For one seed
     with binary outcomes the p is McNemar's exact one, as ``tether compare`` gives it."""
-    from tether.evaluation.compare import METRICS, compare, keyed, load_evaluated
+    from tether.evaluation.compare import compare
 
-    field = METRICS[metric]
     per_seed = [compare([other, run], metric)[0] for other, run in pairs]
-    values: dict[Any, list[tuple[float, float]]] = {}
+    values: dict[Any, list[tuple[float, ...]]] = {}
     for other, run in pairs:
-        a, b = keyed(load_evaluated(other).outcomes), keyed(load_evaluated(run).outcomes)
-        for k in a.keys() & b.keys():
-            x, y = getattr(a[k], field), getattr(b[k], field)
-            if x is not None and y is not None:
-                values.setdefault(k, []).append((float(x), float(y)))
+        for k, xy in prompt_values([other, run], metric).items():
+            values.setdefault(k, []).append(xy)
     out = pool([v for _, v in sorted(values.items()) if len(v) == len(pairs)])
     out["per_seed"] = [x.difference for x in per_seed]
     if len(pairs) == 1 and per_seed[0].mcnemar_p is not None:
         out["p"], out["test"] = per_seed[0].mcnemar_p, "McNemar"
+    return out
+
+
+def prompt_values(files: list[Path], metric: str) -> dict[Any, tuple[float, ...]]:
+    """Per prompt (in key order), ``metric``'s value in each evaluation file: the prompts every file has a
+    value for."""
+    from tether.evaluation.compare import METRICS, keyed, load_evaluated
+
+    field = METRICS[metric]
+    outcomes = [keyed(load_evaluated(f).outcomes) for f in files]
+    out = {}
+    for k in sorted(set.intersection(*(set(o) for o in outcomes))):
+        values = tuple(getattr(o[k], field) for o in outcomes)
+        if None not in values:
+            out[k] = tuple(float(v) for v in values)
     return out
 
 
@@ -835,7 +846,7 @@ def on_curve(root: Path, curve: list[dict[str, Any]], points: list[dict[str, Any
     prompt: the curve's per-prompt outcomes are interpolated between its two runs whose KLs bracket the
     point's (the weights :func:`at_kl` gives their means; a point outside the curve's KL range is left out,
     never extrapolated), then paired with the point's outcomes (:func:`pool`)."""
-    from tether.evaluation.compare import METRICS, compare, keyed, load_evaluated
+    from tether.evaluation.compare import compare
 
     line = sorted(
         ((r["metrics"]["kl"], r) for r in curve if r["metrics"].get("kl") is not None), key=lambda x: x[0]
@@ -864,11 +875,7 @@ def on_curve(root: Path, curve: list[dict[str, Any]], points: list[dict[str, Any
                 continue
             for f in files[:2]:
                 compare([f, files[2]], metric)  # refuses runs not evaluated alike
-            field = METRICS[metric]
-            o0, o1, o = (keyed(load_evaluated(f).outcomes) for f in files)
-            values = [(getattr(o0[k], field), getattr(o1[k], field), getattr(o[k], field))
-                      for k in sorted(o.keys() & o0.keys() & o1.keys())]  # fmt: skip
-            prompts = [[((1 - w) * a + w * b, c)] for a, b, c in values if None not in (a, b, c)]
+            prompts = [[((1 - w) * a + w * b, c)] for a, b, c in prompt_values(files, metric).values()]
             entry["measures"][measure] = pool(prompts)
         out.append(entry)
     return out
