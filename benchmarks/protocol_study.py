@@ -342,6 +342,18 @@ def eval_start(args, judged: bool = False) -> None:
             evaluate(run, str(data), dataclasses.replace(opts, reference=start(args)), out=out / name)
 
 
+RECORD = Path(__file__).resolve().parents[1] / "docs" / "results" / "protocol" / "results.json"
+"""The study's committed record (``--collect``'s OUT): it outlives the machine whose run directories made it."""
+
+
+def recorded(record: str, sweep: papers_scale.Sweep) -> bool:
+    """Whether ``record`` (a results.json) holds every run of ``sweep``."""
+    if not record or not Path(record).exists():
+        return False
+    runs = json.loads(Path(record).read_text())["runs"]
+    return sum(r["sweep"] == sweep.name for r in runs) >= runs_of(sweep)
+
+
 def run_sweep(args, sweep: papers_scale.Sweep) -> None:
     """A sweep evaluated greedily (success, KL, pairwise), then each run again with one sample at
     temperature 1 (the paper's protocol), on multiple choice, and (the judged part) by the reward model."""
@@ -385,40 +397,108 @@ def _kept(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if k in kept or k.split("/ci_")[0] in extra}
 
 
-def collect(args) -> list[dict[str, Any]]:
-    """One record per finished run (``papers_scale.collect``'s, plus its T = 1 and reward-model evaluations
-    under ``t1/`` and ``rm/``, the pair set it trained on, and its paired comparisons (:data:`EVALUATIONS`) with the
-    start and with the runs :func:`against` names), and the start's own record first."""
-    from tether.evaluation.compare import compare
+def run_id(r: dict[str, Any]) -> str:
+    return "start" if r["sweep"] == "start" else f"{r['sweep']}/{r['run']}"
+
+
+def outcome_vectors(folder: Path, start: Path) -> dict[str, list[float | None]]:
+    """A run's per-prompt outcomes on each metric :data:`EVALUATIONS` compares, in the start's prompt order:
+    what every paired test needs, kept in :data:`OUTCOMES` so that a comparison outlives the run directory.
+    An evaluation not made as the start's (other prompts, settings or judge) is refused (``tether compare``'s
+    checks)."""
+    from tether.evaluation.compare import METRICS, check_comparable, keyed, load_evaluated
+
+    out: dict[str, list[float | None]] = {}
+    for e in EVALUATIONS:
+        if not (e.paired and (folder / e.file).exists() and (start / e.file).exists()):
+            continue
+        ref, ev = load_evaluated(start / e.file), load_evaluated(folder / e.file)
+        mine = keyed(ev.outcomes)
+        for metric in e.paired:
+            check_comparable([ref, ev], metric)
+            values = [getattr(mine[k], METRICS[metric]) for k in keyed(ref.outcomes)]
+            out[f"{e.prefix}{metric}"] = [None if v is None else float(v) for v in values]
+    return out
+
+
+OUTCOMES = "outcomes.jsonl"
+"""Beside results.json: one line per run, its id and its per-prompt outcomes (:func:`outcome_vectors`); the
+start's line also names the prompts, so that outcomes collected on another machine are checked to align."""
+
+
+def read_outcomes(record: Path) -> dict[str, dict[str, Any]]:
+    path = record.with_name(OUTCOMES)
+    lines = path.read_text().splitlines() if path.exists() else []
+    return {(d := json.loads(line)).pop("run"): d for line in lines}
+
+
+def write_outcomes(record: Path, outcomes: dict[str, dict[str, Any]]) -> None:
+    compact = lambda v: int(v) if isinstance(v, float) and v.is_integer() else v  # noqa: E731  (0/1 as 0/1)
+    lines = [json.dumps({"run": k, **{m: [compact(x) for x in xs] if m != "prompts" else xs
+                                      for m, xs in v.items()}}, ensure_ascii=False, separators=(",", ":"))
+             for k, v in sorted(outcomes.items(), key=lambda kv: kv[0] != "start")]  # fmt: skip
+    record.with_name(OUTCOMES).write_text("".join(f"{line}\n" for line in lines))
+
+
+def collect(
+    args, prior: dict[str, Any] | None = None, prior_outcomes: dict[str, dict[str, Any]] | None = None
+):
+    """Every run's record and per-prompt outcomes: those on disk (``papers_scale.collect``'s record, plus its
+    T = 1 and reward-model evaluations under ``t1/`` and ``rm/`` and the pair set it trained on), then the
+    ``prior`` record's runs that are not on disk (a study continued on another machine keeps what it has
+    collected); the start's record first. Each run's paired comparisons (:data:`EVALUATIONS`) with the start and
+    with the runs :func:`against` names are made from the outcomes; where a side has none (a run collected
+    before outcomes were kept), the prior record's comparison stays."""
+    from tether.evaluation.compare import keyed, load_evaluated, paired_values
     from tether.rundir import RunDir
 
     root = paths(args)["root"]
     groups = [s for group in sweeps(args).values() for s in group]
     rows = papers_scale.collect(argparse.Namespace(runs=str(root)), groups)
     start_row = {"sweep": "start", "run": "start", "method": "start", "metrics": {}}
+    outcomes: dict[str, dict[str, Any]] = {}
     for r, folder in [(start_row, root / "start"), *((r, root / r["sweep"] / r["run"]) for r in rows)]:
         for e in EVALUATIONS:
             if (folder / e.file).exists():
                 m = _kept(json.loads((folder / e.file).read_text())["metrics"])
                 r["metrics"].update({f"{e.prefix}{k}": v for k, v in m.items()})
+        outcomes[run_id(r)] = outcome_vectors(folder, root / "start")
+    if (root / "start" / "eval.json").exists():
+        outcomes["start"]["prompts"] = [
+            k[0] for k in keyed(load_evaluated(root / "start" / "eval.json").outcomes)
+        ]
     for r in rows:
         cfg = RunDir(root / r["sweep"] / r["run"]).last_stage().read_config_mapping()
         r["pairs"] = Path(cfg["data"]["train"]).name.replace(".staged", "")
-    for r in rows:
         r["paired"] = {}
-        others = {"start": None, **against(rows, r)}
+    prior_rows = {run_id(r): r for r in (prior or {}).get("runs", [])}
+    prior_outcomes = prior_outcomes or {}
+    if not start_row["metrics"] and "start" in prior_rows:
+        start_row, outcomes["start"] = prior_rows["start"], prior_outcomes.get("start", {})
+    elif (
+        "prompts" in prior_outcomes.get("start", {})
+        and outcomes["start"].get("prompts") != prior_outcomes["start"]["prompts"]
+    ):
+        raise SystemExit("--collect: the start here was evaluated on other prompts than the recorded one")
+    here = {run_id(r) for r in rows}
+    kept = [r for k, r in prior_rows.items() if k != "start" and k not in here]
+    outcomes.update({k: prior_outcomes.get(k, {}) for k in (run_id(r) for r in kept)})
+    rows += kept
+    for r in rows:
+        others = {"start": start_row, **against(rows, r)}
+        mine = outcomes[run_id(r)]
         for e in EVALUATIONS:
-            mine = root / r["sweep"] / r["run"] / e.file
             for metric, (name, other) in product(e.paired, others.items()):
-                theirs = root / ("start" if other is None else f"{other['sweep']}/{other['run']}") / e.file
-                if not (mine.exists() and theirs.exists()):
+                key, theirs = f"{e.prefix}{metric}", outcomes[run_id(other)]
+                if key not in mine or key not in theirs:
                     continue
-                (res,) = compare([theirs, mine], metric)
-                entry = {k: getattr(res, k) for k in ("n", "difference", "ci_low", "ci_high", "mcnemar_p")}
-                if other is not None:
-                    entry["against"] = f"{other['sweep']}/{other['run']}"
-                r["paired"][f"{e.prefix}{metric} vs {name}"] = entry
-    return [start_row, *rows]
+                both = [(a, b) for a, b in zip(theirs[key], mine[key], strict=True) if None not in (a, b)]
+                res = paired_values([a for a, _ in both], [b for _, b in both]) if both else {"n": 0}
+                entry = {k: res.get(k) for k in ("n", "difference", "ci_low", "ci_high", "mcnemar_p")}
+                if other is not start_row:
+                    entry["against"] = run_id(other)
+                r["paired"][f"{key} vs {name}"] = entry
+    return [start_row, *rows], outcomes
 
 
 @dataclass(frozen=True)
@@ -459,37 +539,26 @@ PERMUTATIONS = 20_000
 BOOTSTRAPS = 10_000  # each end of a 95 % interval to about ±0.001
 
 
-def pooled(pairs: list[tuple[Path, Path]], metric: str) -> dict[str, Any]:
-    """``run − other`` on ``metric`` over seeds: each ``(other, run)`` pair of evaluation files is one seed,
-    compared prompt by prompt (``tether compare``: its Δ per seed), then pooled (:func:`pool`). For one seed
-    with binary outcomes the p is McNemar's exact one, as ``tether compare`` gives it."""
-    from tether.evaluation.compare import compare
+def pooled(pairs: list[tuple[list[float | None], list[float | None]]]) -> dict[str, Any]:
+    """``run − other`` over seeds: each ``(other, run)`` pair of per-prompt outcomes is one seed, compared
+    prompt by prompt (``tether compare``'s numbers: its Δ per seed), then pooled (:func:`pool`) over the
+    prompts every seed has both values for. For one seed with binary outcomes the p is McNemar's exact one,
+    as ``tether compare`` gives it."""
+    from tether.evaluation.compare import paired_values
 
-    per_seed = [compare([other, run], metric)[0] for other, run in pairs]
-    values: dict[Any, list[tuple[float, ...]]] = {}
-    for other, run in pairs:
-        for k, xy in prompt_values([other, run], metric).items():
-            values.setdefault(k, []).append(xy)
-    out = pool([v for _, v in sorted(values.items()) if len(v) == len(pairs)])
-    out["per_seed"] = [x.difference for x in per_seed]
-    if len(pairs) == 1 and per_seed[0].mcnemar_p is not None:
-        out["p"], out["test"] = per_seed[0].mcnemar_p, "McNemar"
+    per_seed = [paired_values(*zip(*prompt_values([other, run]), strict=True)) for other, run in pairs]
+    seeds = [prompt_values([other, run]) for other, run in pairs]
+    shared = [i for i in range(len(pairs[0][0])) if all(i in s for s in seeds)]
+    out = pool([[s[i] for s in seeds] for i in shared])
+    out["per_seed"] = [x["difference"] for x in per_seed]
+    if len(pairs) == 1 and per_seed[0].get("mcnemar_p") is not None:
+        out["p"], out["test"] = per_seed[0]["mcnemar_p"], "McNemar"
     return out
 
 
-def prompt_values(files: list[Path], metric: str) -> dict[Any, tuple[float, ...]]:
-    """Per prompt (in key order), ``metric``'s value in each evaluation file: the prompts every file has a
-    value for."""
-    from tether.evaluation.compare import METRICS, keyed, load_evaluated
-
-    field = METRICS[metric]
-    outcomes = [keyed(load_evaluated(f).outcomes) for f in files]
-    out = {}
-    for k in sorted(set.intersection(*(set(o) for o in outcomes))):
-        values = tuple(getattr(o[k], field) for o in outcomes)
-        if None not in values:
-            out[k] = tuple(float(v) for v in values)
-    return out
+def prompt_values(vectors: list[list[float | None]]) -> dict[int, tuple[float, ...]]:
+    """Per prompt (by its index), the runs' outcomes: the prompts every run has a value for."""
+    return {i: values for i, values in enumerate(zip(*vectors, strict=True)) if None not in values}
 
 
 def pool(prompts: list[list[tuple[float, float]]]) -> dict[str, Any]:
@@ -513,14 +582,6 @@ def pool(prompts: list[list[tuple[float, float]]]) -> dict[str, Any]:
             "ci_low": low, "ci_high": high, "p": float((1 + extreme) / (PERMUTATIONS + 1)), "test": "sign-flip"}  # fmt: skip
 
 
-def measured_by(key: str) -> tuple[str, str]:
-    """The evaluation file and metric of a key of a run's ``paired`` (``t1/success``: eval_t1.json, success)."""
-    for e in EVALUATIONS:
-        if e.prefix and key.startswith(e.prefix):
-            return e.file, key[len(e.prefix) :]
-    return "eval.json", key
-
-
 def matches(c: Claim, rows: list[dict[str, Any]]) -> dict[float, list[tuple[dict[str, Any], dict[str, Any]]]]:
     """The claim's ``(other, run)`` pairs of runs by the run's lr, in seed order: each run of ``c.method``
     in ``c.sweeps`` with the first run of ``c.other_method`` in ``c.other_sweeps`` that shares ``c.match``."""
@@ -534,9 +595,9 @@ def matches(c: Claim, rows: list[dict[str, Any]]) -> dict[float, list[tuple[dict
     return out
 
 
-def claims(root: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def claims(outcomes: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each :data:`CLAIMS` entry at each lr its runs have (:func:`matches`): the runs, their mean KL and
-    m_θ (the claim's method / the other), and :func:`pooled` on each measure."""
+    m_θ (the claim's method / the other), and :func:`pooled` on each measure every run has outcomes for."""
     out = []
     for c in CLAIMS:
         for lr, matched in matches(c, rows).items():
@@ -550,13 +611,11 @@ def claims(root: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 if all(a is not None and b is not None for a, b in vals):
                     entry[key] = [sum(a for a, _ in vals) / len(vals), sum(b for _, b in vals) / len(vals)]
             for measure in c.measures:
-                file, metric = measured_by(measure)
                 pairs = [
-                    (root / o["sweep"] / o["run"] / file, root / r["sweep"] / r["run"] / file)
-                    for o, r in matched
+                    (outcomes[run_id(o)].get(measure), outcomes[run_id(r)].get(measure)) for o, r in matched
                 ]
-                if all(a.exists() and b.exists() for a, b in pairs):
-                    entry["measures"][measure] = pooled(pairs, metric)
+                if all(a is not None and b is not None for a, b in pairs):
+                    entry["measures"][measure] = pooled(pairs)
             out.append(entry)
     return out
 
@@ -623,27 +682,48 @@ SETTINGS = ("model", "dtype", "start_lr", "samples", "heldout", "steps", "batch_
 """The study's arguments, recorded in results.json."""
 
 
-def study_record(args) -> dict[str, Any]:
-    """results.json: the pair sets, the reward model's held-out evaluation, every finished run and the papers'
-    claims tested on them (:func:`claims`)."""
+def study_record(
+    args, prior: dict[str, Any] | None = None, prior_outcomes: dict[str, dict[str, Any]] | None = None
+):
+    """results.json and its outcomes (:data:`OUTCOMES`): the pair sets, the reward model's held-out evaluation,
+    every finished run here and in the ``prior`` record (:func:`collect`), and the papers' claims tested on them
+    (:func:`claims`, :func:`on_dpo_curve`, :func:`on_dpo_lr_curve`). A test some of whose runs have no
+    outcomes keeps the prior record's result (:func:`merged`); what this machine has not made (the pair sets,
+    the reward model) is kept from the prior record too."""
+    prior = prior or {}
     p = paths(args)
     files = sorted(f for f in (p["root"] / "pairs").glob("*.jsonl") if ".staged" not in f.name)
     rm = p["rm"] / "eval.json"
     parts = sweeps(args)
-    runs = collect(args)
-    return {
+    runs, outcomes = collect(args, prior, prior_outcomes)
+    lr = parts["frontier"][0].base["train"]["lr"] if "frontier" in parts else None
+    by_run = lambda e: e["run"]  # noqa: E731
+    record = {
         "settings": {k: getattr(args, k) for k in SETTINGS},
         "parts": {s.name: part for part, group in parts.items() for s in group},
-        "frontier_lr": parts["frontier"][0].base["train"]["lr"] if "frontier" in parts else None,
-        "pair_sets": [pair_set(f) for f in files],
-        "reward_model": json.loads(rm.read_text())["metrics"] if rm.exists() else None,
+        "frontier_lr": lr,
+        "pair_sets": [pair_set(f) for f in files] or prior.get("pair_sets", []),
+        "reward_model": json.loads(rm.read_text())["metrics"] if rm.exists() else prior.get("reward_model"),
         "runs": runs,
-        "claims": claims(p["root"], runs[1:]),
-        "on_dpo_curve": on_dpo_curve(p["root"], runs[1:], parts["frontier"][0].base["train"]["lr"])
-        if "frontier" in parts
-        else [],
-        "on_dpo_lr_curve": on_dpo_lr_curve(p["root"], runs[1:], p["task_pairs"].name),
-    }
+        "claims": merged(prior.get("claims"), claims(outcomes, runs[1:]), lambda e: (e["claim"], e["lr"])),
+        "on_dpo_curve": merged(prior.get("on_dpo_curve"), on_dpo_curve(outcomes, runs[1:], lr) if lr else [], by_run),
+        "on_dpo_lr_curve": merged(prior.get("on_dpo_lr_curve"),
+                                  on_dpo_lr_curve(outcomes, runs[1:], p["task_pairs"].name), by_run),
+    }  # fmt: skip
+    return record, outcomes
+
+
+def merged(prior: list[dict[str, Any]] | None, new: list[dict[str, Any]], key) -> list[dict[str, Any]]:
+    """``new``'s tests, except where one lost the measures the ``prior`` record's test with the same ``key`` has
+    (its runs' outcomes were never kept: they were collected before :data:`OUTCOMES` existed, on a machine
+    whose run directories are gone); then prior tests ``new`` has no entry for."""
+    old = {key(e): e for e in prior or []}
+    out = [
+        old[key(e)] if len(old.get(key(e), {}).get("measures", {})) > len(e.get("measures", {})) else e
+        for e in new
+    ]
+    seen = {key(e) for e in new}
+    return out + [e for k, e in old.items() if k not in seen]
 
 
 def _delta(r: dict[str, Any], key: str) -> str:
@@ -841,13 +921,13 @@ def matched_kl(runs: list[dict[str, Any]], lr: float) -> list[list[str]]:
     return lines
 
 
-def on_curve(root: Path, curve: list[dict[str, Any]], points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def on_curve(
+    outcomes: dict[str, dict[str, Any]], curve: list[dict[str, Any]], points: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Each of ``points`` against ``curve`` (DPO's runs along β or lr) at the point's own KL, prompt by
     prompt: the curve's per-prompt outcomes are interpolated between its two runs whose KLs bracket the
     point's (the weights :func:`at_kl` gives their means; a point outside the curve's KL range is left out,
     never extrapolated), then paired with the point's outcomes (:func:`pool`)."""
-    from tether.evaluation.compare import compare
-
     line = sorted(
         ((r["metrics"]["kl"], r) for r in curve if r["metrics"].get("kl") is not None), key=lambda x: x[0]
     )
@@ -869,23 +949,21 @@ def on_curve(root: Path, curve: list[dict[str, Any]], points: list[dict[str, Any
                            for key in ("generation/success", "t1/generation/success")},
         }  # fmt: skip
         for measure in ("success", "t1/success"):
-            file, metric = measured_by(measure)
-            files = [root / x["sweep"] / x["run"] / file for x in (r0, r1, r)]
-            if not all(f.exists() for f in files):
-                continue
-            for f in files[:2]:
-                compare([f, files[2]], metric)  # refuses runs not evaluated alike
-            prompts = [[((1 - w) * a + w * b, c)] for a, b, c in prompt_values(files, metric).values()]
-            entry["measures"][measure] = pool(prompts)
+            vectors = [outcomes.get(run_id(x), {}).get(measure) for x in (r0, r1, r)]
+            if None not in vectors:
+                prompts = [[((1 - w) * a + w * b, c)] for a, b, c in prompt_values(vectors).values()]
+                entry["measures"][measure] = pool(prompts)
         out.append(entry)
     return out
 
 
-def on_dpo_curve(root: Path, rows: list[dict[str, Any]], lr: float) -> list[dict[str, Any]]:
+def on_dpo_curve(
+    outcomes: dict[str, dict[str, Any]], rows: list[dict[str, Any]], lr: float
+) -> list[dict[str, Any]]:
     """ε-DPO's Figure 5 read prompt by prompt: each frontier point of ε-DPO, β-DPO and TR-DPO against DPO's
     β curve at ``lr`` (:func:`on_curve`)."""
     front = frontier_points(rows, lr)
-    return on_curve(root, front.get("dpo", []), [r for m in FRONTIER[1:] for r in front.get(m, [])])
+    return on_curve(outcomes, front.get("dpo", []), [r for m in FRONTIER[1:] for r in front.get(m, [])])
 
 
 def dpo_lr_curve(rows: list[dict[str, Any]], pairs: str) -> list[dict[str, Any]]:
@@ -900,13 +978,15 @@ def dpo_lr_curve(rows: list[dict[str, Any]], pairs: str) -> list[dict[str, Any]]
     return list(by_lr.values())
 
 
-def on_dpo_lr_curve(root: Path, rows: list[dict[str, Any]], pairs: str) -> list[dict[str, Any]]:
+def on_dpo_lr_curve(
+    outcomes: dict[str, dict[str, Any]], rows: list[dict[str, Any]], pairs: str
+) -> list[dict[str, Any]]:
     """The comparators' table read at equal KL, prompt by prompt: each seed-0 table run against DPO's lr
     curve on the same ``pairs`` (:func:`dpo_lr_curve`) at its own KL (:func:`on_curve`)."""
     curve = dpo_lr_curve(rows, pairs)
     points = [r for r in rows if r["sweep"] in ("table", "table_tr_dpo", "table_ref_free") and r.get("seed") == 0
               and r not in curve]  # fmt: skip
-    return on_curve(root, curve, points)
+    return on_curve(outcomes, curve, points)
 
 
 def plots(record: dict[str, Any], lr: float | None, out: Path) -> list[Path]:
@@ -1019,7 +1099,14 @@ def main() -> None:
     )
     ap.add_argument("--plan", action="store_true", help="print every sweep, its grid and runs; run nothing")
     ap.add_argument("--status", action="store_true")
-    ap.add_argument("--collect", metavar="OUT", help="write the finished runs' records to OUT (results.json)")
+    ap.add_argument(
+        "--collect",
+        metavar="OUT",
+        help="write the finished runs' records to OUT (results.json), "
+        "with those OUT already holds that are not here; their per-prompt outcomes beside it",
+    )
+    ap.add_argument("--record", default=str(RECORD), help="a sweep whose every run this record holds is not run "
+                    "again ('' to run it; default: the committed record)")  # fmt: skip
     ap.add_argument(
         "--page", metavar="MD", help="with --collect: write the tables between MD's protocol-tables markers"
     )
@@ -1027,9 +1114,12 @@ def main() -> None:
     args = ap.parse_args()
     p = paths(args)
     if args.collect:
-        record = study_record(args)
-        Path(args.collect).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.collect).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+        out = Path(args.collect)
+        prior = json.loads(out.read_text()) if out.exists() else None
+        record, outcomes = study_record(args, prior, read_outcomes(out))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+        write_outcomes(out, outcomes)
         print(render(record))
         if args.page:
             write_block(Path(args.page), render(record))
@@ -1066,6 +1156,11 @@ def main() -> None:
             if part == "sdpo":
                 part_staged_data(args)
             for s in planned[part]:
+                if recorded(args.record, s) and not (paths(args)["root"] / s.name).is_dir():
+                    print(
+                        f"== {s.name}: its {runs_of(s)} runs are in {args.record}; not run again", flush=True
+                    )
+                    continue
                 run_sweep(args, s)
         print(f"== part {part}: {time.time() - t0:.0f} s", flush=True)
 

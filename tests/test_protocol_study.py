@@ -278,9 +278,7 @@ def test_points_are_read_on_dpos_curve_only_inside_its_kl_range():
     free = _row("table_ref_free", "asft", 2e-5) | {"metrics": {"kl": 5.0}}  # beyond DPO's largest KL
     rows = [*pilot, table_dpo, dpo_1e5, *others, orpo, asft, free]
     assert study.dpo_lr_curve(rows, "tasks_k8.jsonl") == [pilot[0], pilot[1], table_dpo, dpo_1e5]
-    got = study.on_dpo_lr_curve(
-        Path("/nonexistent"), rows, "tasks_k8.jsonl"
-    )  # no evaluation files: brackets only
+    got = study.on_dpo_lr_curve({}, rows, "tasks_k8.jsonl")  # no outcomes: brackets only
     assert [(g["method"], g.get("dpo_lr")) for g in got] == [("orpo", [1e-6, 2e-6]), ("asft", [5e-6, 1e-5]),
                                                             ("asft", None)]  # fmt: skip
     assert got[0]["weight"] == pytest.approx(0.5) and got[1]["weight"] == pytest.approx(0.5)
@@ -303,3 +301,78 @@ def test_the_block_is_written_between_the_markers_only(tmp_path):
     (tmp_path / "none.md").write_text("no markers\n")
     with pytest.raises(SystemExit, match="no <!-- protocol-tables -->"):
         study.write_block(tmp_path / "none.md", "x")
+
+
+def test_a_point_is_paired_with_dpos_outcomes_interpolated_at_its_kl():
+    """The point's per-prompt outcomes against DPO's two runs around its KL, weighted by where its KL lies
+    between theirs (here a quarter of the way: 0.75 of the first run, 0.25 of the second)."""
+    low = _row("table", "dpo", 5e-6) | {"metrics": {"kl": 1.0}}
+    high = _row("table", "dpo", 1e-5) | {"metrics": {"kl": 3.0}}
+    point = _row("table", "orpo", 5e-6) | {"metrics": {"kl": 1.5}}
+    outcomes = {study.run_id(low): {"success": [1.0, 0.0, 0.0, None]},
+                study.run_id(high): {"success": [1.0, 1.0, 0.0, 1.0]},
+                study.run_id(point): {"success": [1.0, 1.0, 1.0, 1.0]}}  # fmt: skip
+    (got,) = study.on_curve(outcomes, [high, low], [point])
+    assert got["weight"] == pytest.approx(0.25) and got["dpo"] == [study.run_id(low), study.run_id(high)]
+    m = got["measures"]["success"]  # prompt 4 has no DPO value at the low run: left out
+    assert m["n"] == 3 and m["other"] == pytest.approx((1 + 0.25 + 0) / 3) and m["run"] == 1.0
+    assert m["difference"] == pytest.approx(1 - 1.25 / 3) and "t1/success" not in got["measures"]
+
+
+def _record(tmp_path: Path, outcomes: dict) -> tuple[dict, dict]:
+    start = {"sweep": "start", "run": "start", "method": "start", "metrics": {"generation/success": 0.5}}
+    dpo, ipo = _row("table", "dpo", 1e-6), _row("table", "ipo", 1e-6)
+    old = _row("frontier_dpo", "dpo", 1e-6, beta=0.5) | {
+        "paired": {"success vs start": {"n": 4, "difference": 0.25}}
+    }
+    for r in (dpo, ipo):
+        r["paired"] = {}
+    args = _args(tmp_path / "runs")  # no run directory: every run is the prior record's
+    prior = {"runs": [start, dpo, ipo, old], "pair_sets": [{"file": "tasks_k8.jsonl"}], "reward_model": None}
+    return study.study_record(args, prior, outcomes)
+
+
+def test_a_record_outlives_its_run_directories(tmp_path):
+    """Collected with no run directory here, the prior record's runs are kept, their paired tests made again
+    from the outcomes kept beside it (tether compare's numbers), and a run without outcomes keeps its
+    recorded comparison; the outcomes file round-trips."""
+    outcomes = {"start": {"prompts": ["a", "b", "c", "d"], "success": [1.0, 0.0, 1.0, 0.0]},
+                "table/dpo_1e-06_0_0.1": {"success": [1.0, 1.0, 1.0, 0.0]},
+                "table/ipo_1e-06_0_0.1": {"success": [0.0, 1.0, 1.0, None]}}  # fmt: skip
+    record, kept = _record(tmp_path, outcomes)
+    start, dpo, ipo, old = record["runs"]
+    assert start["metrics"] == {"generation/success": 0.5} and record["pair_sets"] == [
+        {"file": "tasks_k8.jsonl"}
+    ]
+    assert dpo["paired"]["success vs start"] == {"n": 4, "difference": 0.25, "ci_low": pytest.approx(0.0),
+                                                 "ci_high": pytest.approx(0.75), "mcnemar_p": 1.0}  # fmt: skip
+    vs = ipo["paired"]["success vs baseline"]  # prompt d: no value for IPO
+    assert (vs["n"], vs["difference"], vs["against"]) == (3, pytest.approx(-1 / 3), "table/dpo_1e-06_0_0.1")
+    assert old["paired"] == {"success vs start": {"n": 4, "difference": 0.25}}  # no outcomes: as recorded
+    study.write_outcomes(tmp_path / "results.json", kept)
+    assert study.read_outcomes(tmp_path / "results.json") == kept
+    assert (tmp_path / study.OUTCOMES).read_text().splitlines()[0] == (
+        '{"run":"start","prompts":["a","b","c","d"],"success":[1,0,1,0]}'
+    )
+
+
+def test_a_test_without_outcomes_keeps_the_prior_result():
+    key = lambda e: e["run"]  # noqa: E731
+    prior = [{"run": "a", "measures": {"success": 1}}, {"run": "b", "measures": {"success": 2}}, {"run": "c"}]
+    new = [
+        {"run": "a", "measures": {}},
+        {"run": "b", "measures": {"success": 3}},
+        {"run": "d", "measures": {}},
+    ]
+    assert study.merged(prior, new, key) == [prior[0], new[1], new[2], prior[2]]
+    assert study.merged(None, new, key) == new
+
+
+def test_a_sweep_the_record_holds_is_not_run_again(tmp_path):
+    args = _args(tmp_path)
+    pilot = study.sweeps(args)["pilot"][0]
+    record = tmp_path / "results.json"
+    record.write_text(json.dumps({"runs": [_row("pilot", "dpo", lr) for lr in (1e-6, 2e-6)]}))
+    assert not study.recorded(str(record), pilot)  # 2 of its 3 runs
+    record.write_text(json.dumps({"runs": [_row("pilot", "dpo", lr) for lr in (1e-6, 2e-6, 5e-6)]}))
+    assert study.recorded(str(record), pilot) and not study.recorded("", pilot)

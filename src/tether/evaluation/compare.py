@@ -218,12 +218,23 @@ def paired(first: Evaluated, run: Evaluated, metric: str, *, seed: int = 0, n_bo
         return out
     a = [float(getattr(x, field)) for x, _ in both]
     b = [float(getattr(y, field)) for _, y in both]
-    out.first_value, out.value = sum(a) / len(a), sum(b) / len(b)
-    out.difference = out.value - out.first_value
-    boot = paired_bootstrap(a, b, seed=seed, n_boot=n_boot) if len(both) > 1 else (out.difference,) * 2
-    out.ci_low, out.ci_high = boot
-    if all(v in (0.0, 1.0) for v in a + b):
-        out.mcnemar_p, out.run_only, out.first_only = mcnemar(a, b)
+    return Paired(run.name, first.name, metric, **paired_values(a, b, seed=seed, n_boot=n_boot))
+
+
+def paired_values(
+    first: Sequence[float], run: Sequence[float], *, seed: int = 0, n_boot: int = 1000
+) -> dict[str, Any]:
+    """:class:`Paired`'s numbers for two runs' outcomes on the same prompts, in the same order (at least
+    one): the means, their difference, its paired-bootstrap interval, and McNemar's exact test where every
+    outcome is 0 or 1."""
+    n = len(first)
+    first_value, value = sum(first) / n, sum(run) / n
+    difference = value - first_value
+    low, high = paired_bootstrap(first, run, seed=seed, n_boot=n_boot) if n > 1 else (difference, difference)
+    out = {"n": n, "value": value, "first_value": first_value, "difference": difference, "ci_low": low,
+           "ci_high": high}  # fmt: skip
+    if all(v in (0.0, 1.0) for v in [*first, *run]):
+        out["mcnemar_p"], out["run_only"], out["first_only"] = mcnemar(first, run)
     return out
 
 
