@@ -346,18 +346,19 @@ RECORD = Path(__file__).resolve().parents[1] / "docs" / "results" / "protocol" /
 """The study's committed record (``--collect``'s OUT): it outlives the machine whose run directories made it."""
 
 
-def recorded(record: str, sweep: papers_scale.Sweep) -> bool:
-    """Whether ``record`` (a results.json) holds every run of ``sweep``."""
+def recorded(record: str, sweep: str) -> set[str]:
+    """The runs of ``sweep`` that ``record`` (a results.json) holds, by name."""
     if not record or not Path(record).exists():
-        return False
-    runs = json.loads(Path(record).read_text())["runs"]
-    return sum(r["sweep"] == sweep.name for r in runs) >= runs_of(sweep)
+        return set()
+    return {r["run"] for r in json.loads(Path(record).read_text())["runs"] if r["sweep"] == sweep}
 
 
 def run_sweep(args, sweep: papers_scale.Sweep) -> None:
     """A sweep evaluated greedily (success, KL, pairwise), then each run again with one sample at
-    temperature 1 (the paper's protocol), on multiple choice, and (the judged part) by the reward model."""
+    temperature 1 (the paper's protocol), on multiple choice, and (the judged part) by the reward model. A
+    run the record (``--record``) holds and this machine has no directory of is not run again."""
     from tether.evaluation.evaluate import evaluate, evaluate_checkpoints
+    from tether.training.sweep import plan
     from tether.training.sweep import run_sweep as sweep_run
 
     p = paths(args)
@@ -380,15 +381,24 @@ def run_sweep(args, sweep: papers_scale.Sweep) -> None:
                 shutil.rmtree(d.checkpoints, ignore_errors=True)
 
     t0 = time.time()
-    result = sweep_run(cfg, sweep.grid, out=p["root"] / sweep.name, data_eval=sweep.eval_data,
-                       options=greedy, after_point=after)  # fmt: skip
-    if sweep.base.get("stages", {}).get("by") == "column":  # sDPO's claim: each stage's reference is better
-        for point in result.points:  # on the same (last) chunk
-            run = result.path / point.name
-            if not (run / "gamma_last_chunk.json").exists():
-                gammas = papers_scale.gamma_by_reference(run, sweep.base["model"]["name"], sweep.base)
-                (run / "gamma_last_chunk.json").write_text(json.dumps(gammas, indent=1))
-    print(f"== {sweep.name}: {len(result.points)} runs, {time.time() - t0:.0f} s", flush=True)
+    out = p["root"] / sweep.name
+    points = plan(cfg, sweep.grid, out)[2]
+    done = recorded(args.record, sweep.name)
+    left = [pt for pt in points if pt.name not in done or (out / pt.name).is_dir()]
+    if len(left) < len(points):
+        print(f"== {sweep.name}: {len(points) - len(left)} of its runs are in {args.record}; not run again")
+    for pt in left:  # one point at a time, so that the record's points are left out
+        grid = [(k, [v]) for k, v in pt.values.items()]
+        sweep_run(cfg, grid, out=out, data_eval=sweep.eval_data, options=greedy, after_point=after)
+        run = out / pt.name
+        if (
+            sweep.base.get("stages", {}).get("by") == "column"
+            and not (run / "gamma_last_chunk.json").exists()
+        ):
+            # sDPO's claim: each stage's reference is better on the same (last) chunk
+            gammas = papers_scale.gamma_by_reference(run, sweep.base["model"]["name"], sweep.base)
+            (run / "gamma_last_chunk.json").write_text(json.dumps(gammas, indent=1))
+    print(f"== {sweep.name}: {len(left)} runs, {time.time() - t0:.0f} s", flush=True)
 
 
 def _kept(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -1105,8 +1115,8 @@ def main() -> None:
         help="write the finished runs' records to OUT (results.json), "
         "with those OUT already holds that are not here; their per-prompt outcomes beside it",
     )
-    ap.add_argument("--record", default=str(RECORD), help="a sweep whose every run this record holds is not run "
-                    "again ('' to run it; default: the committed record)")  # fmt: skip
+    ap.add_argument("--record", default=str(RECORD), help="a run this record holds is not run again unless its "
+                    "directory is here ('' to run every run; default: the committed record)")  # fmt: skip
     ap.add_argument(
         "--page", metavar="MD", help="with --collect: write the tables between MD's protocol-tables markers"
     )
@@ -1156,11 +1166,6 @@ def main() -> None:
             if part == "sdpo":
                 part_staged_data(args)
             for s in planned[part]:
-                if recorded(args.record, s) and not (paths(args)["root"] / s.name).is_dir():
-                    print(
-                        f"== {s.name}: its {runs_of(s)} runs are in {args.record}; not run again", flush=True
-                    )
-                    continue
                 run_sweep(args, s)
         print(f"== part {part}: {time.time() - t0:.0f} s", flush=True)
 

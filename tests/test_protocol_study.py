@@ -368,11 +368,10 @@ def test_a_test_without_outcomes_keeps_the_prior_result():
     assert study.merged(None, new, key) == new
 
 
-def test_a_sweep_the_record_holds_is_not_run_again(tmp_path):
-    args = _args(tmp_path)
-    pilot = study.sweeps(args)["pilot"][0]
+def test_the_runs_the_record_holds_are_known_by_name(tmp_path):
     record = tmp_path / "results.json"
-    record.write_text(json.dumps({"runs": [_row("pilot", "dpo", lr) for lr in (1e-6, 2e-6)]}))
-    assert not study.recorded(str(record), pilot)  # 2 of its 3 runs
-    record.write_text(json.dumps({"runs": [_row("pilot", "dpo", lr) for lr in (1e-6, 2e-6, 5e-6)]}))
-    assert study.recorded(str(record), pilot) and not study.recorded("", pilot)
+    record.write_text(json.dumps({"runs": [_row("pilot", "dpo", 1e-6), _row("table", "dpo", 1e-6)]}))
+    assert study.recorded(str(record), "pilot") == {"dpo_1e-06_0_0.1"}
+    assert (
+        study.recorded("", "pilot") == set() and study.recorded(str(tmp_path / "none.json"), "pilot") == set()
+    )
