@@ -152,9 +152,24 @@ def sample_pairs(args, judge: str, out: Path) -> None:
            "--seed", "0", "--batch-size", "32", "--out", str(out))  # fmt: skip
 
 
+def committed_pairs(args, out: Path) -> bool:
+    """The committed pair set named as ``out`` (:func:`pairs_dir`) copied into place with its sidecar (False when
+    none is committed): every machine trains on the same pairs, although a new machine's start samples a
+    little differently (2026-12-07: 24,391 generated tokens where the recorded set had 24,378)."""
+    src = pairs_dir(args.record) / out.name
+    if not src.exists():
+        return False
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src.with_suffix(".meta.json"), out.with_suffix(".meta.json"))
+    shutil.copyfile(src, out.with_suffix(".partial"))
+    out.with_suffix(".partial").replace(out)  # the pair set whole or absent
+    print(f"pairs: {out.name} as committed in {src.parent}", flush=True)
+    return True
+
+
 def part_pairs(args) -> None:
     out = paths(args)["task_pairs"]
-    if not out.exists():
+    if not out.exists() and not committed_pairs(args, out):
         out.parent.mkdir(parents=True, exist_ok=True)
         sample_pairs(args, "tasks", out)
 
@@ -173,7 +188,7 @@ def part_reward(args) -> None:
         tether("train", str(cfg_path), f"train.output_dir={rm}", "train.resume=true")  # resumes if killed
     if not (rm / "eval.json").exists():
         tether("eval", str(rm), "--data", str(p["heldout"]))
-    if not p["rm_pairs"].exists():
+    if not p["rm_pairs"].exists() and not committed_pairs(args, p["rm_pairs"]):
         sample_pairs(args, str(rm), p["rm_pairs"])
 
 
@@ -346,6 +361,30 @@ RECORD = Path(__file__).resolve().parents[1] / "docs" / "results" / "protocol" /
 """The study's committed record (``--collect``'s OUT): it outlives the machine whose run directories made it."""
 
 
+def pairs_dir(record: str | Path) -> Path:
+    """The committed pair sets, beside the record (``--collect`` keeps each one it finds here)."""
+    return Path(record or RECORD).parent / "pairs"
+
+
+def keep_pairs(files: list[Path], record: Path) -> None:
+    """Each pair set here committed beside ``record`` (with its sidecar) unless one of that name is; one that
+    differs from the committed copy is named (runs trained on it say so in their ``inputs``)."""
+    for f in files:
+        kept = pairs_dir(record) / f.name
+        if not kept.exists():
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f.with_suffix(".meta.json"), kept.with_suffix(".meta.json"))
+            shutil.copyfile(f, kept)
+        elif sha256(kept) != sha256(f):
+            print(f"pairs: {f} differs from the committed {kept}; the runs trained on it record its sha256")
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
 def recorded(record: str, sweep: str) -> set[str]:
     """The runs of ``sweep`` that ``record`` (a results.json) holds, by name."""
     if not record or not Path(record).exists():
@@ -459,6 +498,7 @@ def collect(
     collected); the start's record first. Each run's paired comparisons (:data:`EVALUATIONS`) with the start and
     with the runs :func:`against` names are made from the outcomes; where a side has none (a run collected
     before outcomes were kept), the prior record's comparison stays."""
+    from tether.engine import models
     from tether.evaluation.compare import keyed, load_evaluated, paired_values
     from tether.rundir import RunDir
 
@@ -477,9 +517,11 @@ def collect(
         outcomes["start"]["prompts"] = [
             k[0] for k in keyed(load_evaluated(root / "start" / "eval.json").outcomes)
         ]
+    start_fp = models.model_fingerprint(start(args))[:16] if Path(start(args)).is_dir() else None
     for r in rows:
         cfg = RunDir(root / r["sweep"] / r["run"]).last_stage().read_config_mapping()
         r["pairs"] = Path(cfg["data"]["train"]).name.replace(".staged", "")
+        r["inputs"] = {"start": start_fp, "pairs": sha256(Path(cfg["data"]["train"]))}
         r["paired"] = {}
     prior_rows = {run_id(r): r for r in (prior or {}).get("runs", [])}
     prior_outcomes = prior_outcomes or {}
@@ -615,6 +657,7 @@ def claims(outcomes: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) -> l
                 "paper": c.paper, "claim": c.claim, "lr": lr, "seeds": [r.get("seed") for _, r in matched],
                 "runs": [f"{r['sweep']}/{r['run']}" for _, r in matched],
                 "against": [f"{o['sweep']}/{o['run']}" for o, _ in matched], "measures": {},
+                "same_inputs": all(o.get("inputs") is not None and o.get("inputs") == r.get("inputs") for o, r in matched),
             }  # fmt: skip
             for key in ("kl", "deviation"):
                 vals = [(r["metrics"].get(key), o["metrics"].get(key)) for o, r in matched]
@@ -678,6 +721,8 @@ def pair_set(path: Path) -> dict[str, Any] | None:
     meta = json.loads(path.with_suffix(".meta.json").read_text())
     return {
         "file": path.name,
+        "sha256": sha256(path),
+        "start": meta["model_weights"][:16],  # the model it was sampled from
         "judge": Path(meta["judge"]).name,
         "samples": meta["samples"],
         "counts": meta["counts"],
@@ -703,6 +748,8 @@ def study_record(
     prior = prior or {}
     p = paths(args)
     files = sorted(f for f in (p["root"] / "pairs").glob("*.jsonl") if ".staged" not in f.name)
+    if getattr(args, "collect", None):
+        keep_pairs(files, Path(args.collect))
     rm = p["rm"] / "eval.json"
     parts = sweeps(args)
     runs, outcomes = collect(args, prior, prior_outcomes)
@@ -712,7 +759,7 @@ def study_record(
         "settings": {k: getattr(args, k) for k in SETTINGS},
         "parts": {s.name: part for part, group in parts.items() for s in group},
         "frontier_lr": lr,
-        "pair_sets": [pair_set(f) for f in files] or prior.get("pair_sets", []),
+        "pair_sets": merged(prior.get("pair_sets"), [pair_set(f) for f in files], lambda e: e["file"], measures=""),
         "reward_model": json.loads(rm.read_text())["metrics"] if rm.exists() else prior.get("reward_model"),
         "runs": runs,
         "claims": merged(prior.get("claims"), claims(outcomes, runs[1:]), lambda e: (e["claim"], e["lr"])),
@@ -723,15 +770,13 @@ def study_record(
     return record, outcomes
 
 
-def merged(prior: list[dict[str, Any]] | None, new: list[dict[str, Any]], key) -> list[dict[str, Any]]:
-    """``new``'s tests, except where one lost the measures the ``prior`` record's test with the same ``key`` has
-    (its runs' outcomes were never kept: they were collected before :data:`OUTCOMES` existed, on a machine
-    whose run directories are gone); then prior tests ``new`` has no entry for."""
+def merged(prior: list[dict[str, Any]] | None, new: list[dict[str, Any]], key, measures: str = "measures"):
+    """``new``'s entries, except where one lost the ``measures`` the ``prior`` record's entry with the same
+    ``key`` has (its runs' outcomes were never kept: they were collected before :data:`OUTCOMES` existed, on a
+    machine whose run directories are gone); then prior entries ``new`` has none for (in their order)."""
     old = {key(e): e for e in prior or []}
-    out = [
-        old[key(e)] if len(old.get(key(e), {}).get("measures", {})) > len(e.get("measures", {})) else e
-        for e in new
-    ]
+    lost = lambda e: measures and len(old.get(key(e), {}).get(measures, {})) > len(e.get(measures, {}))  # noqa: E731
+    out = [old[key(e)] if lost(e) else e for e in new]
     seen = {key(e) for e in new}
     return out + [e for k, e in old.items() if k not in seen]
 
@@ -751,10 +796,11 @@ def render(record: dict[str, Any]) -> str:
     KL and sDPO's γ_ref."""
     sets = [[x["file"], x["judge"], str(x["samples"]), str(x["counts"]["prompts"]), str(x["counts"]["pairs"]),
              str(x["counts"]["tied"]), ", ".join(f"{k} {v}" for k, v in x["by_family"].items()),
-             f"{x['checker_agrees']} / {x['checker_apart']}"] for x in record["pair_sets"]]  # fmt: skip
+             f"{x['checker_agrees']} / {x['checker_apart']}", x.get("sha256", "-"), x.get("start", "-")]
+            for x in record["pair_sets"]]  # fmt: skip
     out = [
         *papers_scale._table(["pair set", "judge", "K", "prompts", "pairs", "all tied", "pairs by family",
-                              "chosen right where the checker tells them apart"], sets),
+                              "chosen right where the checker tells them apart", "sha256", "sampled from"], sets),
     ]  # fmt: skip
     rm = record.get("reward_model")
     if rm:
@@ -762,6 +808,18 @@ def render(record: dict[str, Any]) -> str:
                 f"{rm['reward/margin']:.2f}.", ""]  # fmt: skip
     start, *rows = record["runs"]
     part_of = record["parts"]
+    made: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        i = r.get("inputs") or {}
+        made.setdefault((i.get("start") or "not recorded", i.get("pairs") or "not recorded"), []).append(
+            run_id(r)
+        )
+    if (
+        made
+    ):  # the start and pair set each run trained from (a new machine's start can differ in its last bits)
+        out += ["#### what each run trained from", "", *papers_scale._table(
+            ["start (weights' sha256)", "pair set (sha256)", "runs", "sweeps"],
+            [[a, b, str(len(v)), ", ".join(dict.fromkeys(x.split("/")[0] for x in v))] for (a, b), v in made.items()])]  # fmt: skip
     head = ["run", "method", "lr", "β", "seed", "success (greedy)", "Δ vs start", "Δ vs baseline",
             "success (T=1)", "Δ vs start", "Δ vs baseline", "KL", "m_θ", "mc", "β·margin, last 10 steps"]  # fmt: skip
 
@@ -827,7 +885,7 @@ def render(record: dict[str, Any]) -> str:
     if record.get("claims"):
         out += ["#### the papers' claims, paired", "", *papers_scale._table(
             ["paper", "claim", "lr", "seeds", "measure", "method's mean", "other's mean", "Δ per seed",
-             "Δ, seeds pooled [95 % CI]", "p", "KL (method / other)", "m_θ (method / other)"],
+             "Δ, seeds pooled [95 % CI]", "p", "KL (method / other)", "m_θ (method / other)", "inputs"],
             claim_lines(record["claims"]))]  # fmt: skip
     return "\n".join(out)
 
@@ -880,7 +938,7 @@ def claim_lines(entries: list[dict[str, Any]]) -> list[list[str]]:
                 papers_scale._f(m["run"]), papers_scale._f(m["other"]),
                 ", ".join(f"{d:+.3f}" for d in m["per_seed"]),
                 f"{m['difference']:+.3f} [{m['ci_low']:+.3f}, {m['ci_high']:+.3f}]", f"{_p(m['p'])} ({m['test']})",
-                both["kl"], both["deviation"],
+                both["kl"], both["deviation"], {True: "same", False: "differ"}.get(c.get("same_inputs"), "-"),
             ])  # fmt: skip
     return lines
 

@@ -35,6 +35,7 @@ def _pairs(path: Path, scores: list[list[float]]) -> None:
         "judge": "tasks",
         "samples": len(scores[0]),
         "counts": {"prompts": 9, "pairs": len(rows), "tied": 9 - len(rows)},
+        "model_weights": "0123456789abcdef" * 4,
     }
     path.with_suffix(".meta.json").write_text(json.dumps(meta))
 
@@ -70,6 +71,7 @@ def test_pair_set_counts_and_the_checker_agreement(tmp_path):
     assert got["by_family"] == {"arithmetic": 3}
     assert (got["checker_agrees"], got["checker_apart"]) == (1, 2)
     assert got["counts"]["pairs"] == 3 and got["samples"] == 4
+    assert got["start"] == "0123456789abcdef" and got["sha256"] == study.sha256(path)
 
 
 def _row(sweep: str, method: str, lr: float, seed: int = 0, beta: float | None = 0.1, pairs="tasks_k8.jsonl"):
@@ -137,7 +139,8 @@ def test_tables_render_every_number_from_the_record():
         "frontier_lr": 1e-6,
     }  # fmt: skip
     text = study.render(record)
-    assert "| tasks_k8.jsonl | tasks | 8 | 9 | 3 | 6 | choice 3 | 3 / 3 |" in text
+    assert "| tasks_k8.jsonl | tasks | 8 | 9 | 3 | 6 | choice 3 | 3 / 3 | - | - |" in text
+    assert "| not recorded | not recorded | 1 | table |" in text  # what the run trained from
     assert "pairwise accuracy 0.8375, mean margin 3.94" in text
     table = text.split("#### table")[1].splitlines()
     assert table[4].startswith("| start/start | start |")  # the start first
@@ -253,7 +256,9 @@ def test_a_claim_renders_each_measure_with_both_sides_and_the_pooled_test():
     (line,) = study.claim_lines([entry])
     assert line == ["ε-DPO", "ε-DPO above DPO (Table 1)", "5e-06", "0, 1, 2", "success (greedy)", "0.310", "0.290",
                     "+0.010, +0.040, +0.010", "+0.020 [-0.004, +0.041]", "0.071 (sign-flip)", "1.500 / 1.200",
-                    "-0.200 / -0.150"]  # fmt: skip
+                    "-0.200 / -0.150", "-"]  # fmt: skip
+    entry["same_inputs"] = False  # a side trained from another start or pair set
+    assert study.claim_lines([entry])[0][-1] == "differ"
     m["p"] = 1 / 20_001  # a permutation p at its floor
     assert study.claim_lines([entry])[0][9] == "<1e-4 (sign-flip)"
     assert "#### the papers' claims, paired" in study.render({"pair_sets": [], "runs": [{"metrics": {}}], "parts": {},
@@ -375,3 +380,17 @@ def test_the_runs_the_record_holds_are_known_by_name(tmp_path):
     assert (
         study.recorded("", "pilot") == set() and study.recorded(str(tmp_path / "none.json"), "pilot") == set()
     )
+
+
+def test_pair_sets_are_committed_and_reused_by_a_new_machine(tmp_path):
+    """--collect keeps each pair set beside the record; a new machine copies it instead of sampling again,
+    and a local set that differs from the committed one is named."""
+    args = _args(tmp_path / "runs", record=str(tmp_path / "docs" / "results.json"))
+    local = study.paths(args)["task_pairs"]
+    _pairs(local, [[1, 0, 0, 0]] * 2)
+    study.keep_pairs([local], tmp_path / "docs" / "results.json")
+    kept = tmp_path / "docs" / "pairs" / local.name
+    assert kept.read_bytes() == local.read_bytes() and kept.with_suffix(".meta.json").exists()
+    local.unlink()
+    assert study.committed_pairs(args, local) and local.read_bytes() == kept.read_bytes()
+    assert not study.committed_pairs(args, local.with_name("reward_k8.jsonl"))  # none committed: sample
