@@ -244,7 +244,8 @@ def sweeps(args) -> dict[str, list[papers_scale.Sweep]]:
     plain = [m for m in TABLE if m != "tr_dpo"]
     out["table"] = [  # TR-DPO (its own sweep: its soft-update settings) first: its default β ends the frontier
         papers_scale.Sweep("table_tr_dpo", "table", _base(args, {"name": "tr_dpo", **TR_SOFT}), [("train.lr", args.lrs)], held),
-        papers_scale.Sweep("table", "table", _base(args, {"name": "dpo"}), [("method.name", plain), ("train.lr", args.lrs)], held),
+        # every method at the first lr before any at the second: a study cut short still has the first lr's table
+        papers_scale.Sweep("table", "table", _base(args, {"name": "dpo"}), [("train.lr", args.lrs), ("method.name", plain)], held),
     ]  # fmt: skip
     free_lrs = [lr for lr in args.ref_free_lrs if float(lr) not in map(float, args.lrs)]
     if free_lrs:  # the reference-free methods' own (higher) learning rates, DPO beside them
