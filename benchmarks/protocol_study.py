@@ -42,6 +42,11 @@ interval, McNemar's exact p) against the start (evaluated the same way) and agai
 
 ``--collect`` writes results.json: every finished run with its paired comparisons against the start and
 its baseline, and each paper's claims (:data:`CLAIMS`) as paired tests, seeds pooled by prompt (:func:`pool`).
+The committed record is what the study continues from on a new machine (its run directories are not
+kept): ``--collect OUT`` keeps the runs OUT holds that are not on this disk, writes every run's per-prompt
+outcomes beside it (:data:`OUTCOMES`, from which every paired test is made) and keeps the pair sets beside
+it (``pairs/``); a run the record holds is not trained again and a committed pair set is not sampled again
+(``--record``, the committed record by default, when its settings are this study's).
 
 Every step is a command that resumes where it was killed (``tether pairs`` keeps finished batches; a
 sweep keeps finished runs and evaluations and continues a half-trained run from its last checkpoint), so a
@@ -52,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import shutil
 import subprocess
@@ -156,8 +162,7 @@ def committed_pairs(args, out: Path) -> bool:
     """The committed pair set named as ``out`` (:func:`pairs_dir`) copied into place with its sidecar (False when
     none is committed): every machine trains on the same pairs, although a new machine's start samples a
     little differently (2026-12-07: 24,391 generated tokens where the recorded set had 24,378)."""
-    src = pairs_dir(args.record) / out.name
-    if not src.exists():
+    if record_of(args) is None or not (src := pairs_dir(args.record) / out.name).exists():
         return False
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src.with_suffix(".meta.json"), out.with_suffix(".meta.json"))
@@ -290,13 +295,17 @@ def sweeps(args) -> dict[str, list[papers_scale.Sweep]]:
 
 
 def minor_sft_weight(args) -> float | None:
-    """MinorSFT's mean per-sample weight over its seed-0 run (None until that run has finished)."""
+    """MinorSFT's mean per-sample weight over its seed-0 run, here or in the record (None until it has finished)."""
     from tether.rundir import RunDir
 
     run = paths(args)["root"] / "minorsft" / "minor_sft_seed=0"
-    if not RunDir(run).is_finished():
-        return None
-    ws = [r["minor_sft/weight"] for r in RunDir(run).read_metrics()[0] if "minor_sft/weight" in r]
+    if RunDir(run).is_finished():
+        ws = [r["minor_sft/weight"] for r in RunDir(run).read_metrics()[0] if "minor_sft/weight" in r]
+    else:  # made on another machine: its record's series
+        rows = [
+            r for r in (record_of(args) or {}).get("runs", []) if run_id(r) == "minorsft/minor_sft_seed=0"
+        ]
+        ws = [w for w in rows[0]["series"].get("minor_sft/weight", []) if w is not None] if rows else []
     return sum(ws) / len(ws) if ws else None
 
 
@@ -363,8 +372,8 @@ RECORD = Path(__file__).resolve().parents[1] / "docs" / "results" / "protocol" /
 
 
 def pairs_dir(record: str | Path) -> Path:
-    """The committed pair sets, beside the record (``--collect`` keeps each one it finds here)."""
-    return Path(record or RECORD).parent / "pairs"
+    """The committed pair sets, beside the record (``--collect OUT`` keeps each one it finds beside OUT)."""
+    return Path(record).parent / "pairs"
 
 
 def keep_pairs(files: list[Path], record: Path) -> None:
@@ -386,11 +395,24 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def recorded(record: str, sweep: str) -> set[str]:
-    """The runs of ``sweep`` that ``record`` (a results.json) holds, by name."""
-    if not record or not Path(record).exists():
-        return set()
-    return {r["run"] for r in json.loads(Path(record).read_text())["runs"] if r["sweep"] == sweep}
+def record_of(args) -> dict[str, Any] | None:
+    """``--record`` when it is this study's (the same :data:`SETTINGS`; None otherwise, said in one line): the
+    runs and pair sets a new machine takes from it instead of making them again."""
+    if not args.record or not Path(args.record).exists():
+        return None
+    record = json.loads(Path(args.record).read_text())
+    if record.get("settings") != settings(args):
+        print(
+            f"--record {args.record}: made with other settings ({record.get('settings')}); nothing taken from it"
+        )
+        return None
+    return record
+
+
+def recorded(args, sweep: str) -> set[str]:
+    """The runs of ``sweep`` that the record (:func:`record_of`) holds, by name."""
+    record = record_of(args)
+    return {r["run"] for r in record["runs"] if r["sweep"] == sweep} if record else set()
 
 
 def run_sweep(args, sweep: papers_scale.Sweep) -> None:
@@ -423,7 +445,7 @@ def run_sweep(args, sweep: papers_scale.Sweep) -> None:
     t0 = time.time()
     out = p["root"] / sweep.name
     points = plan(cfg, sweep.grid, out)[2]
-    done = recorded(args.record, sweep.name)
+    done = recorded(args, sweep.name)
     left = [pt for pt in points if pt.name not in done or (out / pt.name).is_dir()]
     if len(left) < len(points):
         print(f"== {sweep.name}: {len(points) - len(left)} of its runs are in {args.record}; not run again")
@@ -518,11 +540,19 @@ def collect(
         outcomes["start"]["prompts"] = [
             k[0] for k in keyed(load_evaluated(root / "start" / "eval.json").outcomes)
         ]
-    start_fp = models.model_fingerprint(start(args))[:16] if Path(start(args)).is_dir() else None
+    fingerprint = functools.cache(lambda model: models.model_fingerprint(model)[:16])
+    if start_row["metrics"]:
+        start_row["inputs"] = {"start": fingerprint(start(args))}
     for r in rows:
-        cfg = RunDir(root / r["sweep"] / r["run"]).last_stage().read_config_mapping()
+        rd = RunDir(root / r["sweep"] / r["run"])
+        cfg = rd.last_stage().read_config_mapping()
+        first = (rd.stage_dirs()[0] if rd.is_staged() else rd).read_config_mapping()  # sDPO: stage 1's model
         r["pairs"] = Path(cfg["data"]["train"]).name.replace(".staged", "")
-        r["inputs"] = {"start": start_fp, "pairs": sha256(Path(cfg["data"]["train"]))}
+        source = root / "pairs" / r["pairs"] if cfg["data"]["train"].endswith(".staged.jsonl") else None
+        r["inputs"] = {
+            "start": fingerprint(first["model"]["name"]),
+            "pairs": sha256(source or Path(cfg["data"]["train"])),
+        }
         r["paired"] = {}
     prior_rows = {run_id(r): r for r in (prior or {}).get("runs", [])}
     prior_outcomes = prior_outcomes or {}
@@ -536,9 +566,11 @@ def collect(
     here = {run_id(r) for r in rows}
     kept = [r for k, r in prior_rows.items() if k != "start" and k not in here]
     outcomes.update({k: prior_outcomes.get(k, {}) for k in (run_id(r) for r in kept)})
-    rows += kept
+    order = {s.name: i for i, s in enumerate(groups)}  # the plan's order, whichever machine made a run
+    rows = sorted(rows + kept, key=lambda r: (order.get(r["sweep"], len(order)), r["run"]))
     for r in rows:
         others = {"start": start_row, **against(rows, r)}
+        others = {k: o for k, o in others.items() if made_alike(r, o)}
         mine = outcomes[run_id(r)]
         for e in EVALUATIONS:
             for metric, (name, other) in product(e.paired, others.items()):
@@ -592,16 +624,31 @@ PERMUTATIONS = 20_000
 BOOTSTRAPS = 10_000  # each end of a 95 % interval to about ±0.001
 
 
-def pooled(pairs: list[tuple[list[float | None], list[float | None]]]) -> dict[str, Any]:
+def same_inputs(runs: list[dict[str, Any]]) -> bool | None:
+    """Whether the runs trained from one start and one pair set (None when a run did not record them)."""
+    inputs = [r.get("inputs") for r in runs]
+    return None if None in inputs else all(i == inputs[0] for i in inputs)
+
+
+def made_alike(run: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Whether ``run`` trained from ``other``'s start (and its pair set, when ``other`` is a run, not the
+    start): only then are the two paired from their outcomes (another machine's start is another model)."""
+    a, b = run.get("inputs"), other.get("inputs")
+    return a is not None and b is not None and all(a.get(k) == b[k] for k in b)
+
+
+def pooled(pairs: list[tuple[list[float | None], list[float | None]]]) -> dict[str, Any] | None:
     """``run − other`` over seeds: each ``(other, run)`` pair of per-prompt outcomes is one seed, compared
     prompt by prompt (``tether compare``'s numbers: its Δ per seed), then pooled (:func:`pool`) over the
-    prompts every seed has both values for. For one seed with binary outcomes the p is McNemar's exact one,
-    as ``tether compare`` gives it."""
+    prompts every seed has both values for (None when fewer than 2). For one seed with binary outcomes the p
+    is McNemar's exact one, as ``tether compare`` gives it."""
     from tether.evaluation.compare import paired_values
 
-    per_seed = [paired_values(*zip(*prompt_values([other, run]), strict=True)) for other, run in pairs]
     seeds = [prompt_values([other, run]) for other, run in pairs]
     shared = [i for i in range(len(pairs[0][0])) if all(i in s for s in seeds)]
+    if len(shared) < 2:
+        return None
+    per_seed = [paired_values(*zip(*s.values(), strict=True)) for s in seeds]
     out = pool([[s[i] for s in seeds] for i in shared])
     out["per_seed"] = [x["difference"] for x in per_seed]
     if len(pairs) == 1 and per_seed[0].get("mcnemar_p") is not None:
@@ -658,7 +705,7 @@ def claims(outcomes: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) -> l
                 "paper": c.paper, "claim": c.claim, "lr": lr, "seeds": [r.get("seed") for _, r in matched],
                 "runs": [f"{r['sweep']}/{r['run']}" for _, r in matched],
                 "against": [f"{o['sweep']}/{o['run']}" for o, _ in matched], "measures": {},
-                "same_inputs": all(o.get("inputs") is not None and o.get("inputs") == r.get("inputs") for o, r in matched),
+                "same_inputs": same_inputs([x for pair in matched for x in pair]),
             }  # fmt: skip
             for key in ("kl", "deviation"):
                 vals = [(r["metrics"].get(key), o["metrics"].get(key)) for o, r in matched]
@@ -668,8 +715,8 @@ def claims(outcomes: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) -> l
                 pairs = [
                     (outcomes[run_id(o)].get(measure), outcomes[run_id(r)].get(measure)) for o, r in matched
                 ]
-                if all(a is not None and b is not None for a, b in pairs):
-                    entry["measures"][measure] = pooled(pairs)
+                if all(a is not None and b is not None for a, b in pairs) and (res := pooled(pairs)):
+                    entry["measures"][measure] = res
             out.append(entry)
     return out
 
@@ -738,6 +785,10 @@ SETTINGS = ("model", "dtype", "start_lr", "samples", "heldout", "steps", "batch_
 """The study's arguments, recorded in results.json."""
 
 
+def settings(args) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in SETTINGS}
+
+
 def study_record(
     args, prior: dict[str, Any] | None = None, prior_outcomes: dict[str, dict[str, Any]] | None = None
 ):
@@ -757,10 +808,11 @@ def study_record(
     lr = parts["frontier"][0].base["train"]["lr"] if "frontier" in parts else None
     by_run = lambda e: e["run"]  # noqa: E731
     record = {
-        "settings": {k: getattr(args, k) for k in SETTINGS},
-        "parts": {s.name: part for part, group in parts.items() for s in group},
+        "settings": settings(args),
+        "parts": {**prior.get("parts", {}), **{s.name: part for part, group in parts.items() for s in group}},
         "frontier_lr": lr,
-        "pair_sets": merged(prior.get("pair_sets"), [pair_set(f) for f in files], lambda e: e["file"], measures=""),
+        "pair_sets": merged(prior.get("pair_sets"), [pair_set(f) for f in files], lambda e: (e["file"], e.get("sha256")),
+                            measures=""),  # another machine's set of the same name stays: runs trained on it
         "reward_model": json.loads(rm.read_text())["metrics"] if rm.exists() else prior.get("reward_model"),
         "runs": runs,
         "claims": merged(prior.get("claims"), claims(outcomes, runs[1:]), lambda e: (e["claim"], e["lr"])),
@@ -777,7 +829,7 @@ def merged(prior: list[dict[str, Any]] | None, new: list[dict[str, Any]], key, m
     machine whose run directories are gone); then prior entries ``new`` has none for (in their order)."""
     old = {key(e): e for e in prior or []}
     lost = lambda e: measures and len(old.get(key(e), {}).get(measures, {})) > len(e.get(measures, {}))  # noqa: E731
-    out = [old[key(e)] if lost(e) else e for e in new]
+    out = [{**old[key(e)], "as_recorded": True} if lost(e) else e for e in new]
     seen = {key(e) for e in new}
     return out + [e for k, e in old.items() if k not in seen]
 
@@ -939,7 +991,8 @@ def claim_lines(entries: list[dict[str, Any]]) -> list[list[str]]:
                 papers_scale._f(m["run"]), papers_scale._f(m["other"]),
                 ", ".join(f"{d:+.3f}" for d in m["per_seed"]),
                 f"{m['difference']:+.3f} [{m['ci_low']:+.3f}, {m['ci_high']:+.3f}]", f"{_p(m['p'])} ({m['test']})",
-                both["kl"], both["deviation"], {True: "same", False: "differ"}.get(c.get("same_inputs"), "-"),
+                both["kl"], both["deviation"],
+                {True: "same", False: "differ"}.get(c.get("same_inputs"), "-") + (" (as recorded)" if c.get("as_recorded") else ""),
             ])  # fmt: skip
     return lines
 

@@ -19,7 +19,7 @@ study = benchmark_module("protocol_study")
 def _args(runs: Path, **kw) -> argparse.Namespace:
     base = dict(runs=str(runs), samples=8, lrs=["1e-06", "2e-06"], ref_free_lrs=["5e-06"], model="m",
                 dtype="float32", start_lr="2e-05", steps=8, batch_size=4, quiet=True, heldout=600,
-                max_new_tokens=16)  # fmt: skip
+                max_new_tokens=16, record="", collect=None)  # fmt: skip
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -325,15 +325,22 @@ def test_a_point_is_paired_with_dpos_outcomes_interpolated_at_its_kl():
 
 
 def _record(tmp_path: Path, outcomes: dict) -> tuple[dict, dict]:
-    start = {"sweep": "start", "run": "start", "method": "start", "metrics": {"generation/success": 0.5}}
+    start = {"sweep": "start", "run": "start", "method": "start", "metrics": {"generation/success": 0.5},
+             "inputs": {"start": "s0"}}  # fmt: skip
     dpo, ipo = _row("table", "dpo", 1e-6), _row("table", "ipo", 1e-6)
+    other = _row("table", "cpo", 1e-6) | {"inputs": {"start": "s1", "pairs": "p0"}}  # another machine's start
+    dpo["inputs"] = ipo["inputs"] = {"start": "s0", "pairs": "p0"}
     old = _row("frontier_dpo", "dpo", 1e-6, beta=0.5) | {
         "paired": {"success vs start": {"n": 4, "difference": 0.25}}
     }
-    for r in (dpo, ipo):
+    for r in (dpo, ipo, other):
         r["paired"] = {}
     args = _args(tmp_path / "runs")  # no run directory: every run is the prior record's
-    prior = {"runs": [start, dpo, ipo, old], "pair_sets": [{"file": "tasks_k8.jsonl"}], "reward_model": None}
+    prior = {
+        "runs": [start, dpo, ipo, other, old],
+        "pair_sets": [{"file": "tasks_k8.jsonl"}],
+        "reward_model": None,
+    }
     return study.study_record(args, prior, outcomes)
 
 
@@ -343,9 +350,10 @@ def test_a_record_outlives_its_run_directories(tmp_path):
     recorded comparison; the outcomes file round-trips."""
     outcomes = {"start": {"prompts": ["a", "b", "c", "d"], "success": [1.0, 0.0, 1.0, 0.0]},
                 "table/dpo_1e-06_0_0.1": {"success": [1.0, 1.0, 1.0, 0.0]},
-                "table/ipo_1e-06_0_0.1": {"success": [0.0, 1.0, 1.0, None]}}  # fmt: skip
+                "table/ipo_1e-06_0_0.1": {"success": [0.0, 1.0, 1.0, None]},
+                "table/cpo_1e-06_0_0.1": {"success": [0.0, 0.0, 0.0, 0.0]}}  # fmt: skip
     record, kept = _record(tmp_path, outcomes)
-    start, dpo, ipo, old = record["runs"]
+    start, old, cpo, dpo, ipo = record["runs"]  # in the plan's order
     assert start["metrics"] == {"generation/success": 0.5} and record["pair_sets"] == [
         {"file": "tasks_k8.jsonl"}
     ]
@@ -354,6 +362,7 @@ def test_a_record_outlives_its_run_directories(tmp_path):
     vs = ipo["paired"]["success vs baseline"]  # prompt d: no value for IPO
     assert (vs["n"], vs["difference"], vs["against"]) == (3, pytest.approx(-1 / 3), "table/dpo_1e-06_0_0.1")
     assert old["paired"] == {"success vs start": {"n": 4, "difference": 0.25}}  # no outcomes: as recorded
+    assert cpo["paired"] == {}  # another start: not paired with this one's runs, nor with this start
     study.write_outcomes(tmp_path / "results.json", kept)
     assert study.read_outcomes(tmp_path / "results.json") == kept
     assert (tmp_path / study.OUTCOMES).read_text().splitlines()[0] == (
@@ -369,17 +378,19 @@ def test_a_test_without_outcomes_keeps_the_prior_result():
         {"run": "b", "measures": {"success": 3}},
         {"run": "d", "measures": {}},
     ]
-    assert study.merged(prior, new, key) == [prior[0], new[1], new[2], prior[2]]
+    assert study.merged(prior, new, key) == [prior[0] | {"as_recorded": True}, new[1], new[2], prior[2]]
     assert study.merged(None, new, key) == new
 
 
-def test_the_runs_the_record_holds_are_known_by_name(tmp_path):
-    record = tmp_path / "results.json"
-    record.write_text(json.dumps({"runs": [_row("pilot", "dpo", 1e-6), _row("table", "dpo", 1e-6)]}))
-    assert study.recorded(str(record), "pilot") == {"dpo_1e-06_0_0.1"}
-    assert (
-        study.recorded("", "pilot") == set() and study.recorded(str(tmp_path / "none.json"), "pilot") == set()
-    )
+def test_the_runs_the_record_holds_are_known_by_name(tmp_path, capsys):
+    """A run the record holds is not made again, but only from a record of this study's settings."""
+    args = _args(tmp_path, record=str(tmp_path / "results.json"))
+    runs = [_row("pilot", "dpo", 1e-6), _row("table", "dpo", 1e-6)]
+    Path(args.record).write_text(json.dumps({"settings": study.settings(args), "runs": runs}))
+    assert study.recorded(args, "pilot") == {"dpo_1e-06_0_0.1"}
+    assert study.recorded(_args(tmp_path, steps=9, record=args.record), "pilot") == set()  # another study
+    assert "made with other settings" in capsys.readouterr().out
+    assert study.recorded(_args(tmp_path), "pilot") == set()  # --record ''
 
 
 def test_pair_sets_are_committed_and_reused_by_a_new_machine(tmp_path):
@@ -387,6 +398,8 @@ def test_pair_sets_are_committed_and_reused_by_a_new_machine(tmp_path):
     and a local set that differs from the committed one is named."""
     args = _args(tmp_path / "runs", record=str(tmp_path / "docs" / "results.json"))
     local = study.paths(args)["task_pairs"]
+    Path(args.record).parent.mkdir(parents=True)
+    Path(args.record).write_text(json.dumps({"settings": study.settings(args), "runs": []}))
     _pairs(local, [[1, 0, 0, 0]] * 2)
     study.keep_pairs([local], tmp_path / "docs" / "results.json")
     kept = tmp_path / "docs" / "pairs" / local.name
@@ -394,3 +407,35 @@ def test_pair_sets_are_committed_and_reused_by_a_new_machine(tmp_path):
     local.unlink()
     assert study.committed_pairs(args, local) and local.read_bytes() == kept.read_bytes()
     assert not study.committed_pairs(args, local.with_name("reward_k8.jsonl"))  # none committed: sample
+    local.unlink()
+    assert not study.committed_pairs(
+        _args(tmp_path / "runs", record=args.record, samples=4), local
+    )  # another study
+
+
+def test_a_claim_is_tested_on_the_outcomes_seeds_pooled():
+    """ε-DPO against DPO from the outcomes: one seed (McNemar's exact p) and two seeds (each prompt's
+    outcomes averaged over the seeds, a sign-flip p); a prompt a seed has no value for is left out."""
+    inputs = {"start": "s0", "pairs": "p0"}
+    eps = [
+        _row("table", "epsilon_dpo", 5e-6) | {"inputs": inputs},
+        _row("seeds", "epsilon_dpo", 5e-6, seed=1),
+    ]
+    dpo = [_row("table", "dpo", 5e-6) | {"inputs": inputs}, _row("seeds", "dpo", 5e-6, seed=1)]
+    outcomes = {study.run_id(eps[0]): {"success": [1.0, 1.0, 1.0, 0.0, None]},
+                study.run_id(dpo[0]): {"success": [0.0, 0.0, 1.0, 0.0, 1.0]},
+                study.run_id(eps[1]): {"success": [1.0, 0.0, 1.0, 1.0, 1.0]},
+                study.run_id(dpo[1]): {"success": [1.0, 0.0, 0.0, 0.0, 1.0]}}  # fmt: skip
+    (one,) = [
+        c for c in study.claims(outcomes, [eps[0], dpo[0]]) if c["claim"] == "ε-DPO above DPO (Table 1)"
+    ]
+    m = one["measures"]["success"]
+    assert (m["n"], m["run"], m["other"], m["test"]) == (4, 0.75, 0.25, "McNemar")
+    assert (
+        m["p"] == pytest.approx(0.5) and m["per_seed"] == [pytest.approx(0.5)] and one["same_inputs"] is True
+    )
+    (two,) = [c for c in study.claims(outcomes, [*eps, *dpo]) if c["claim"] == "ε-DPO above DPO (Table 1)"]
+    m = two["measures"]["success"]
+    assert two["seeds"] == [0, 1] and m["n"] == 4 and m["test"] == "sign-flip"
+    assert (m["run"], m["other"]) == (0.75, 0.25)  # prompt by prompt: (1, ½, 1, ½) against (½, 0, ½, 0)
+    assert m["per_seed"] == [pytest.approx(0.5), pytest.approx(0.4)] and two["same_inputs"] is None
