@@ -577,8 +577,8 @@ def collect(
                 key, theirs = f"{e.prefix}{metric}", outcomes[run_id(other)]
                 if key not in mine or key not in theirs:
                     continue
-                both = [(a, b) for a, b in zip(theirs[key], mine[key], strict=True) if None not in (a, b)]
-                res = paired_values([a for a, _ in both], [b for _, b in both]) if both else {"n": 0}
+                both = list(prompt_values([theirs[key], mine[key]]).values())
+                res = paired_values(*zip(*both, strict=True)) if both else {"n": 0}
                 entry = {k: res.get(k) for k in ("n", "difference", "ci_low", "ci_high", "mcnemar_p")}
                 if other is not start_row:
                     entry["against"] = run_id(other)
