@@ -97,7 +97,15 @@ FRONTIER = ["dpo", "epsilon_dpo", "beta_dpo", "tr_dpo"]
 BETAS = ["0.01", "0.05", "0.1", "0.5"]
 TR_SOFT = {"alpha": 0.6, "tau": 8}  # TR-DPO's soft update, its period scaled to a 100-step run
 PILOT_LRS = ["1e-06", "2e-06", "5e-06"]
-HEADLINE = ["dpo", "epsilon_dpo", "asft", "orpo", "minor_dpo"]  # + sDPO, SFT, MinorSFT in their own parts
+HEADLINE = [
+    "dpo",
+    "epsilon_dpo",
+    "asft",
+    "orpo",
+    "minor_dpo",
+    "simpo",
+]  # + sDPO, SFT, MinorSFT in their own parts
+"""The rows of the claims (:data:`CLAIMS`): SimPO for ε-DPO's Table 1 claim against it."""
 SEEDS = ["1", "2"]  # seed 0 is the table's run
 
 
