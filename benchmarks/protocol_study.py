@@ -172,12 +172,18 @@ def committed_pairs(args, out: Path) -> bool:
     little differently (2026-12-07: 24,391 generated tokens where the recorded set had 24,378)."""
     if record_of(args) is None or not (src := pairs_dir(args.record) / out.name).exists():
         return False
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src.with_suffix(".meta.json"), out.with_suffix(".meta.json"))
-    shutil.copyfile(src, out.with_suffix(".partial"))
-    out.with_suffix(".partial").replace(out)  # the pair set whole or absent
+    copy_pair_set(src, out)
     print(f"pairs: {out.name} as committed in {src.parent}", flush=True)
     return True
+
+
+def copy_pair_set(src: Path, dst: Path) -> None:
+    """A pair set and its sidecar copied, the sidecar first and the set whole or absent (its presence is what
+    says a part is done)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src.with_suffix(".meta.json"), dst.with_suffix(".meta.json"))
+    shutil.copyfile(src, dst.with_suffix(".partial"))
+    dst.with_suffix(".partial").replace(dst)
 
 
 def part_pairs(args) -> None:
@@ -390,9 +396,7 @@ def keep_pairs(files: list[Path], record: Path) -> None:
     for f in files:
         kept = pairs_dir(record) / f.name
         if not kept.exists():
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f.with_suffix(".meta.json"), kept.with_suffix(".meta.json"))
-            shutil.copyfile(f, kept)
+            copy_pair_set(f, kept)
         elif sha256(kept) != sha256(f):
             print(f"pairs: {f} differs from the committed {kept}; the runs trained on it record its sha256")
 
