@@ -412,11 +412,16 @@ def record_of(args) -> dict[str, Any] | None:
     runs and pair sets a new machine takes from it instead of making them again."""
     if not args.record or not Path(args.record).exists():
         return None
-    record = json.loads(Path(args.record).read_text())
-    if record.get("settings") != settings(args):
-        print(
-            f"--record {args.record}: made with other settings ({record.get('settings')}); nothing taken from it"
-        )
+    path = Path(args.record)
+    return _record(str(path), path.stat().st_mtime_ns, json.dumps(settings(args), sort_keys=True))
+
+
+@functools.cache
+def _record(path: str, mtime_ns: int, wanted: str) -> dict[str, Any] | None:
+    """:func:`record_of`'s reading, once per file version and settings (so its one line is said once)."""
+    record = json.loads(Path(path).read_text())
+    if record.get("settings") != json.loads(wanted):
+        print(f"--record {path}: made with other settings ({record.get('settings')}); nothing taken from it")
         return None
     return record
 
