@@ -437,7 +437,8 @@ def run_sweep(args, sweep: papers_scale.Sweep) -> None:
     temperature 1 (the paper's protocol), on multiple choice, and (the judged part) by the reward model. A
     run the record (``--record``) holds and this machine has no directory of is not run again."""
     from tether.evaluation.evaluate import evaluate, evaluate_checkpoints
-    from tether.training.sweep import plan
+    from tether.rundir import SweepDir
+    from tether.training.sweep import Point, plan, write_summary
     from tether.training.sweep import run_sweep as sweep_run
 
     p = paths(args)
@@ -466,9 +467,15 @@ def run_sweep(args, sweep: papers_scale.Sweep) -> None:
     left = [pt for pt in points if pt.name not in done or (out / pt.name).is_dir()]
     if len(left) < len(points):
         print(f"== {sweep.name}: {len(points) - len(left)} of its runs are in {args.record}; not run again")
+    finished: list[Point] = []
     for pt in left:  # one point at a time, so that the record's points are left out
         grid = [(k, [v]) for k, v in pt.values.items()]
-        sweep_run(cfg, grid, out=out, data_eval=sweep.eval_data, options=greedy, after_point=after)
+        finished += sweep_run(
+            cfg, grid, out=out, data_eval=sweep.eval_data, options=greedy, after_point=after
+        ).points
+        write_summary(SweepDir(out), finished)  # each call wrote its own point only: the table of all so far
+        manifest = SweepDir(out).read_manifest() or {}
+        SweepDir(out).write_manifest(manifest | {"grid": [[k, list(v)] for k, v in sweep.grid]})
         run = out / pt.name
         if (
             sweep.base.get("stages", {}).get("by") == "column"

@@ -293,11 +293,17 @@ def run_sweep(
             _evaluate(p, rd, str(data), options)
             if after_point is not None:
                 after_point(p, rd)
-    key = performance_key([p.metrics for p in points])
     against = _against(sweep, points, baseline) if baseline is not None and not only_plan else {}
-    table = write_table(sweep, points, key, against)
-    frontier = write_frontier(sweep, points, key)
+    table, frontier, key = write_summary(sweep, points, against)
     return SweepResult(sweep.path, points, table, frontier, key, round(time.time() - t0, 3), against)
+
+
+def write_summary(
+    sweep: SweepDir, points: Sequence[Point], against: dict[str, dict[str, Any]] | None = None
+) -> tuple[Path, Path | None, str | None]:
+    """The sweep's table and frontier plot over ``points`` (and the performance key they were read on)."""
+    key = performance_key([p.metrics for p in points])
+    return write_table(sweep, points, key, against), write_frontier(sweep, points, key), key
 
 
 def _against(sweep: SweepDir, points: Sequence[Point], baseline: str) -> dict[str, dict[str, Any]]:
