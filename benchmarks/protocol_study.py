@@ -592,6 +592,16 @@ def collect(
     outcomes.update({k: prior_outcomes.get(k, {}) for k in (run_id(r) for r in kept)})
     order = {s.name: i for i, s in enumerate(groups)}  # the plan's order, whichever machine made a run
     rows = sorted(rows + kept, key=lambda r: (order.get(r["sweep"], len(order)), r["run"]))
+    starts = {}  # each start's weights → its held-out answers (this machine's start and the record's)
+    for row, vectors in (
+        (prior_rows.get("start"), prior_outcomes.get("start")),
+        (start_row, outcomes["start"]),
+    ):
+        if row and (row.get("inputs") or {}).get("start") and (a := answers(vectors or {})):
+            row["inputs"]["answers"] = starts[row["inputs"]["start"]] = a
+    for r in rows:
+        if (i := r.get("inputs")) and "answers" not in i and i.get("start") in starts:
+            i["answers"] = starts[i["start"]]
     for r in rows:
         others = {"start": start_row, **against(rows, r)}
         others = {k: o for k, o in others.items() if made_alike(r, o)}
@@ -648,17 +658,47 @@ PERMUTATIONS = 20_000
 BOOTSTRAPS = 10_000  # each end of a 95 % interval to about ±0.001
 
 
-def same_inputs(runs: list[dict[str, Any]]) -> bool | None:
-    """Whether the runs trained from one start and one pair set (None when a run did not record them)."""
+ANSWERED = ("prompts", "success", "t1/success")
+"""The start's outcomes that identify it across machines (:func:`answers`): greedy and T = 1, by prompt."""
+
+
+def answers(start_outcomes: dict[str, Any]) -> str | None:
+    """The sha256 of the start's held-out answers (:data:`ANSWERED`; None before it is evaluated). Two
+    machines' starts differ in their last bits; when they answer every held-out prompt alike, greedily and
+    at T = 1, their runs are paired (:func:`made_alike`), and the claims say so ("alike")."""
+    import hashlib
+
+    if "success" not in start_outcomes:
+        return None
+    kept = {
+        k: [v if k == "prompts" or v is None else float(v) for v in start_outcomes[k]]
+        for k in ANSWERED
+        if k in start_outcomes
+    }
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def same_inputs(runs: list[dict[str, Any]]) -> str | None:
+    """``same`` when the runs trained from one start and one pair set; ``alike`` when their starts differ in
+    their weights but give the same held-out answers (:func:`answers`), the pair set the same; ``differ``
+    otherwise (None when a run did not record its inputs)."""
     inputs = [r.get("inputs") for r in runs]
-    return None if None in inputs else all(i == inputs[0] for i in inputs)
+    if None in inputs:
+        return None
+    if all(i == inputs[0] for i in inputs):
+        return "same"
+    return "alike" if all(made_alike(r, runs[0]) for r in runs) else "differ"
 
 
 def made_alike(run: dict[str, Any], other: dict[str, Any]) -> bool:
-    """Whether ``run`` trained from ``other``'s start (and its pair set, when ``other`` is a run, not the
-    start): only then are the two paired from their outcomes (another machine's start is another model)."""
+    """Whether ``run`` trained from ``other``'s start, or from a start that answers every held-out prompt as
+    it does (:func:`answers`), and on its pair set when ``other`` is a run, not the start: only then are the
+    two paired from their outcomes (a start that answers otherwise is another model)."""
     a, b = run.get("inputs"), other.get("inputs")
-    return a is not None and b is not None and all(a.get(k) == b[k] for k in b)
+    if a is None or b is None:
+        return False
+    same = [k for k in ("start", "answers") if a.get(k) is not None and a.get(k) == b.get(k)]
+    return bool(same) and ("pairs" not in b or a.get("pairs") == b["pairs"])
 
 
 def pooled(pairs: list[tuple[list[float | None], list[float | None]]]) -> dict[str, Any] | None:
@@ -885,18 +925,16 @@ def render(record: dict[str, Any]) -> str:
                 f"{rm['reward/margin']:.2f}.", ""]  # fmt: skip
     start, *rows = record["runs"]
     part_of = record["parts"]
-    made: dict[tuple[str, str], list[str]] = {}
+    made: dict[tuple[str, ...], list[str]] = {}
     for r in rows:
         i = r.get("inputs") or {}
-        made.setdefault((i.get("start") or "not recorded", i.get("pairs") or "not recorded"), []).append(
+        made.setdefault(tuple(i.get(k) or "not recorded" for k in ("start", "answers", "pairs")), []).append(
             run_id(r)
         )
-    if (
-        made
-    ):  # the start and pair set each run trained from (a new machine's start can differ in its last bits)
+    if made:  # a new machine's start can differ in its last bits, and still answer as the recorded one does
         out += ["#### what each run trained from", "", *papers_scale._table(
-            ["start (weights' sha256)", "pair set (sha256)", "runs", "sweeps"],
-            [[a, b, str(len(v)), ", ".join(dict.fromkeys(x.split("/")[0] for x in v))] for (a, b), v in made.items()])]  # fmt: skip
+            ["start (weights' sha256)", "its held-out answers (sha256)", "pair set (sha256)", "runs", "sweeps"],
+            [[*k, str(len(v)), ", ".join(dict.fromkeys(x.split("/")[0] for x in v))] for k, v in made.items()])]  # fmt: skip
     head = ["run", "method", "lr", "β", "seed", "success (greedy)", "Δ vs start", "Δ vs baseline",
             "success (T=1)", "Δ vs start", "Δ vs baseline", "KL", "m_θ", "mc", "β·margin, last 10 steps"]  # fmt: skip
 
@@ -1016,9 +1054,13 @@ def claim_lines(entries: list[dict[str, Any]]) -> list[list[str]]:
                 ", ".join(f"{d:+.3f}" for d in m["per_seed"]),
                 f"{m['difference']:+.3f} [{m['ci_low']:+.3f}, {m['ci_high']:+.3f}]", f"{_p(m['p'])} ({m['test']})",
                 both["kl"], both["deviation"],
-                {True: "same", False: "differ"}.get(c.get("same_inputs"), "-") + (" (as recorded)" if c.get("as_recorded") else ""),
+                INPUTS.get(c.get("same_inputs"), "-") + (" (as recorded)" if c.get("as_recorded") else ""),
             ])  # fmt: skip
     return lines
+
+
+INPUTS = {"same": "same", "alike": "alike", "differ": "differ", True: "same", False: "differ"}
+"""A claim's *inputs* column (:func:`same_inputs`; a record made before "alike" holds booleans)."""
 
 
 def frontier_points(runs: list[dict[str, Any]], lr: float) -> dict[str, list[dict[str, Any]]]:

@@ -324,11 +324,11 @@ def test_a_point_is_paired_with_dpos_outcomes_interpolated_at_its_kl():
     assert m["difference"] == pytest.approx(1 - 1.25 / 3) and "t1/success" not in got["measures"]
 
 
-def _record(tmp_path: Path, outcomes: dict) -> tuple[dict, dict]:
+def _record(tmp_path: Path, outcomes: dict, cpo: dict | None = None) -> tuple[dict, dict]:
     start = {"sweep": "start", "run": "start", "method": "start", "metrics": {"generation/success": 0.5},
              "inputs": {"start": "s0"}}  # fmt: skip
     dpo, ipo = _row("table", "dpo", 1e-6), _row("table", "ipo", 1e-6)
-    other = _row("table", "cpo", 1e-6) | {"inputs": {"start": "s1", "pairs": "p0"}}  # another machine's start
+    other = _row("table", "cpo", 1e-6) | {"inputs": cpo or {"start": "s1", "pairs": "p0"}}  # another start
     dpo["inputs"] = ipo["inputs"] = {"start": "s0", "pairs": "p0"}
     old = _row("frontier_dpo", "dpo", 1e-6, beta=0.5) | {
         "paired": {"success vs start": {"n": 4, "difference": 0.25}}
@@ -368,6 +368,32 @@ def test_a_record_outlives_its_run_directories(tmp_path):
     assert (tmp_path / study.OUTCOMES).read_text().splitlines()[0] == (
         '{"run":"start","prompts":["a","b","c","d"],"success":[1,0,1,0]}'
     )
+
+
+def test_a_start_that_answers_alike_is_one_start_for_pairing(tmp_path):
+    """Another machine's start differs in its weights' last bits. Its runs are paired with this start's when
+    it answered every held-out prompt alike (greedy and T = 1, :func:`answers`); a start that answered one
+    prompt otherwise is another model, and its runs are left unpaired."""
+    vectors = {"prompts": ["a", "b", "c", "d"], "success": [1, 0, 1, 0], "t1/success": [0, 0, 1, None]}
+    assert study.answers(vectors) == study.answers({k: [float(x) if isinstance(x, int) else x for x in v]
+                                                    for k, v in vectors.items()})  # fmt: skip
+    assert study.answers(vectors | {"t1/success": [0, 1, 1, None]}) != study.answers(vectors)
+    assert study.answers({"prompts": ["a"]}) is None  # not evaluated
+    outcomes = {"start": vectors,
+                "table/dpo_1e-06_0_0.1": {"success": [1.0, 1.0, 1.0, 0.0]},
+                "table/ipo_1e-06_0_0.1": {"success": [0.0, 1.0, 1.0, None]},
+                "table/cpo_1e-06_0_0.1": {"success": [1.0, 1.0, 1.0, 1.0]}}  # fmt: skip
+    alike = study.answers(vectors)
+    record, _ = _record(tmp_path, outcomes, cpo={"start": "s1", "answers": alike, "pairs": "p0"})
+    start, _, cpo, dpo, _ = record["runs"]
+    assert start["inputs"] == {"start": "s0", "answers": alike} and dpo["inputs"]["answers"] == alike
+    assert cpo["paired"]["success vs start"]["difference"] == 0.5
+    assert cpo["paired"]["success vs baseline"]["against"] == "table/dpo_1e-06_0_0.1"
+    assert study.same_inputs([dpo, cpo]) == "alike" and study.same_inputs([dpo, dpo]) == "same"
+    record, _ = _record(tmp_path, outcomes, cpo={"start": "s1", "answers": "0ther", "pairs": "p0"})
+    assert record["runs"][2]["paired"] == {} and study.same_inputs(record["runs"][2:4]) == "differ"
+    record, _ = _record(tmp_path, outcomes, cpo={"start": "s1", "answers": alike, "pairs": "p1"})
+    assert set(record["runs"][2]["paired"]) == {"success vs start"}  # another pair set: only the start
 
 
 def test_a_test_without_outcomes_keeps_the_prior_result():
@@ -433,7 +459,7 @@ def test_a_claim_is_tested_on_the_outcomes_seeds_pooled():
     m = one["measures"]["success"]
     assert (m["n"], m["run"], m["other"], m["test"]) == (4, 0.75, 0.25, "McNemar")
     assert (
-        m["p"] == pytest.approx(0.5) and m["per_seed"] == [pytest.approx(0.5)] and one["same_inputs"] is True
+        m["p"] == pytest.approx(0.5) and m["per_seed"] == [pytest.approx(0.5)] and one["same_inputs"] == "same"
     )
     (two,) = [c for c in study.claims(outcomes, [*eps, *dpo]) if c["claim"] == "ε-DPO above DPO (Table 1)"]
     m = two["measures"]["success"]
