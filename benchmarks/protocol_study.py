@@ -427,9 +427,14 @@ def _record(path: str, mtime_ns: int, wanted: str) -> dict[str, Any] | None:
 
 
 def recorded(args, sweep: str) -> set[str]:
-    """The runs of ``sweep`` that the record (:func:`record_of`) holds, by name."""
+    """The runs of ``sweep`` that the record (:func:`record_of`) holds with their per-prompt outcomes, by
+    name. A run it holds without them (collected before they were kept) is made again when its part runs:
+    no paired test can be made with it."""
     record = record_of(args)
-    return {r["run"] for r in record["runs"] if r["sweep"] == sweep} if record else set()
+    if not record:
+        return set()
+    outcomes = read_outcomes(Path(args.record))
+    return {r["run"] for r in record["runs"] if r["sweep"] == sweep and outcomes.get(run_id(r))}
 
 
 def run_sweep(args, sweep: papers_scale.Sweep) -> None:

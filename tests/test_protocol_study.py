@@ -411,9 +411,12 @@ def test_a_test_without_outcomes_keeps_the_prior_result():
 def test_the_runs_the_record_holds_are_known_by_name(tmp_path, capsys):
     """A run the record holds is not made again, but only from a record of this study's settings."""
     args = _args(tmp_path, record=str(tmp_path / "results.json"))
-    runs = [_row("pilot", "dpo", 1e-6), _row("table", "dpo", 1e-6)]
+    runs = [_row("pilot", "dpo", 1e-6), _row("pilot", "dpo", 2e-6), _row("table", "dpo", 1e-6)]
     Path(args.record).write_text(json.dumps({"settings": study.settings(args), "runs": runs}))
-    assert study.recorded(args, "pilot") == {"dpo_1e-06_0_0.1"}
+    study.write_outcomes(
+        Path(args.record), {study.run_id(runs[0]): {"success": [1.0]}, study.run_id(runs[1]): {}}
+    )
+    assert study.recorded(args, "pilot") == {"dpo_1e-06_0_0.1"}  # 2e-6 has no outcomes: made again
     other = _args(tmp_path, steps=9, record=args.record)  # another study
     assert study.recorded(other, "pilot") == study.recorded(other, "table") == set()
     assert capsys.readouterr().out.count("made with other settings") == 1  # said once, not per sweep
@@ -459,7 +462,9 @@ def test_a_claim_is_tested_on_the_outcomes_seeds_pooled():
     m = one["measures"]["success"]
     assert (m["n"], m["run"], m["other"], m["test"]) == (4, 0.75, 0.25, "McNemar")
     assert (
-        m["p"] == pytest.approx(0.5) and m["per_seed"] == [pytest.approx(0.5)] and one["same_inputs"] == "same"
+        m["p"] == pytest.approx(0.5)
+        and m["per_seed"] == [pytest.approx(0.5)]
+        and one["same_inputs"] == "same"
     )
     (two,) = [c for c in study.claims(outcomes, [*eps, *dpo]) if c["claim"] == "ε-DPO above DPO (Table 1)"]
     m = two["measures"]["success"]
