@@ -65,7 +65,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
-from itertools import pairwise, product
+from itertools import combinations, pairwise, product
 from pathlib import Path
 from typing import Any
 
@@ -412,13 +412,14 @@ def record_of(args) -> dict[str, Any] | None:
     runs and pair sets a new machine takes from it instead of making them again."""
     if not args.record or not Path(args.record).exists():
         return None
-    path = Path(args.record)
-    return _record(str(path), path.stat().st_mtime_ns, json.dumps(settings(args), sort_keys=True))
+    path, stat = Path(args.record).resolve(), Path(args.record).stat()
+    return _record(str(path), (stat.st_mtime_ns, stat.st_size), json.dumps(settings(args), sort_keys=True))
 
 
 @functools.cache
-def _record(path: str, mtime_ns: int, wanted: str) -> dict[str, Any] | None:
-    """:func:`record_of`'s reading, once per file version and settings (so its one line is said once)."""
+def _record(path: str, version: tuple[int, int], wanted: str) -> dict[str, Any] | None:
+    """:func:`record_of`'s reading, once per file version and settings (so its one line is said once); the
+    dict is shared: read it, never change it."""
     record = json.loads(Path(path).read_text())
     if record.get("settings") != json.loads(wanted):
         print(f"--record {path}: made with other settings ({record.get('settings')}); nothing taken from it")
@@ -570,8 +571,13 @@ def collect(
             k[0] for k in keyed(load_evaluated(root / "start" / "eval.json").outcomes)
         ]
     fingerprint = functools.cache(lambda model: models.model_fingerprint(model)[:16])
+    rm = paths(args)["rm"] / "final"  # the reward model that judged this machine's eval_rm.json files
+
+    def judge(folder: Path) -> dict[str, str]:
+        return {"judge": fingerprint(str(rm))} if (folder / "eval_rm.json").exists() and rm.is_dir() else {}
+
     if start_row["metrics"]:
-        start_row["inputs"] = {"start": fingerprint(start(args))}
+        start_row["inputs"] = {"start": fingerprint(start(args))} | judge(root / "start")
     for r in rows:
         rd = RunDir(root / r["sweep"] / r["run"])
         cfg = rd.last_stage().read_config_mapping()
@@ -581,7 +587,7 @@ def collect(
         r["inputs"] = {
             "start": fingerprint(first["model"]["name"]),
             "pairs": sha256(source or Path(cfg["data"]["train"])),
-        }
+        } | judge(rd.path)
         r["paired"] = {}
     prior_rows = {run_id(r): r for r in (prior or {}).get("runs", [])}
     prior_outcomes = prior_outcomes or {}
@@ -597,16 +603,8 @@ def collect(
     outcomes.update({k: prior_outcomes.get(k, {}) for k in (run_id(r) for r in kept)})
     order = {s.name: i for i, s in enumerate(groups)}  # the plan's order, whichever machine made a run
     rows = sorted(rows + kept, key=lambda r: (order.get(r["sweep"], len(order)), r["run"]))
-    starts = {}  # each start's weights → its held-out answers (this machine's start and the record's)
-    for row, vectors in (
-        (prior_rows.get("start"), prior_outcomes.get("start")),
-        (start_row, outcomes["start"]),
-    ):
-        if row and (row.get("inputs") or {}).get("start") and (a := answers(vectors or {})):
-            row["inputs"]["answers"] = starts[row["inputs"]["start"]] = a
-    for r in rows:
-        if (i := r.get("inputs")) and "answers" not in i and i.get("start") in starts:
-            i["answers"] = starts[i["start"]]
+    starts = [(prior_rows.get("start"), prior_outcomes.get("start")), (start_row, outcomes["start"])]
+    give_answers(starts, rows)
     for r in rows:
         others = {"start": start_row, **against(rows, r)}
         others = {k: o for k, o in others.items() if made_alike(r, o)}
@@ -614,7 +612,7 @@ def collect(
         for e in EVALUATIONS:
             for metric, (name, other) in product(e.paired, others.items()):
                 key, theirs = f"{e.prefix}{metric}", outcomes[run_id(other)]
-                if key not in mine or key not in theirs:
+                if key not in mine or key not in theirs or not judged_alike(key, r, other):
                     continue
                 both = list(prompt_values([theirs[key], mine[key]]).values())
                 res = paired_values(*zip(*both, strict=True)) if both else {"n": 0}
@@ -683,6 +681,27 @@ def answers(start_outcomes: dict[str, Any]) -> str | None:
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def give_answers(
+    starts: list[tuple[dict[str, Any] | None, dict[str, Any] | None]], rows: list[dict[str, Any]]
+) -> None:
+    """Each start (its row and outcomes: the record's, this machine's) and each run trained from its weights
+    given the start's :func:`answers`; a run that has them keeps its own."""
+    known: dict[str, str] = {}
+    for row, vectors in starts:
+        if row and (row.get("inputs") or {}).get("start") and (a := answers(vectors or {})):
+            row["inputs"]["answers"] = known[row["inputs"]["start"]] = a
+    for r in rows:
+        if (i := r.get("inputs")) and "answers" not in i and i.get("start") in known:
+            i["answers"] = known[i["start"]]
+
+
+def judged_alike(measure: str, *runs: dict[str, Any]) -> bool:
+    """Whether the runs' outcomes on ``measure`` can be paired: a reward model's verdicts (``rm/``) only
+    when one reward model judged them all (each machine trains its own), any other measure always."""
+    judges = [(r.get("inputs") or {}).get("judge") for r in runs]
+    return not measure.startswith("rm/") or (judges[0] is not None and len(set(judges)) == 1)
+
+
 def same_inputs(runs: list[dict[str, Any]]) -> str | None:
     """``same`` when the runs trained from one start and one pair set; ``alike`` when their starts differ in
     their weights but give the same held-out answers (:func:`answers`), the pair set the same; ``differ``
@@ -690,9 +709,9 @@ def same_inputs(runs: list[dict[str, Any]]) -> str | None:
     inputs = [r.get("inputs") for r in runs]
     if None in inputs:
         return None
-    if all(i == inputs[0] for i in inputs):
+    if len({(i.get("start"), i.get("pairs")) for i in inputs}) == 1:
         return "same"
-    return "alike" if all(made_alike(r, runs[0]) for r in runs) else "differ"
+    return "alike" if all(made_alike(a, b) for a, b in combinations(runs, 2)) else "differ"
 
 
 def made_alike(run: dict[str, Any], other: dict[str, Any]) -> bool:
@@ -703,7 +722,7 @@ def made_alike(run: dict[str, Any], other: dict[str, Any]) -> bool:
     if a is None or b is None:
         return False
     same = [k for k in ("start", "answers") if a.get(k) is not None and a.get(k) == b.get(k)]
-    return bool(same) and ("pairs" not in b or a.get("pairs") == b["pairs"])
+    return bool(same) and (other.get("sweep") == "start" or a.get("pairs") == b.get("pairs"))
 
 
 def pooled(pairs: list[tuple[list[float | None], list[float | None]]]) -> dict[str, Any] | None:
@@ -784,7 +803,11 @@ def claims(outcomes: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) -> l
                 pairs = [
                     (outcomes[run_id(o)].get(measure), outcomes[run_id(r)].get(measure)) for o, r in matched
                 ]
-                if all(a is not None and b is not None for a, b in pairs) and (res := pooled(pairs)):
+                if (
+                    all(a is not None and b is not None for a, b in pairs)
+                    and judged_alike(measure, *(x for pair in matched for x in pair))
+                    and (res := pooled(pairs))
+                ):
                     entry["measures"][measure] = res
             out.append(entry)
     return out

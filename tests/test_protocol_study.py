@@ -396,6 +396,41 @@ def test_a_start_that_answers_alike_is_one_start_for_pairing(tmp_path):
     assert set(record["runs"][2]["paired"]) == {"success vs start"}  # another pair set: only the start
 
 
+def test_each_start_gives_its_answers_to_the_runs_of_its_weights():
+    """The record's start (s0) and this machine's (s1): each gets the sha of its own outcomes, and each run
+    trained from its weights inherits them (a run that has answers keeps them); runs of a start that answers
+    otherwise are not alike with the others."""
+    vectors = {"prompts": ["a", "b"], "success": [1.0, 0.0], "t1/success": [0.0, 0.0]}
+    prior = {"sweep": "start", "inputs": {"start": "s0"}}
+    here = {"sweep": "start", "inputs": {"start": "s1"}}
+    old, new = _row("table", "dpo", 5e-6), _row("table", "kto", 5e-6)
+    old["inputs"], new["inputs"] = {"start": "s0", "pairs": "p0"}, {"start": "s1", "pairs": "p0"}
+    kept = _row("table", "ipo", 5e-6) | {"inputs": {"start": "s1", "pairs": "p0", "answers": "its own"}}
+    study.give_answers([(prior, vectors), (here, dict(vectors))], [old, new, kept])
+    assert prior["inputs"]["answers"] == here["inputs"]["answers"] == old["inputs"]["answers"]
+    assert new["inputs"]["answers"] == study.answers(vectors) and kept["inputs"]["answers"] == "its own"
+    assert (
+        study.made_alike(new, old)
+        and study.made_alike(new, prior)
+        and study.same_inputs([old, new]) == "alike"
+    )
+    assert study.same_inputs([old, new, kept]) == "differ"  # kept's start answers otherwise
+    new["inputs"].pop("answers")
+    study.give_answers([(prior, vectors), (here, vectors | {"success": [0.0, 0.0]})], [old, new])
+    assert not study.made_alike(new, old) and not study.made_alike(new, prior) and study.made_alike(new, here)
+
+
+def test_a_reward_models_verdicts_are_paired_only_under_one_reward_model():
+    """Each machine trains its own reward model: its verdicts (``rm/``) are paired only between runs one
+    reward model judged; the checker's measures are paired whatever the judge."""
+    a = {"inputs": {"start": "s0", "judge": "j0"}}
+    b = {"inputs": {"start": "s1", "judge": "j1"}}
+    assert study.judged_alike("rm/win_rate/chosen", a, a | {"run": "x"})
+    assert not study.judged_alike("rm/win_rate/chosen", a, b)
+    assert not study.judged_alike("rm/judge/reward", {"inputs": {}}, {"inputs": {}})  # judge not recorded
+    assert study.judged_alike("success", a, b)
+
+
 def test_a_test_without_outcomes_keeps_the_prior_result():
     key = lambda e: e["run"]  # noqa: E731
     prior = [{"run": "a", "measures": {"success": 1}}, {"run": "b", "measures": {"success": 2}}, {"run": "c"}]
