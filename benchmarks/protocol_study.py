@@ -474,14 +474,14 @@ def run_sweep(args, sweep: papers_scale.Sweep) -> None:
     if len(left) < len(points):
         print(f"== {sweep.name}: {len(points) - len(left)} of its runs are in {args.record}; not run again")
     finished: list[Point] = []
+    swept = SweepDir(out)
     for pt in left:  # one point at a time, so that the record's points are left out
         grid = [(k, [v]) for k, v in pt.values.items()]
         finished += sweep_run(
             cfg, grid, out=out, data_eval=sweep.eval_data, options=greedy, after_point=after
         ).points
-        write_summary(SweepDir(out), finished)  # each call wrote its own point only: the table of all so far
-        manifest = SweepDir(out).read_manifest() or {}
-        SweepDir(out).write_manifest(manifest | {"grid": [[k, list(v)] for k, v in sweep.grid]})
+        write_summary(swept, finished)  # each call wrote its own point only: the table of all so far
+        swept.write_manifest((swept.read_manifest() or {}) | {"grid": [[k, list(v)] for k, v in sweep.grid]})
         run = out / pt.name
         if (
             sweep.base.get("stages", {}).get("by") == "column"
