@@ -1046,7 +1046,8 @@ def _p(p: float) -> str:
 def curve_line(c: dict[str, Any], by: str) -> list[str]:
     """A point read on DPO's curve (:func:`on_curve`): the two DPO runs around its KL with their own greedy
     and T = 1 success, then per measure the point, DPO's curve at its KL and the paired Δ."""
-    head = [c["method"], f"{c[by]:g}", f"{c['kl']:.2f}"]
+    method = c["method"] + (" (as recorded)" if c.get("as_recorded") else "")  # an earlier run's reading
+    head = [method, f"{c[by]:g}", f"{c['kl']:.2f}"]
     if "outside" in c:
         span = "no DPO run" if c["outside"] is None else f"{c['outside'][0]:.2f}–{c['outside'][1]:.2f}"
         return [*head, f"outside DPO's KL range ({span}): not extrapolated", *["-"] * 6]

@@ -289,6 +289,7 @@ def test_points_are_read_on_dpos_curve_only_inside_its_kl_range():
     assert got[0]["weight"] == pytest.approx(0.5) and got[1]["weight"] == pytest.approx(0.5)
     assert got[0]["measures"] == {} and got[2]["outside"] == [0.1, 3.0]
     assert study.curve_line(got[2], "lr")[3] == "outside DPO's KL range (0.10–3.00): not extrapolated"
+    assert study.curve_line(got[2] | {"as_recorded": True}, "lr")[0].endswith(" (as recorded)")  # stale: said
     # the frontier's DPO at the default β: the pilot's copy until the table has its own
     front = study.frontier_points([pilot[2], *others], 5e-6)["dpo"]
     assert front == [others[2], pilot[2]]
