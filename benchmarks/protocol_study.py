@@ -97,15 +97,9 @@ FRONTIER = ["dpo", "epsilon_dpo", "beta_dpo", "tr_dpo"]
 BETAS = ["0.01", "0.05", "0.1", "0.5"]
 TR_SOFT = {"alpha": 0.6, "tau": 8}  # TR-DPO's soft update, its period scaled to a 100-step run
 PILOT_LRS = ["1e-06", "2e-06", "5e-06"]
-HEADLINE = [
-    "dpo",
-    "epsilon_dpo",
-    "asft",
-    "orpo",
-    "minor_dpo",
-    "simpo",
-]  # + sDPO, SFT, MinorSFT in their own parts
-"""The rows of the claims (:data:`CLAIMS`): SimPO for ε-DPO's Table 1 claim against it."""
+HEADLINE = ["dpo", "epsilon_dpo", "asft", "orpo", "minor_dpo", "simpo"]
+"""The rows of the claims (:data:`CLAIMS`) that the seeds part repeats (SimPO for ε-DPO's Table 1 claim
+against it); sDPO, SFT and MinorSFT have their seeds in their own parts."""
 SEEDS = ["1", "2"]  # seed 0 is the table's run
 
 
@@ -1083,13 +1077,13 @@ def claim_lines(entries: list[dict[str, Any]]) -> list[list[str]]:
                 ", ".join(f"{d:+.3f}" for d in m["per_seed"]),
                 f"{m['difference']:+.3f} [{m['ci_low']:+.3f}, {m['ci_high']:+.3f}]", f"{_p(m['p'])} ({m['test']})",
                 both["kl"], both["deviation"],
-                INPUTS.get(c.get("same_inputs"), "-") + (" (as recorded)" if c.get("as_recorded") else ""),
+                INPUTS.get(c.get("same_inputs"), c.get("same_inputs") or "-") + (" (as recorded)" if c.get("as_recorded") else ""),
             ])  # fmt: skip
     return lines
 
 
-INPUTS = {"same": "same", "alike": "alike", "differ": "differ", True: "same", False: "differ"}
-"""A claim's *inputs* column (:func:`same_inputs`; a record made before "alike" holds booleans)."""
+INPUTS = {True: "same", False: "differ"}
+"""A claim's *inputs* column from a record made before :func:`same_inputs` said same/alike/differ."""
 
 
 def frontier_points(runs: list[dict[str, Any]], lr: float) -> dict[str, list[dict[str, Any]]]:
