@@ -432,10 +432,22 @@ def recorded(args, sweep: str) -> set[str]:
     return {r["run"] for r in record["runs"] if r["sweep"] == sweep and outcomes.get(run_id(r))}
 
 
-def run_sweep(args, sweep: papers_scale.Sweep) -> None:
-    """A sweep evaluated greedily (success, KL, pairwise), then each run again with one sample at
-    temperature 1 (the paper's protocol), on multiple choice, and (the judged part) by the reward model. A
-    run the record (``--record``) holds and this machine has no directory of is not run again."""
+def seed_major(group: list[papers_scale.Sweep]) -> list[tuple[papers_scale.Sweep, str | None]]:
+    """A part's sweeps, each with the seed whose points it runs: seed 0 of every sweep before seed 1 of any,
+    so that a part cut short has every arm of its claims at one seed (``None``: all of a seedless sweep)."""
+
+    def seeds(s: papers_scale.Sweep) -> list[str | None]:
+        return dict(s.grid).get("train.seed", [None])
+
+    rounds = dict.fromkeys(seed for s in group for seed in seeds(s))
+    return [(s, seed) for seed in rounds for s in group if seed in seeds(s)]
+
+
+def run_sweep(args, sweep: papers_scale.Sweep, seed: str | None = None) -> None:
+    """A sweep (its points of ``seed`` only, when given) evaluated greedily (success, KL, pairwise), then
+    each run again with one sample at temperature 1 (the paper's protocol), on multiple choice, and (the
+    judged part) by the reward model. A run the record (``--record``) holds and this machine has no
+    directory of is not run again."""
     from tether.evaluation.evaluate import evaluate, evaluate_checkpoints
     from tether.rundir import SweepDir
     from tether.training.sweep import Point, plan, write_summary
@@ -462,7 +474,7 @@ def run_sweep(args, sweep: papers_scale.Sweep) -> None:
 
     t0 = time.time()
     out = p["root"] / sweep.name
-    points = plan(cfg, sweep.grid, out)[2]
+    points = [pt for pt in plan(cfg, sweep.grid, out)[2] if seed in (None, pt.values.get("train.seed"))]
     done = recorded(args, sweep.name)
     left = [pt for pt in points if pt.name not in done or (out / pt.name).is_dir()]
     if len(left) < len(points):
@@ -1366,8 +1378,8 @@ def main() -> None:
             eval_start(args, judged=part == "judged")  # the start evaluated as the runs are (once)
             if part == "sdpo":
                 part_staged_data(args)
-            for s in planned[part]:
-                run_sweep(args, s)
+            for s, seed in seed_major(planned[part]):
+                run_sweep(args, s, seed)
         print(f"== part {part}: {time.time() - t0:.0f} s", flush=True)
 
 

@@ -507,3 +507,13 @@ def test_a_claim_is_tested_on_the_outcomes_seeds_pooled():
     assert two["seeds"] == [0, 1] and m["n"] == 4 and m["test"] == "sign-flip"
     assert (m["run"], m["other"]) == (0.75, 0.25)  # prompt by prompt: (1, ½, 1, ½) against (½, 0, ½, 0)
     assert m["per_seed"] == [pytest.approx(0.5), pytest.approx(0.4)] and two["same_inputs"] is None
+
+
+def test_a_part_runs_seed_0_of_every_sweep_before_seed_1_of_any(tmp_path):
+    """A part cut short still has every arm of its claims at one seed: sDPO's two splits at seed 0 first."""
+    groups = study.sweeps(_args(tmp_path))
+    order = [(s.name, seed) for s, seed in study.seed_major(groups["sdpo"])]
+    assert order == [(f"sdpo_{a}", seed) for seed in ("0", "1", "2") for a in ("easy_hard", "random")]
+    assert [(s.name, seed) for s, seed in study.seed_major(groups["table"])] == [
+        (s.name, None) for s in groups["table"]
+    ]  # no seeds: each sweep whole, in order
