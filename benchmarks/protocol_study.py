@@ -1024,7 +1024,11 @@ def render(record: dict[str, Any]) -> str:
             f"the frontier against DPO's β curve at the same KL, prompt by prompt (lr {papers_scale._f(lr, '{:g}')})",
             "beta",
         ),
-        ("on_dpo_lr_curve", "the table against DPO's lr curve at the same KL, prompt by prompt", "lr"),
+        (
+            "on_dpo_lr_curve",
+            "the table and sDPO against DPO's lr curve at the same KL, prompt by prompt",
+            "lr",
+        ),
     ):
         if record.get(key):
             out += [f"#### {title}", "", *papers_scale._table(
@@ -1157,15 +1161,16 @@ def on_curve(
     out = []
     for r in points:
         kl = r["metrics"].get("kl")
+        method = r["sweep"] if r["sweep"].startswith("sdpo") else r["method"]  # sDPO's runs are DPO's method
         bracket = next(((a, b) for a, b in pairwise(line) if kl is not None and a[0] <= kl <= b[0]), None)
         if bracket is None:  # never extrapolated: shown as outside the curve's KL range
-            out.append({"method": r["method"], "lr": r["lr"], "beta": r["beta"], "kl": kl,
+            out.append({"method": method, "lr": r["lr"], "beta": r["beta"], "kl": kl,
                         "run": f"{r['sweep']}/{r['run']}", "outside": [line[0][0], line[-1][0]] if line else None})  # fmt: skip
             continue
         (k0, r0), (k1, r1) = bracket
         w = 0.0 if k1 == k0 else (kl - k0) / (k1 - k0)
         entry: dict[str, Any] = {
-            "method": r["method"], "lr": r["lr"], "beta": r["beta"], "kl": kl, "run": f"{r['sweep']}/{r['run']}",
+            "method": method, "lr": r["lr"], "beta": r["beta"], "kl": kl, "run": f"{r['sweep']}/{r['run']}",
             "dpo": [f"{x['sweep']}/{x['run']}" for x in (r0, r1)], "dpo_beta": [r0["beta"], r1["beta"]],
             "dpo_lr": [r0["lr"], r1["lr"]], "weight": w, "measures": {},
             "dpo_values": {key: [x["metrics"].get(key) for x in (r0, r1)]
@@ -1204,11 +1209,12 @@ def dpo_lr_curve(rows: list[dict[str, Any]], pairs: str) -> list[dict[str, Any]]
 def on_dpo_lr_curve(
     outcomes: dict[str, dict[str, Any]], rows: list[dict[str, Any]], pairs: str
 ) -> list[dict[str, Any]]:
-    """The comparators' table read at equal KL, prompt by prompt: each seed-0 table run against DPO's lr
-    curve on the same ``pairs`` (:func:`dpo_lr_curve`) at its own KL (:func:`on_curve`)."""
+    """The comparators' table and sDPO read at equal KL, prompt by prompt: each seed-0 table or sDPO run
+    against DPO's lr curve on the same ``pairs`` (:func:`dpo_lr_curve`) at its own KL (:func:`on_curve`).
+    sDPO's stages move it further than one-shot DPO at the same lr, so its equal-KL reading is on this curve."""
     curve = dpo_lr_curve(rows, pairs)
-    points = [r for r in rows if r["sweep"] in ("table", "table_tr_dpo", "table_ref_free") and r.get("seed") == 0
-              and r not in curve]  # fmt: skip
+    read = ("table", "table_tr_dpo", "table_ref_free", "sdpo_easy_hard", "sdpo_random")
+    points = [r for r in rows if r["sweep"] in read and r.get("seed") == 0 and r not in curve]
     return on_curve(outcomes, curve, points)
 
 

@@ -281,11 +281,16 @@ def test_points_are_read_on_dpos_curve_only_inside_its_kl_range():
     orpo = _row("table", "orpo", 5e-6, beta=0.1) | {"metrics": {"kl": 0.2}}
     asft = _row("table", "asft", 1e-5, beta=0.1) | {"metrics": {"kl": 2.1}}
     free = _row("table_ref_free", "asft", 2e-5) | {"metrics": {"kl": 5.0}}  # beyond DPO's largest KL
-    rows = [*pilot, table_dpo, dpo_1e5, *others, orpo, asft, free]
+    sdpo = _row("sdpo_easy_hard", "dpo", 5e-6, pairs="tasks_k8.staged.jsonl") | {"metrics": {"kl": 2.5}}
+    rows = [*pilot, table_dpo, dpo_1e5, *others, orpo, asft, free, sdpo]
     assert study.dpo_lr_curve(rows, "tasks_k8.jsonl") == [pilot[0], pilot[1], table_dpo, dpo_1e5]
     got = study.on_dpo_lr_curve({}, rows, "tasks_k8.jsonl")  # no outcomes: brackets only
-    assert [(g["method"], g.get("dpo_lr")) for g in got] == [("orpo", [1e-6, 2e-6]), ("asft", [5e-6, 1e-5]),
-                                                            ("asft", None)]  # fmt: skip
+    assert [(g["method"], g.get("dpo_lr")) for g in got] == [
+        ("orpo", [1e-6, 2e-6]),
+        ("asft", [5e-6, 1e-5]),
+        ("asft", None),
+        ("sdpo_easy_hard", [5e-6, 1e-5]),
+    ]  # fmt: skip (sDPO, DPO's method in stages, is named by its sweep)
     assert got[0]["weight"] == pytest.approx(0.5) and got[1]["weight"] == pytest.approx(0.5)
     assert got[0]["measures"] == {} and got[2]["outside"] == [0.1, 3.0]
     assert study.curve_line(got[2], "lr")[3] == "outside DPO's KL range (0.10–3.00): not extrapolated"
