@@ -474,13 +474,19 @@ def run_sweep(args, sweep: papers_scale.Sweep, seed: str | None = None) -> None:
 
     t0 = time.time()
     out = p["root"] / sweep.name
-    points = [pt for pt in plan(cfg, sweep.grid, out)[2] if seed in (None, pt.values.get("train.seed"))]
+    every = plan(cfg, sweep.grid, out)[2]
+    points = [pt for pt in every if seed in (None, pt.values.get("train.seed"))]
     done = recorded(args, sweep.name)
     left = [pt for pt in points if pt.name not in done or (out / pt.name).is_dir()]
     if len(left) < len(points):
         print(f"== {sweep.name}: {len(points) - len(left)} of its runs are in {args.record}; not run again")
-    finished: list[Point] = []
     swept = SweepDir(out)
+    finished: list[Point] = []  # the sweep's table covers its other seeds' points evaluated here too
+    for pt in every:
+        if pt.name not in {q.name for q in points} and (old := swept.run(pt.name).read_eval()) is not None:
+            finished.append(
+                dataclasses.replace(pt, status="done", eval_status="kept", metrics=old.get("metrics", {}))
+            )
     for pt in left:  # one point at a time, so that the record's points are left out
         grid = [(k, [v]) for k, v in pt.values.items()]
         finished += sweep_run(

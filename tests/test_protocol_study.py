@@ -290,7 +290,7 @@ def test_points_are_read_on_dpos_curve_only_inside_its_kl_range():
         ("asft", [5e-6, 1e-5]),
         ("asft", None),
         ("sdpo_easy_hard", [5e-6, 1e-5]),
-    ]  # fmt: skip (sDPO, DPO's method in stages, is named by its sweep)
+    ]  # sDPO (DPO's method, in stages) is named by its sweep
     assert got[0]["weight"] == pytest.approx(0.5) and got[1]["weight"] == pytest.approx(0.5)
     assert got[0]["measures"] == {} and got[2]["outside"] == [0.1, 3.0]
     assert study.curve_line(got[2], "lr")[3] == "outside DPO's KL range (0.10–3.00): not extrapolated"
