@@ -481,12 +481,12 @@ def run_sweep(args, sweep: papers_scale.Sweep, seed: str | None = None) -> None:
     if len(left) < len(points):
         print(f"== {sweep.name}: {len(points) - len(left)} of its runs are in {args.record}; not run again")
     swept = SweepDir(out)
-    finished: list[Point] = []  # the sweep's table covers its other seeds' points evaluated here too
-    for pt in every:
-        if pt.name not in {q.name for q in points} and (old := swept.run(pt.name).read_eval()) is not None:
-            finished.append(
-                dataclasses.replace(pt, status="done", eval_status="kept", metrics=old.get("metrics", {}))
-            )
+    this_seed = {pt.name for pt in points}
+    finished: list[Point] = [  # the sweep's table covers its other seeds' points evaluated here too
+        dataclasses.replace(pt, status="done", eval_status="kept", metrics=old.get("metrics", {}))
+        for pt in every
+        if pt.name not in this_seed and (old := swept.run(pt.name).read_eval()) is not None
+    ]
     for pt in left:  # one point at a time, so that the record's points are left out
         grid = [(k, [v]) for k, v in pt.values.items()]
         finished += sweep_run(
